@@ -1,0 +1,24 @@
+# The two commands a newcomer needs: `make run` and `make test`. Both create or reuse .venv.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: run test lint bench base-model
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+base-model: $(STAMP)
+	$(VENV)/bin/das fetch-base
+
+run: base-model
+	$(VENV)/bin/das demo
+
+test: base-model
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+bench: base-model
+	$(PY) bench/train_step.py

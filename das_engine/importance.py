@@ -1,0 +1,112 @@
+"""Importance of units: |dL/dgate| averaged over batches, standardised per layer, squashed to [0, 1).
+
+- domain importance I(t): L = MLM loss on masked inputs of a sample of the domain corpus;
+- general-knowledge importance I(0): L = KL between two dropout passes (train mode) of the
+  same unmasked batch, a proxy for what the original LM knows;
+- accumulation: I(<=t) = max(I(<=t-1), I(t)) element-wise (EMax).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import PackedCorpus, mask_tokens
+from .gates import gates_applied
+from .mlm import hidden_states, masked_lm_loss
+from .units import GROUPS, ModelUnits, UnitTensors
+
+Batch = tuple[torch.Tensor, torch.Tensor]  # input_ids, attention_mask: (B, T) each
+STD_EPS = 1e-12
+
+
+def sample_batches(corpus: PackedCorpus, samples: int, batch_size: int, seed: int) -> list[Batch]:
+    """A fixed-seed random sample of blocks, in batches."""
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(corpus), generator=generator)[:samples]
+    return [(corpus.input_ids[idx], corpus.attention_mask[idx]) for idx in order.split(batch_size)]
+
+
+def gate_gradients(units: ModelUnits, loss_fn: Callable[[Batch], torch.Tensor],
+                   batches: Iterable[Batch]) -> UnitTensors:
+    """Mean over batches of |dL/dg| with all gates at 1 (raw importance, before normalising).
+
+    torch.autograd.grad hands back fresh gradients for each batch, so nothing carries over
+    from one batch to the next (the authors' code never zeroed them).
+    """
+    gates = UnitTensors.full(units, 1.0, requires_grad=True)
+    total = UnitTensors.full(units, 0.0)
+    count = 0
+    with gates_applied(units, gates):
+        for batch in batches:
+            grads = torch.autograd.grad(loss_fn(batch), [t for _, t in gates.items()])
+            for (_, acc), grad in zip(total.items(), grads, strict=True):
+                acc += grad.abs()
+            count += 1
+    if count == 0:
+        raise ValueError("importance needs at least one batch")
+    return total.map(lambda t: t / count)
+
+
+def normalise(raw: UnitTensors, rule: str) -> UnitTensors:
+    """Per layer and group: standardise, tanh, then 'clamp' (max(0, .)) or 'abs' (|.|)."""
+    def one(t: torch.Tensor) -> torch.Tensor:  # (L, U)
+        z = (t - t.mean(-1, keepdim=True)) / (t.std(-1, keepdim=True) + STD_EPS)
+        squashed = torch.tanh(z)
+        return squashed.clamp_min(0.0) if rule == "clamp" else squashed.abs()
+    if rule not in ("clamp", "abs"):
+        raise ValueError(f"negative_rule must be 'clamp' or 'abs', got {rule!r}")
+    return raw.map(lambda t: one(t.detach()).float())
+
+
+def accumulate(previous: UnitTensors | None, new: UnitTensors) -> UnitTensors:
+    """EMax: the element-wise maximum of the cumulative and the new importance."""
+    return new.map(torch.clone) if previous is None else previous.maximum(new)
+
+
+def kl_between_dropout_passes(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """KL(p1 || p2) of the softmax over the hidden axis of two passes, mean over real tokens."""
+    input_ids, attention_mask = batch
+    log_p1 = F.log_softmax(hidden_states(model, input_ids, attention_mask), dim=-1)  # (B, T, D)
+    log_p2 = F.log_softmax(hidden_states(model, input_ids, attention_mask), dim=-1)
+    per_token = (log_p1.exp() * (log_p1 - log_p2)).sum(-1)  # (B, T)
+    real = attention_mask.to(per_token.dtype)
+    return (per_token * real).sum() / real.sum()
+
+
+def general_importance_raw(model: nn.Module, units: ModelUnits, batches: list[Batch],
+                           dropout: bool = True) -> UnitTensors:
+    """Raw gate gradients of the KL proxy. `dropout=False` (eval mode) exists to show it is noise."""
+    was_training = model.training
+    model.train(dropout)
+    try:
+        return gate_gradients(units, lambda b: kl_between_dropout_passes(model, b), batches)
+    finally:
+        model.train(was_training)
+
+
+def domain_importance_raw(model: nn.Module, units: ModelUnits, batches: list[Batch], tokenizer,
+                          mlm_probability: float, seed: int) -> UnitTensors:
+    """Raw gate gradients of the MLM loss on masked inputs (eval mode: no dropout noise)."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def loss(batch: Batch) -> torch.Tensor:
+        input_ids, attention_mask = batch
+        masked, labels = mask_tokens(input_ids, attention_mask, tokenizer, mlm_probability, generator)
+        return masked_lm_loss(units, hidden_states(model, masked, attention_mask), labels)
+
+    was_training = model.training
+    model.eval()
+    try:
+        return gate_gradients(units, loss, batches)
+    finally:
+        model.train(was_training)
+
+
+def summarise(importance: UnitTensors) -> dict[str, dict[str, list[float]]]:
+    """Per group and layer: mean importance and share of units above 0.5."""
+    return {g: {"mean": t.mean(-1).tolist(), "share_above_half": (t > 0.5).float().mean(-1).tolist()}
+            for g, t in importance.items() if g in GROUPS}

@@ -1,0 +1,261 @@
+"""One continual DAS step: adapt a masked LM to one domain corpus with soft-masking.
+
+Read top to bottom: set-up, data, importance the step trains against, optimizer, resume, the
+training loop (stop, batch, forward, backward, mask, step, log, checkpoint), then the domain
+importance, EMax accumulation and the outputs.
+
+Outputs in `out_dir`: a Hugging Face model folder (safetensors), importance_in.safetensors (the
+I(<=t-1) it trained against), domain_importance.safetensors (I(t)), importance.safetensors
+(I(<=t), handed on) and train_metrics.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import DASConfig
+from .contrastive import contrastive_loss
+from .data import PackedCorpus, mask_tokens, pack_corpus, read_corpus
+from .gates import gates_applied
+from .importance import (
+    accumulate,
+    domain_importance_raw,
+    general_importance_raw,
+    normalise,
+    sample_batches,
+)
+from .mlm import hidden_states, masked_lm_loss, mean_pool
+from .softmask import SoftMask
+from .units import ModelUnits, UnitTensors, resolve_units
+
+IMPORTANCE_IN = "importance_in.safetensors"
+DOMAIN_IMPORTANCE = "domain_importance.safetensors"
+IMPORTANCE = "importance.safetensors"
+METRICS = "train_metrics.json"
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass
+class Progress:
+    phase: Literal["general-importance", "train", "domain-importance", "saving", "done"]
+    step: int
+    total: int
+    losses: dict[str, float] = field(default_factory=dict)
+    tokens_per_s: float = 0.0
+    eta_s: float | None = None
+
+
+@dataclass
+class AdaptResult:
+    status: Literal["completed", "cancelled"]
+    out_dir: Path
+    step: int
+    metrics: dict
+
+
+def step_seed(seed: int, step: int, stream: int) -> int:
+    """Every random draw of a step derives from (seed, step): resuming replays it exactly."""
+    return (seed * 1_000_003 + step * 97 + stream) % (2**63 - 1)
+
+
+def get_lr(config: DASConfig, step: int) -> float:
+    """Linear warm-up, then linear decay to 0 at the last step."""
+    warmup = int(config.warmup_ratio * config.steps)
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    return config.lr * max(0.0, (config.steps - step) / max(1, config.steps - warmup))
+
+
+def get_batch(corpus: PackedCorpus, config: DASConfig, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch `step` of an endless stream of seeded permutations of the blocks."""
+    positions = torch.arange(step * config.batch_size, (step + 1) * config.batch_size)
+    epochs, offsets = positions // len(corpus), positions % len(corpus)
+    index = torch.empty_like(positions)
+    for epoch in epochs.unique().tolist():
+        perm = torch.randperm(len(corpus), generator=torch.Generator().manual_seed(step_seed(config.seed, epoch, 1)))
+        index[epochs == epoch] = perm[offsets[epochs == epoch]]
+    return corpus.input_ids[index], corpus.attention_mask[index]
+
+
+def das_loss(model: nn.Module, units: ModelUnits, input_ids: torch.Tensor, masked: torch.Tensor,
+             attention_mask: torch.Tensor, labels: torch.Tensor, previous: UnitTensors,
+             config: DASConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """MLM loss + lambda * InfoNCE(o_full, o_full+, negatives o_prev), passes concatenated on the batch axis."""
+    if config.contrastive_weight == 0:
+        mlm = masked_lm_loss(units, hidden_states(model, masked, attention_mask), labels)
+        return mlm, {"loss": mlm.item(), "mlm": mlm.item()}
+    batch = input_ids.shape[0]
+    anchor_ids = masked if config.mlm_pass_as_anchor else input_ids
+    views = [masked, masked] if config.mlm_pass_as_anchor else [masked, input_ids, input_ids]
+    with_prev = not config.prev_pass_no_grad
+    if with_prev:
+        views.append(anchor_ids)
+    mask = attention_mask.repeat(len(views), 1)  # (V*B, T)
+    gate_ctx = nullcontext()
+    if with_prev:  # per-sample gates: ones for the free passes, I(<=t-1) for the o_prev rows
+        free = (len(views) - 1) * batch
+        gates = previous.map(lambda t: torch.cat([torch.ones(free, *t.shape, device=t.device),
+                                                  t.expand(batch, *t.shape)]))
+        gate_ctx = gates_applied(units, gates)
+    with gate_ctx:
+        hidden = hidden_states(model, torch.cat(views), mask)  # (V*B, T, D)
+    mlm = masked_lm_loss(units, hidden[:batch], labels)
+    pooled = mean_pool(hidden, mask).split(batch)  # V x (B, D)
+    anchor, positive = (pooled[0], pooled[1]) if config.mlm_pass_as_anchor else (pooled[1], pooled[2])
+    if with_prev:
+        prev = pooled[-1]
+    else:
+        with torch.no_grad(), gates_applied(units, previous):
+            prev = mean_pool(hidden_states(model, anchor_ids, attention_mask), attention_mask)
+    contrast = contrastive_loss(anchor, positive, prev, config.temperature)
+    loss = mlm + config.contrastive_weight * contrast
+    return loss, {"loss": loss.item(), "mlm": mlm.item(), "contrastive": contrast.item()}
+
+
+def adapt(base: str | Path, corpus: str | Path, out_dir: str | Path, config: DASConfig, *,
+          prev_importance: str | Path | None = None, domain: str = "domain", device: str = "cpu",
+          on_progress: Callable[[Progress], None] | None = None,
+          should_stop: Callable[[], bool] | None = None) -> AdaptResult:
+    """Run one continual DAS step; resumes from `out_dir/checkpoints` when a checkpoint is there."""
+    report = on_progress or (lambda p: None)
+    stop = should_stop or (lambda: False)
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir / CHECKPOINTS
+    wall_start = time.perf_counter()
+
+    # --- set-up: model, units, data ---
+    torch.manual_seed(config.seed)
+    model = AutoModelForMaskedLM.from_pretrained(str(base)).to(device)
+    tokenizer = AutoTokenizer.from_pretrained(str(base))
+    units = resolve_units(model)
+    documents = read_corpus(corpus)
+    packed = pack_corpus(documents, tokenizer, config.max_length)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    # --- the importance this step trains against: I(<=t-1), or I(0) for the first domain ---
+    saved_in = ckpt_dir / IMPORTANCE_IN
+    if saved_in.is_file():
+        importance_in = UnitTensors.load(saved_in)
+    elif prev_importance is not None:
+        importance_in = UnitTensors.load(prev_importance)
+    else:
+        report(Progress("general-importance", 0, config.steps))
+        t0 = time.perf_counter()
+        batches = sample_batches(packed, config.importance_samples, config.importance_batch_size,
+                                 step_seed(config.seed, 0, 2))
+        importance_in = normalise(general_importance_raw(model, units, _to(batches, device)),
+                                  config.negative_rule)
+        timings["general_importance_s"] = time.perf_counter() - t0
+    importance_in.check_shapes(units)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    importance_in.save(saved_in)
+    previous = importance_in.map(lambda t: t.to(device))
+    softmask = SoftMask.build(units, previous)
+
+    # --- optimizer, and resume from the latest checkpoint ---
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    start, history, done_tokens, train_time = 0, [], 0, 0.0
+    latest = latest_checkpoint(ckpt_dir)
+    if latest is not None:
+        ckpt = load_checkpoint(latest, model, optimizer)
+        if ckpt.state["config"] != config.to_dict():
+            raise ValueError(f"{latest} was written with other settings; remove {ckpt_dir} to start over")
+        start, history = ckpt.step, ckpt.state["history"]
+        done_tokens, train_time = ckpt.state["tokens"], ckpt.state["train_time_s"]
+        timings.update(ckpt.state["timings"])
+
+    def checkpoint_state() -> dict:
+        return {"config": config.to_dict(), "history": history, "tokens": done_tokens,
+                "train_time_s": train_time, "timings": timings}
+
+    # --- training loop ---
+    model.train()
+    for step in range(start, config.steps):
+        if stop():
+            if step > start:
+                save_checkpoint(ckpt_dir, step, model, optimizer, checkpoint_state())
+            return AdaptResult("cancelled", out_dir, step, {"history": history})
+        t0 = time.perf_counter()
+        for group in optimizer.param_groups:
+            group["lr"] = get_lr(config, step)
+        input_ids, attention_mask = get_batch(packed, config, step)
+        masked, labels = mask_tokens(input_ids, attention_mask, tokenizer, config.mlm_probability,
+                                     torch.Generator().manual_seed(step_seed(config.seed, step, 3)))
+        torch.manual_seed(step_seed(config.seed, step, 4))  # dropout
+        input_ids, masked, attention_mask, labels = _to((input_ids, masked, attention_mask, labels), device)
+        loss, parts = das_loss(model, units, input_ids, masked, attention_mask, labels, previous, config)
+        loss.backward()
+        if config.max_grad_norm is not None:  # clip before masking (masking changes the norm)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        if config.mask_mode == "grad":
+            softmask.scale_gradients()
+            optimizer.step()
+        else:
+            before = softmask.snapshot()
+            optimizer.step()
+            softmask.scale_updates(before)
+        optimizer.zero_grad(set_to_none=True)
+
+        # log and report
+        train_time += time.perf_counter() - t0
+        done_tokens += int(attention_mask.sum())
+        speed = done_tokens / max(train_time, 1e-9)
+        eta = (config.steps - step - 1) * train_time / (step + 1)  # train_time spans resumed runs too
+        if step % config.log_every == 0 or step == config.steps - 1:
+            history.append({"step": step + 1, "lr": get_lr(config, step), "tokens_per_s": speed, **parts})
+        report(Progress("train", step + 1, config.steps, parts, speed, eta))
+        if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
+            save_checkpoint(ckpt_dir, step + 1, model, optimizer, checkpoint_state())
+
+    # --- domain importance I(t) and EMax ---
+    report(Progress("domain-importance", config.steps, config.steps))
+    t0 = time.perf_counter()
+    batches = sample_batches(packed, config.importance_samples, config.importance_batch_size,
+                             step_seed(config.seed, config.steps, 5))
+    domain_importance = normalise(
+        domain_importance_raw(model, units, _to(batches, device), tokenizer, config.mlm_probability,
+                              step_seed(config.seed, config.steps, 6)),
+        config.negative_rule)
+    timings["domain_importance_s"] = time.perf_counter() - t0
+    cumulative = accumulate(importance_in, domain_importance.map(torch.Tensor.cpu))
+
+    # --- outputs ---
+    report(Progress("saving", config.steps, config.steps))
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    importance_in.save(out_dir / IMPORTANCE_IN)
+    domain_importance.save(out_dir / DOMAIN_IMPORTANCE)
+    cumulative.save(out_dir / IMPORTANCE)
+    metrics = {
+        "domain": domain, "base_model": str(base), "status": "completed",
+        "steps": config.steps, "tokens": done_tokens, "tokens_per_s": done_tokens / max(train_time, 1e-9),
+        "train_time_s": train_time, "wall_time_s": time.perf_counter() - wall_start,
+        "resumed_from_step": start or None, "timings": timings,
+        "corpus": {"documents": packed.num_documents, "blocks": len(packed), "tokens": packed.num_tokens},
+        "history": history, "settings": config.to_dict(), "family": units.family,
+    }
+    (out_dir / METRICS).write_text(json.dumps(metrics, indent=2))
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    report(Progress("done", config.steps, config.steps, history[-1] if history else {}))
+    return AdaptResult("completed", out_dir, config.steps, metrics)
+
+
+def _to(tensors, device: str):
+    """Move a (nested) tuple/list of tensors to `device`."""
+    if isinstance(tensors, torch.Tensor):
+        return tensors.to(device)
+    return type(tensors)(_to(t, device) for t in tensors)

@@ -1,0 +1,136 @@
+"""Where the DAS units live in each model family, and a container of one value per unit.
+
+Units per transformer layer: attention heads (the head's slice of the attention output
+projection's input), FFN intermediate neurons (outputs of the intermediate dense layer, before
+the activation) and FFN output neurons (outputs of the FFN output dense layer).
+Adding a family is one entry in FAMILIES; nothing else in the engine looks at the family.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+GROUPS = ("head", "intermediate", "output")
+
+
+@dataclass(frozen=True)
+class FamilyMap:
+    """Module paths: `layers` and `mlm_head` from the model, the rest from one layer."""
+
+    layers: str
+    mlm_head: str
+    query: str = "attention.self.query"
+    key: str = "attention.self.key"
+    value: str = "attention.self.value"
+    attention_output: str = "attention.output.dense"
+    intermediate: str = "intermediate.dense"
+    output: str = "output.dense"
+
+
+FAMILIES: dict[str, FamilyMap] = {
+    "bert": FamilyMap(layers="bert.encoder.layer", mlm_head="cls"),
+    "roberta": FamilyMap(layers="roberta.encoder.layer", mlm_head="lm_head"),
+    "xlm-roberta": FamilyMap(layers="roberta.encoder.layer", mlm_head="lm_head"),
+}
+
+
+@dataclass(frozen=True)
+class LayerUnits:
+    query: nn.Linear
+    key: nn.Linear
+    value: nn.Linear
+    attention_output: nn.Linear
+    intermediate: nn.Linear
+    output: nn.Linear
+
+
+@dataclass(frozen=True)
+class ModelUnits:
+    """The modules DAS touches in one model, resolved once."""
+
+    family: str
+    layers: tuple[LayerUnits, ...]
+    mlm_head: nn.Module
+    num_heads: int
+    head_size: int
+    intermediate_size: int
+    hidden_size: int
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def shapes(self) -> dict[str, tuple[int, int]]:
+        n = self.num_layers
+        return {"head": (n, self.num_heads), "intermediate": (n, self.intermediate_size),
+                "output": (n, self.hidden_size)}
+
+
+def resolve_units(model: nn.Module) -> ModelUnits:
+    """Find the unit-producing modules of a masked LM by its `config.model_type`."""
+    family = getattr(model.config, "model_type", None)
+    if family not in FAMILIES:
+        raise ValueError(
+            f"model family {family!r} has no DAS unit map; supported: {sorted(FAMILIES)}. "
+            "Add a FamilyMap entry to das_engine.units.FAMILIES naming its layer list and MLM head."
+        )
+    fmap = FAMILIES[family]
+    layers = tuple(
+        LayerUnits(**{name: layer.get_submodule(getattr(fmap, name)) for name in LayerUnits.__annotations__})
+        for layer in model.get_submodule(fmap.layers)
+    )
+    config = model.config
+    return ModelUnits(
+        family=family,
+        layers=layers,
+        mlm_head=model.get_submodule(fmap.mlm_head),
+        num_heads=config.num_attention_heads,
+        head_size=config.hidden_size // config.num_attention_heads,
+        intermediate_size=config.intermediate_size,
+        hidden_size=config.hidden_size,
+    )
+
+
+@dataclass
+class UnitTensors:
+    """One float per unit: head [L, H], intermediate [L, I], output [L, D] (or with a leading batch dim)."""
+
+    head: torch.Tensor
+    intermediate: torch.Tensor
+    output: torch.Tensor
+
+    @classmethod
+    def full(cls, units: ModelUnits, value: float, requires_grad: bool = False) -> UnitTensors:
+        return cls(**{g: torch.full(s, float(value), requires_grad=requires_grad)
+                      for g, s in units.shapes().items()})
+
+    def items(self) -> list[tuple[str, torch.Tensor]]:
+        return [(g, getattr(self, g)) for g in GROUPS]
+
+    def map(self, fn) -> UnitTensors:
+        return UnitTensors(**{g: fn(t) for g, t in self.items()})
+
+    def maximum(self, other: UnitTensors) -> UnitTensors:
+        return UnitTensors(**{g: torch.maximum(t, getattr(other, g)) for g, t in self.items()})
+
+    def check_shapes(self, units: ModelUnits) -> None:
+        for g, shape in units.shapes().items():
+            if tuple(getattr(self, g).shape) != shape:
+                raise ValueError(f"importance '{g}' has shape {tuple(getattr(self, g).shape)}, "
+                                 f"the model needs {shape}")
+
+    def save(self, path: str | Path) -> None:
+        save_file({g: t.detach().float().contiguous().cpu() for g, t in self.items()}, str(path))
+
+    @classmethod
+    def load(cls, path: str | Path) -> UnitTensors:
+        tensors = load_file(str(path))
+        missing = [g for g in GROUPS if g not in tensors]
+        if missing:
+            raise ValueError(f"{path} is not an importance file: it lacks {missing}")
+        return cls(**{g: tensors[g].float() for g in GROUPS})
