@@ -21,6 +21,8 @@ from .units import GROUPS, ModelUnits, UnitTensors
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # input_ids, attention_mask: (B, T) each
 STD_EPS = 1e-12
+# tanh(z) < 1, but rounds to 1.0 in float32 for z > ~9 (an outlier among 512+ neurons); keep [0, 1)
+BELOW_ONE = torch.nextafter(torch.tensor(1.0), torch.tensor(0.0)).item()
 
 
 def sample_batches(corpus: PackedCorpus, samples: int, batch_size: int, seed: int) -> list[Batch]:
@@ -55,7 +57,7 @@ def normalise(raw: UnitTensors, rule: str) -> UnitTensors:
     """Per layer and group: standardise, tanh, then 'clamp' (max(0, .)) or 'abs' (|.|)."""
     def one(t: torch.Tensor) -> torch.Tensor:  # (L, U)
         z = (t - t.mean(-1, keepdim=True)) / (t.std(-1, keepdim=True) + STD_EPS)
-        squashed = torch.tanh(z)
+        squashed = torch.tanh(z).clamp(-BELOW_ONE, BELOW_ONE)
         return squashed.clamp_min(0.0) if rule == "clamp" else squashed.abs()
     if rule not in ("clamp", "abs"):
         raise ValueError(f"negative_rule must be 'clamp' or 'abs', got {rule!r}")

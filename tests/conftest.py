@@ -1,0 +1,71 @@
+"""Shared fixtures: the real packaged BERT, a tiny random RoBERTa, and real text corpora."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import ByteLevelBPETokenizer
+from tokenizers.processors import RobertaProcessing
+from transformers import AutoModelForMaskedLM, AutoTokenizer, PreTrainedTokenizerFast, RobertaConfig, \
+    RobertaForMaskedLM
+
+from das.base_model import ensure_embedded_model
+from das.demo import licence_documents, python_doc_documents
+from das.settings import get_settings
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def legal_docs() -> list[str]:
+    return licence_documents()[:120]
+
+
+@pytest.fixture(scope="session")
+def code_docs() -> list[str]:
+    return python_doc_documents(limit=200)[:120]
+
+
+@pytest.fixture(scope="session")
+def bert_dir() -> Path:
+    """The embedded base model (`make test` fetches it first; this only verifies it)."""
+    return ensure_embedded_model(get_settings().models_dir)
+
+
+@pytest.fixture(scope="session")
+def roberta_dir(tmp_path_factory, legal_docs, code_docs) -> Path:
+    """A tiny random RobertaForMaskedLM with a byte-level BPE tokenizer trained on the test text."""
+    folder = tmp_path_factory.mktemp("tiny-roberta")
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(legal_docs + code_docs, vocab_size=600, min_frequency=2,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    bpe.post_processor = RobertaProcessing(("</s>", bpe.token_to_id("</s>")), ("<s>", bpe.token_to_id("<s>")))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>",
+                                        cls_token="<s>", sep_token="</s>", pad_token="<pad>",
+                                        unk_token="<unk>", mask_token="<mask>", model_max_length=128)
+    torch.manual_seed(0)
+    config = RobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                           num_attention_heads=4, intermediate_size=64, max_position_embeddings=140,
+                           pad_token_id=tokenizer.pad_token_id, bos_token_id=0, eos_token_id=2)
+    RobertaForMaskedLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(params=["bert", "roberta"])
+def family_dir(request, bert_dir, roberta_dir) -> Path:
+    return bert_dir if request.param == "bert" else roberta_dir
+
+
+@pytest.fixture
+def model_and_tokenizer(family_dir):
+    return AutoModelForMaskedLM.from_pretrained(family_dir), AutoTokenizer.from_pretrained(family_dir)
+
+
+@pytest.fixture
+def corpus_file(tmp_path, legal_docs) -> Path:
+    path = tmp_path / "legal.txt"
+    path.write_text("\n".join(legal_docs) + "\n", encoding="utf-8")
+    return path
