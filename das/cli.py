@@ -18,8 +18,16 @@ app = typer.Typer(help="Continual domain-adaptive pre-training (DAS) of masked l
 console = Console(stderr=True)
 
 
+def _quiet_transformers() -> None:
+    """Our own progress bar is enough: silence transformers' per-file bars and info logs."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -43,21 +51,22 @@ def _run_adapt(corpus: Path, domain: str, base: str, out: Path, prev: Path | Non
     """Run one adaptation with a progress bar; return its metrics."""
     from das_engine import CorpusError, adapt
 
-    with Progress(TextColumn("[bold]{task.fields[domain]}[/] {task.description}"), BarColumn(),
-                  TaskProgressColumn(), TextColumn("loss {task.fields[loss]}"),
-                  TextColumn("{task.fields[speed]} tok/s"), TimeRemainingColumn(), console=console) as bar:
-        task = bar.add_task("loading", total=config.steps, domain=domain, loss="-", speed="-")
+    bar = Progress(TextColumn("[bold]{task.fields[domain]}[/] {task.description}"), BarColumn(),
+                   TaskProgressColumn(), TextColumn("loss {task.fields[loss]}"),
+                   TextColumn("{task.fields[speed]} tok/s"), TimeRemainingColumn(), console=console)
+    task = bar.add_task("loading", total=config.steps, domain=domain, loss="-", speed="-")
 
-        def on_progress(p) -> None:
-            loss = f"{p.losses['loss']:.3f}" if "loss" in p.losses else "-"
-            bar.update(task, completed=p.step, description=p.phase, loss=loss,
-                       speed=f"{p.tokens_per_s:,.0f}" if p.tokens_per_s else "-")
+    def on_progress(p) -> None:
+        loss = f"{p.losses['loss']:.3f}" if "loss" in p.losses else "-"
+        bar.update(task, completed=p.step, description=p.phase, loss=loss,
+                   speed=f"{p.tokens_per_s:,.0f}" if p.tokens_per_s else "-")
 
-        try:
+    try:
+        with bar:
             result = adapt(base, corpus, out, config, prev_importance=prev, domain=domain, device=device,
                            on_progress=on_progress)
-        except CorpusError as err:
-            _fail(str(err))
+    except (CorpusError, ValueError) as err:  # bad corpus, or a checkpoint/importance that does not fit
+        _fail(str(err))
     return result.metrics
 
 
@@ -93,6 +102,7 @@ def adapt(
     except ValueError as err:
         _fail(str(err))
     _apply_threads()
+    _quiet_transformers()
     metrics = _run_adapt(corpus, domain, _base(base), out, prev_importance, config, device)
     console.print(f"wrote {out}: {metrics['steps']} steps, {metrics['tokens_per_s']:,.0f} tokens/s, "
                   f"{metrics['wall_time_s']:.1f}s")
@@ -110,6 +120,7 @@ def demo(
     from .fill_mask import fill_mask
 
     _apply_threads()
+    _quiet_transformers()
     base = _base(None)
     corpora = write_demo_corpora(out / "corpora")
     probes = ["permission is hereby granted, free of [MASK], to any person.",

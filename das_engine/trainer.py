@@ -12,7 +12,6 @@ I(<=t-1) it trained against), domain_importance.safetensors (I(t)), importance.s
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from collections.abc import Callable

@@ -1,0 +1,98 @@
+"""The `das` CLI: two domains in sequence, clear errors, help, and resume after SIGKILL."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForMaskedLM
+from typer.testing import CliRunner
+
+from das.cli import app
+from das.fill_mask import fill_mask
+
+runner = CliRunner()
+SMALL = ["--steps", "12", "--batch-size", "8", "--max-length", "64", "--importance-samples", "16"]
+
+
+def test_every_command_has_help():
+    for args in ([], ["adapt"], ["demo"], ["fetch-base"]):
+        result = runner.invoke(app, [*args, "--help"])
+        assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_two_domains_in_sequence(tmp_path, bert_dir, legal_docs, code_docs):
+    legal, code = tmp_path / "legal.txt", tmp_path / "code.jsonl"
+    legal.write_text("\n".join(legal_docs), encoding="utf-8")
+    code.write_text("\n".join(json.dumps({"text": d}) for d in code_docs), encoding="utf-8")
+    v1, v2 = tmp_path / "v1", tmp_path / "v2"
+    first = runner.invoke(app, ["adapt", str(legal), "--domain", "legal", "--base", str(bert_dir),
+                                "--out", str(v1), "--lr", "1e-3", *SMALL])
+    assert first.exit_code == 0, first.output
+    second = runner.invoke(app, ["adapt", str(code), "--domain", "code", "--base", str(v1), "--out", str(v2),
+                                 "--prev-importance", str(v1 / "importance.safetensors"), "--lr", "1e-3",
+                                 "--mask-mode", "grad", *SMALL])
+    assert second.exit_code == 0, second.output
+    probe = ["permission is hereby granted, free of [MASK], to any person."]
+    answers = {}
+    for name, folder in (("base", bert_dir), ("v1", v1), ("v2", v2)):
+        AutoModelForMaskedLM.from_pretrained(folder)  # a plain Hugging Face folder
+        answers[name] = {a["token"]: a["score"] for a in fill_mask(str(folder), probe, top_k=5)[0]}
+    assert answers["v1"] != answers["base"] and answers["v2"] != answers["v1"]
+    i1, i2 = (load_file(str(v / "importance.safetensors")) for v in (v1, v2))
+    assert (i2["intermediate"] >= i1["intermediate"]).all()
+
+
+@pytest.mark.parametrize("content,message", [(b"caf\xe9\n", "not UTF-8"), (b"", "no documents")])
+def test_bad_corpus_exits_2_with_a_message(tmp_path, bert_dir, content, message):
+    corpus = tmp_path / "bad.txt"
+    corpus.write_bytes(content)
+    result = runner.invoke(app, ["adapt", str(corpus), "--domain", "x", "--base", str(bert_dir),
+                                 "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_bad_settings_exit_2(tmp_path, bert_dir, corpus_file):
+    result = runner.invoke(app, ["adapt", str(corpus_file), "--domain", "x", "--base", str(bert_dir),
+                                 "--out", str(tmp_path / "o"), "--mask-mode", "sideways"])
+    assert result.exit_code == 2 and "mask_mode" in result.output
+    result = runner.invoke(app, ["adapt", str(corpus_file), "--domain", "x", "--base", str(tmp_path),
+                                 "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "config.json" in result.output
+
+
+def _das(*args: str) -> list[str]:
+    return [sys.executable, "-c", "from das.cli import app; app()", *args]
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path, roberta_dir, corpus_file):
+    """SIGKILL a real `das adapt` process after a checkpoint; rerunning finishes identically."""
+    common = ["--domain", "legal", "--base", str(roberta_dir), "--steps", "150", "--checkpoint-every", "10",
+              "--batch-size", "8", "--max-length", "64", "--importance-samples", "16", "--lr", "1e-3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    broken = tmp_path / "broken"
+    proc = subprocess.Popen(_das("adapt", str(corpus_file), "--out", str(broken), *common), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list((broken / "checkpoints").glob("step-*")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (broken / "train_metrics.json").exists(), "the run finished before it could be killed"
+    assert list((broken / "checkpoints").glob("step-*"))
+    for out in (broken, tmp_path / "unbroken"):
+        done = subprocess.run(_das("adapt", str(corpus_file), "--out", str(out), *common), env=env,
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+    a, b = (load_file(str(p / "model.safetensors")) for p in (broken, tmp_path / "unbroken"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ia, ib = (load_file(str(p / "importance.safetensors")) for p in (broken, tmp_path / "unbroken"))
+    assert all(torch.equal(ia[k], ib[k]) for k in ia)
+    metrics = Path(broken / "train_metrics.json").read_text()
+    assert '"resumed_from_step": null' not in metrics
