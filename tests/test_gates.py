@@ -74,7 +74,8 @@ def test_per_sample_gates_match_separate_passes(model_and_tokenizer):
     model.eval()
     units = resolve_units(model)
     ids, mask = _batch(tokenizer)
-    importance = UnitTensors.full(units, 0.0).map(lambda t: torch.rand(t.shape, generator=torch.Generator().manual_seed(1)))
+    gen = torch.Generator().manual_seed(1)
+    importance = UnitTensors.full(units, 0.0).map(lambda t: torch.rand(t.shape, generator=gen))
     batched = importance.map(lambda t: torch.stack([torch.ones_like(t), t]))  # sample 0 free, sample 1 gated
     with torch.no_grad():
         with gates_applied(units, batched):
