@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -10,9 +11,12 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
+from das_engine.config import DASConfig
+
 from .base_model import BaseModelError, resolve_base_model
 from .settings import get_settings
 
+DEFAULTS = DASConfig()  # the CLI's defaults are the engine's
 app = typer.Typer(help="Continual domain-adaptive pre-training (DAS) of masked language models.",
                   no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)
@@ -58,8 +62,9 @@ def _run_adapt(corpus: Path, domain: str, base: str, out: Path, prev: Path | Non
 
     def on_progress(p) -> None:
         loss = f"{p.losses['loss']:.3f}" if "loss" in p.losses else "-"
-        bar.update(task, completed=p.step, description=p.phase, loss=loss,
-                   speed=f"{p.tokens_per_s:,.0f}" if p.tokens_per_s else "-")
+        bar.update(task, completed=p.step, description=p.phase, loss=loss)
+        if p.tokens_per_s:
+            bar.update(task, speed=f"{p.tokens_per_s:,.0f}")
 
     try:
         with bar:
@@ -70,29 +75,33 @@ def _run_adapt(corpus: Path, domain: str, base: str, out: Path, prev: Path | Non
     return result.metrics
 
 
+def _help(name: str) -> str:
+    """The help text of a DASConfig field (one source for the engine and the CLI)."""
+    return next(f.metadata["help"] for f in dataclasses.fields(DASConfig) if f.name == name)
+
+
 @app.command()
 def adapt(
     corpus: Annotated[Path, typer.Argument(help="UTF-8 text (one document per line) or JSONL with 'text'")],
     domain: Annotated[str, typer.Option(help="name of the domain")],
     out: Annotated[Path, typer.Option(help="output folder (resumes from its checkpoints if present)")],
-    base: Annotated[str | None, typer.Option(help="model folder or id [default: DAS_BASE_MODEL]")] = None,
+    base: Annotated[str | None, typer.Option(
+        help="model folder or id (default: $DAS_BASE_MODEL, else 'embedded')")] = None,
     prev_importance: Annotated[Path | None, typer.Option(
         help="cumulative importance of the previous version; none = first domain")] = None,
-    steps: Annotated[int, typer.Option(help="optimizer steps")] = 300,
-    batch_size: Annotated[int, typer.Option(help="sequences per step")] = 16,
-    max_length: Annotated[int, typer.Option(help="tokens per block")] = 128,
-    mask_mode: Annotated[str, typer.Option(help="soft-masking mode: update | grad")] = "update",
-    seed: Annotated[int, typer.Option(help="random seed")] = 0,
-    lr: Annotated[float, typer.Option(help="peak learning rate")] = 1e-4,
-    negative_rule: Annotated[str, typer.Option(help="importance rule: clamp | abs")] = "clamp",
-    importance_samples: Annotated[int, typer.Option(help="sequences per importance pass")] = 256,
-    contrastive_weight: Annotated[float, typer.Option(help="lambda of the contrastive loss")] = 1.0,
-    checkpoint_every: Annotated[int, typer.Option(help="steps between checkpoints (0: none)")] = 100,
+    steps: Annotated[int, typer.Option(help=_help("steps"))] = DEFAULTS.steps,
+    batch_size: Annotated[int, typer.Option(help=_help("batch_size"))] = DEFAULTS.batch_size,
+    max_length: Annotated[int, typer.Option(help=_help("max_length"))] = DEFAULTS.max_length,
+    mask_mode: Annotated[str, typer.Option(help=_help("mask_mode"))] = DEFAULTS.mask_mode,
+    seed: Annotated[int, typer.Option(help=_help("seed"))] = DEFAULTS.seed,
+    lr: Annotated[float, typer.Option(help=_help("lr"))] = DEFAULTS.lr,
+    negative_rule: Annotated[str, typer.Option(help=_help("negative_rule"))] = DEFAULTS.negative_rule,
+    importance_samples: Annotated[int, typer.Option(help=_help("importance_samples"))] = DEFAULTS.importance_samples,
+    contrastive_weight: Annotated[float, typer.Option(help=_help("contrastive_weight"))] = DEFAULTS.contrastive_weight,
+    checkpoint_every: Annotated[int, typer.Option(help=_help("checkpoint_every"))] = DEFAULTS.checkpoint_every,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
 ) -> None:
     """Adapt a masked LM to one domain corpus with DAS and write a Hugging Face model folder."""
-    from das_engine import DASConfig
-
     if prev_importance is not None and not prev_importance.is_file():
         _fail(f"--prev-importance {prev_importance}: no such file")
     try:
@@ -114,8 +123,6 @@ def demo(
     steps: Annotated[int, typer.Option(help="steps per domain")] = 60,
 ) -> None:
     """Adapt the embedded model to two real domains in turn (local licence texts, then Python docs)."""
-    from das_engine import DASConfig
-
     from .demo import write_demo_corpora
     from .fill_mask import fill_mask
 

@@ -124,6 +124,23 @@ def das_loss(model: nn.Module, units: ModelUnits, input_ids: torch.Tensor, maske
     return loss, {"loss": loss.item(), "mlm": mlm.item(), "contrastive": contrast.item()}
 
 
+def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, softmask: SoftMask | None,
+                   config: DASConfig) -> None:
+    """Clip, soft-mask (by gradient or by update), step, zero the gradients. No mask: plain training."""
+    if config.max_grad_norm is not None:  # clip before masking (masking changes the norm)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+    if softmask is None:
+        optimizer.step()
+    elif config.mask_mode == "grad":
+        softmask.scale_gradients()
+        optimizer.step()
+    else:
+        before = softmask.snapshot()
+        optimizer.step()
+        softmask.scale_updates(before)
+    optimizer.zero_grad(set_to_none=True)
+
+
 def adapt(base: str | Path, corpus: str | Path, out_dir: str | Path, config: DASConfig, *,
           prev_importance: str | Path | None = None, domain: str = "domain", device: str = "cpu",
           on_progress: Callable[[Progress], None] | None = None,
@@ -198,16 +215,7 @@ def adapt(base: str | Path, corpus: str | Path, out_dir: str | Path, config: DAS
         input_ids, masked, attention_mask, labels = _to((input_ids, masked, attention_mask, labels), device)
         loss, parts = das_loss(model, units, input_ids, masked, attention_mask, labels, previous, config)
         loss.backward()
-        if config.max_grad_norm is not None:  # clip before masking (masking changes the norm)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-        if config.mask_mode == "grad":
-            softmask.scale_gradients()
-            optimizer.step()
-        else:
-            before = softmask.snapshot()
-            optimizer.step()
-            softmask.scale_updates(before)
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(model, optimizer, softmask, config)
 
         # log and report
         train_time += time.perf_counter() - t0
