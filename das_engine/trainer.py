@@ -151,6 +151,9 @@ def adapt(base: str | Path, corpus: str | Path, out_dir: str | Path, config: DAS
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / CHECKPOINTS
     wall_start = time.perf_counter()
+    finished = _finished_run(out_dir, config)
+    if finished is not None:  # idempotent: a completed run is not trained again
+        return finished
 
     # --- set-up: model, units, data ---
     torch.manual_seed(config.seed)
@@ -166,6 +169,9 @@ def adapt(base: str | Path, corpus: str | Path, out_dir: str | Path, config: DAS
     saved_in = ckpt_dir / IMPORTANCE_IN
     if saved_in.is_file():
         importance_in = UnitTensors.load(saved_in)
+        if prev_importance is not None and not importance_in.equals(UnitTensors.load(prev_importance)):
+            raise ValueError(f"{ckpt_dir} was trained against another importance than {prev_importance}; "
+                             f"remove {ckpt_dir} to start over")
     elif prev_importance is not None:
         importance_in = UnitTensors.load(prev_importance)
     else:
@@ -259,6 +265,17 @@ def adapt(base: str | Path, corpus: str | Path, out_dir: str | Path, config: DAS
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     report(Progress("done", config.steps, config.steps, history[-1] if history else {}))
     return AdaptResult("completed", out_dir, config.steps, metrics)
+
+
+def _finished_run(out_dir: Path, config: DASConfig) -> AdaptResult | None:
+    """The result of a run already completed in `out_dir` with the same settings, if any."""
+    path = out_dir / METRICS
+    if not path.is_file():
+        return None
+    metrics = json.loads(path.read_text())
+    if metrics.get("settings") != config.to_dict():
+        raise ValueError(f"{out_dir} already holds a run made with other settings; choose another --out")
+    return AdaptResult("completed", out_dir, metrics["steps"], metrics)
 
 
 def _to(tensors, device: str):

@@ -118,6 +118,9 @@ class UnitTensors:
     def maximum(self, other: UnitTensors) -> UnitTensors:
         return UnitTensors(**{g: torch.maximum(t, getattr(other, g)) for g, t in self.items()})
 
+    def equals(self, other: UnitTensors) -> bool:
+        return all(torch.equal(t, getattr(other, g)) for g, t in self.items())
+
     def check_shapes(self, units: ModelUnits) -> None:
         for g, shape in units.shapes().items():
             if tuple(getattr(self, g).shape) != shape:

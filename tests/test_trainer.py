@@ -92,6 +92,25 @@ def test_resume_with_other_settings_is_refused(tmp_path, roberta_dir, corpus_fil
         adapt(roberta_dir, corpus_file, tmp_path / "run", _config(lr=5e-4))
 
 
+def test_a_completed_run_is_not_trained_again(tmp_path, roberta_dir, corpus_file):
+    first = adapt(roberta_dir, corpus_file, tmp_path / "v1", _config(steps=3))
+    stamp = (tmp_path / "v1" / "model.safetensors").stat().st_mtime_ns
+    again = adapt(roberta_dir, corpus_file, tmp_path / "v1", _config(steps=3))
+    assert again.status == "completed" and again.metrics == first.metrics
+    assert (tmp_path / "v1" / "model.safetensors").stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match="other settings"):
+        adapt(roberta_dir, corpus_file, tmp_path / "v1", _config(steps=4))
+
+
+def test_resume_against_another_importance_is_refused(tmp_path, roberta_dir, corpus_file):
+    first = adapt(roberta_dir, corpus_file, tmp_path / "v1", _config(steps=3))
+    adapt(first.out_dir, corpus_file, tmp_path / "v2", _config(), should_stop=iter([False] * 4 + [True]).__next__)
+    other = tmp_path / "other.safetensors"
+    UnitTensors.load(first.out_dir / "importance.safetensors").map(lambda t: t * 0.5).save(other)
+    with pytest.raises(ValueError, match="another importance"):
+        adapt(first.out_dir, corpus_file, tmp_path / "v2", _config(), prev_importance=other)
+
+
 def test_wrong_importance_shape_is_refused(tmp_path, roberta_dir, bert_dir, corpus_file):
     bert_imp = tmp_path / "bert_imp.safetensors"
     UnitTensors(head=torch.zeros(2, 2), intermediate=torch.zeros(2, 512), output=torch.zeros(2, 128)).save(bert_imp)
