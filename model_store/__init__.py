@@ -1,0 +1,1 @@
+"""Versioned model store: immutable versions, atomic activation, lineage and importance history."""
