@@ -16,7 +16,6 @@ import json
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -189,8 +188,7 @@ class ModelStore:
                 return self.manifest(self.ids()[0])
             return self._publish_locked(PublishRequest(Path(folder), None, None, base_model), activate=True)
 
-    def publish(self, request: PublishRequest, activate: bool = True,
-                before_commit: Callable[[str], None] | None = None) -> Manifest:
+    def publish(self, request: PublishRequest, activate: bool = True) -> Manifest:
         """Add a version whose parent must still be the active version; make it active by default."""
         with self.lock.hold():
             active = self.active_id()
@@ -198,7 +196,7 @@ class ModelStore:
                 raise LineageError(
                     f"the new version's parent {request.parent} is no longer the active version ({active}); "
                     f"adapt the active version instead, or activate {request.parent} first to branch from it")
-            return self._publish_locked(request, activate, before_commit)
+            return self._publish_locked(request, activate)
 
     def activate(self, version_id: str) -> Manifest:
         """Make a version active (a rollback when it is an older one): one atomic pointer write."""
@@ -244,8 +242,7 @@ class ModelStore:
             return archived
 
     # ---------------------------------------------------------------- internals
-    def _publish_locked(self, request: PublishRequest, activate: bool,
-                        before_commit: Callable[[str], None] | None = None) -> Manifest:
+    def _publish_locked(self, request: PublishRequest, activate: bool) -> Manifest:
         self._remove_partials()
         files = self._files_of(Path(request.folder))
         number = max((names.version_number(n) for n in self.backend.list_dir("versions")
@@ -260,8 +257,6 @@ class ModelStore:
             (Path(tmp) / MANIFEST).write_text(manifest.to_json())
             staging = _overlay(Path(request.folder), Path(tmp), files)
             self.backend.publish_dir(staging, f"versions/{version_id}", {**files, MANIFEST: ""}, last=MANIFEST)
-        if before_commit is not None:
-            before_commit(version_id)
         if activate:
             self.backend.write_atomic(POINTER, json.dumps({"version": version_id, "updated": now_iso()}).encode())
         return self.manifest(version_id)

@@ -74,3 +74,13 @@ def corpus_file(tmp_path, legal_docs) -> Path:
     path = tmp_path / "legal.txt"
     path.write_text("\n".join(legal_docs) + "\n", encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The real Redis on 127.0.0.1:6379 (.ci/run starts one if none answers)."""
+    import redis
+
+    url = "redis://127.0.0.1:6379/0"
+    redis.Redis.from_url(url).ping()
+    return url
