@@ -16,7 +16,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from das_engine.config import DASConfig
-from das_engine.data import CorpusError
+from das_engine.corpus import CorpusError
 from model_store.locks import StoreLocked
 from model_store.names import InvalidName
 from model_store.store import StoreError

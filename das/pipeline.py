@@ -51,7 +51,7 @@ def training_summary(metrics: dict) -> dict:
 
 def adapt_active(store: ModelStore, corpus: Path, domain: str, config: DASConfig, *, work_dir: Path,
                  device: str = "cpu", activate: bool = True, on_progress: Callable[[Progress], None] | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> Manifest | None:
+                 should_stop: Callable[[], bool] | None = None, request_id: str | None = None) -> Manifest | None:
     """Adapt the active version on `corpus`, publish it as a new version; None if cancelled.
 
     The working folder is named by parent, corpus digest and settings, so running the same
@@ -71,6 +71,7 @@ def adapt_active(store: ModelStore, corpus: Path, domain: str, config: DASConfig
         return None
     manifest = store.publish(PublishRequest(folder=work, parent=parent.id, domain=domain, corpus=info,
                                             base_model=parent.base_model, settings=config.to_dict(),
-                                            metrics=training_summary(result.metrics)), activate=activate)
+                                            metrics=training_summary(result.metrics), request_id=request_id),
+                             activate=activate)
     shutil.rmtree(work, ignore_errors=True)
     return manifest

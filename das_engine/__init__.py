@@ -1,7 +1,7 @@
 """DAS: continual domain-adaptive pre-training of masked LMs with soft-masking (see SPEC-DAS)."""
 
 from .config import DASConfig
-from .data import CorpusError, read_corpus
+from .corpus import CorpusError, read_corpus
 from .trainer import AdaptResult, Progress, adapt
 from .units import FAMILIES, UnitTensors, resolve_units
 

