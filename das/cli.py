@@ -256,6 +256,57 @@ def demo(
     typer.echo(f"store: {out / 'store'} (try: das versions --store {out / 'store'})")
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@app.command()
+def serve(
+    store: StoreOption = None,
+    host: Annotated[str | None, typer.Option(help="address to bind (default: $DAS_HOST, 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default: $DAS_PORT, 8000)")] = None,
+    broker: Annotated[str | None, typer.Option(
+        help="Celery broker, e.g. redis://127.0.0.1:6379/0 (default: $DAS_BROKER_URL; none = embedded worker)")] = None,
+) -> None:
+    """Run the API. Without a broker it runs its own worker in-process (embedded mode)."""
+    import uvicorn
+
+    overrides = {k: v for k, v in dict(store=store, host=host, port=port, broker_url=broker).items() if v is not None}
+    settings = get_settings().model_copy(update=overrides)
+    if settings.host not in LOOPBACK and not (settings.management_token and settings.inference_token):
+        _fail(f"refusing to bind {settings.host} without auth: set DAS_MANAGEMENT_TOKEN and DAS_INFERENCE_TOKEN, "
+              "or bind 127.0.0.1")
+    _apply_threads()
+    _quiet_transformers()
+    from api.main import create_app
+
+    with _clear_errors():
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, timeout_graceful_shutdown=30,
+                    log_level="info")
+
+
+@app.command()
+def worker(
+    broker: Annotated[str | None, typer.Option(help="Celery broker (default: $DAS_BROKER_URL)")] = None,
+    store: StoreOption = None,
+) -> None:
+    """Run a Celery worker for adaptation jobs (distributed mode); one job at a time."""
+    import os
+
+    if broker:
+        os.environ["DAS_BROKER_URL"] = broker
+    if store:
+        os.environ["DAS_STORE"] = store
+    get_settings.cache_clear()
+    if not get_settings().broker_url:
+        _fail("a worker needs a broker: pass --broker redis://... or set DAS_BROKER_URL")
+    _apply_threads()
+    _quiet_transformers()
+    from worker.celery_app import celery, queue_name
+
+    celery.worker_main(["worker", "--loglevel=INFO", "--pool=solo", "--concurrency=1",
+                        "--queues", queue_name(get_settings()), "--without-gossip", "--without-mingle"])
+
+
 def _apply_threads() -> None:
     threads = get_settings().torch_threads
     if threads:

@@ -24,6 +24,26 @@ class Settings(BaseSettings):
     work_dir: Path = Field(Path("runs/work"), description="Resumable working folders of adaptations.")
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 keeps torch's default.")
 
+    # --- the service ---
+    host: str = Field("127.0.0.1", description="Address `das serve` binds (non-loopback needs both tokens).")
+    port: int = Field(8000, ge=1, le=65535)
+    broker_url: str | None = Field(None, description="Celery broker (Redis). None: embedded mode, in-process worker.")
+    redis_prefix: str = Field("das:", description="Namespace of this deployment's keys, queue and channel in Redis.")
+    management_token: str | None = Field(None, description="Bearer token for uploads, activation and cancel.")
+    inference_token: str | None = Field(None, description="Bearer token for inference (the management one works too).")
+    max_upload_bytes: int = Field(50 * 2**20, ge=1, description="Largest corpus upload.")
+    max_json_bytes: int = Field(2**20, ge=1, description="Largest JSON request body.")
+    max_texts: int = Field(64, ge=1, description="Most texts in one inference request.")
+    max_text_chars: int = Field(4000, ge=1, description="Longest text in an inference request.")
+    max_batch_size: int = Field(32, ge=1, description="Most texts the micro-batcher runs in one forward pass.")
+    max_wait_ms: float = Field(5.0, ge=0, description="How long the micro-batcher waits to fill a batch.")
+    inference_queue_size: int = Field(256, ge=1, description="Requests waiting for the model; more get 503.")
+    job_time_limit_s: int = Field(6 * 3600, ge=60, description="Hard time limit of one adaptation job.")
+    visibility_timeout_s: int = Field(7 * 3600, ge=5, description="Broker redelivery of unacked jobs; > time limit.")
+    heartbeat_s: float = Field(5.0, gt=0, description="Job lock heartbeat; a lock lives 3 heartbeats.")
+    max_attempts: int = Field(3, ge=1, description="Attempts of a job that fails (a resumed job counts one).")
+    poll_interval_s: float = Field(2.0, gt=0, description="How often API processes poll the active pointer.")
+
 
 @lru_cache
 def get_settings() -> Settings:

@@ -267,7 +267,8 @@ def adapt(base: str | Path, corpus: str | Path | list[str], out_dir: str | Path,
     }
     (out_dir / METRICS).write_text(json.dumps(metrics, indent=2))
     shutil.rmtree(ckpt_dir, ignore_errors=True)
-    report(Progress("done", config.steps, config.steps, history[-1] if history else {}))
+    final = {k: v for k, v in (history[-1] if history else {}).items() if k in ("loss", "mlm", "contrastive")}
+    report(Progress("done", config.steps, config.steps, final))
     return AdaptResult("completed", out_dir, config.steps, metrics)
 
 

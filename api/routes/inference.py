@@ -1,0 +1,54 @@
+"""Inference without a domain id: fill-mask and embeddings, micro-batched."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, HTTPException
+
+from serving.batcher import NotReady, QueueFull
+from serving.model import InputError
+
+from ..deps import InferenceAuth, ServiceDep
+from ..schemas import EmbeddingsOut, FillMaskIn, FillMaskOut, TextsIn
+
+router = APIRouter(prefix="/v1", tags=["inference"], dependencies=[InferenceAuth])
+
+
+def _check_limits(service, texts: list[str]) -> None:
+    settings = service.settings
+    if len(texts) > settings.max_texts:
+        raise HTTPException(422, f"at most {settings.max_texts} texts per request, got {len(texts)}")
+    for i, text in enumerate(texts):
+        if not text.strip():
+            raise HTTPException(422, f"text {i} is empty")
+        if len(text) > settings.max_text_chars:
+            raise HTTPException(422, f"text {i} has {len(text)} characters; the limit is {settings.max_text_chars}")
+
+
+async def _answer(service, kind: str, texts: list[str], top_k: int = 5):
+    _check_limits(service, texts)
+    try:
+        future = service.batcher.submit(kind, texts, top_k)
+    except QueueFull:
+        raise HTTPException(503, "too many requests are waiting; retry shortly", headers={"Retry-After": "1"}) from None
+    try:
+        return await asyncio.wrap_future(future)
+    except InputError as err:
+        raise HTTPException(422, str(err)) from None
+    except NotReady as err:
+        raise HTTPException(503, str(err), headers={"Retry-After": "2"}) from None
+
+
+@router.post("/fill-mask", response_model=FillMaskOut)
+async def fill_mask(*, service: ServiceDep, body: FillMaskIn) -> FillMaskOut:
+    """Top-k tokens for every mask token in each text (use the model's mask token, see /v1/models/current)."""
+    version, results = await _answer(service, "fill_mask", body.texts, body.top_k)
+    return FillMaskOut(version=version, results=results)
+
+
+@router.post("/embeddings", response_model=EmbeddingsOut)
+async def embeddings(*, service: ServiceDep, body: TextsIn) -> EmbeddingsOut:
+    """Mean-pooled, L2-normalised last hidden states."""
+    version, vectors = await _answer(service, "embed", body.texts)
+    return EmbeddingsOut(version=version, dimensions=len(vectors[0]), embeddings=vectors)

@@ -1,0 +1,48 @@
+"""Adaptation jobs: list, watch, cancel."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query
+
+from worker.jobs import TERMINAL, Job
+
+from ..deps import ManagementAuth, ServiceDep
+from ..schemas import JobOut
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+def _out(job: Job) -> JobOut:
+    return JobOut(**dataclasses.asdict(job))
+
+
+@router.get("", response_model=list[JobOut])
+def list_jobs(*, service: ServiceDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[JobOut]:
+    """Jobs, newest first."""
+    return [_out(j) for j in service.jobs.list(limit)]
+
+
+@router.get("/{job_id}", response_model=JobOut)
+def get_job(*, service: ServiceDep, job_id: str) -> JobOut:
+    """One job: state, progress (step, total, losses, tokens/s, ETA), resulting version, error."""
+    job = service.jobs.get(job_id)
+    if job is None:
+        raise HTTPException(404, f"no job {job_id}")
+    return _out(job)
+
+
+@router.delete("/{job_id}", response_model=JobOut, dependencies=[ManagementAuth])
+def cancel_job(*, service: ServiceDep, job_id: str) -> JobOut:
+    """Cancel a job: a queued one at once, a running one at its next step (its checkpoint is kept)."""
+    job = service.jobs.get(job_id)
+    if job is None:
+        raise HTTPException(404, f"no job {job_id}")
+    if job.state in TERMINAL:
+        raise HTTPException(409, f"job {job_id} already ended ({job.state})")
+    fields = {"cancel_requested": True}
+    if job.state == "queued":
+        fields["state"] = "cancelled"
+    return _out(service.jobs.update(job_id, **fields))

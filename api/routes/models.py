@@ -1,0 +1,91 @@
+"""Model versions: lineage, status, importance, activation (rollback)."""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, HTTPException, Query
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+
+from model_store import importance_history as history
+from model_store.manifest import Manifest
+from model_store.names import InvalidName
+from model_store.store import StoreError, VersionNotFound
+
+from ..deps import ManagementAuth, ServiceDep
+from ..schemas import CurrentModel, ModelOut
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+def _out(manifest: Manifest) -> ModelOut:
+    return ModelOut(**dataclasses.asdict(manifest))
+
+
+def _manifest(service, version: str) -> Manifest:
+    try:
+        return service.store.manifest(version)
+    except InvalidName as err:
+        raise HTTPException(422, str(err)) from None
+    except VersionNotFound as err:
+        raise HTTPException(404, str(err)) from None
+
+
+@router.get("", response_model=list[ModelOut])
+def list_models(*, service: ServiceDep) -> list[ModelOut]:
+    """Every version, oldest first, with parent and status."""
+    return [_out(m) for m in service.store.versions()]
+
+
+@router.get("/current", response_model=CurrentModel)
+def current_model(*, service: ServiceDep) -> CurrentModel:
+    """The active version, and the one this process serves right now (they differ during a swap)."""
+    active = service.store.active()
+    if active is None:
+        raise HTTPException(503, "the store has no active version yet")
+    serving = service.holder.current
+    return CurrentModel(**dataclasses.asdict(active), serving=serving.version if serving else None,
+                        mask_token=serving.mask_token if serving else None)
+
+
+@router.get("/{version}", response_model=ModelOut)
+def get_model(*, service: ServiceDep, version: str) -> ModelOut:
+    """One version's manifest."""
+    return _out(_manifest(service, version))
+
+
+@router.get("/{version}/importance", responses={200: {"content": {"image/png": {}}}})
+async def get_importance(*, service: ServiceDep, version: str,
+                         format: Annotated[Literal["json", "png"], Query()] = "json"):
+    """Per-layer importance summaries (cumulative and added), or heatmaps with ?format=png."""
+    _manifest(service, version)
+    path = service.store.importance_file(version)
+    if path is None:
+        raise HTTPException(404, f"{version} has no importance: it is the base model")
+    cumulative = history.load_importance(path)
+    before_path = service.store.importance_file(version, "importance_in")
+    added = history.added(cumulative, history.load_importance(before_path) if before_path else None)
+    if format == "png":
+        def draw() -> bytes:
+            with tempfile.TemporaryDirectory() as tmp:
+                png = Path(tmp) / "importance.png"
+                history.heatmap_png([("cumulative", cumulative), ("added", added)], png, f"importance of {version}")
+                return png.read_bytes()
+        return Response(await run_in_threadpool(draw), media_type="image/png")
+    return {"version": version, "cumulative": history.summarise(cumulative), "added": history.summarise(added)}
+
+
+@router.post("/{version}/activate", response_model=ModelOut, dependencies=[ManagementAuth])
+def activate_model(*, service: ServiceDep, version: str) -> ModelOut:
+    """Make a version active (rollback); every API process swaps to it, and later jobs build on it."""
+    _manifest(service, version)
+    try:
+        manifest = service.store.activate(version)
+    except StoreError as err:
+        raise HTTPException(409, str(err)) from None
+    service.activated(version)
+    return _out(manifest)

@@ -1,0 +1,1 @@
+"""Serving: loaded model versions, hot swap, micro-batching, following the active version."""

@@ -1,0 +1,75 @@
+"""A loaded model version that answers fill-mask and embeddings (torch lives here, not in api/)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+from das_engine.units import resolve_units
+
+
+class InputError(ValueError):
+    """A client's text cannot be answered; the message says what to fix."""
+
+
+@dataclass
+class LoadedModel:
+    version: str
+    model: AutoModelForMaskedLM
+    tokenizer: AutoTokenizer
+    mlm_head: torch.nn.Module  # run only at masked positions
+    max_tokens: int
+
+    @classmethod
+    def load(cls, version: str, folder: Path) -> LoadedModel:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        model = AutoModelForMaskedLM.from_pretrained(str(folder), use_safetensors=True).eval()
+        max_tokens = min(getattr(model.config, "max_position_embeddings", 512) - 2, 512)
+        return cls(version, model, tokenizer, resolve_units(model).mlm_head, max_tokens)
+
+    @property
+    def mask_token(self) -> str:
+        return self.tokenizer.mask_token
+
+    def warm(self) -> None:
+        self.fill_mask([f"warm {self.mask_token} up"], top_k=1)
+        self.embed(["warm up"])
+
+    def _encode(self, texts: list[str]):
+        return self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=self.max_tokens)
+
+    def check_fill_mask(self, text: str) -> None:
+        """Raise InputError unless the text holds a mask token that survives truncation."""
+        if self.mask_token not in text:
+            raise InputError(f"each text must hold the mask token {self.mask_token!r}")
+        ids = self._encode([text])["input_ids"][0]
+        if not (ids == self.tokenizer.mask_token_id).any():
+            raise InputError(f"the mask token lies beyond the first {self.max_tokens} tokens")
+
+    @torch.inference_mode()
+    def fill_mask(self, texts: list[str], top_k: int) -> list[list[list[dict]]]:
+        """Per text, per mask token: the top_k tokens with their probabilities."""
+        enc = self._encode(texts)
+        hidden = self.model.base_model(**enc).last_hidden_state  # (B, T, D)
+        where = enc["input_ids"] == self.tokenizer.mask_token_id  # (B, T)
+        scores = self.mlm_head(hidden[where]).softmax(-1)  # only the masked positions: (N, V)
+        top = scores.topk(top_k, dim=-1)
+        answers: list[list[list[dict]]] = [[] for _ in texts]
+        rows = where.nonzero()[:, 0].tolist()
+        for row, values, ids in zip(rows, top.values.tolist(), top.indices.tolist(), strict=True):
+            answers[row].append([{"token": self.tokenizer.decode([i]).strip(), "token_id": i, "score": round(v, 6)}
+                                 for v, i in zip(values, ids, strict=True)])
+        return answers
+
+    @torch.inference_mode()
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        """Mean of the last hidden states over real tokens, L2-normalised."""
+        enc = self._encode(texts)
+        hidden = self.model.base_model(**enc).last_hidden_state  # (B, T, D)
+        weights = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        return F.normalize(pooled, dim=-1).tolist()

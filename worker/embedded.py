@@ -1,0 +1,49 @@
+"""Embedded mode: one in-process worker thread runs the same task function Celery runs."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+
+from .tasks import Outcome, WorkerContext, run_adaptation
+
+log = logging.getLogger(__name__)
+
+
+class EmbeddedWorker:
+    """Runs jobs one at a time in the order they were submitted; pending jobs resume on start."""
+
+    def __init__(self, ctx: WorkerContext) -> None:
+        self.ctx = ctx
+        self.queue: queue.Queue[str | None] = queue.Queue()
+        self.thread = threading.Thread(target=self._loop, name="das-embedded-worker", daemon=True)
+
+    def start(self) -> None:
+        pending = [j for j in reversed(self.ctx.jobs.list(limit=10_000)) if j.state in ("queued", "running")]
+        for job in pending:  # oldest first: a job interrupted by a shutdown resumes from its checkpoint
+            self.queue.put(job.id)
+        self.thread.start()
+
+    def submit(self, job_id: str) -> None:
+        self.queue.put(job_id)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Ask the running job to checkpoint and stop; it stays queued and resumes on the next start."""
+        self.ctx.stop.set()
+        self.queue.put(None)
+        self.thread.join(timeout_s)
+
+    def _loop(self) -> None:
+        while not self.ctx.stop.is_set():
+            job_id = self.queue.get()
+            if job_id is None:
+                return
+            try:
+                outcome = run_adaptation(job_id, self.ctx)
+            except Exception:  # noqa: BLE001 - never let one job kill the worker thread
+                log.exception("job %s crashed the task function", job_id)
+                outcome = Outcome.RETRY
+            if outcome is not Outcome.DONE and not self.ctx.stop.is_set():
+                self.ctx.stop.wait(1.0)
+                self.queue.put(job_id)
