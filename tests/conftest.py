@@ -84,3 +84,19 @@ def redis_url() -> str:
     url = "redis://127.0.0.1:6379/0"
     redis.Redis.from_url(url).ping()
     return url
+
+
+@pytest.fixture
+def service_settings(tmp_path):
+    """Settings of a service on a fresh store in tmp_path (embedded mode unless a test adds a broker)."""
+    from das.settings import Settings
+
+    return Settings(store=str(tmp_path / "store"), work_dir=tmp_path / "work", models_dir=get_settings().models_dir,
+                    poll_interval_s=0.5, heartbeat_s=1.0, max_wait_ms=2.0)
+
+
+@pytest.fixture
+def small_corpus(tmp_path, legal_docs) -> Path:
+    path = tmp_path / "legal-upload.txt"
+    path.write_text("\n".join(legal_docs[:60]) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,35 @@
+"""Helpers shared by the service tests: a small job's form, and waiting for a job to end."""
+
+from __future__ import annotations
+
+import time
+
+JOB_FORM = {"domain": "legal", "steps": "12", "batch_size": "4", "max_length": "64"}
+
+
+def upload(client, path, **form) -> dict:
+    with open(path, "rb") as f:
+        response = client.post("/v1/corpora", files={"file": (path.name, f, "text/plain")},
+                               data={**JOB_FORM, **form})
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def wait_for_job(client, job_id: str, timeout_s: float = 120.0, states=("succeeded", "failed", "cancelled",
+                                                                         "rejected")) -> dict:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["state"] in states:
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not reach {states} in {timeout_s}s: {job}")
+
+
+def wait_serving(client, version: str, timeout_s: float = 30.0) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if client.get("/v1/models/current").json().get("serving") == version:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the API did not swap to {version}")
