@@ -14,7 +14,6 @@ import statistics
 import time
 
 import torch
-from transformers import AutoModelForMaskedLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from das.base_model import resolve_base_model
@@ -23,6 +22,7 @@ from das.settings import get_settings
 from das_engine.config import DASConfig
 from das_engine.data import mask_tokens, pack_corpus
 from das_engine.importance import domain_importance_raw, general_importance_raw, normalise, sample_batches
+from das_engine.loading import load_masked_lm
 from das_engine.mlm import hidden_states, masked_lm_loss
 from das_engine.softmask import SoftMask
 from das_engine.trainer import das_loss, optimizer_step
@@ -51,7 +51,7 @@ def main() -> None:
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     folder = resolve_base_model(args.model, get_settings().models_dir)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    _, tokenizer = load_masked_lm(folder)
     config = DASConfig(batch_size=args.batch_size, max_length=args.max_length, mask_mode=args.mask_mode)
     packed = pack_corpus(licence_documents() + python_doc_documents(), tokenizer, config.max_length)
     ids, mask = packed.input_ids[: config.batch_size], packed.attention_mask[: config.batch_size]
@@ -59,7 +59,7 @@ def main() -> None:
     ids, mask, masked, labels = (t.to(device) for t in (ids, mask, masked, labels))
     tokens = int(mask.sum())
 
-    models = {name: AutoModelForMaskedLM.from_pretrained(folder).to(device).train() for name in ("das", "mlm", "hf")}
+    models = {name: load_masked_lm(folder)[0].to(device).train() for name in ("das", "mlm", "hf")}
     units = {name: resolve_units(m) for name, m in models.items()}
     optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-5) for name, m in models.items()}
     batches = sample_batches(packed, args.importance_samples, config.importance_batch_size, seed=0)

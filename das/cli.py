@@ -231,8 +231,9 @@ def demo(
     steps: Annotated[int, typer.Option(help="steps per domain")] = 60,
 ) -> None:
     """Adapt the embedded model to two real domains in turn (local licence texts, then Python docs)."""
+    from serving.model import LoadedModel
+
     from .demo import write_demo_corpora
-    from .fill_mask import fill_mask
     from .pipeline import adapt_active, ensure_initialised, open_store
 
     _apply_threads()
@@ -247,12 +248,13 @@ def demo(
             _with_progress(domain, steps, lambda cb, c=corpus, d=domain: adapt_active(
                 model_store, c, d, config, work_dir=out / "work", on_progress=cb))
     probes = ["permission is hereby granted, free of [MASK], to any person.", "return the [MASK] of the list."]
+    loaded = [(m, LoadedModel.load(m.id, model_store.model_dir(m.id))) for m in model_store.versions()]
     for text in probes:
         typer.echo(text)
-        for m in model_store.versions():
-            answers = fill_mask(str(model_store.model_dir(m.id)), [text], top_k=3)[0]
+        for manifest, model in loaded:
+            answers = model.fill_mask([text], top_k=3)[0][0]  # the first (only) mask of the text
             top = ", ".join(f"{a['token']} {a['score']:.2f}" for a in answers)
-            typer.echo(f"  {m.id} {m.domain or '(base)':12s} {top}")
+            typer.echo(f"  {manifest.id} {manifest.domain or '(base)':12s} {top}")
     typer.echo(f"store: {out / 'store'} (try: das versions --store {out / 'store'})")
 
 

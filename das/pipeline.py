@@ -36,11 +36,12 @@ def ensure_initialised(store: ModelStore, settings: Settings | None = None) -> M
     base = resolve_base_model(settings.base_model, settings.models_dir)
     if Path(base).is_dir():
         return store.init_base(Path(base), settings.base_model)
-    from transformers import AutoModelForMaskedLM, AutoTokenizer
+    from das_engine.loading import load_masked_lm
 
     with tempfile.TemporaryDirectory() as tmp:
-        AutoModelForMaskedLM.from_pretrained(base).save_pretrained(tmp)
-        AutoTokenizer.from_pretrained(base).save_pretrained(tmp)
+        model, tokenizer = load_masked_lm(base, safetensors_only=False)  # saved below as safetensors
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
         return store.init_base(Path(tmp), settings.base_model)
 
 

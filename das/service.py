@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 
 from model_store.store import ModelStore
 from serving.batcher import MicroBatcher
@@ -43,9 +44,15 @@ class Service:
         if self.embedded is not None:
             self.embedded.submit(job_id)
             return
-        from worker.celery_app import TASK_NAME, make_celery, queue_name
+        from worker.celery_app import TASK_NAME, queue_name
 
-        make_celery(self.settings).send_task(TASK_NAME, args=[job_id], queue=queue_name(self.settings))
+        self._celery.send_task(TASK_NAME, args=[job_id], queue=queue_name(self.settings))
+
+    @cached_property
+    def _celery(self):
+        from worker.celery_app import make_celery
+
+        return make_celery(self.settings)
 
     def activated(self, version: str) -> None:
         """A version became active: tell the other replicas, and swap here without waiting for a poll."""

@@ -22,7 +22,6 @@ from typing import Literal
 
 import torch
 from torch import nn
-from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import DASConfig
@@ -37,6 +36,7 @@ from .importance import (
     normalise,
     sample_batches,
 )
+from .loading import load_masked_lm
 from .mlm import hidden_states, masked_lm_loss, mean_pool
 from .softmask import SoftMask
 from .units import ModelUnits, UnitTensors, resolve_units
@@ -161,8 +161,8 @@ def adapt(base: str | Path, corpus: str | Path | list[str], out_dir: str | Path,
 
     # --- set-up: model, units, data ---
     torch.manual_seed(config.seed)
-    model = AutoModelForMaskedLM.from_pretrained(str(base), use_safetensors=True).to(device)
-    tokenizer = AutoTokenizer.from_pretrained(str(base))
+    model, tokenizer = load_masked_lm(base)
+    model.to(device)
     units = resolve_units(model)
     documents = corpus if isinstance(corpus, list) else read_corpus(corpus)
     packed = pack_corpus(documents, tokenizer, config.max_length)

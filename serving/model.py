@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
+from das_engine.loading import load_masked_lm
 from das_engine.units import resolve_units
 
 
@@ -26,8 +27,8 @@ class LoadedModel:
 
     @classmethod
     def load(cls, version: str, folder: Path) -> LoadedModel:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        model = AutoModelForMaskedLM.from_pretrained(str(folder), use_safetensors=True).eval()
+        model, tokenizer = load_masked_lm(folder)
+        model.eval()
         max_tokens = min(getattr(model.config, "max_position_embeddings", 512) - 2, 512)
         return cls(version, model, tokenizer, resolve_units(model).mlm_head, max_tokens)
 

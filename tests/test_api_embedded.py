@@ -3,9 +3,9 @@
 import time
 
 from fastapi.testclient import TestClient
+from service_helpers import upload, wait_for_job, wait_serving
 
 from api.main import create_app
-from service_helpers import upload, wait_for_job, wait_serving
 
 PROBE = {"texts": ["permission is hereby granted, free of [MASK], to any person."], "top_k": 3}
 

@@ -75,12 +75,13 @@ def test_malformed_and_oversized_json(client):
                                                                             "content-type": "application/json"})
     assert response.status_code == 422
     big = json.dumps({"texts": ["a" * 3000]})
-    response = client.post("/v1/embeddings", content=big, headers={**_auth(INFER), "content-type": "application/json"})
+    headers = {**_auth(INFER), "content-type": "application/json"}
+    response = client.post("/v1/embeddings", content=big, headers=headers)
     assert response.status_code == 413 and "limit" in response.json()["detail"]
 
 
-@pytest.mark.parametrize("path,status", [("/v1/models/v0042", 404), ("/v1/models/..%2Fetc", 404), ("/v1/models/..etc", 422),
-                                         ("/v1/models/v1", 422), ("/v1/jobs/nope", 404),
+@pytest.mark.parametrize("path,status", [("/v1/models/v0042", 404), ("/v1/models/..%2Fetc", 404),
+                                         ("/v1/models/..etc", 422), ("/v1/models/v1", 422), ("/v1/jobs/nope", 404),
                                          ("/v1/models/v0042/importance", 404)])
 def test_unknown_and_invalid_ids(client, path, status):
     assert client.get(path, headers=_auth(MGMT)).status_code == status

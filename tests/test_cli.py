@@ -15,7 +15,7 @@ from transformers import AutoModelForMaskedLM
 from typer.testing import CliRunner
 
 from das.cli import app
-from das.fill_mask import fill_mask
+from serving.model import LoadedModel
 
 runner = CliRunner()
 SMALL = ["--steps", "12", "--batch-size", "8", "--max-length", "64", "--importance-samples", "16"]
@@ -43,7 +43,7 @@ def test_two_domains_in_sequence(tmp_path, bert_dir, legal_docs, code_docs):
     answers = {}
     for name, folder in (("base", bert_dir), ("v1", v1), ("v2", v2)):
         AutoModelForMaskedLM.from_pretrained(folder)  # a plain Hugging Face folder
-        answers[name] = {a["token"]: a["score"] for a in fill_mask(str(folder), probe, top_k=5)[0]}
+        answers[name] = {a["token"]: a["score"] for a in LoadedModel.load(name, folder).fill_mask(probe, top_k=5)[0][0]}
     assert answers["v1"] != answers["base"] and answers["v2"] != answers["v1"]
     i1, i2 = (load_file(str(v / "importance.safetensors")) for v in (v1, v2))
     assert (i2["intermediate"] >= i1["intermediate"]).all()
