@@ -22,7 +22,8 @@ SMALL = ["--steps", "12", "--batch-size", "8", "--max-length", "64", "--importan
 
 
 def test_every_command_has_help():
-    for args in ([], ["adapt"], ["demo"], ["fetch-base"]):
+    for args in ([], ["adapt"], ["demo"], ["fetch-base"], ["serve"], ["worker"], ["versions"], ["show"],
+                 ["activate"], ["importance"], ["gc"]):
         result = runner.invoke(app, [*args, "--help"])
         assert result.exit_code == 0 and "Usage" in result.output
 
@@ -96,3 +97,20 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, roberta_dir, corpus_fil
     assert all(torch.equal(ia[k], ib[k]) for k in ia)
     metrics = Path(broken / "train_metrics.json").read_text()
     assert '"resumed_from_step": null' not in metrics
+
+
+def test_serve_refuses_a_public_bind_without_tokens(monkeypatch):
+    monkeypatch.delenv("DAS_MANAGEMENT_TOKEN", raising=False)
+    monkeypatch.delenv("DAS_INFERENCE_TOKEN", raising=False)
+    result = runner.invoke(app, ["serve", "--host", "0.0.0.0"])
+    assert result.exit_code == 2 and "refusing to bind 0.0.0.0 without auth" in result.output
+
+
+def test_worker_needs_a_broker(monkeypatch):
+    monkeypatch.delenv("DAS_BROKER_URL", raising=False)
+    from das.settings import get_settings
+
+    get_settings.cache_clear()
+    result = runner.invoke(app, ["worker"])
+    get_settings.cache_clear()
+    assert result.exit_code == 2 and "needs a broker" in result.output
