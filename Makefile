@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint bench base-model
+.PHONY: run demo test bench base-model
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -14,6 +14,9 @@ base-model: $(STAMP)
 	$(VENV)/bin/das fetch-base
 
 run: base-model
+	$(VENV)/bin/das serve
+
+demo: base-model
 	$(VENV)/bin/das demo
 
 test: base-model
