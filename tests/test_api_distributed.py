@@ -84,3 +84,20 @@ def test_a_worker_killed_mid_job_resumes_and_publishes_once(distributed, small_c
         assert [m["id"] for m in client.get("/v1/models").json()] == ["v0001", "v0002"]
         manifest = client.get("/v1/models/v0002").json()
         assert manifest["metrics"]["resumed_from_step"] >= 100
+
+
+def test_sigterm_to_a_worker_leaves_its_job_resumable(distributed, small_corpus):
+    settings, start_worker = distributed
+    worker = start_worker()
+    with TestClient(create_app(settings)) as client:
+        job_id = upload(client, small_corpus, steps="300")["job_id"]
+        while (client.get(f"/v1/jobs/{job_id}").json()["progress"].get("step") or 0) < 10:
+            time.sleep(0.05)
+        worker.send_signal(signal.SIGTERM)  # warm shutdown
+        assert worker.wait(60) == 0
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        assert (job["state"], job["attempts"]) == ("queued", 0)  # a shutdown is not a failed attempt
+        start_worker()
+        job = wait_for_job(client, job_id, timeout_s=180)
+        assert (job["state"], job["attempts"], job["version"]) == ("succeeded", 1, "v0002")
+        assert client.get("/v1/models/v0002").json()["metrics"]["resumed_from_step"] >= 10
