@@ -90,7 +90,7 @@ def test_sigterm_to_a_worker_leaves_its_job_resumable(distributed, small_corpus)
     settings, start_worker = distributed
     worker = start_worker()
     with TestClient(create_app(settings)) as client:
-        job_id = upload(client, small_corpus, steps="300")["job_id"]
+        job_id = upload(client, small_corpus, steps="150")["job_id"]
         while (client.get(f"/v1/jobs/{job_id}").json()["progress"].get("step") or 0) < 10:
             time.sleep(0.05)
         worker.send_signal(signal.SIGTERM)  # warm shutdown
