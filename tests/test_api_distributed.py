@@ -42,6 +42,7 @@ def distributed(service_settings, redis_url):
 
 def test_same_scenario_with_celery_workers(distributed, small_corpus, code_docs, tmp_path):
     settings, start_worker = distributed
+    settings = settings.model_copy(update={"poll_interval_s": 600.0})  # replicas converge by pub/sub alone
     start_worker()
     start_worker()  # two workers: still one job at a time, in order
     with TestClient(create_app(settings)) as client, TestClient(create_app(settings)) as replica:
