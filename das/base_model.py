@@ -7,7 +7,6 @@ clashes), checked against pinned digests, and only its safetensors/JSON files ar
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 import subprocess
@@ -15,6 +14,8 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+from model_store.backends import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +38,6 @@ PROVENANCE = (
 
 class BaseModelError(RuntimeError):
     """The base model could not be fetched, verified or found."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _is_verified(folder: Path) -> bool:
