@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -30,7 +32,10 @@ def pack_corpus(documents: list[str], tokenizer, max_length: int) -> PackedCorpu
         raise ValueError("the tokenizer needs cls, sep, pad and mask tokens for masked-LM training")
     encoded = tokenizer(documents, add_special_tokens=False, return_attention_mask=False,
                         verbose=False)["input_ids"]
-    stream = torch.tensor([t for ids in encoded for t in (*ids, sep_id)], dtype=torch.long)
+    for ids in encoded:  # one separator after each document (a loop over documents, not tokens)
+        ids.append(sep_id)
+    total = sum(len(ids) for ids in encoded)
+    stream = torch.from_numpy(np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int64, count=total))
     body = max_length - 2
     n_blocks = max(1, -(-len(stream) // body))
     padded = torch.full((n_blocks * body,), pad_id, dtype=torch.long)
