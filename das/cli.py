@@ -194,23 +194,17 @@ def importance(
 
     with _clear_errors():
         model_store = _open_store(store)
-        path = model_store.importance_file(version)
-        if path is None:
+        found = history.version_importance(model_store, version)
+        if found is None:
             _fail(f"{version} has no importance: it is the base model (its first adaptation computes it)")
-        cumulative = history.load_importance(path)
-        before_path = model_store.importance_file(version, "importance_in")
-        before = history.load_importance(before_path) if before_path else None
-        report = {"version": version, "cumulative": history.summarise(cumulative),
-                  "added": history.summarise(history.added(cumulative, before))}
+        report = found.report()
         if diff is not None:
-            other = model_store.importance_file(diff)
+            other = history.version_importance(model_store, diff)
             if other is None:
                 _fail(f"{diff} has no importance to compare with")
-            report["diff"] = {"from": diff, "to": version,
-                              "groups": history.diff(history.load_importance(other), cumulative)}
+            report["diff"] = {"from": diff, "to": version, "groups": history.diff(other.cumulative, found.cumulative)}
         if png is not None:
-            rows = [("cumulative", cumulative), ("added", history.added(cumulative, before))]
-            history.heatmap_png(rows, png, f"importance of {version}")
+            found.heatmap(png)
             console.print(f"wrote {png}")
     if as_json or png is None:
         typer.echo(json.dumps(report, indent=2))

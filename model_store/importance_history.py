@@ -5,6 +5,7 @@ Reads safetensors with numpy only (the store knows nothing of torch or gradients
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,44 @@ def diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, Any]:
                      "became_important": int(((a[g] <= 0.5) & (b[g] > 0.5)).sum()),
                      "stopped_being_important": int(((a[g] > 0.5) & (b[g] <= 0.5)).sum())}
     return result
+
+
+@dataclass
+class VersionImportance:
+    """What a version trained against, what its domain needed, and what it hands on."""
+
+    version: str
+    cumulative: dict[str, np.ndarray]  # I(<=t)
+    trained_against: dict[str, np.ndarray] | None  # I(<=t-1)
+    domain: dict[str, np.ndarray] | None  # I(t)
+
+    @property
+    def added(self) -> dict[str, np.ndarray]:
+        return added(self.cumulative, self.trained_against)
+
+    def report(self) -> dict[str, Any]:
+        result = {"version": self.version, "cumulative": summarise(self.cumulative), "added": summarise(self.added)}
+        if self.domain is not None:
+            result["domain"] = summarise(self.domain)
+        return result
+
+    def heatmap(self, path: Path) -> Path:
+        return heatmap_png([("cumulative", self.cumulative), ("added", self.added)], path,
+                           f"importance of {self.version}")
+
+
+def version_importance(store, version: str) -> VersionImportance | None:
+    """The importance files of a version, or None for a version without (the base model)."""
+    path = store.importance_file(version)
+    if path is None:
+        return None
+
+    def optional(kind: str) -> dict[str, np.ndarray] | None:
+        found = store.importance_file(version, kind)
+        return load_importance(found) if found else None
+
+    return VersionImportance(version, load_importance(path), optional("importance_in"),
+                             optional("domain_importance"))
 
 
 def heatmap_png(rows: list[tuple[str, dict[str, np.ndarray]]], path: Path, title: str) -> Path:

@@ -36,6 +36,7 @@ def test_upload_adapt_swap_rollback_and_upload_again(service_settings, small_cor
         wait_serving(client, "v0003")
         importance = client.get("/v1/models/v0003/importance").json()
         assert set(importance["cumulative"]) == {"head", "intermediate", "output"}
+        assert set(importance) == {"version", "cumulative", "added", "domain"}
         png = client.get("/v1/models/v0003/importance", params={"format": "png"})
         assert png.headers["content-type"] == "image/png" and png.content[:4] == b"\x89PNG"
         # the same bytes again are recognised by their digest

@@ -46,6 +46,7 @@ def test_importance_summary_diff_and_png(cli_store):
     cumulative = report["cumulative"]["intermediate"]
     assert len(cumulative["mean"]) == 2 and all(0 <= x < 1 for x in cumulative["mean"])
     assert all(x >= 0 for x in report["added"]["intermediate"]["mean"])  # EMax only adds
+    assert len(report["domain"]["output"]["share_above_half"]) == 2  # I(t) of the version's own domain
     assert report["diff"]["from"] == "v0002" and "became_important" in report["diff"]["groups"]["output"]
     png = root / "imp.png"
     _ok(["importance", "v0003", "--store", store, "--png", str(png)])

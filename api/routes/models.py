@@ -63,20 +63,15 @@ async def get_importance(*, service: ServiceDep, version: str,
                          format: Annotated[Literal["json", "png"], Query()] = "json"):
     """Per-layer importance summaries (cumulative and added), or heatmaps with ?format=png."""
     _manifest(service, version)
-    path = service.store.importance_file(version)
-    if path is None:
+    found = history.version_importance(service.store, version)
+    if found is None:
         raise HTTPException(404, f"{version} has no importance: it is the base model")
-    cumulative = history.load_importance(path)
-    before_path = service.store.importance_file(version, "importance_in")
-    added = history.added(cumulative, history.load_importance(before_path) if before_path else None)
     if format == "png":
         def draw() -> bytes:
             with tempfile.TemporaryDirectory() as tmp:
-                png = Path(tmp) / "importance.png"
-                history.heatmap_png([("cumulative", cumulative), ("added", added)], png, f"importance of {version}")
-                return png.read_bytes()
+                return found.heatmap(Path(tmp) / "importance.png").read_bytes()
         return Response(await run_in_threadpool(draw), media_type="image/png")
-    return {"version": version, "cumulative": history.summarise(cumulative), "added": history.summarise(added)}
+    return found.report()
 
 
 @router.post("/{version}/activate", response_model=ModelOut, dependencies=[ManagementAuth])
