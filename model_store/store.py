@@ -166,6 +166,9 @@ class ModelStore:
             self._fetch_verified(f"versions/{version_id}/{name}", manifest.files[name], target)
         return target
 
+    def has_corpus(self, sha256: str) -> bool:
+        return self.backend.exists(f"corpora/{names.digest(sha256)}")
+
     def corpus_path(self, sha256: str) -> Path:
         names.digest(sha256)
         local = self.backend.local_path(f"corpora/{sha256}")

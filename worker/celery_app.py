@@ -17,6 +17,7 @@ from .tasks import Outcome, run_adaptation
 
 log = logging.getLogger(__name__)
 TASK_NAME = "das.adapt"
+WAIT_S = 3  # how often a job that waits for its turn asks again
 
 
 def queue_name(settings: Settings) -> str:
@@ -44,7 +45,7 @@ def make_celery(settings: Settings) -> Celery:
         if outcome is Outcome.DONE:
             return outcome.value
         # WAIT (an earlier job runs) or RETRY (resumable): hand the job back to the queue
-        raise self.retry(countdown=1 if outcome is Outcome.WAIT else 2)
+        raise self.retry(countdown=WAIT_S if outcome is Outcome.WAIT else 2)
 
     return app
 

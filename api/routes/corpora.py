@@ -57,7 +57,7 @@ async def upload_corpus(
         except CorpusError as err:
             raise HTTPException(422, str(err).replace(str(path), file.filename or "upload")) from None
         corpus_id = digest.hexdigest()
-        known = service.store.backend.exists(f"corpora/{corpus_id}")
+        known = service.store.has_corpus(corpus_id)
         info = await run_in_threadpool(service.store.put_corpus, path, len(documents), file.filename or "")
     pending = next((j for j in service.jobs.list(limit=1000) if j.state in ("queued", "running")
                     and j.corpus_id == info.sha256 and j.domain == domain and j.settings == settings), None)

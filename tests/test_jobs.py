@@ -1,0 +1,54 @@
+"""Job registries, SQLite (embedded) and Redis (distributed), against one table of behaviours."""
+
+import time
+import uuid
+
+import pytest
+
+from worker.jobs import RedisJobs, SqliteJobs
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def jobs(request, tmp_path, redis_url):
+    if request.param == "sqlite":
+        return SqliteJobs(tmp_path / "jobs.sqlite")
+    return RedisJobs(redis_url, prefix=f"dastest-{uuid.uuid4().hex[:8]}:")
+
+
+def test_jobs_are_numbered_listed_and_updated(jobs):
+    a = jobs.create("legal", "a" * 64, 10, {"steps": 5})
+    b = jobs.create("code", "b" * 64, 20, {"steps": 6})
+    assert (a.seq, b.seq, a.state) == (1, 2, "queued")
+    assert [j.id for j in jobs.list()] == [b.id, a.id]  # newest first
+    updated = jobs.update(a.id, state="running", progress={"step": 3, "total": 5})
+    assert jobs.get(a.id) == updated and updated.progress["step"] == 3
+    assert jobs.get("missing") is None
+    with pytest.raises(KeyError):
+        jobs.update("missing", state="failed")
+    with pytest.raises(ValueError, match="unknown job fields"):
+        jobs.update(a.id, colour="red")
+
+
+def test_earliest_pending_follows_acceptance_order(jobs):
+    a, b, c = (jobs.create("d", "c" * 64, 1, {}) for _ in range(3))
+    assert jobs.earliest_pending().id == a.id
+    jobs.update(a.id, state="running")
+    assert jobs.earliest_pending().id == a.id
+    jobs.update(a.id, state="succeeded")
+    jobs.update(b.id, state="cancelled")
+    assert jobs.earliest_pending().id == c.id
+    jobs.update(c.id, state="failed")
+    assert jobs.earliest_pending() is None
+
+
+def test_a_lease_has_one_owner_until_it_lapses(jobs):
+    job = jobs.create("d", "d" * 64, 1, {})
+    assert jobs.claim(job.id, "worker-a", ttl_s=0.5)
+    assert jobs.claim(job.id, "worker-a", ttl_s=0.5)  # a heartbeat renews it
+    assert not jobs.claim(job.id, "worker-b", ttl_s=0.5)
+    time.sleep(0.7)  # worker-a died: its lease lapses
+    assert jobs.claim(job.id, "worker-b", ttl_s=5)
+    jobs.release(job.id, "worker-a")  # not the owner: nothing happens
+    assert not jobs.claim(job.id, "worker-a", ttl_s=5)
+    jobs.release(job.id, "worker-b")
+    assert jobs.claim(job.id, "worker-a", ttl_s=5)
