@@ -107,17 +107,19 @@ class ModelStore:
         return sorted((n for n in found if self.backend.exists(f"versions/{n}/{MANIFEST}")), key=names.version_number)
 
     def manifest(self, version_id: str) -> Manifest:
+        return self._manifest(version_id, self.active_id())
+
+    def versions(self) -> list[Manifest]:
+        active = self.active_id()  # read the pointer once, not once per version
+        return [self._manifest(v, active) for v in self.ids()]
+
+    def _manifest(self, version_id: str, active: str | None) -> Manifest:
         names.version_id(version_id)
         try:
             manifest = Manifest.from_json(self.backend.read_bytes(f"versions/{version_id}/{MANIFEST}"))
         except FileNotFoundError:
             raise VersionNotFound(f"no version {version_id} in the store") from None
-        if manifest.id == self.active_id():
-            return manifest.with_status("active")
-        return manifest
-
-    def versions(self) -> list[Manifest]:
-        return [self.manifest(v) for v in self.ids()]
+        return manifest.with_status("active") if manifest.id == active else manifest
 
     def active(self) -> Manifest | None:
         active = self.active_id()
@@ -242,11 +244,11 @@ class ModelStore:
         if keep < 1:
             raise StoreError("gc --keep must be at least 1")
         with self.lock.hold():
-            ids = self.ids()
-            protected = set(ids[-keep:]) | {self.active_id()}
+            manifests = self.versions()
+            protected = {m.id for m in manifests[-keep:]} | {m.id for m in manifests if m.status == "active"}
             archived = []
-            for version_id in ids:
-                manifest = self.manifest(version_id)
+            for manifest in manifests:
+                version_id = manifest.id
                 if version_id in protected or manifest.status == "archived":
                     continue
                 for name in manifest.files:

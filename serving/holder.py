@@ -20,7 +20,6 @@ class ModelHolder:
     def __init__(self, resolve: Callable[[str], Path]) -> None:
         self.resolve = resolve  # version id -> local model folder
         self.current: LoadedModel | None = None
-        self.served: list[str] = []  # every version that has answered, in order
         self._lock = threading.Lock()  # one load at a time
 
     def ensure(self, version: str) -> bool:
@@ -31,6 +30,5 @@ class ModelHolder:
             loaded = LoadedModel.load(version, self.resolve(version))
             loaded.warm()
             self.current = loaded  # the flip: one reference assignment
-            self.served.append(version)
             log.info("serving %s", version)
             return True
