@@ -7,8 +7,8 @@ from typing import Annotated
 
 from fastapi import Depends, Header, HTTPException, Request
 
-from das.service import Service
-from das.settings import Settings
+from .service import Service
+from das_settings import Settings
 
 
 def get_service(request: Request) -> Service:

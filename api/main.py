@@ -1,4 +1,7 @@
-"""The FastAPI application: routers per resource, the service started and stopped with the app."""
+"""The FastAPI application: routers per resource, the service started and stopped with the app.
+
+`das.app.build_app` builds the service with its torch side; this package never imports torch.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +10,15 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
-from das import __version__
-from das.service import Service, build_service
-from das.settings import Settings, get_settings
+from das_settings import Settings, package_version
 
 from .limits import BodyLimitMiddleware
 from .metrics import Metrics, TimingMiddleware
 from .routes import corpora, health, inference, jobs, models
+from .service import Service
 
 
-def create_app(settings: Settings | None = None, service: Service | None = None) -> FastAPI:
-    settings = settings or get_settings()
-    service = service or build_service(settings)
+def create_app(settings: Settings, service: Service) -> FastAPI:
     metrics = Metrics(service)
     service.batcher.on_batch = metrics.observe_batch
 
@@ -30,7 +30,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         finally:
             await run_in_threadpool(service.stop)
 
-    app = FastAPI(title="DAS continual pre-training service", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="DAS continual pre-training service", version=package_version(), lifespan=lifespan,
                   description="Upload domain corpora; each becomes a new model version learned with DAS "
                               "soft-masking; fill-mask and embeddings answer any text with the active version.")
     app.state.service, app.state.metrics = service, metrics

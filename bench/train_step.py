@@ -16,9 +16,9 @@ import time
 import torch
 from transformers.utils import logging as hf_logging
 
-from das.base_model import resolve_base_model
+from worker.base_model import resolve_base_model
 from das.demo import licence_documents, python_doc_documents
-from das.settings import get_settings
+from das_settings import get_settings
 from das_engine.config import DASConfig
 from das_engine.data import mask_tokens, pack_corpus
 from das_engine.importance import domain_importance_raw, general_importance_raw, normalise, sample_batches

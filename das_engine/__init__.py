@@ -1,9 +1,5 @@
-"""DAS: continual domain-adaptive pre-training of masked LMs with soft-masking (see SPEC-DAS)."""
+"""DAS: continual domain-adaptive pre-training of masked LMs with soft-masking (see SPEC-DAS).
 
-from .config import DASConfig
-from .corpus import CorpusError, read_corpus
-from .trainer import AdaptResult, Progress, adapt
-from .units import FAMILIES, UnitTensors, resolve_units
-
-__all__ = ["DASConfig", "CorpusError", "read_corpus", "AdaptResult", "Progress", "adapt",
-           "FAMILIES", "UnitTensors", "resolve_units"]
+The package itself imports nothing, so `das_engine.config` and `das_engine.corpus` stay
+torch-free for the API and the CLI; import the trainer from `das_engine.trainer`.
+"""

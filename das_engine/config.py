@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -69,3 +71,29 @@ class DASConfig:
         if unknown:
             raise ValueError(f"unknown DASConfig fields: {sorted(unknown)}")
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class SettingField:
+    """One DASConfig field as an interface shows it: the CLI's options and the upload's form fields."""
+
+    name: str
+    type: type  # int, float, str or bool
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None = None  # a Literal field's values
+    optional: bool = False  # None is a value (say, max_grad_norm: no clipping)
+
+
+def setting_fields() -> list[SettingField]:
+    """Every DASConfig field, in order: one source for the engine, the CLI and the API."""
+    hints = typing.get_type_hints(DASConfig)
+    found = []
+    for f in dataclasses.fields(DASConfig):
+        kind, choices, optional = hints[f.name], None, False
+        if isinstance(kind, types.UnionType) and type(None) in typing.get_args(kind):
+            kind, optional = next(a for a in typing.get_args(kind) if a is not type(None)), True
+        if typing.get_origin(kind) is Literal:
+            choices, kind = tuple(typing.get_args(kind)), str
+        found.append(SettingField(f.name, kind, f.default, f.metadata["help"], choices, optional))
+    return found

@@ -17,7 +17,7 @@ from torch import nn
 from .data import PackedCorpus, mask_tokens
 from .gates import gates_applied
 from .mlm import hidden_states, masked_lm_loss
-from .units import GROUPS, ModelUnits, UnitTensors
+from .units import ModelUnits, UnitTensors
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # input_ids, attention_mask: (B, T) each
 STD_EPS = 1e-12
@@ -107,8 +107,3 @@ def domain_importance_raw(model: nn.Module, units: ModelUnits, batches: list[Bat
     finally:
         model.train(was_training)
 
-
-def summarise(importance: UnitTensors) -> dict[str, dict[str, list[float]]]:
-    """Per group and layer: mean importance and share of units above 0.5."""
-    return {g: {"mean": t.mean(-1).tolist(), "share_above_half": (t > 0.5).float().mean(-1).tolist()}
-            for g, t in importance.items() if g in GROUPS}

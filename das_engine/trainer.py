@@ -23,6 +23,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from model_store.layout import DOMAIN_IMPORTANCE, IMPORTANCE, IMPORTANCE_IN, METRICS
+
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import DASConfig
 from .contrastive import contrastive_loss
@@ -41,10 +43,6 @@ from .mlm import hidden_states, masked_lm_loss, mean_pool
 from .softmask import SoftMask
 from .units import ModelUnits, UnitTensors, resolve_units
 
-IMPORTANCE_IN = "importance_in.safetensors"
-DOMAIN_IMPORTANCE = "domain_importance.safetensors"
-IMPORTANCE = "importance.safetensors"
-METRICS = "train_metrics.json"
 CHECKPOINTS = "checkpoints"
 
 

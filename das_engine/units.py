@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-GROUPS = ("head", "intermediate", "output")
+from model_store.layout import GROUPS
 
 
 @dataclass(frozen=True)

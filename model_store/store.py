@@ -17,21 +17,18 @@ import shutil
 import tempfile
 import uuid
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from das_settings import package_version
+
 from . import names
 from .backends import Backend, FsspecBackend, LocalBackend, open_backend, sha256_file
+from .layout import IMPORTANCE_FILES, MANIFEST, PICKLE_SUFFIXES
 from .locks import FileLock, RedisLock, WriterLock
 from .manifest import CorpusInfo, Manifest, now_iso
 
 POINTER = "ACTIVE"
-MANIFEST = "manifest.json"
-IMPORTANCE_FILES = {"importance_in": "importance_in.safetensors",
-                    "domain_importance": "domain_importance.safetensors",
-                    "importance": "importance.safetensors"}
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
 class StoreError(RuntimeError):
@@ -49,13 +46,6 @@ class VersionNotFound(StoreError, KeyError):
 
 class CorruptVersion(StoreError):
     """A file of a version does not match its recorded digest."""
-
-
-def _package_version() -> str:
-    try:
-        return version("das-continual")
-    except PackageNotFoundError:
-        return "0.0.0+source"
 
 
 @dataclass
@@ -269,7 +259,7 @@ class ModelStore:
             id=version_id, parent=request.parent, created=now_iso(), status="candidate",
             domain=names.domain_name(request.domain) if request.domain else None, corpus=request.corpus,
             base_model=request.base_model, files=files, settings=request.settings or {},
-            metrics=request.metrics or {}, package_version=_package_version(), request_id=request.request_id)
+            metrics=request.metrics or {}, package_version=package_version(), request_id=request.request_id)
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / MANIFEST).write_text(manifest.to_json())
             staging = _overlay(Path(request.folder), Path(tmp), files)

@@ -13,16 +13,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from .holder import ModelHolder
-from .model import InputError, LoadedModel
-
-
-class QueueFull(RuntimeError):
-    """Too many requests wait for the model; the client should retry later."""
-
-
-class NotReady(RuntimeError):
-    """No model version is loaded yet."""
+from .errors import InputError, NotReady, QueueFull
+from .holder import ModelHolder, Servable
 
 
 @dataclass
@@ -90,7 +82,7 @@ class MicroBatcher:
             if group:
                 self._run_group(model, kind, group)
 
-    def _run_group(self, model: LoadedModel, kind: str, group: list[_Request]) -> None:
+    def _run_group(self, model: Servable, kind: str, group: list[_Request]) -> None:
         valid = []
         for request in group:
             try:

@@ -10,16 +10,27 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
-from .model import LoadedModel
+
+class Servable(Protocol):
+    """A loaded version that answers requests (serving.model.LoadedModel; torch lives there)."""
+
+    version: str
+
+    def warm(self) -> None: ...
+    def check_fill_mask(self, text: str) -> None: ...
+    def fill_mask(self, texts: list[str], top_k: int) -> list[list[list[dict]]]: ...
+    def embed(self, texts: list[str]) -> list[list[float]]: ...
 
 log = logging.getLogger(__name__)
 
 
 class ModelHolder:
-    def __init__(self, resolve: Callable[[str], Path]) -> None:
+    def __init__(self, resolve: Callable[[str], Path], load: Callable[[str, Path], Servable]) -> None:
         self.resolve = resolve  # version id -> local model folder
-        self.current: LoadedModel | None = None
+        self.load = load  # (version id, folder) -> a loaded model; injected so that this module needs no torch
+        self.current: Servable | None = None
         self._lock = threading.Lock()  # one load at a time
 
     def ensure(self, version: str) -> bool:
@@ -27,7 +38,7 @@ class ModelHolder:
         with self._lock:
             if self.current is not None and self.current.version == version:
                 return False
-            loaded = LoadedModel.load(version, self.resolve(version))
+            loaded = self.load(version, self.resolve(version))
             loaded.warm()
             self.current = loaded  # the flip: one reference assignment
             log.info("serving %s", version)

@@ -10,11 +10,10 @@ import torch.nn.functional as F
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from das_engine.loading import load_masked_lm
+from das_engine.mlm import mean_pool
 from das_engine.units import resolve_units
 
-
-class InputError(ValueError):
-    """A client's text cannot be answered; the message says what to fix."""
+from .errors import InputError
 
 
 @dataclass
@@ -24,13 +23,14 @@ class LoadedModel:
     tokenizer: AutoTokenizer
     mlm_head: torch.nn.Module  # run only at masked positions
     max_tokens: int
+    device: torch.device
 
     @classmethod
-    def load(cls, version: str, folder: Path) -> LoadedModel:
+    def load(cls, version: str, folder: Path, device: str = "cpu") -> LoadedModel:
         model, tokenizer = load_masked_lm(folder)
-        model.eval()
+        model.eval().to(device)
         max_tokens = min(getattr(model.config, "max_position_embeddings", 512) - 2, 512)
-        return cls(version, model, tokenizer, resolve_units(model).mlm_head, max_tokens)
+        return cls(version, model, tokenizer, resolve_units(model).mlm_head, max_tokens, torch.device(device))
 
     @property
     def mask_token(self) -> str:
@@ -41,7 +41,8 @@ class LoadedModel:
         self.embed(["warm up"])
 
     def _encode(self, texts: list[str]):
-        return self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=self.max_tokens)
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=self.max_tokens)
+        return enc.to(self.device)
 
     def check_fill_mask(self, text: str) -> None:
         """Raise InputError unless the text holds a mask token that survives truncation."""
@@ -68,9 +69,7 @@ class LoadedModel:
 
     @torch.inference_mode()
     def embed(self, texts: list[str]) -> list[list[float]]:
-        """Mean of the last hidden states over real tokens, L2-normalised."""
+        """Mean of the last hidden states over real tokens (the pooling the contrastive loss trains), L2-normalised."""
         enc = self._encode(texts)
         hidden = self.model.base_model(**enc).last_hidden_state  # (B, T, D)
-        weights = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
-        return F.normalize(pooled, dim=-1).tolist()
+        return F.normalize(mean_pool(hidden, enc["attention_mask"]), dim=-1).tolist()

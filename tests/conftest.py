@@ -16,9 +16,9 @@ from transformers import (
     RobertaForMaskedLM,
 )
 
-from das.base_model import ensure_embedded_model
+from worker.base_model import ensure_embedded_model
 from das.demo import licence_documents, python_doc_documents
-from das.settings import get_settings
+from das_settings import get_settings
 
 torch.set_num_threads(2)
 
@@ -89,7 +89,7 @@ def redis_url() -> str:
 @pytest.fixture
 def service_settings(tmp_path):
     """Settings of a service on a fresh store in tmp_path (embedded mode unless a test adds a broker)."""
-    from das.settings import Settings
+    from das_settings import Settings
 
     return Settings(store=str(tmp_path / "store"), work_dir=tmp_path / "work", models_dir=get_settings().models_dir,
                     poll_interval_s=0.5, heartbeat_s=1.0, max_wait_ms=2.0)

@@ -6,7 +6,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.main import create_app
-from das.settings import Settings, get_settings
+from das_settings import Settings, get_settings
 
 MGMT, INFER = "m-secret", "i-secret"
 

@@ -108,7 +108,7 @@ def test_serve_refuses_a_public_bind_without_tokens(monkeypatch):
 
 def test_worker_needs_a_broker(monkeypatch):
     monkeypatch.delenv("DAS_BROKER_URL", raising=False)
-    from das.settings import get_settings
+    from das_settings import get_settings
 
     get_settings.cache_clear()
     result = runner.invoke(app, ["worker"])

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForMaskedLM
 
 from das.pipeline import adapt_active
-from das_engine import DASConfig
+from das_engine.config import DASConfig
 from model_store.backends import sha256_file
 from model_store.locks import FileLock, RedisLock, StoreLocked
 from model_store.names import InvalidName

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from das.pipeline import adapt_active
-from das_engine import DASConfig
+from das_engine.config import DASConfig
 from model_store.store import ModelStore
 
 

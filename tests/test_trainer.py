@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForMaskedLM
 
-from das_engine import DASConfig, adapt
+from das_engine.config import DASConfig
+from das_engine.trainer import adapt
 from das_engine.trainer import CHECKPOINTS, get_lr
 from das_engine.units import UnitTensors, resolve_units
 

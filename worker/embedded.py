@@ -6,7 +6,9 @@ import logging
 import queue
 import threading
 
-from .tasks import Outcome, WorkerContext, run_adaptation
+from job_records import PENDING
+
+from .context import Outcome, RunJob, WorkerContext
 
 log = logging.getLogger(__name__)
 
@@ -14,13 +16,14 @@ log = logging.getLogger(__name__)
 class EmbeddedWorker:
     """Runs jobs one at a time in the order they were submitted; pending jobs resume on start."""
 
-    def __init__(self, ctx: WorkerContext) -> None:
+    def __init__(self, ctx: WorkerContext, run_job: RunJob) -> None:
         self.ctx = ctx
+        self.run_job = run_job  # worker.tasks.run_job, passed in so that this module imports no torch
         self.queue: queue.Queue[str | None] = queue.Queue()
         self.thread = threading.Thread(target=self._loop, name="das-embedded-worker", daemon=True)
 
     def start(self) -> None:
-        pending = [j for j in reversed(self.ctx.jobs.list(limit=10_000)) if j.state in ("queued", "running")]
+        pending = [j for j in reversed(self.ctx.jobs.list(limit=10_000)) if j.state in PENDING]
         for job in pending:  # oldest first: a job interrupted by a shutdown resumes from its checkpoint
             self.queue.put(job.id)
         self.thread.start()
@@ -40,7 +43,7 @@ class EmbeddedWorker:
             if job_id is None:
                 return
             try:
-                outcome = run_adaptation(job_id, self.ctx)
+                outcome = self.run_job(job_id, self.ctx)
             except Exception:  # noqa: BLE001 - never let one job kill the worker thread
                 log.exception("job %s crashed the task function", job_id)
                 outcome = Outcome.RETRY

@@ -1,22 +1,25 @@
-"""Wiring a worker: the store, the job registry, and how a published version is announced."""
+"""Wiring from Settings: the store, the job records, a worker's context, and announcing a new version.
+
+Torch-free: the API and the store commands of the CLI use it too.
+"""
 
 from __future__ import annotations
 
-from das.pipeline import open_store
-from das.settings import Settings
+from das_settings import Settings, get_settings
+from job_records import open_job_records
+from model_store.store import ModelStore
 
-from .jobs import JobRegistry, RedisJobs, SqliteJobs
-from .tasks import WorkerContext
-
-
-def active_channel(settings: Settings) -> str:
-    return f"{settings.redis_prefix}active-version"
+from .context import WorkerContext
 
 
-def job_registry(settings: Settings) -> JobRegistry:
-    if settings.broker_url:
-        return RedisJobs(settings.broker_url, prefix=settings.redis_prefix)
-    return SqliteJobs(settings.work_dir / "jobs.sqlite")
+def open_store(settings: Settings | None = None, location: str | None = None) -> ModelStore:
+    settings = settings or get_settings()
+    return ModelStore.open(location or settings.store, redis_url=settings.redis_url,
+                           storage_options=settings.store_options or None)
+
+
+def job_registry(settings: Settings):
+    return open_job_records(settings.broker_url, settings.redis_prefix, settings.work_dir)
 
 
 def announce(settings: Settings, version: str) -> None:
@@ -24,10 +27,10 @@ def announce(settings: Settings, version: str) -> None:
     if settings.broker_url:
         import redis
 
-        redis.Redis.from_url(settings.broker_url).publish(active_channel(settings), version)
+        redis.Redis.from_url(settings.broker_url).publish(settings.active_channel, version)
 
 
 def build_worker_context(settings: Settings) -> WorkerContext:
-    return WorkerContext(store=open_store(settings=settings), jobs=job_registry(settings), work_dir=settings.work_dir,
+    return WorkerContext(store=open_store(settings), jobs=job_registry(settings), work_dir=settings.work_dir,
                          heartbeat_s=settings.heartbeat_s, max_attempts=settings.max_attempts,
-                         on_published=lambda version: announce(settings, version))
+                         device=settings.device, on_published=lambda version: announce(settings, version))

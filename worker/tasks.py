@@ -1,54 +1,41 @@
-"""The adaptation task: one function that Celery workers and the embedded worker both run.
+"""The task function that Celery workers and the embedded worker both run: `run_job(job_id, ctx)`.
 
 It takes a job id and checks the world itself (Celery's guidance): a job that is finished, was
 cancelled, or already published its version is not run again; only the earliest pending job
-runs, under a lease renewed by a heartbeat, so a redelivered copy never runs it twice.
+runs, under a lease renewed by a heartbeat, so a redelivered copy never runs it twice. What the
+job does is chosen by its `kind` (JOB_KINDS). Only transient failures (a busy lock, a lost
+connection) are retried; any other failure ends the job at once with its message.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import Enum
-from pathlib import Path
 
-from das.pipeline import adapt_active
-from das_engine import DASConfig
+import redis.exceptions
+
 from das_engine.corpus import CorpusError
-from das_engine.trainer import Progress
-from model_store.store import ModelStore, StoreError
+from job_records import TERMINAL, Job
+from model_store.locks import StoreLocked
 
-from .jobs import TERMINAL, JobRegistry
+from .adaptation import JobStopped, run_adapt_job
+from .context import Outcome, WorkerContext
+from .progress import ProgressReporter
 
 log = logging.getLogger(__name__)
 
-
-class Outcome(Enum):
-    DONE = "done"  # the job is in a final state (or someone else finished it)
-    WAIT = "wait"  # an earlier job is pending, or another worker holds this one: try again later
-    RETRY = "retry"  # a failure worth another attempt, or a shutdown left it resumable
-
-
-@dataclass
-class WorkerContext:
-    store: ModelStore
-    jobs: JobRegistry
-    work_dir: Path
-    heartbeat_s: float = 5.0
-    max_attempts: int = 3
-    device: str = "cpu"
-    on_published: Callable[[str], None] = lambda version: None
-    stop: threading.Event = field(default_factory=threading.Event)  # set on shutdown
-    owner: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+# kind -> the work itself: returns the version it published, or raises JobStopped
+JOB_KINDS: dict[str, Callable[[Job, WorkerContext, ProgressReporter], str]] = {"adapt": run_adapt_job}
+# failures worth another attempt: the world may be different next time
+TRANSIENT = (StoreLocked, ConnectionError, TimeoutError, redis.exceptions.ConnectionError,
+             redis.exceptions.TimeoutError)
+# failures of the request itself: its input can never work
+INVALID_INPUT = (CorpusError, ValueError)
 
 
-def run_adaptation(job_id: str, ctx: WorkerContext) -> Outcome:
+def run_job(job_id: str, ctx: WorkerContext) -> Outcome:
     job = ctx.jobs.get(job_id)
     if job is None or job.state in TERMINAL:
         return Outcome.DONE
@@ -87,60 +74,39 @@ def _run_claimed(job_id: str, ctx: WorkerContext) -> Outcome:
     job = ctx.jobs.get(job_id)
     attempts = job.attempts + 1
     if attempts > ctx.max_attempts:
-        ctx.jobs.update(job_id, state="failed", finished=time.time(),
-                        error=f"gave up after {ctx.max_attempts} attempts; last error: {job.error}")
-        return Outcome.DONE
-    active = ctx.store.active()
-    ctx.jobs.update(job_id, state="running", attempts=attempts, started=job.started or time.time(),
-                    parent=active.id if active else None)
+        return _end(ctx, job_id, "failed", f"gave up after {ctx.max_attempts} attempts; last error: {job.error}")
+    work = JOB_KINDS.get(job.kind)
+    if work is None:
+        return _end(ctx, job_id, "failed", f"this worker does not know jobs of kind {job.kind!r}")
+    # the parent is fixed when the job first starts: a resumed attempt builds on the same version
+    parent = job.parent or ctx.store.active_id()
+    job = ctx.jobs.update(job_id, state="running", attempts=attempts, started=job.started or time.time(),
+                          parent=parent)
+    reporter = ProgressReporter(ctx, job_id)
     try:
-        config = DASConfig.from_dict(job.settings)
-        corpus = ctx.store.corpus_path(job.corpus_id)
-    except (ValueError, StoreError) as err:
-        ctx.jobs.update(job_id, state="rejected", error=str(err), finished=time.time())
-        return Outcome.DONE
-
-    reporter = _ProgressReporter(ctx, job_id)
-    try:
-        manifest = adapt_active(ctx.store, corpus, job.domain, config, work_dir=ctx.work_dir, device=ctx.device,
-                                on_progress=reporter, should_stop=reporter.should_stop, request_id=job_id)
-    except CorpusError as err:
-        ctx.jobs.update(job_id, state="rejected", error=str(err), finished=time.time())
-        return Outcome.DONE
-    except Exception as err:  # noqa: BLE001 - recorded on the job; retried up to max_attempts
-        log.exception("job %s failed", job_id)
-        ctx.jobs.update(job_id, state="queued", error=f"{type(err).__name__}: {err}")
-        return Outcome.RETRY
-    if manifest is None:  # stopped: by the user, or by a shutdown that leaves it resumable
+        version = work(job, ctx, reporter)
+    except JobStopped:  # by the user, or by a shutdown that leaves it resumable
         if reporter.cancelled:
-            ctx.jobs.update(job_id, state="cancelled", finished=time.time())
-            return Outcome.DONE
+            return _end(ctx, job_id, "cancelled")
         ctx.jobs.update(job_id, state="queued", attempts=attempts - 1)
         return Outcome.RETRY
-    ctx.jobs.update(job_id, state="succeeded", version=manifest.id, parent=manifest.parent, finished=time.time(),
-                    error=None)
-    ctx.on_published(manifest.id)
+    except TRANSIENT as err:
+        log.warning("job %s: transient failure, will retry: %s", job_id, err)
+        ctx.jobs.update(job_id, state="queued", error=f"{type(err).__name__}: {err}")
+        return Outcome.RETRY
+    except INVALID_INPUT as err:
+        return _end(ctx, job_id, "rejected", str(err))
+    except Exception as err:  # noqa: BLE001 - deterministic: another attempt would fail the same way
+        log.exception("job %s failed", job_id)
+        return _end(ctx, job_id, "failed", f"{type(err).__name__}: {err}")
+    ctx.jobs.update(job_id, state="succeeded", version=version, finished=time.time(), error=None)
+    ctx.on_published(version)
     return Outcome.DONE
 
 
-class _ProgressReporter:
-    """Writes progress to the job record at most twice a second and reads the cancel flag."""
-
-    def __init__(self, ctx: WorkerContext, job_id: str) -> None:
-        self.ctx, self.job_id = ctx, job_id
-        self.last_write = 0.0
-        self.cancelled = False
-
-    def __call__(self, p: Progress) -> None:
-        now = time.monotonic()
-        if now - self.last_write < 0.5 and p.phase == "train" and p.step < p.total:
-            return
-        self.last_write = now
-        self.ctx.jobs.update(self.job_id, progress={
-            "phase": p.phase, "step": p.step, "total": p.total, "losses": p.losses,
-            "tokens_per_s": round(p.tokens_per_s, 1), "eta_s": None if p.eta_s is None else round(p.eta_s, 1)})
-
-    def should_stop(self) -> bool:
-        job = self.ctx.jobs.get(self.job_id)
-        self.cancelled = bool(job and job.cancel_requested)
-        return self.cancelled or self.ctx.stop.is_set()
+def _end(ctx: WorkerContext, job_id: str, state: str, error: str | None = None) -> Outcome:
+    fields = {"state": state, "finished": time.time()}
+    if error is not None:
+        fields["error"] = error
+    ctx.jobs.update(job_id, **fields)
+    return Outcome.DONE

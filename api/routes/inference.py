@@ -6,8 +6,7 @@ import asyncio
 
 from fastapi import APIRouter, HTTPException
 
-from serving.batcher import NotReady, QueueFull
-from serving.model import InputError
+from serving.errors import InputError, NotReady, QueueFull
 
 from ..deps import InferenceAuth, ServiceDep
 from ..schemas import EmbeddingsOut, FillMaskIn, FillMaskOut, TextsIn

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
 
-from worker.jobs import TERMINAL, Job
+from job_records import TERMINAL, Job
 
 from ..deps import ManagementAuth, ServiceDep
 from ..schemas import JobOut

@@ -1,28 +1,41 @@
-"""The running service: store, job registry, job submission, and serving, wired from Settings.
+"""The running service: store, job records, job submission and serving, wired from Settings.
 
-Embedded mode (no broker): an in-process worker thread runs the adaptation task. Distributed
-mode: jobs go to Celery on Redis; API replicas follow the active version by pub/sub and polling.
+Embedded mode (no broker): an in-process worker thread runs the jobs. Distributed mode: jobs go
+to Celery on Redis; API replicas follow the active version by pub/sub and polling.
+
+This module imports no torch. What needs it (loading a version, running a job, creating v0001
+from a hub model) arrives as a `ModelRuntime` from the caller (`das.app`), and is imported only
+when it first runs.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
+from das_settings import Settings
+from job_records import JobRegistry
 from model_store.store import ModelStore
 from serving.batcher import MicroBatcher
-from serving.holder import ModelHolder
+from serving.holder import ModelHolder, Servable
 from serving.watch import ActiveVersionWatcher
+from worker.context import RunJob, WorkerContext
 from worker.embedded import EmbeddedWorker
-from worker.jobs import JobRegistry
-from worker.runtime import active_channel, announce, job_registry
-from worker.tasks import WorkerContext
-
-from .pipeline import ensure_initialised, open_store
-from .settings import Settings
+from worker.runtime import announce, job_registry, open_store
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelRuntime:
+    """The torch side of the service, passed in: each callable imports torch on its first call."""
+
+    load_version: Callable[[str, Path], Servable]  # (version, folder) -> a warmable model
+    run_job: RunJob  # worker.tasks.run_job
+    initialise_store: Callable[[ModelStore, Settings], object]  # worker.base_model.ensure_initialised
 
 
 @dataclass
@@ -33,6 +46,7 @@ class Service:
     holder: ModelHolder
     batcher: MicroBatcher
     watcher: ActiveVersionWatcher
+    runtime: ModelRuntime
     embedded: EmbeddedWorker | None = None
 
     @property
@@ -44,13 +58,13 @@ class Service:
         if self.embedded is not None:
             self.embedded.submit(job_id)
             return
-        from worker.celery_app import TASK_NAME, queue_name
+        from worker.queue import send_job
 
-        self._celery.send_task(TASK_NAME, args=[job_id], queue=queue_name(self.settings))
+        send_job(self._celery, self.settings, job_id)
 
     @cached_property
     def _celery(self):
-        from worker.celery_app import make_celery
+        from worker.queue import make_celery
 
         return make_celery(self.settings)
 
@@ -60,7 +74,7 @@ class Service:
         self.watcher.poke()
 
     def start(self) -> None:
-        ensure_initialised(self.store, self.settings)
+        self.runtime.initialise_store(self.store, self.settings)
         self.watcher.check()  # load and warm the active version before answering
         self.batcher.start()
         self.watcher.start()
@@ -75,16 +89,17 @@ class Service:
         self.batcher.stop()
 
 
-def build_service(settings: Settings) -> Service:
-    store = open_store(settings=settings)
+def build_service(settings: Settings, runtime: ModelRuntime) -> Service:
+    store = open_store(settings)
     jobs = job_registry(settings)
-    holder = ModelHolder(resolve=store.model_dir)
+    holder = ModelHolder(resolve=store.model_dir, load=runtime.load_version)
     batcher = MicroBatcher(holder, settings.max_batch_size, settings.max_wait_ms / 1000, settings.inference_queue_size)
     watcher = ActiveVersionWatcher(store.active_id, holder.ensure, settings.poll_interval_s,
-                                   redis_url=settings.broker_url, channel=active_channel(settings))
-    service = Service(settings, store, jobs, holder, batcher, watcher)
+                                   redis_url=settings.broker_url, channel=settings.active_channel)
+    service = Service(settings, store, jobs, holder, batcher, watcher, runtime)
     if not settings.broker_url:
         ctx = WorkerContext(store=store, jobs=jobs, work_dir=settings.work_dir, heartbeat_s=settings.heartbeat_s,
-                            max_attempts=settings.max_attempts, on_published=lambda version: watcher.poke())
-        service.embedded = EmbeddedWorker(ctx)
+                            max_attempts=settings.max_attempts, device=settings.device,
+                            on_published=lambda version: watcher.poke())
+        service.embedded = EmbeddedWorker(ctx, runtime.run_job)
     return service

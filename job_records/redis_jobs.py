@@ -1,0 +1,76 @@
+"""Job records in distributed mode: a JSON record per job in Redis, sorted sets by `seq`, a lease key per job."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .job import TERMINAL, Job, JobKind, apply_fields, new_job
+
+_EXTEND_IF_OWNER = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
+                    "return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0")
+_DELETE_IF_OWNER = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+
+class RedisJobs:
+    """Distributed mode: a JSON record per job, a sorted set by `seq`, and a lease key per job."""
+
+    def __init__(self, redis_url: str, prefix: str = "das:") -> None:
+        import redis
+
+        self.r = redis.Redis.from_url(redis_url)
+        self.PREFIX = prefix
+
+    def _key(self, job_id: str) -> str:
+        return f"{self.PREFIX}job:{job_id}"
+
+    def create(self, domain: str, corpus_id: str, documents: int, settings: dict[str, Any], *,
+               kind: JobKind = "adapt", filename: str = "") -> Job:
+        job = new_job(int(self.r.incr(f"{self.PREFIX}jobs:seq")), domain, corpus_id, documents, settings, kind=kind,
+                      filename=filename)
+        pipe = self.r.pipeline()
+        pipe.set(self._key(job.id), job.to_json())
+        pipe.zadd(f"{self.PREFIX}jobs", {job.id: job.seq})
+        pipe.zadd(f"{self.PREFIX}jobs:pending", {job.id: job.seq})
+        pipe.execute()
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        raw = self.r.get(self._key(job_id))
+        return Job.from_json(raw) if raw else None
+
+    def list(self, limit: int = 100) -> list[Job]:
+        ids = self.r.zrevrange(f"{self.PREFIX}jobs", 0, limit - 1)
+        raws = self.r.mget([self._key(i.decode()) for i in ids]) if ids else []
+        return [Job.from_json(r) for r in raws if r]
+
+    def update(self, job_id: str, **fields: Any) -> Job:
+        key = self._key(job_id)
+        result: list[Job] = []
+
+        def change(pipe) -> None:  # optimistic transaction: retried if the record changed meanwhile
+            raw = pipe.get(key)
+            if raw is None:
+                raise KeyError(job_id)
+            job = apply_fields(Job.from_json(raw), fields)
+            pipe.multi()
+            pipe.set(key, job.to_json())
+            if job.state in TERMINAL:
+                pipe.zrem(f"{self.PREFIX}jobs:pending", job_id)
+            result[:] = [job]
+
+        self.r.transaction(change, key)
+        return result[0]
+
+    def earliest_pending(self) -> Job | None:
+        first = self.r.zrange(f"{self.PREFIX}jobs:pending", 0, 0)
+        return self.get(first[0].decode()) if first else None
+
+    def claim(self, job_id: str, owner: str, ttl_s: float) -> bool:
+        lease = f"{self.PREFIX}job-lease:{job_id}"
+        if self.r.set(lease, owner, nx=True, px=int(ttl_s * 1000)):
+            return True
+        # our own lease (a heartbeat): extend it only if we still hold it
+        return bool(self.r.eval(_EXTEND_IF_OWNER, 1, lease, owner, int(ttl_s * 1000)))
+
+    def release(self, job_id: str, owner: str) -> None:
+        self.r.eval(_DELETE_IF_OWNER, 1, f"{self.PREFIX}job-lease:{job_id}", owner)

@@ -1,0 +1,71 @@
+"""Adapt a version of the store to a corpus of the store, and publish the result as a new version.
+
+The one path from a request to a version, for a job (`run_adapt_job`: the corpus and the parent
+its record holds) and for `das adapt --store` (`adapt_version`). Nothing here knows HTTP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from das_engine.config import DASConfig
+from das_engine.corpus import read_corpus
+from das_engine.trainer import Progress, adapt
+from job_records import Job
+from model_store.manifest import CorpusInfo, Manifest
+from model_store.store import ModelStore, PublishRequest
+
+from .context import WorkerContext
+from .progress import ProgressReporter
+
+
+class JobStopped(Exception):
+    """The adaptation stopped at a checkpoint (cancel or shutdown) before it finished."""
+
+
+def training_summary(metrics: dict) -> dict:
+    """train_metrics.json without the per-step history (that stays in the version's file)."""
+    return {k: v for k, v in metrics.items() if k != "history"} | {"final": metrics["history"][-1]}
+
+
+def adapt_version(store: ModelStore, parent: str, corpus: CorpusInfo, domain: str, config: DASConfig, *,
+                  work_dir: Path, documents: list[str] | None = None, device: str = "cpu", activate: bool = True,
+                  on_progress: Callable[[Progress], None] | None = None,
+                  should_stop: Callable[[], bool] | None = None, request_id: str | None = None) -> Manifest:
+    """Adapt version `parent` on a stored corpus and publish the result; raise JobStopped if stopped.
+
+    The working folder is named by parent, corpus digest and settings, so running the same
+    request again resumes from its checkpoint.
+    """
+    if documents is None:
+        documents = read_corpus(store.corpus_path(corpus.sha256))
+    settings_digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()
+    work = Path(work_dir) / f"{parent}-{corpus.sha256[:16]}-{settings_digest[:12]}"
+    result = adapt(store.model_dir(parent), documents, work, config, prev_importance=store.importance_file(parent),
+                   domain=domain, device=device, on_progress=on_progress, should_stop=should_stop)
+    if result.status != "completed":
+        raise JobStopped(f"stopped at step {result.step}")
+    manifest = store.publish(PublishRequest(folder=work, parent=parent, domain=domain, corpus=corpus,
+                                            base_model=store.manifest(parent).base_model, settings=config.to_dict(),
+                                            metrics=training_summary(result.metrics), request_id=request_id),
+                             activate=activate)
+    shutil.rmtree(work, ignore_errors=True)
+    return manifest
+
+
+def run_adapt_job(job: Job, ctx: WorkerContext, reporter: ProgressReporter) -> str:
+    """The `adapt` kind of job: its corpus, settings and parent come from its record."""
+    if job.parent is None:
+        raise RuntimeError("the store has no active version to adapt; initialise it first")
+    config = DASConfig.from_dict(job.settings)
+    path = ctx.store.corpus_path(job.corpus_id)
+    corpus = CorpusInfo(sha256=job.corpus_id, size=path.stat().st_size, documents=job.corpus_documents,
+                        filename=job.corpus_filename)
+    manifest = adapt_version(ctx.store, job.parent, corpus, job.domain, config, work_dir=ctx.work_dir,
+                             device=ctx.device, on_progress=reporter, should_stop=reporter.should_stop,
+                             request_id=job.id)
+    return manifest.id

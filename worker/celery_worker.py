@@ -1,0 +1,44 @@
+"""The Celery worker process of distributed mode: the task body, and a warm shutdown that checkpoints.
+
+Start it with `das worker --broker redis://...`; the task runs worker.tasks.run_job.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+
+from celery import signals
+
+from das_settings import get_settings
+
+from .context import Outcome
+from .queue import TASK_NAME, make_celery
+from .runtime import build_worker_context
+from .tasks import run_job
+
+log = logging.getLogger(__name__)
+WAIT_S = 3  # how often a job that waits for its turn asks again
+
+celery = make_celery(get_settings())  # for `celery -A worker.celery_worker` and `das worker`
+
+
+@celery.task(bind=True, name=TASK_NAME, max_retries=None)
+def run(self, job_id: str) -> str:
+    outcome = run_job(job_id, _context())
+    if outcome is Outcome.DONE:
+        return outcome.value
+    # WAIT (an earlier job runs) or RETRY (transient or shut down): hand the job back to the queue
+    raise self.retry(countdown=WAIT_S if outcome is Outcome.WAIT else 2)
+
+
+@lru_cache
+def _context():
+    return build_worker_context(get_settings())
+
+
+@signals.worker_shutting_down.connect
+def _stop_running_job(**_) -> None:
+    """Warm shutdown: the running job checkpoints at its next step and goes back to the queue."""
+    if _context.cache_info().currsize:
+        _context().stop.set()

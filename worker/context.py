@@ -1,0 +1,37 @@
+"""What a worker needs to run jobs, and what running one can come to (torch-free)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+from job_records import JobRegistry
+from model_store.store import ModelStore
+
+
+class Outcome(Enum):
+    DONE = "done"  # the job is in a final state (or someone else finished it)
+    WAIT = "wait"  # an earlier job is pending, or another worker holds this one: try again later
+    RETRY = "retry"  # a transient failure, or a shutdown left it resumable
+
+
+@dataclass
+class WorkerContext:
+    store: ModelStore
+    jobs: JobRegistry
+    work_dir: Path
+    heartbeat_s: float = 5.0
+    max_attempts: int = 3
+    device: str = "cpu"
+    on_published: Callable[[str], None] = lambda version: None
+    stop: threading.Event = field(default_factory=threading.Event)  # set on shutdown
+    owner: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+
+
+RunJob = Callable[[str, WorkerContext], Outcome]  # worker.tasks.run_job, injected where torch must wait
