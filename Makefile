@@ -21,6 +21,7 @@ demo: base-model
 
 test: base-model
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 bench: base-model

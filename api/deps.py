@@ -7,8 +7,9 @@ from typing import Annotated
 
 from fastapi import Depends, Header, HTTPException, Request
 
-from .service import Service
 from das_settings import Settings
+
+from .service import Service
 
 
 def get_service(request: Request) -> Service:

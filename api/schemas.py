@@ -1,10 +1,19 @@
-"""Request and response models of the REST API (v1)."""
+"""Request and response models of the REST API (v1).
+
+Responses that show a record (a job, a version) are generated from its dataclass, so a field
+added to the record appears in the API without a second definition.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
+
+from job_records import Job
+from model_store.manifest import Manifest
 
 
 class CorpusAccepted(BaseModel):
@@ -24,44 +33,18 @@ class JobProgress(BaseModel):
     eta_s: float | None = None
 
 
-class JobOut(BaseModel):
-    id: str
-    seq: int
-    state: str
-    domain: str
-    corpus_id: str
-    corpus_documents: int
-    settings: dict[str, Any]
-    created: float
-    started: float | None
-    finished: float | None
-    progress: JobProgress
-    parent: str | None
-    version: str | None
-    error: str | None
-    attempts: int
-    cancel_requested: bool
+def schema_of(record: type, name: str, overrides: dict[str, Any] | None = None) -> type[BaseModel]:
+    """A pydantic response model with the fields of a dataclass (types from its hints, all present)."""
+    hints = typing.get_type_hints(record)
+    overrides = overrides or {}
+    fields = {f.name: (overrides.get(f.name, hints[f.name]), ...) for f in dataclasses.fields(record)}
+    return create_model(name, **fields)
 
 
-class CorpusRef(BaseModel):
-    sha256: str
-    size: int
-    documents: int
-    filename: str = ""
+JobOut = schema_of(Job, "JobOut", {"progress": JobProgress})
 
 
-class ModelOut(BaseModel):
-    id: str
-    parent: str | None
-    status: str
-    created: str
-    domain: str | None
-    corpus: CorpusRef | None
-    base_model: str
-    settings: dict[str, Any]
-    metrics: dict[str, Any]
-    evaluation: dict[str, Any]
-    package_version: str
+ModelOut = schema_of(Manifest, "ModelOut")
 
 
 class CurrentModel(ModelOut):

@@ -1,4 +1,8 @@
-"""The `das` command line."""
+"""The `das` command line.
+
+Starting it loads no torch: the store commands answer in a fraction of a second, and the commands
+that train or serve import what they need when they run.
+"""
 
 from __future__ import annotations
 
@@ -17,14 +21,15 @@ from rich.table import Table
 
 from das_engine.config import DASConfig
 from das_engine.corpus import CorpusError
+from das_settings import get_settings
 from model_store.locks import StoreLocked
 from model_store.names import InvalidName
 from model_store.store import StoreError
+from worker.base_model import BaseModelError, ensure_initialised, resolve_base_model
+from worker.runtime import open_store
 
-from .base_model import BaseModelError, resolve_base_model
-from .settings import get_settings
+from .config_options import config_options
 
-DEFAULTS = DASConfig()  # the CLI's defaults are the engine's
 app = typer.Typer(help="Continual domain-adaptive pre-training (DAS) of masked language models.",
                   no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)
@@ -53,11 +58,6 @@ def _clear_errors() -> Iterator[None]:
         _fail(str(err))
 
 
-def _help(name: str) -> str:
-    """The help text of a DASConfig field (one source for the engine and the CLI)."""
-    return next(f.metadata["help"] for f in dataclasses.fields(DASConfig) if f.name == name)
-
-
 def _with_progress(domain: str, steps: int, run: Callable[[Callable], object]) -> object:
     """Run `run(on_progress)` under a progress bar: phase, loss, tokens/s, ETA."""
     bar = Progress(TextColumn("[bold]{task.fields[domain]}[/] {task.description}"), BarColumn(),
@@ -76,9 +76,7 @@ def _with_progress(domain: str, steps: int, run: Callable[[Callable], object]) -
 
 
 def _open_store(location: str | None):
-    from .pipeline import open_store
-
-    return open_store(location)
+    return open_store(location=location)
 
 
 @app.command("fetch-base")
@@ -89,62 +87,61 @@ def fetch_base() -> None:
 
 
 @app.command()
+@config_options
 def adapt(
     corpus: Annotated[Path, typer.Argument(help="UTF-8 text (one document per line) or JSONL with 'text'")],
     domain: Annotated[str, typer.Option(help="name of the domain")],
     out: Annotated[Path | None, typer.Option(help="output folder (resumes from its checkpoints if present)")] = None,
     store: Annotated[str | None, typer.Option(
         help="adapt the store's active version and publish the result as a new version")] = None,
-    no_activate: Annotated[bool, typer.Option(
-        help="with --store: publish as a candidate and keep the active version")] = False,
+    activate: Annotated[bool, typer.Option(
+        help="with --store: make the new version active (--no-activate publishes a candidate)")] = True,
     base: Annotated[str | None, typer.Option(
         help="model folder or id (default: $DAS_BASE_MODEL, else 'embedded')")] = None,
     prev_importance: Annotated[Path | None, typer.Option(
         help="cumulative importance of the previous version; none = first domain")] = None,
-    steps: Annotated[int, typer.Option(help=_help("steps"))] = DEFAULTS.steps,
-    batch_size: Annotated[int, typer.Option(help=_help("batch_size"))] = DEFAULTS.batch_size,
-    max_length: Annotated[int, typer.Option(help=_help("max_length"))] = DEFAULTS.max_length,
-    mask_mode: Annotated[str, typer.Option(help=_help("mask_mode"))] = DEFAULTS.mask_mode,
-    seed: Annotated[int, typer.Option(help=_help("seed"))] = DEFAULTS.seed,
-    lr: Annotated[float, typer.Option(help=_help("lr"))] = DEFAULTS.lr,
-    negative_rule: Annotated[str, typer.Option(help=_help("negative_rule"))] = DEFAULTS.negative_rule,
-    importance_samples: Annotated[int, typer.Option(help=_help("importance_samples"))] = DEFAULTS.importance_samples,
-    contrastive_weight: Annotated[float, typer.Option(help=_help("contrastive_weight"))] = DEFAULTS.contrastive_weight,
-    checkpoint_every: Annotated[int, typer.Option(help=_help("checkpoint_every"))] = DEFAULTS.checkpoint_every,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, ... (default: $DAS_DEVICE, cpu)")] = None,
+    *, config_values: dict,
 ) -> None:
-    """Adapt a masked LM to one domain corpus with DAS: into --out, or as a new version of --store."""
+    """Adapt a masked LM to one domain corpus with DAS: into --out, or as a new version of --store.
+
+    Every training setting below is a field of DASConfig (das_engine/config.py).
+    """
     if (out is None) == (store is None):
         _fail("give exactly one of --out (a model folder) and --store (publish a new version)")
     if store is not None and (base is not None or prev_importance is not None):
         _fail("--store adapts the store's active version with its importance; drop --base and --prev-importance")
     if prev_importance is not None and not prev_importance.is_file():
         _fail(f"--prev-importance {prev_importance}: no such file")
+    device = device or get_settings().device
     with _clear_errors():
-        config = DASConfig(steps=steps, batch_size=batch_size, max_length=max_length, mask_mode=mask_mode,
-                           seed=seed, lr=lr, negative_rule=negative_rule, importance_samples=importance_samples,
-                           contrastive_weight=contrastive_weight, checkpoint_every=checkpoint_every)
+        config = DASConfig(**config_values)
         _apply_threads()
         _quiet_transformers()
         if store is not None:
-            from .pipeline import adapt_active, ensure_initialised
-
-            model_store = _open_store(store)
-            ensure_initialised(model_store)
-            manifest = _with_progress(domain, steps, lambda cb: adapt_active(
-                model_store, corpus, domain, config, work_dir=get_settings().work_dir, device=device,
-                activate=not no_activate, on_progress=cb))
+            manifest = _adapt_into_store(store, corpus, domain, config, device, activate, get_settings().work_dir)
             console.print(f"published {manifest.id} ({manifest.status}), parent {manifest.parent}")
             return
-        from das_engine import adapt as run_adapt
+        from das_engine.trainer import adapt as run_adapt
 
         base_dir = resolve_base_model(base or get_settings().base_model, get_settings().models_dir)
-        result = _with_progress(domain, steps, lambda cb: run_adapt(
+        result = _with_progress(domain, config.steps, lambda cb: run_adapt(
             base_dir, corpus, out, config, prev_importance=prev_importance, domain=domain, device=device,
             on_progress=cb))
     metrics = result.metrics
     console.print(f"wrote {out}: {metrics['steps']} steps, {metrics['tokens_per_s']:,.0f} tokens/s, "
                   f"{metrics['wall_time_s']:.1f}s")
+
+
+def _adapt_into_store(location: str, corpus: Path, domain: str, config: DASConfig, device: str, activate: bool,
+                      work_dir: Path):
+    from worker.adaptation import adapt_active
+
+    model_store = _open_store(location)
+    ensure_initialised(model_store, get_settings())
+    return _with_progress(domain, config.steps, lambda cb: adapt_active(
+        model_store, corpus, domain, config, work_dir=work_dir, device=device, activate=activate,
+        on_progress=cb))
 
 
 @app.command()
@@ -228,19 +225,17 @@ def demo(
     from serving.model import LoadedModel
 
     from .demo import write_demo_corpora
-    from .pipeline import adapt_active, ensure_initialised, open_store
 
     _apply_threads()
     _quiet_transformers()
     config = DASConfig(steps=steps, checkpoint_every=0, lr=5e-4, importance_samples=128)
     with _clear_errors():
-        model_store = open_store(str(out / "store"))
-        ensure_initialised(model_store)
+        location = str(out / "store")
+        model_store = _open_store(location)
         for domain, corpus in write_demo_corpora(out / "corpora").items():
             if any(m.domain == domain for m in model_store.versions()):
                 continue  # already learned in an earlier run of the demo
-            _with_progress(domain, steps, lambda cb, c=corpus, d=domain: adapt_active(
-                model_store, c, d, config, work_dir=out / "work", on_progress=cb))
+            _adapt_into_store(location, corpus, domain, config, get_settings().device, True, out / "work")
     probes = ["permission is hereby granted, free of [MASK], to any person.", "return the [MASK] of the list."]
     loaded = [(m, LoadedModel.load(m.id, model_store.model_dir(m.id))) for m in model_store.versions()]
     for text in probes:
@@ -273,10 +268,10 @@ def serve(
               "or bind 127.0.0.1")
     _apply_threads()
     _quiet_transformers()
-    from api.main import create_app
+    from .app import build_app
 
     with _clear_errors():
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, timeout_graceful_shutdown=30,
+        uvicorn.run(build_app(settings), host=settings.host, port=settings.port, timeout_graceful_shutdown=30,
                     log_level="info")
 
 
@@ -297,10 +292,10 @@ def worker(
         _fail("a worker needs a broker: pass --broker redis://... or set DAS_BROKER_URL")
     _apply_threads()
     _quiet_transformers()
-    from worker.celery_app import celery, queue_name
+    from worker.celery_worker import celery
 
     celery.worker_main(["worker", "--loglevel=INFO", "--pool=solo", "--concurrency=1",
-                        "--queues", queue_name(get_settings()), "--without-gossip", "--without-mingle"])
+                        "--queues", get_settings().queue_name, "--without-gossip", "--without-mingle"])
 
 
 def _apply_threads() -> None:

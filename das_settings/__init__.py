@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     @property
     def queue_name(self) -> str:
         """The Celery queue of this deployment's jobs."""
-        return f"{self.redis_prefix}jobs"
+        return f"{self.redis_prefix}queue"  # (the job records use `{prefix}jobs`)
 
     @property
     def active_channel(self) -> str:

@@ -16,9 +16,9 @@ from transformers import (
     RobertaForMaskedLM,
 )
 
-from worker.base_model import ensure_embedded_model
 from das.demo import licence_documents, python_doc_documents
 from das_settings import get_settings
+from worker.base_model import ensure_embedded_model
 
 torch.set_num_threads(2)
 

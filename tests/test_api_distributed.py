@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from service_helpers import upload, wait_for_job, wait_serving
 
-from api.main import create_app
+from das.app import build_app
 
 PROBE = {"texts": ["permission is hereby granted, free of [MASK], to any person."], "top_k": 3}
 
@@ -45,7 +45,7 @@ def test_same_scenario_with_celery_workers(distributed, small_corpus, code_docs,
     settings = settings.model_copy(update={"poll_interval_s": 600.0})  # replicas converge by pub/sub alone
     start_worker()
     start_worker()  # two workers: still one job at a time, in order
-    with TestClient(create_app(settings)) as client, TestClient(create_app(settings)) as replica:
+    with TestClient(build_app(settings)) as client, TestClient(build_app(settings)) as replica:
         assert client.get("/readyz").json()["mode"] == "distributed"
         first = upload(client, small_corpus)
         second = upload(client, small_corpus, steps="13")
@@ -70,7 +70,7 @@ def test_a_worker_killed_mid_job_resumes_and_publishes_once(distributed, small_c
     settings, start_worker = distributed
     env = {"DAS_VISIBILITY_TIMEOUT_S": "6"}  # redeliver the dead worker's job soon
     doomed = start_worker(**env)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(build_app(settings)) as client:
         job_id = upload(client, small_corpus, steps="300", batch_size="4", max_length="48")["job_id"]
         deadline = time.time() + 120
         while not list(settings.work_dir.glob("*/checkpoints/step-000100")) and time.time() < deadline:
@@ -90,7 +90,7 @@ def test_a_worker_killed_mid_job_resumes_and_publishes_once(distributed, small_c
 def test_sigterm_to_a_worker_leaves_its_job_resumable(distributed, small_corpus):
     settings, start_worker = distributed
     worker = start_worker()
-    with TestClient(create_app(settings)) as client:
+    with TestClient(build_app(settings)) as client:
         job_id = upload(client, small_corpus, steps="150")["job_id"]
         while (client.get(f"/v1/jobs/{job_id}").json()["progress"].get("step") or 0) < 10:
             time.sleep(0.05)

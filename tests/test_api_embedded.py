@@ -5,13 +5,13 @@ import time
 from fastapi.testclient import TestClient
 from service_helpers import upload, wait_for_job, wait_serving
 
-from api.main import create_app
+from das.app import build_app
 
 PROBE = {"texts": ["permission is hereby granted, free of [MASK], to any person."], "top_k": 3}
 
 
 def test_upload_adapt_swap_rollback_and_upload_again(service_settings, small_corpus, code_docs, tmp_path):
-    with TestClient(create_app(service_settings)) as client:
+    with TestClient(build_app(service_settings)) as client:
         assert client.get("/readyz").json()["version"] == "v0001"
         before = client.post("/v1/fill-mask", json=PROBE).json()
         assert before["version"] == "v0001"
@@ -49,7 +49,7 @@ def test_upload_adapt_swap_rollback_and_upload_again(service_settings, small_cor
 
 
 def test_cancel_and_jobs_run_in_order(service_settings, small_corpus):
-    with TestClient(create_app(service_settings)) as client:
+    with TestClient(build_app(service_settings)) as client:
         first = upload(client, small_corpus, steps="40")
         second = upload(client, small_corpus, steps="41")
         third = upload(client, small_corpus, steps="42")
@@ -64,13 +64,13 @@ def test_cancel_and_jobs_run_in_order(service_settings, small_corpus):
 
 
 def test_graceful_shutdown_leaves_a_running_job_resumable(service_settings, small_corpus):
-    with TestClient(create_app(service_settings)) as client:
+    with TestClient(build_app(service_settings)) as client:
         job_id = upload(client, small_corpus, steps="120")["job_id"]
         wait_for_job(client, job_id, states=("running",))
         while (client.get(f"/v1/jobs/{job_id}").json()["progress"]["step"] or 0) < 5:
             time.sleep(0.05)
     # the app stopped mid-job: the job is queued again, its checkpoint kept
-    with TestClient(create_app(service_settings)) as client:
+    with TestClient(build_app(service_settings)) as client:
         job = wait_for_job(client, job_id, timeout_s=180)
         assert job["state"] == "succeeded" and job["version"] == "v0002"
         manifest = client.get("/v1/models/v0002").json()

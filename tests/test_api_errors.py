@@ -5,7 +5,7 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
-from api.main import create_app
+from das.app import build_app
 from das_settings import Settings, get_settings
 
 MGMT, INFER = "m-secret", "i-secret"
@@ -17,7 +17,7 @@ def client(tmp_path_factory):
     settings = Settings(store=str(root / "store"), work_dir=root / "work", models_dir=get_settings().models_dir,
                         management_token=MGMT, inference_token=INFER, max_texts=4, max_text_chars=200,
                         max_upload_bytes=4096, max_json_bytes=2048)
-    with TestClient(create_app(settings)) as c:
+    with TestClient(build_app(settings)) as c:
         yield c
 
 
@@ -126,3 +126,33 @@ def test_openapi_lists_every_route(client):
                  "/v1/models/{version}", "/v1/models/{version}/importance", "/v1/models/{version}/activate",
                  "/v1/fill-mask", "/v1/embeddings", "/healthz", "/readyz", "/metrics"):
         assert path in paths
+
+
+def test_every_training_setting_is_an_upload_field(client):
+    from das_engine.config import setting_fields
+
+    schema = client.get("/openapi.json").json()["components"]["schemas"]
+    form = next(v for k, v in schema.items() if k.startswith("Body_upload_corpus"))
+    assert {f.name for f in setting_fields()} <= set(form["properties"])
+    response = _upload(client, b"one document about licences\nanother one\n", name="notes.txt",
+                       lr="0.0005", contrastive_weight="0.5", negative_rule="abs", mlm_pass_as_anchor="false",
+                       steps="2")
+    assert response.status_code == 202, response.text
+    job = client.get(f"/v1/jobs/{response.json()['job_id']}", headers=_auth(MGMT)).json()
+    settings = job["settings"]
+    assert (settings["lr"], settings["contrastive_weight"], settings["negative_rule"]) == (0.0005, 0.5, "abs")
+    assert settings["mlm_pass_as_anchor"] is False and settings["steps"] == 2 and settings["batch_size"] == 16
+    assert job["corpus_filename"] == "notes.txt" and job["kind"] == "adapt"
+    client.delete(f"/v1/jobs/{job['id']}", headers=_auth(MGMT))
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("negative_rule", "sideways", "'clamp' or 'abs'"),
+    ("steps", "0", "DASConfig.steps must be >= 1"),
+    ("lr", "fast", "valid number"),
+])
+def test_bad_settings_are_refused_before_a_job_exists(client, field, value, message):
+    before = [j["id"] for j in client.get("/v1/jobs", headers=_auth(MGMT)).json()]
+    response = _upload(client, b"a document\n", **{field: value})
+    assert response.status_code == 422 and message in response.text, response.text
+    assert [j["id"] for j in client.get("/v1/jobs", headers=_auth(MGMT)).json()] == before

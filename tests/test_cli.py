@@ -62,7 +62,10 @@ def test_bad_corpus_exits_2_with_a_message(tmp_path, bert_dir, content, message)
 def test_bad_settings_exit_2(tmp_path, bert_dir, corpus_file):
     result = runner.invoke(app, ["adapt", str(corpus_file), "--domain", "x", "--base", str(bert_dir),
                                  "--out", str(tmp_path / "o"), "--mask-mode", "sideways"])
-    assert result.exit_code == 2 and "mask_mode" in result.output
+    assert result.exit_code == 2 and "--mask-mode" in result.output and "'grad', 'update'" in result.output
+    result = runner.invoke(app, ["adapt", str(corpus_file), "--domain", "x", "--base", str(bert_dir),
+                                 "--out", str(tmp_path / "o"), "--steps", "0"])
+    assert result.exit_code == 2 and "DASConfig.steps must be >= 1" in result.output
     result = runner.invoke(app, ["adapt", str(corpus_file), "--domain", "x", "--base", str(tmp_path),
                                  "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "config.json" in result.output
@@ -114,3 +117,34 @@ def test_worker_needs_a_broker(monkeypatch):
     result = runner.invoke(app, ["worker"])
     get_settings.cache_clear()
     assert result.exit_code == 2 and "needs a broker" in result.output
+
+
+def test_every_config_field_is_an_adapt_option():
+    from das_engine.config import setting_fields
+
+    result = runner.invoke(app, ["adapt", "--help"], terminal_width=200, env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for field in setting_fields():
+        assert f"--{field.name.replace('_', '-')}" in result.output, field.name
+    assert "--no-activate" in result.output and "--no-no-activate" not in result.output
+
+
+def test_adapt_options_reach_the_engine(tmp_path, bert_dir, corpus_file):
+    out = tmp_path / "o"
+    result = runner.invoke(app, ["adapt", str(corpus_file), "--domain", "x", "--base", str(bert_dir), "--out", str(out),
+                                 "--steps", "2", "--batch-size", "2", "--max-length", "32", "--importance-samples", "4",
+                                 "--contrastive-weight", "0.5", "--max-grad-norm", "none", "--no-mlm-pass-as-anchor",
+                                 "--temperature", "0.1", "--negative-rule", "abs"])
+    assert result.exit_code == 0, result.output
+    settings = json.loads((out / "train_metrics.json").read_text())["settings"]
+    assert settings["contrastive_weight"] == 0.5 and settings["max_grad_norm"] is None
+    assert settings["mlm_pass_as_anchor"] is False and settings["temperature"] == 0.1
+    assert settings["negative_rule"] == "abs" and settings["steps"] == 2
+
+
+def test_cli_and_api_start_without_torch():
+    """`das --help` and the store commands start fast: nothing imports torch until a command needs it."""
+    code = "import sys, das.cli, das.app; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -5,7 +5,7 @@ import uuid
 
 import pytest
 
-from worker.jobs import RedisJobs, SqliteJobs
+from job_records import RedisJobs, SqliteJobs
 
 
 @pytest.fixture(params=["sqlite", "redis"])

@@ -10,9 +10,9 @@ import time
 import httpx
 import pytest
 
-from das.pipeline import adapt_active
 from das_engine.config import DASConfig
 from model_store.store import ModelStore
+from worker.adaptation import adapt_active
 
 
 def _free_port() -> int:

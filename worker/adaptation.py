@@ -1,7 +1,8 @@
 """Adapt a version of the store to a corpus of the store, and publish the result as a new version.
 
-The one path from a request to a version, for a job (`run_adapt_job`: the corpus and the parent
-its record holds) and for `das adapt --store` (`adapt_version`). Nothing here knows HTTP.
+The one path from a request to a version (`adapt_version`), taken by a job (`run_adapt_job`: the
+corpus and the parent its record holds) and by `das adapt --store` (`adapt_active`: a corpus file
+and the active version). Nothing here knows HTTP.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from das_engine.corpus import read_corpus
 from das_engine.trainer import Progress, adapt
 from job_records import Job
 from model_store.manifest import CorpusInfo, Manifest
-from model_store.store import ModelStore, PublishRequest
+from model_store.store import ModelStore, PublishRequest, StoreError
 
 from .context import WorkerContext
 from .progress import ProgressReporter
@@ -55,6 +56,19 @@ def adapt_version(store: ModelStore, parent: str, corpus: CorpusInfo, domain: st
                              activate=activate)
     shutil.rmtree(work, ignore_errors=True)
     return manifest
+
+
+def adapt_active(store: ModelStore, corpus_file: Path, domain: str, config: DASConfig, *, work_dir: Path,
+                 device: str = "cpu", activate: bool = True,
+                 on_progress: Callable[[Progress], None] | None = None) -> Manifest:
+    """Put a corpus file into the store and adapt the active version on it (the CLI's path)."""
+    documents = read_corpus(corpus_file)
+    corpus = store.put_corpus(corpus_file, len(documents), filename=Path(corpus_file).name)
+    parent = store.active_id()
+    if parent is None:
+        raise StoreError(f"{store.backend.location} has no active version; activate one with `das activate`")
+    return adapt_version(store, parent, corpus, domain, config, work_dir=work_dir, documents=documents,
+                         device=device, activate=activate, on_progress=on_progress)
 
 
 def run_adapt_job(job: Job, ctx: WorkerContext, reporter: ProgressReporter) -> str:

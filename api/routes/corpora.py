@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
-from das_engine.config import DASConfig
+from das_engine.config import DASConfig, setting_fields
 from das_engine.corpus import CorpusError, read_corpus
+from job_records import PENDING
 from model_store.names import InvalidName, domain_name
 
 from ..deps import ManagementAuth, ServiceDep
@@ -21,21 +24,42 @@ router = APIRouter(prefix="/v1/corpora", tags=["corpora"], dependencies=[Managem
 CHUNK = 1 << 20
 
 
+def setting_form_fields(endpoint: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Give an endpoint one optional form field per DASConfig field; it receives the ones sent as `overrides`."""
+    fields = setting_fields()
+    signature = inspect.signature(endpoint, eval_str=True)
+    own = [p for p in signature.parameters.values() if p.name != "overrides"]
+
+    def form_field(f) -> inspect.Parameter:
+        kind = Literal[f.choices] if f.choices else f.type
+        info = Form(description=f"{f.help} (default: {f.default})")
+        return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                 annotation=Annotated[kind | None, info])
+
+    async def wrapper(**kwargs: Any) -> Any:
+        sent = {f.name: kwargs.pop(f.name) for f in fields}
+        return await endpoint(**kwargs, overrides={k: v for k, v in sent.items() if v is not None})
+
+    params = own + [form_field(f) for f in fields]
+    wrapper.__name__, wrapper.__doc__ = endpoint.__name__, endpoint.__doc__
+    wrapper.__signature__ = signature.replace(parameters=params)  # what FastAPI reads
+    return wrapper
+
+
 @router.post("", status_code=202, response_model=CorpusAccepted)
+@setting_form_fields
 async def upload_corpus(
     *, service: ServiceDep,
     file: Annotated[UploadFile, File(description="UTF-8 text, one document per line, or JSONL with 'text'")],
     domain: Annotated[str, Form(description="name of the domain, e.g. clinical")],
-    steps: Annotated[int | None, Form()] = None,
-    batch_size: Annotated[int | None, Form()] = None,
-    max_length: Annotated[int | None, Form()] = None,
-    mask_mode: Annotated[str | None, Form()] = None,
+    overrides: dict[str, Any],
 ) -> CorpusAccepted:
-    """Check the corpus, store it by digest, queue an adaptation job; answer only once it is queued."""
+    """Check the corpus, store it by digest, queue an adaptation job; answer only once it is queued.
+
+    Every other form field is a training setting (a DASConfig field); those not sent keep their defaults.
+    """
     try:
         domain_name(domain)
-        overrides = {k: v for k, v in dict(steps=steps, batch_size=batch_size, max_length=max_length,
-                                           mask_mode=mask_mode).items() if v is not None}
         settings = DASConfig(**overrides).to_dict()
     except (InvalidName, ValueError) as err:
         raise HTTPException(422, str(err)) from None
@@ -59,12 +83,12 @@ async def upload_corpus(
         corpus_id = digest.hexdigest()
         known = service.store.has_corpus(corpus_id)
         info = await run_in_threadpool(service.store.put_corpus, path, len(documents), file.filename or "")
-    pending = next((j for j in service.jobs.list(limit=1000) if j.state in ("queued", "running")
+    pending = next((j for j in service.jobs.list(limit=1000) if j.state in PENDING
                     and j.corpus_id == info.sha256 and j.domain == domain and j.settings == settings), None)
     if pending is not None:
         return CorpusAccepted(job_id=pending.id, corpus_id=info.sha256, documents=len(documents),
                               corpus_known=known, duplicate_of_pending_job=True)
-    job = service.jobs.create(domain, info.sha256, len(documents), settings)
+    job = service.jobs.create(domain, info.sha256, len(documents), settings, filename=info.filename)
     try:
         service.submit(job.id)
     except Exception as err:  # noqa: BLE001 - the broker is away: the job must not look queued

@@ -1,0 +1,85 @@
+"""The task function: a job runs on the corpus and parent its record holds; only transient failures retry."""
+
+from __future__ import annotations
+
+import pytest
+
+from das_engine.config import DASConfig
+from job_records import SqliteJobs
+from model_store.locks import StoreLocked
+from model_store.store import ModelStore
+from worker import tasks
+from worker.adaptation import adapt_active
+from worker.context import Outcome, WorkerContext
+
+SMALL = DASConfig(steps=3, batch_size=4, max_length=48, importance_samples=8, importance_batch_size=4,
+                  checkpoint_every=0, lr=1e-3)
+
+
+@pytest.fixture
+def ctx(tmp_path, roberta_dir) -> WorkerContext:
+    store = ModelStore.open(tmp_path / "store")
+    store.init_base(roberta_dir, "tiny-roberta")
+    return WorkerContext(store=store, jobs=SqliteJobs(tmp_path / "jobs.sqlite"), work_dir=tmp_path / "work",
+                         heartbeat_s=0.5, max_attempts=3)
+
+
+def _job(ctx: WorkerContext, corpus_file, **fields):
+    info = ctx.store.put_corpus(corpus_file, 60, filename="notes.txt")
+    job = ctx.jobs.create("legal", info.sha256, 60, SMALL.to_dict(), filename=info.filename)
+    return ctx.jobs.update(job.id, **fields) if fields else job
+
+
+def test_a_job_publishes_from_the_corpus_and_parent_in_its_record(ctx, corpus_file):
+    job = _job(ctx, corpus_file)
+    assert tasks.run_job(job.id, ctx) is Outcome.DONE
+    done = ctx.jobs.get(job.id)
+    assert (done.state, done.parent, done.version, done.attempts) == ("succeeded", "v0001", "v0002", 1)
+    manifest = ctx.store.manifest("v0002")
+    assert manifest.parent == "v0001" and manifest.request_id == job.id
+    assert manifest.corpus.sha256 == job.corpus_id and manifest.corpus.filename == "notes.txt"
+
+
+def test_a_job_keeps_the_parent_it_started_from(ctx, corpus_file, tmp_path):
+    """The active version moved after the job started: it must not silently build on the new one."""
+    job = _job(ctx, corpus_file, parent="v0001")
+    adapt_active(ctx.store, corpus_file, "other", SMALL, work_dir=tmp_path / "other-work")  # v0002 becomes active
+    assert tasks.run_job(job.id, ctx) is Outcome.DONE  # deterministic: not retried
+    done = ctx.jobs.get(job.id)
+    assert done.state == "failed" and done.attempts == 1 and done.parent == "v0001"
+    assert "v0001" in done.error and "v0002" in done.error  # LineageError names both versions
+    assert ctx.store.ids() == ["v0001", "v0002"]
+
+
+def test_only_transient_failures_are_retried(ctx, corpus_file, monkeypatch):
+    job = _job(ctx, corpus_file)
+
+    def busy(job, ctx, reporter):
+        raise StoreLocked("another writer holds the lock")
+
+    monkeypatch.setitem(tasks.JOB_KINDS, "adapt", busy)
+    assert tasks.run_job(job.id, ctx) is Outcome.RETRY
+    again = ctx.jobs.get(job.id)
+    assert again.state == "queued" and again.attempts == 1 and "StoreLocked" in again.error
+
+    def broken(job, ctx, reporter):
+        raise RuntimeError("weights are NaN")
+
+    monkeypatch.setitem(tasks.JOB_KINDS, "adapt", broken)
+    assert tasks.run_job(job.id, ctx) is Outcome.DONE
+    done = ctx.jobs.get(job.id)
+    assert done.state == "failed" and done.attempts == 2 and done.error == "RuntimeError: weights are NaN"
+
+
+def test_a_bad_setting_is_rejected_at_once(ctx, corpus_file):
+    job = _job(ctx, corpus_file, settings={**SMALL.to_dict(), "steps": 0})
+    assert tasks.run_job(job.id, ctx) is Outcome.DONE
+    done = ctx.jobs.get(job.id)
+    assert done.state == "rejected" and done.attempts == 1 and "DASConfig.steps" in done.error
+
+
+def test_an_unknown_kind_of_job_fails_with_its_name(ctx, corpus_file):
+    job = _job(ctx, corpus_file, kind="fit-task")
+    assert tasks.run_job(job.id, ctx) is Outcome.DONE
+    done = ctx.jobs.get(job.id)
+    assert done.state == "failed" and "'fit-task'" in done.error
