@@ -15,7 +15,9 @@ RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorc
 
 COPY pyproject.toml README.md ./
 COPY das/ das/
+COPY das_settings/ das_settings/
 COPY das_engine/ das_engine/
+COPY job_records/ job_records/
 COPY model_store/ model_store/
 COPY api/ api/
 COPY worker/ worker/

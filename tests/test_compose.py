@@ -62,3 +62,12 @@ def test_commands_exist_in_the_cli(where: str):
         command = SERVICES[where.split()[1]]["command"]
         argv = shlex.split(command) if isinstance(command, str) else list(command)
     check_against_cli(argv, where)
+
+
+def test_the_image_copies_every_package():
+    import tomllib
+
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["root_packages"]
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    missing = [p for p in packages if f"COPY {p}/ {p}/" not in dockerfile]
+    assert not missing, f"the Dockerfile does not copy {missing}"
