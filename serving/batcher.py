@@ -6,6 +6,7 @@ request. Each batch uses one model reference, taken when it starts.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -15,6 +16,8 @@ from dataclasses import dataclass, field
 
 from .errors import InputError, NotReady, QueueFull
 from .holder import ModelHolder, Servable
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -69,7 +72,17 @@ class MicroBatcher:
                     break
                 batch.append(item)
                 size += len(item.texts)
-            self._run(batch)
+            try:
+                self._run(batch)
+            except Exception as err:  # noqa: BLE001 - whatever one batch does, the loop goes on
+                log.exception("an inference batch failed")
+                for request in batch:
+                    if not request.future.done():
+                        request.future.set_exception(err)
+
+    def alive(self) -> bool:
+        """The loop runs (readiness depends on it)."""
+        return self.thread.is_alive()
 
     def _run(self, batch: list[_Request]) -> None:
         model = self.holder.current  # one version for the whole batch
@@ -83,28 +96,19 @@ class MicroBatcher:
                 self._run_group(model, kind, group)
 
     def _run_group(self, model: Servable, kind: str, group: list[_Request]) -> None:
-        valid = []
-        for request in group:
-            try:
-                if kind == "fill_mask":
-                    for text in request.texts:
-                        model.check_fill_mask(text)
-                valid.append(request)
-            except InputError as err:
-                request.future.set_exception(err)
+        valid = [r for r in group if self._checked(model, kind, r)]
         if not valid:
             return
         texts = [t for r in valid for t in r.texts]
         self.on_batch(kind, len(texts))
         try:
-            if kind == "fill_mask":
-                top_k = max(r.top_k for r in valid)
-                outputs = model.fill_mask(texts, top_k)
-            else:
-                outputs = model.embed(texts)
-        except Exception as err:  # noqa: BLE001 - fail these requests, keep the batcher alive
+            outputs = self._answer(model, kind, texts, max(r.top_k for r in valid))
+        except Exception as err:  # noqa: BLE001 - one request's text must not fail the others: run each alone
+            if len(valid) == 1:
+                valid[0].future.set_exception(err)
+                return
             for request in valid:
-                request.future.set_exception(err)
+                self._run_group(model, kind, [request])
             return
         start = 0
         for request in valid:
@@ -113,3 +117,19 @@ class MicroBatcher:
             if kind == "fill_mask":
                 answers = [[candidates[: request.top_k] for candidates in per_text] for per_text in answers]
             request.future.set_result((model.version, answers))
+
+    @staticmethod
+    def _checked(model: Servable, kind: str, request: _Request) -> bool:
+        """Fill-mask texts are checked alone (each needs a mask token); a bad one leaves the batch."""
+        try:
+            if kind == "fill_mask":
+                for text in request.texts:
+                    model.check_fill_mask(text)
+            return True
+        except InputError as err:
+            request.future.set_exception(err)
+            return False
+
+    @staticmethod
+    def _answer(model: Servable, kind: str, texts: list[str], top_k: int) -> list:
+        return model.fill_mask(texts, top_k) if kind == "fill_mask" else model.embed(texts)

@@ -41,7 +41,11 @@ class LoadedModel:
         self.embed(["warm up"])
 
     def _encode(self, texts: list[str]):
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=self.max_tokens)
+        """Tokenise on the CPU and move to the model's device; a text the tokenizer refuses is an InputError."""
+        try:
+            enc = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=self.max_tokens)
+        except Exception as err:  # noqa: BLE001 - the tokenizer's errors differ by kind; all are the texts' fault
+            raise InputError(f"a text cannot be tokenised ({type(err).__name__}: {err})"[:300]) from None
         return enc.to(self.device)
 
     def check_fill_mask(self, text: str) -> None:

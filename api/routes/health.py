@@ -19,10 +19,12 @@ def healthz() -> dict:
 
 @router.get("/readyz")
 def readyz(*, service: ServiceDep):
-    """A model version is loaded and warm."""
+    """A model version is loaded and warm, and the inference loop runs."""
     current = service.holder.current
     if current is None:
         return JSONResponse({"status": "loading"}, status_code=503)
+    if not service.batcher.alive():
+        return JSONResponse({"status": "inference loop stopped", "version": current.version}, status_code=503)
     return {"status": "ready", "version": current.version, "mode": service.mode}
 
 

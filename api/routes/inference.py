@@ -23,6 +23,11 @@ def _check_limits(service, texts: list[str]) -> None:
             raise HTTPException(422, f"text {i} is empty")
         if len(text) > settings.max_text_chars:
             raise HTTPException(422, f"text {i} has {len(text)} characters; the limit is {settings.max_text_chars}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:  # a lone surrogate sent as a JSON escape
+            raise HTTPException(422, f"text {i} is not valid Unicode at character {err.start} "
+                                     "(a lone UTF-16 surrogate); send UTF-8 text") from None
 
 
 async def _answer(service, kind: str, texts: list[str], top_k: int = 5):
