@@ -16,6 +16,8 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
+from .precision import model_device
+
 PREFIX = "step-"
 
 
@@ -56,9 +58,9 @@ def latest_checkpoint(folder: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> Checkpoint:
-    """Restore weights and optimizer state in place; return the step and the saved JSON state."""
+    """Restore weights and optimizer state in place, on the model's device; return the step and JSON state."""
     meta = json.loads((path / "state.json").read_text())
-    device = next(model.parameters()).device
+    device = model_device(model)
     load_model(model, str(path / "model.safetensors"), device=str(device))
     tensors = load_file(str(path / "optimizer.safetensors"), device=str(device))
     state: dict[int, dict[str, torch.Tensor]] = {}

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 MaskMode = Literal["grad", "update"]
 NegativeRule = Literal["clamp", "abs"]
+Precision = Literal["fp32", "bf16"]
 
 
 @dataclass
@@ -24,6 +25,9 @@ class DASConfig:
     max_grad_norm: float | None = field(default=1.0, metadata={"help": "clip gradients (None: no clipping)"})
     mlm_probability: float = field(default=0.15, metadata={"help": "share of tokens masked for MLM"})
     seed: int = field(default=0, metadata={"help": "seed for data order, masking, dropout and samples"})
+    precision: Precision = field(default="fp32", metadata={"help": "'bf16' runs the forward passes (training "
+                                 "and importance) under bf16 autocast; weights, optimizer state, importance "
+                                 "and soft-mask arithmetic stay fp32"})
     # --- soft-masking ---
     mask_mode: MaskMode = field(default="update", metadata={"help": "'update' scales the optimizer "
                                 "update by (1-I); 'grad' scales gradients (the paper)"})
@@ -50,6 +54,8 @@ class DASConfig:
             raise ValueError(f"DASConfig.max_length must be within 8..4096, got {self.max_length}")
         if self.mask_mode not in ("grad", "update"):
             raise ValueError(f"DASConfig.mask_mode must be 'grad' or 'update', got {self.mask_mode!r}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"DASConfig.precision must be 'fp32' or 'bf16', got {self.precision!r}")
         if self.negative_rule not in ("clamp", "abs"):
             raise ValueError(f"DASConfig.negative_rule must be 'clamp' or 'abs', got {self.negative_rule!r}")
         if not 0.0 < self.mlm_probability < 1.0:

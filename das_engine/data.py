@@ -57,19 +57,27 @@ def mask_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer
                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT-style masking: of the chosen tokens 80% [MASK], 10% random, 10% kept.
 
-    Returns (masked_input_ids, labels) with labels -100 where nothing is predicted. At least
-    one token per batch is chosen, so the loss is always defined.
+    Returns (masked_input_ids, labels) on the inputs' device, with labels -100 where nothing is
+    predicted. At least one token per batch is chosen, so the loss is always defined. The random
+    draws come from `generator` (a CPU generator: the same masks on every device) and are moved
+    to the inputs' device; no step asks the device for a value (no host sync on a GPU).
     """
+    device = input_ids.device
     special = (input_ids == tokenizer.cls_token_id) | (input_ids == tokenizer.sep_token_id) | (attention_mask == 0)
-    chosen = (torch.rand(input_ids.shape, generator=generator) < probability) & ~special
-    if not chosen.any():
-        candidates = (~special).nonzero()
-        pick = candidates[torch.randint(len(candidates), (1,), generator=generator)]
-        chosen[pick[:, 0], pick[:, 1]] = True
-    labels = torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
-    action = torch.rand(input_ids.shape, generator=generator)
-    masked = input_ids.clone()
-    masked[chosen & (action < 0.8)] = tokenizer.mask_token_id
-    randomise = chosen & (action >= 0.8) & (action < 0.9)
-    masked[randomise] = torch.randint(len(tokenizer), input_ids.shape, generator=generator)[randomise]
+    score = _draw(torch.rand, input_ids.shape, generator, device)  # (B, T) in [0, 1)
+    chosen = (score < probability) & ~special
+    # none chosen (tiny batches): take the real token with the lowest score instead
+    lowest = score.masked_fill(special, 2.0).argmin()  # index into the flattened (B*T,)
+    fallback = torch.zeros_like(chosen).flatten().index_fill(0, lowest.view(1), True).view_as(chosen)
+    chosen = chosen | (fallback & ~special & ~chosen.any())
+    labels = torch.where(chosen, input_ids, -100)
+    action = _draw(torch.rand, input_ids.shape, generator, device)  # (B, T)
+    random_ids = _draw(torch.randint, input_ids.shape, generator, device, high=len(tokenizer))  # (B, T)
+    masked = torch.where(chosen & (action < 0.8), tokenizer.mask_token_id, input_ids)
+    masked = torch.where(chosen & (action >= 0.8) & (action < 0.9), random_ids, masked)
     return masked, labels
+
+
+def _draw(sampler, shape: torch.Size, generator: torch.Generator, device: torch.device, **kwargs) -> torch.Tensor:
+    """A draw on the generator's device (the CPU), moved to `device`."""
+    return sampler(size=shape, generator=generator, device=generator.device, **kwargs).to(device)

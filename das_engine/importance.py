@@ -14,9 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import Precision
 from .data import PackedCorpus, mask_tokens
 from .gates import gates_applied
 from .mlm import hidden_states, masked_lm_loss
+from .precision import autocast
 from .units import ModelUnits, UnitTensors
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # input_ids, attention_mask: (B, T) each
@@ -33,18 +35,22 @@ def sample_batches(corpus: PackedCorpus, samples: int, batch_size: int, seed: in
 
 
 def gate_gradients(units: ModelUnits, loss_fn: Callable[[Batch], torch.Tensor],
-                   batches: Iterable[Batch]) -> UnitTensors:
+                   batches: Iterable[Batch], precision: Precision = "fp32") -> UnitTensors:
     """Mean over batches of |dL/dg| with all gates at 1 (raw importance, before normalising).
 
     torch.autograd.grad hands back fresh gradients for each batch, so nothing carries over
-    from one batch to the next (the authors' code never zeroed them).
+    from one batch to the next (the authors' code never zeroed them). The gates and the running
+    sum are fp32 on the model's device; only the forward pass runs in `precision`.
     """
-    gates = UnitTensors.full(units, 1.0, requires_grad=True)
-    total = UnitTensors.full(units, 0.0)
+    device = units.device
+    gates = UnitTensors.full(units, 1.0, requires_grad=True, device=device)
+    total = UnitTensors.full(units, 0.0, device=device)
     count = 0
     with gates_applied(units, gates):
         for batch in batches:
-            grads = torch.autograd.grad(loss_fn(batch), [t for _, t in gates.items()])
+            with autocast(device, precision):
+                loss = loss_fn(batch)
+            grads = torch.autograd.grad(loss, [t for _, t in gates.items()])
             for (_, acc), grad in zip(total.items(), grads, strict=True):
                 acc += grad.abs()
             count += 1
@@ -72,28 +78,50 @@ def accumulate(previous: UnitTensors | None, new: UnitTensors) -> UnitTensors:
 def kl_between_dropout_passes(model: nn.Module, batch: Batch) -> torch.Tensor:
     """KL(p1 || p2) of the softmax over the hidden axis of two passes, mean over real tokens."""
     input_ids, attention_mask = batch
-    log_p1 = F.log_softmax(hidden_states(model, input_ids, attention_mask), dim=-1)  # (B, T, D)
-    log_p2 = F.log_softmax(hidden_states(model, input_ids, attention_mask), dim=-1)
+    # fp32 whatever the passes ran in: the KL of two near-identical passes is a small difference
+    log_p1 = F.log_softmax(hidden_states(model, input_ids, attention_mask).float(), dim=-1)  # (B, T, D)
+    log_p2 = F.log_softmax(hidden_states(model, input_ids, attention_mask).float(), dim=-1)
     per_token = (log_p1.exp() * (log_p1 - log_p2)).sum(-1)  # (B, T)
     real = attention_mask.to(per_token.dtype)
     return (per_token * real).sum() / real.sum()
 
 
+def active_dropout(model: nn.Module) -> list[str]:
+    """Names of the encoder's dropout modules that drop anything (p > 0)."""
+    return [name for name, module in model.base_model.named_modules()
+            if isinstance(module, nn.Dropout) and module.p > 0]
+
+
+def check_dropout(model: nn.Module) -> None:
+    """The KL proxy compares two dropout passes: without dropout they are identical and I(0) is noise."""
+    if not active_dropout(model):
+        raise ValueError(
+            "the general-knowledge importance I(0) (the KL proxy) needs dropout, but every dropout of this "
+            f"{model.config.model_type} encoder has p = 0, so its two passes are identical and I(0) would be "
+            "noise. Set hidden_dropout_prob (and attention_probs_dropout_prob) above 0 in the base model's "
+            "config.json (0.1 is usual), or give a prepared importance file (prev_importance) instead.")
+
+
 def general_importance_raw(model: nn.Module, units: ModelUnits, batches: list[Batch],
-                           dropout: bool = True) -> UnitTensors:
-    """Raw gate gradients of the KL proxy. `dropout=False` (eval mode) exists to show it is noise."""
+                           dropout: bool = True, precision: Precision = "fp32") -> UnitTensors:
+    """Raw gate gradients of the KL proxy. `dropout=False` (eval mode) exists to show it is noise.
+
+    With `dropout=True` a model whose dropout is 0 everywhere is refused (see check_dropout).
+    """
+    if dropout:
+        check_dropout(model)
     was_training = model.training
     model.train(dropout)
     try:
-        return gate_gradients(units, lambda b: kl_between_dropout_passes(model, b), batches)
+        return gate_gradients(units, lambda b: kl_between_dropout_passes(model, b), batches, precision)
     finally:
         model.train(was_training)
 
 
 def domain_importance_raw(model: nn.Module, units: ModelUnits, batches: list[Batch], tokenizer,
-                          mlm_probability: float, seed: int) -> UnitTensors:
+                          mlm_probability: float, seed: int, precision: Precision = "fp32") -> UnitTensors:
     """Raw gate gradients of the MLM loss on masked inputs (eval mode: no dropout noise)."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # on the CPU: the same masks on every device
 
     def loss(batch: Batch) -> torch.Tensor:
         input_ids, attention_mask = batch
@@ -103,7 +131,7 @@ def domain_importance_raw(model: nn.Module, units: ModelUnits, batches: list[Bat
     was_training = model.training
     model.eval()
     try:
-        return gate_gradients(units, loss, batches)
+        return gate_gradients(units, loss, batches, precision)
     finally:
         model.train(was_training)
 

@@ -7,6 +7,9 @@ importance, EMax accumulation and the outputs.
 Outputs in `out_dir`: a Hugging Face model folder (safetensors), importance_in.safetensors (the
 I(<=t-1) it trained against), domain_importance.safetensors (I(t)), importance.safetensors
 (I(<=t), handed on) and train_metrics.json.
+
+A work folder belongs to one run: its settings, corpus and base model (by fingerprint) are
+recorded in the checkpoints and in train_metrics.json, and a call with other ones is refused.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from .config import DASConfig
 from .contrastive import contrastive_loss
 from .corpus import read_corpus
 from .data import PackedCorpus, mask_tokens, pack_corpus
+from .fingerprint import base_fingerprint, corpus_fingerprint
 from .gates import gates_applied
 from .importance import (
     accumulate,
@@ -40,10 +44,12 @@ from .importance import (
 )
 from .loading import load_masked_lm
 from .mlm import hidden_states, masked_lm_loss, mean_pool
+from .precision import autocast, check_precision
 from .softmask import SoftMask
 from .units import ModelUnits, UnitTensors, resolve_units
 
 CHECKPOINTS = "checkpoints"
+MADE_FROM = "made_from.json"  # in the checkpoints folder: the fingerprints its run was started with
 
 
 @dataclass
@@ -90,37 +96,50 @@ def get_batch(corpus: PackedCorpus, config: DASConfig, step: int) -> tuple[torch
 
 def das_loss(model: nn.Module, units: ModelUnits, input_ids: torch.Tensor, masked: torch.Tensor,
              attention_mask: torch.Tensor, labels: torch.Tensor, previous: UnitTensors,
-             config: DASConfig) -> tuple[torch.Tensor, dict[str, float]]:
-    """MLM loss + lambda * InfoNCE(o_full, o_full+, negatives o_prev), passes concatenated on the batch axis."""
-    if config.contrastive_weight == 0:
-        mlm = masked_lm_loss(units, hidden_states(model, masked, attention_mask), labels)
-        return mlm, {"loss": mlm.item(), "mlm": mlm.item()}
-    batch = input_ids.shape[0]
-    anchor_ids = masked if config.mlm_pass_as_anchor else input_ids
-    views = [masked, masked] if config.mlm_pass_as_anchor else [masked, input_ids, input_ids]
-    with_prev = not config.prev_pass_no_grad
-    if with_prev:
-        views.append(anchor_ids)
-    mask = attention_mask.repeat(len(views), 1)  # (V*B, T)
-    gate_ctx = nullcontext()
-    if with_prev:  # per-sample gates: ones for the free passes, I(<=t-1) for the o_prev rows
-        free = (len(views) - 1) * batch
-        gates = previous.map(lambda t: torch.cat([torch.ones(free, *t.shape, device=t.device),
-                                                  t.expand(batch, *t.shape)]))
-        gate_ctx = gates_applied(units, gates)
-    with gate_ctx:
-        hidden = hidden_states(model, torch.cat(views), mask)  # (V*B, T, D)
-    mlm = masked_lm_loss(units, hidden[:batch], labels)
-    pooled = mean_pool(hidden, mask).split(batch)  # V x (B, D)
-    anchor, positive = (pooled[0], pooled[1]) if config.mlm_pass_as_anchor else (pooled[1], pooled[2])
-    if with_prev:
-        prev = pooled[-1]
-    else:
-        with torch.no_grad(), gates_applied(units, previous):
-            prev = mean_pool(hidden_states(model, anchor_ids, attention_mask), attention_mask)
-    contrast = contrastive_loss(anchor, positive, prev, config.temperature)
+             config: DASConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """MLM loss + lambda * InfoNCE(o_full, o_full+, negatives o_prev), passes concatenated on the batch axis.
+
+    The forward passes run in `config.precision`; the loss is fp32. The parts ("loss", "mlm",
+    "contrastive") are detached 0-dim tensors: reading them costs a device sync, so the caller
+    reads them once per step (see `as_floats`).
+    """
+    device = units.device
+    previous = previous.to(device)  # the o_prev gates must sit beside the activations they scale
+    with autocast(device, config.precision):
+        if config.contrastive_weight == 0:
+            mlm = masked_lm_loss(units, hidden_states(model, masked, attention_mask), labels)
+            return mlm, {"loss": mlm.detach(), "mlm": mlm.detach()}
+        batch = input_ids.shape[0]
+        anchor_ids = masked if config.mlm_pass_as_anchor else input_ids
+        views = [masked, masked] if config.mlm_pass_as_anchor else [masked, input_ids, input_ids]
+        with_prev = not config.prev_pass_no_grad
+        if with_prev:
+            views.append(anchor_ids)
+        mask = attention_mask.repeat(len(views), 1)  # (V*B, T)
+        gate_ctx = nullcontext()
+        if with_prev:  # per-sample gates: ones for the free passes, I(<=t-1) for the o_prev rows
+            free = (len(views) - 1) * batch
+            gates = previous.map(lambda t: torch.cat([torch.ones(free, *t.shape, device=t.device, dtype=t.dtype),
+                                                      t.expand(batch, *t.shape)]))  # (V*B, L, U)
+            gate_ctx = gates_applied(units, gates)
+        with gate_ctx:
+            hidden = hidden_states(model, torch.cat(views), mask)  # (V*B, T, D)
+        mlm = masked_lm_loss(units, hidden[:batch], labels)
+        pooled = mean_pool(hidden, mask).split(batch)  # V x (B, D)
+        anchor, positive = (pooled[0], pooled[1]) if config.mlm_pass_as_anchor else (pooled[1], pooled[2])
+        if with_prev:
+            prev = pooled[-1]
+        else:
+            with torch.no_grad(), gates_applied(units, previous):
+                prev = mean_pool(hidden_states(model, anchor_ids, attention_mask), attention_mask)
+        contrast = contrastive_loss(anchor, positive, prev, config.temperature)
     loss = mlm + config.contrastive_weight * contrast
-    return loss, {"loss": loss.item(), "mlm": mlm.item(), "contrastive": contrast.item()}
+    return loss, {"loss": loss.detach(), "mlm": mlm.detach(), "contrastive": contrast.detach()}
+
+
+def as_floats(parts: dict[str, torch.Tensor]) -> dict[str, float]:
+    """das_loss's parts as Python floats, with one device sync."""
+    return dict(zip(parts, torch.stack(list(parts.values())).tolist(), strict=True))
 
 
 def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, softmask: SoftMask | None,
@@ -141,28 +160,33 @@ def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, softmask:
 
 
 def adapt(base: str | Path, corpus: str | Path | list[str], out_dir: str | Path, config: DASConfig, *,
-          prev_importance: str | Path | None = None, domain: str = "domain", device: str = "cpu",
+          prev_importance: str | Path | None = None, domain: str = "domain", device: str | torch.device = "cpu",
           on_progress: Callable[[Progress], None] | None = None,
           should_stop: Callable[[], bool] | None = None) -> AdaptResult:
     """Run one continual DAS step; resumes from `out_dir/checkpoints` when a checkpoint is there.
 
-    `corpus` is a corpus file (see data.read_corpus) or its documents, already read.
+    `corpus` is a corpus file (see data.read_corpus) or its documents, already read. `device` is
+    where the model trains ("cpu", "cuda", "cuda:1"); the data is prepared on the CPU and moved.
     """
     report = on_progress or (lambda p: None)
     stop = should_stop or (lambda: False)
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / CHECKPOINTS
     wall_start = time.perf_counter()
-    finished = _finished_run(out_dir, config)
+    documents = corpus if isinstance(corpus, list) else read_corpus(corpus)
+    made_from = {"corpus_sha256": corpus_fingerprint(documents), "base_sha256": base_fingerprint(base)}
+    finished = _finished_run(out_dir, config, made_from)
     if finished is not None:  # idempotent: a completed run is not trained again
         return finished
+    _check_checkpoints(ckpt_dir, config, made_from)  # before anything is loaded
+    device = torch.device(device)
+    check_precision(config.precision, device)
 
     # --- set-up: model, units, data ---
     torch.manual_seed(config.seed)
     model, tokenizer = load_masked_lm(base)
     model.to(device)
     units = resolve_units(model)
-    documents = corpus if isinstance(corpus, list) else read_corpus(corpus)
     packed = pack_corpus(documents, tokenizer, config.max_length)
     out_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -181,29 +205,28 @@ def adapt(base: str | Path, corpus: str | Path | list[str], out_dir: str | Path,
         t0 = time.perf_counter()
         batches = sample_batches(packed, config.importance_samples, config.importance_batch_size,
                                  step_seed(config.seed, 0, 2))
-        importance_in = normalise(general_importance_raw(model, units, _to(batches, device)),
-                                  config.negative_rule)
+        raw = general_importance_raw(model, units, _to(batches, device), precision=config.precision)
+        importance_in = normalise(raw, config.negative_rule).to("cpu")
         timings["general_importance_s"] = time.perf_counter() - t0
     importance_in.check_shapes(units)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    (ckpt_dir / MADE_FROM).write_text(json.dumps(made_from))
     importance_in.save(saved_in)
-    previous = importance_in.map(lambda t: t.to(device))
+    previous = importance_in.to(device)
     softmask = SoftMask.build(units, previous)
 
     # --- optimizer, and resume from the latest checkpoint ---
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     start, history, done_tokens, train_time = 0, [], 0, 0.0
     latest = latest_checkpoint(ckpt_dir)
-    if latest is not None:
+    if latest is not None:  # its settings and fingerprints were checked before loading the model
         ckpt = load_checkpoint(latest, model, optimizer)
-        if ckpt.state["config"] != config.to_dict():
-            raise ValueError(f"{latest} was written with other settings; remove {ckpt_dir} to start over")
         start, history = ckpt.step, ckpt.state["history"]
         done_tokens, train_time = ckpt.state["tokens"], ckpt.state["train_time_s"]
         timings.update(ckpt.state["timings"])
 
     def checkpoint_state() -> dict:
-        return {"config": config.to_dict(), "history": history, "tokens": done_tokens,
+        return {"config": config.to_dict(), "made_from": made_from, "history": history, "tokens": done_tokens,
                 "train_time_s": train_time, "timings": timings}
 
     # --- training loop ---
@@ -220,14 +243,16 @@ def adapt(base: str | Path, corpus: str | Path | list[str], out_dir: str | Path,
         masked, labels = mask_tokens(input_ids, attention_mask, tokenizer, config.mlm_probability,
                                      torch.Generator().manual_seed(step_seed(config.seed, step, 3)))
         torch.manual_seed(step_seed(config.seed, step, 4))  # dropout
+        batch_tokens = int(attention_mask.sum())  # counted on the CPU copy: no device sync
         input_ids, masked, attention_mask, labels = _to((input_ids, masked, attention_mask, labels), device)
         loss, parts = das_loss(model, units, input_ids, masked, attention_mask, labels, previous, config)
         loss.backward()
         optimizer_step(model, optimizer, softmask, config)
+        parts = as_floats(parts)  # the step's one device sync, so the step time below is true
 
         # log and report
         train_time += time.perf_counter() - t0
-        done_tokens += int(attention_mask.sum())
+        done_tokens += batch_tokens
         speed = done_tokens / max(train_time, 1e-9)
         eta = (config.steps - step - 1) * train_time / (step + 1)  # train_time spans resumed runs too
         if step % config.log_every == 0 or step == config.steps - 1:
@@ -241,12 +266,11 @@ def adapt(base: str | Path, corpus: str | Path | list[str], out_dir: str | Path,
     t0 = time.perf_counter()
     batches = sample_batches(packed, config.importance_samples, config.importance_batch_size,
                              step_seed(config.seed, config.steps, 5))
-    domain_importance = normalise(
-        domain_importance_raw(model, units, _to(batches, device), tokenizer, config.mlm_probability,
-                              step_seed(config.seed, config.steps, 6)),
-        config.negative_rule)
+    raw = domain_importance_raw(model, units, _to(batches, device), tokenizer, config.mlm_probability,
+                                step_seed(config.seed, config.steps, 6), precision=config.precision)
+    domain_importance = normalise(raw, config.negative_rule).to("cpu")
     timings["domain_importance_s"] = time.perf_counter() - t0
-    cumulative = accumulate(importance_in, domain_importance.map(torch.Tensor.cpu))
+    cumulative = accumulate(importance_in, domain_importance)
 
     # --- outputs ---
     report(Progress("saving", config.steps, config.steps))
@@ -262,6 +286,7 @@ def adapt(base: str | Path, corpus: str | Path | list[str], out_dir: str | Path,
         "resumed_from_step": start or None, "timings": timings,
         "corpus": {"documents": packed.num_documents, "blocks": len(packed), "tokens": packed.num_tokens},
         "history": history, "settings": config.to_dict(), "family": units.family,
+        "made_from": made_from, "device": str(device),
     }
     (out_dir / METRICS).write_text(json.dumps(metrics, indent=2))
     shutil.rmtree(ckpt_dir, ignore_errors=True)
@@ -270,18 +295,45 @@ def adapt(base: str | Path, corpus: str | Path | list[str], out_dir: str | Path,
     return AdaptResult("completed", out_dir, config.steps, metrics)
 
 
-def _finished_run(out_dir: Path, config: DASConfig) -> AdaptResult | None:
-    """The result of a run already completed in `out_dir` with the same settings, if any."""
+def _finished_run(out_dir: Path, config: DASConfig, made_from: dict[str, str]) -> AdaptResult | None:
+    """The result of a run already completed in `out_dir` with the same settings and inputs, if any."""
     path = out_dir / METRICS
     if not path.is_file():
         return None
     metrics = json.loads(path.read_text())
     if metrics.get("settings") != config.to_dict():
         raise ValueError(f"{out_dir} already holds a run made with other settings; choose another --out")
+    other = _other_inputs(metrics.get("made_from"), made_from)
+    if other:
+        raise ValueError(f"{out_dir} already holds a run made from {other}; remove {out_dir} or choose another --out")
     return AdaptResult("completed", out_dir, metrics["steps"], metrics)
 
 
-def _to(tensors, device: str):
+def _check_checkpoints(ckpt_dir: Path, config: DASConfig, made_from: dict[str, str]) -> None:
+    """Refuse a checkpoints folder left by a run with other settings, another corpus or another base.
+
+    The fingerprints are checked in MADE_FROM, written with the importance the run trains against
+    (before its first checkpoint: I(0) of the first domain comes from its corpus and base too);
+    each checkpoint's state records them as well.
+    """
+    recorded = ckpt_dir / MADE_FROM
+    if recorded.is_file():
+        other = _other_inputs(json.loads(recorded.read_text()), made_from)
+        if other:
+            raise ValueError(f"{ckpt_dir} was started from {other}; remove {ckpt_dir} to start over")
+    latest = latest_checkpoint(ckpt_dir)
+    if latest is not None and json.loads((latest / "state.json").read_text())["state"]["config"] != config.to_dict():
+        raise ValueError(f"{latest} was written with other settings; remove {ckpt_dir} to start over")
+
+
+def _other_inputs(recorded: dict[str, str] | None, now: dict[str, str]) -> str:
+    """'' when the recorded fingerprints are today's; else which input differs (none recorded: both)."""
+    recorded = recorded or {}
+    names = {"corpus_sha256": "another corpus", "base_sha256": "another base model"}
+    return " and ".join(label for key, label in names.items() if recorded.get(key) != now[key])
+
+
+def _to(tensors, device: torch.device | str):
     """Move a (nested) tuple/list of tensors to `device`."""
     if isinstance(tensors, torch.Tensor):
         return tensors.to(device)

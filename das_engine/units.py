@@ -65,6 +65,11 @@ class ModelUnits:
     def num_layers(self) -> int:
         return len(self.layers)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are now (read each time: the model may have moved since)."""
+        return self.layers[0].query.weight.device
+
     def shapes(self) -> dict[str, tuple[int, int]]:
         n = self.num_layers
         return {"head": (n, self.num_heads), "intermediate": (n, self.intermediate_size),
@@ -105,8 +110,11 @@ class UnitTensors:
     output: torch.Tensor
 
     @classmethod
-    def full(cls, units: ModelUnits, value: float, requires_grad: bool = False) -> UnitTensors:
-        return cls(**{g: torch.full(s, float(value), requires_grad=requires_grad)
+    def full(cls, units: ModelUnits, value: float, requires_grad: bool = False,
+             device: torch.device | str | None = None) -> UnitTensors:
+        """float32 tensors of `value`, on `device` (the CPU if None; gates pass the model's device)."""
+        return cls(**{g: torch.full(s, float(value), requires_grad=requires_grad, dtype=torch.float32,
+                                    device=device or "cpu")
                       for g, s in units.shapes().items()})
 
     def items(self) -> list[tuple[str, torch.Tensor]]:
@@ -114,6 +122,10 @@ class UnitTensors:
 
     def map(self, fn) -> UnitTensors:
         return UnitTensors(**{g: fn(t) for g, t in self.items()})
+
+    def to(self, device: torch.device | str) -> UnitTensors:
+        """The same values on `device` (no copy where they are there already)."""
+        return self.map(lambda t: t.to(device))
 
     def maximum(self, other: UnitTensors) -> UnitTensors:
         return UnitTensors(**{g: torch.maximum(t, getattr(other, g)) for g, t in self.items()})

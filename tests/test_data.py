@@ -72,6 +72,27 @@ def test_masking_skips_specials_and_padding(model_and_tokenizer, legal_docs):
     assert 0.7 < share_masked < 0.9
 
 
+def test_masking_always_chooses_a_real_token(model_and_tokenizer, legal_docs):
+    """Even when the draw picks nothing: the real token with the lowest draw, never a special one."""
+    _, tok = model_and_tokenizer
+    packed = pack_corpus(legal_docs, tok, max_length=16)
+    ids, mask = packed.input_ids[:2], packed.attention_mask[:2]
+    for seed in range(5):
+        masked, labels = mask_tokens(ids, mask, tok, 1e-9, torch.Generator().manual_seed(seed))
+        chosen = labels != -100
+        assert chosen.sum() == 1
+        assert ids[chosen].item() not in (tok.cls_token_id, tok.sep_token_id, tok.pad_token_id)
+        assert torch.equal(masked[~chosen], ids[~chosen])
+
+
+def test_masking_is_the_same_for_the_same_generator_seed(model_and_tokenizer, legal_docs):
+    _, tok = model_and_tokenizer
+    packed = pack_corpus(legal_docs, tok, max_length=64)
+    first, second = (mask_tokens(packed.input_ids, packed.attention_mask, tok, 0.15, torch.Generator().manual_seed(7))
+                     for _ in range(2))
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+
+
 def test_masked_only_loss_equals_full_vocabulary_loss(model_and_tokenizer, legal_docs):
     model, tok = model_and_tokenizer
     model.eval()
