@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run demo test bench base-model
+.PHONY: run demo test bench gpu-check base-model
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -26,3 +26,6 @@ test: base-model
 
 bench: base-model
 	$(PY) bench/train_step.py
+
+gpu-check: base-model  # on a GPU machine; DEVICE=cpu runs the same check on the CPU
+	$(PY) bench/gpu_check.py --device $(or $(DEVICE),cuda)
