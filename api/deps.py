@@ -29,9 +29,15 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 def _check(settings: Settings, authorization: str | None, allowed: list[str | None]) -> None:
     if not (settings.management_token or settings.inference_token):
         return  # auth off: `das serve` then binds loopback only
-    token = (authorization or "").removeprefix("Bearer ").strip()
-    if not token or not any(a and hmac.compare_digest(token, a) for a in allowed):
+    scheme, _, token = (authorization or "").strip().partition(" ")
+    token = token.strip()  # RFC 7235: the scheme is case-insensitive; a bare token has no scheme and is refused
+    if scheme.lower() != "bearer" or not token or not any(a and _same(token, a) for a in allowed):
         raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+
+def _same(sent: str, expected: str) -> bool:
+    """Constant-time comparison; bytes, because compare_digest refuses non-ASCII str (a header may hold any byte)."""
+    return hmac.compare_digest(sent.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape"))
 
 
 def management_auth(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:

@@ -1,9 +1,13 @@
-"""Body size limits on every route: uploads get their own, larger limit."""
+"""Body size limits on every route (uploads get their own, larger limit); a 422 for any invalid request."""
 
 from __future__ import annotations
 
 import json
 
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 UPLOAD_PREFIX = "/v1/corpora"
@@ -24,31 +28,43 @@ class BodyLimitMiddleware:
             return
         is_upload = scope["path"].startswith(UPLOAD_PREFIX)
         limit = self.max_upload + MULTIPART_OVERHEAD if is_upload else self.max_json
+        shown = self.max_upload if is_upload else self.max_json  # the setting, not the framing allowance
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _too_large(send, limit, is_upload)
+            await _too_large(send, shown, is_upload)
             return
-        seen, started = 0, False
+        # A body without a Content-Length (chunked transfer encoding) is counted as it arrives. Whoever
+        # reads it may wrap the error (FastAPI turns any error of its body parsing into a 400), so the
+        # answer is chosen here: once the body went over the limit, the app's own answer is replaced.
+        seen, started, exceeded, replaced = 0, False, False, False
 
         async def counted() -> Message:
-            nonlocal seen
+            nonlocal seen, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
+                    exceeded = True
                     raise BodyTooLarge
             return message
 
         async def tracked(message: Message) -> None:
-            nonlocal started
+            nonlocal started, replaced
+            if exceeded and not started:  # whatever the app answers to a body over the limit: 413
+                started = replaced = True
+                await _too_large(send, shown, is_upload)
+            if replaced:
+                return  # the app's own answer is dropped
             started = started or message["type"] == "http.response.start"
             await send(message)
 
         try:
             await self.app(scope, counted, tracked)
-        except BodyTooLarge:
+        except Exception:
+            if not exceeded:
+                raise
             if not started:
-                await _too_large(send, limit, is_upload)
+                await _too_large(send, shown, is_upload)
 
 
 async def _too_large(send: Send, limit: int, is_upload: bool) -> None:
@@ -57,3 +73,10 @@ async def _too_large(send: Send, limit: int, is_upload: bool) -> None:
     await send({"type": "http.response.start", "status": 413,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
+
+
+async def invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422, safe for any input: Python's JSON parser reads NaN and Infinity, which the answer (strict
+    JSON) could not echo back, so a body like {"top_k": NaN} was a 500."""
+    errors = json.loads(json.dumps(jsonable_encoder(err.errors()), default=str), parse_constant=str)
+    return JSONResponse({"detail": errors}, status_code=422)

@@ -5,17 +5,35 @@
 
 from __future__ import annotations
 
+import logging
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+import redis.exceptions
+from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from kombu.exceptions import OperationalError
 
 from das_settings import Settings, package_version
+from model_store.locks import StoreLocked
 
-from .limits import BodyLimitMiddleware
+from .limits import BodyLimitMiddleware, invalid_request
 from .metrics import Metrics, TimingMiddleware
 from .routes import corpora, health, inference, jobs, models
 from .service import Service
+
+log = logging.getLogger(__name__)
+# the infrastructure is away or busy, not the request wrong: 503 and when to come back, never 500
+UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OperationalError, StoreLocked)
+RETRY_AFTER_S = 5
+
+
+async def unavailable(request: Request, err: Exception) -> JSONResponse:
+    log.warning("%s %s: %s: %s", request.method, request.url.path, type(err).__name__, err)
+    return JSONResponse({"detail": f"a backing service is unavailable ({type(err).__name__}); "
+                                   f"retry in {RETRY_AFTER_S} s"},
+                        status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 def create_app(settings: Settings, service: Service) -> FastAPI:
@@ -36,6 +54,9 @@ def create_app(settings: Settings, service: Service) -> FastAPI:
     app.state.service, app.state.metrics = service, metrics
     for module in (corpora, jobs, models, inference, health):
         app.include_router(module.router)
+    for error in UNAVAILABLE:
+        app.add_exception_handler(error, unavailable)
+    app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_middleware(BodyLimitMiddleware, max_json_bytes=settings.max_json_bytes,
                        max_upload_bytes=settings.max_upload_bytes)
     app.add_middleware(TimingMiddleware, metrics=metrics)

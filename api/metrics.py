@@ -38,7 +38,10 @@ class _ServiceCollector:
         if self.service.holder.current is not None:
             active.add_metric([self.service.holder.current.version], 1)
         yield active
-        jobs = self.service.jobs.list(limit=1000)
+        try:
+            jobs = self.service.jobs.list(limit=1000)
+        except Exception:  # noqa: BLE001 - the job records are away: serve the other metrics
+            return
         by_state = GaugeMetricFamily("das_jobs", "adaptation jobs by state (newest 1000)", labels=["state"])
         for state in STATES:
             by_state.add_metric([state], sum(j.state == state for j in jobs))

@@ -11,6 +11,8 @@ when it first runs.
 from __future__ import annotations
 
 import logging
+import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from das_settings import Settings
 from job_records import JobRegistry
-from model_store.store import ModelStore
+from model_store.store import STALE_S, ModelStore
 from serving.batcher import MicroBatcher
 from serving.holder import ModelHolder, Servable
 from serving.watch import ActiveVersionWatcher
@@ -27,6 +29,7 @@ from worker.embedded import EmbeddedWorker
 from worker.runtime import announce, job_registry, open_store
 
 log = logging.getLogger(__name__)
+UPLOADS = "uploads"  # under $DAS_WORK_DIR: POST /v1/corpora streams each upload into a temporary folder here
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ class Service:
             return
         from worker.queue import send_job
 
+        self.jobs.update(job_id, dispatched=time.time())  # before sending: redelivery must not race it
         send_job(self._celery, self.settings, job_id)
 
     @cached_property
@@ -73,9 +77,21 @@ class Service:
         announce(self.settings, version)
         self.watcher.poke()
 
+    def problem(self) -> str | None:
+        """What keeps the active version from being served, with the fix; None when nothing does."""
+        try:
+            return self.store.pointer_problem() or self.watcher.error
+        except Exception as err:  # noqa: BLE001 - the store cannot be reached: say so
+            return f"the store cannot be read ({type(err).__name__}: {err})"
+
     def start(self) -> None:
+        if removed := clean_uploads(self.settings.work_dir):
+            log.info("removed %d temporary uploads left by a process that died", len(removed))
         self.runtime.initialise_store(self.store, self.settings)
-        self.watcher.check()  # load and warm the active version before answering
+        try:
+            self.watcher.check()  # load and warm the active version before answering
+        except Exception:  # noqa: BLE001 - e.g. a damaged active version: answer 503 saying why (problem())
+            log.exception("cannot serve the active version")
         self.batcher.start()
         self.watcher.start()
         if self.embedded is not None:
@@ -87,6 +103,32 @@ class Service:
             self.embedded.stop()
         self.watcher.stop()
         self.batcher.stop()
+
+
+def clean_uploads(work_dir: Path, dry_run: bool = False, older_than_s: float = STALE_S) -> list[Path]:
+    """Temporary uploads untouched for `older_than_s`, removed unless `dry_run`.
+
+    The upload route removes its folder on any error or cancellation; only a process that died
+    mid-upload leaves one. A younger one may be an upload in progress (of another process), so stays.
+    """
+    root = Path(work_dir) / UPLOADS
+    cutoff = time.time() - older_than_s
+    stale = [path for path in sorted(root.iterdir()) if _last_touched(path) < cutoff] if root.is_dir() else []
+    for path in [] if dry_run else stale:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return stale
+
+
+def _last_touched(path: Path) -> float:
+    """The newest mtime of a path and, for a folder, of its entries (an upload writes into its folder)."""
+    try:
+        entries = list(path.iterdir()) if path.is_dir() and not path.is_symlink() else []
+        return max(p.lstat().st_mtime for p in [path, *entries])
+    except FileNotFoundError:  # removed meanwhile
+        return time.time()
 
 
 def build_service(settings: Settings, runtime: ModelRuntime) -> Service:

@@ -24,7 +24,7 @@ from das_engine.corpus import CorpusError
 from das_settings import get_settings
 from model_store.locks import StoreLocked
 from model_store.names import InvalidName
-from model_store.store import StoreError
+from model_store.store import Finding, StoreError
 from worker.base_model import BaseModelError, ensure_initialised, resolve_base_model
 from worker.runtime import open_store
 
@@ -149,7 +149,9 @@ def versions(store: StoreOption = None,
              as_json: Annotated[bool, typer.Option("--json", help="print JSON manifests")] = False) -> None:
     """List the store's versions with their lineage and status."""
     with _clear_errors():
-        manifests = _open_store(store).versions()
+        manifests, damaged = _open_store(store).scan()
+    for d in damaged:
+        console.print(f"[yellow]damaged:[/] {d.id}: {d.reason} (`das repair` sets it aside)", soft_wrap=True)
     if as_json:
         typer.echo(json.dumps([dataclasses.asdict(m) for m in manifests], indent=2))
         return
@@ -214,6 +216,38 @@ def gc(keep: Annotated[int, typer.Option(help="keep the weights of the newest N 
     with _clear_errors():
         archived = _open_store(store).gc(keep)
     console.print(f"archived {', '.join(archived) if archived else 'nothing'}")
+
+
+@app.command()
+def repair(
+    store: StoreOption = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="only list the problems; change nothing")] = False,
+    verify: Annotated[bool, typer.Option(help="check every file's sha256 (--no-verify: manifests and pointer)")] = True,
+    work_dir: Annotated[Path | None, typer.Option(help="whose uploads/ to clean (default: $DAS_WORK_DIR)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the findings as JSON")] = False,
+) -> None:
+    """Find damaged versions, a missing or broken active pointer and temporary files of dead processes; mend them.
+
+    A damaged version is moved to STORE/damaged/ (nothing is deleted but temporary files untouched
+    for 10 minutes); ACTIVE is pointed at the newest healthy version. Exit code 0: nothing left to do;
+    1: problems remain (with --dry-run: any problem found).
+    """
+    from api.service import clean_uploads
+
+    with _clear_errors():
+        found = _open_store(store).repair(dry_run=dry_run, verify=verify)
+    found += [Finding(str(path), "a temporary upload of a process that died", "remove it", not dry_run)
+              for path in clean_uploads(work_dir or get_settings().work_dir, dry_run=dry_run)]
+    if as_json:
+        typer.echo(json.dumps([dataclasses.asdict(f) for f in found], indent=2))
+    elif not found:
+        console.print("nothing to repair")
+    else:
+        table = Table("item", "problem", "fix", "done")
+        for f in found:
+            table.add_row(f.item, f.problem, f.fix, "yes" if f.fixed else "no")
+        Console(width=max(Console().width, 120)).print(table)
+    raise typer.Exit(0 if all(f.fixed for f in found) else 1)
 
 
 @app.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from typing import Any, Literal
 MaskMode = Literal["grad", "update"]
 NegativeRule = Literal["clamp", "abs"]
 Precision = Literal["fp32", "bf16"]
+MAX_SEED = 2**32 - 1
 
 
 @dataclass
@@ -60,12 +62,23 @@ class DASConfig:
             raise ValueError(f"DASConfig.negative_rule must be 'clamp' or 'abs', got {self.negative_rule!r}")
         if not 0.0 < self.mlm_probability < 1.0:
             raise ValueError(f"DASConfig.mlm_probability must be in (0, 1), got {self.mlm_probability}")
-        if self.lr <= 0 or self.temperature <= 0:
-            raise ValueError("DASConfig.lr and DASConfig.temperature must be > 0")
+        # bounds written as "within", so that NaN (every comparison False) is refused too
+        if not 0.0 < self.lr <= 1.0:
+            raise ValueError(f"DASConfig.lr must be in (0, 1], got {self.lr}")
+        if not 1e-3 <= self.temperature <= 10.0:
+            raise ValueError(f"DASConfig.temperature must be within 0.001..10, got {self.temperature}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError(f"DASConfig.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.contrastive_weight < 0 or self.weight_decay < 0 or self.checkpoint_every < 0:
-            raise ValueError("contrastive_weight, weight_decay and checkpoint_every must be >= 0")
+        if not 0.0 <= self.weight_decay <= 1.0:
+            raise ValueError(f"DASConfig.weight_decay must be within 0..1, got {self.weight_decay}")
+        if not 0.0 <= self.contrastive_weight <= 100.0:
+            raise ValueError(f"DASConfig.contrastive_weight must be within 0..100, got {self.contrastive_weight}")
+        if self.max_grad_norm is not None and not 0.0 < self.max_grad_norm < math.inf:
+            raise ValueError(f"DASConfig.max_grad_norm must be a finite number > 0 or None, got {self.max_grad_norm}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"DASConfig.checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"DASConfig.seed must be within 0..{MAX_SEED}, got {self.seed}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -103,3 +116,67 @@ def setting_fields() -> list[SettingField]:
             choices, kind = tuple(typing.get_args(kind)), str
         found.append(SettingField(f.name, kind, f.default, f.metadata["help"], choices, optional))
     return found
+
+
+# ------------------------------------------------------------------ cost limits, checked before any work
+# model families whose position ids start after the padding index (`padding_idx + 1`), so that
+# `max_position_embeddings - (pad_token_id + 1)` positions are left for tokens
+POSITIONS_AFTER_PADDING = frozenset({"roberta", "xlm-roberta", "camembert", "roberta-prelayernorm",
+                                     "xlm-roberta-xl", "data2vec-text", "longformer", "mpnet"})
+
+
+def model_max_length(model_config: dict[str, Any]) -> int | None:
+    """Tokens one sequence may hold in a model, from its config.json (a dict; torch-free); None if unknown.
+
+    BERT uses every position embedding; the RoBERTa family reserves `padding_idx + 1` of them.
+    """
+    positions = model_config.get("max_position_embeddings")
+    if not isinstance(positions, int) or positions < 1:
+        return None
+    if model_config.get("model_type") in POSITIONS_AFTER_PADDING:
+        pad = model_config.get("pad_token_id")
+        positions -= (pad if isinstance(pad, int) and pad >= 0 else 1) + 1
+    return positions
+
+
+@dataclass(frozen=True)
+class ConfigLimits:
+    """The most a job may ask for: from the service's settings and from the model it adapts."""
+
+    max_steps: int
+    max_batch_size: int  # batch_size and importance_batch_size
+    max_length: int  # the service's ceiling on max_length
+    max_tokens_per_batch: int  # batch_size * max_length and importance_batch_size * max_length
+    max_importance_samples: int
+    model_max_length: int | None = None  # what the model's position embeddings hold (model_max_length())
+
+
+class LimitError(ValueError):
+    """A setting is over its limit; names the field, the value and the limit."""
+
+    def __init__(self, field: str, value: Any, limit: int, limit_name: str, why: str = "") -> None:
+        self.field, self.value, self.limit, self.limit_name = field, value, limit, limit_name
+        super().__init__(f"{field}={value} exceeds the limit of {limit}{why}")
+
+
+def check_limits(config: DASConfig, limits: ConfigLimits) -> None:
+    """Raise LimitError for the first setting of `config` over `limits` (the one place uploads and the CLI check)."""
+    bounds = [("steps", config.steps, limits.max_steps, "max_steps", ""),
+              ("batch_size", config.batch_size, limits.max_batch_size, "max_batch_size", ""),
+              ("importance_batch_size", config.importance_batch_size, limits.max_batch_size, "max_batch_size", ""),
+              ("importance_samples", config.importance_samples, limits.max_importance_samples,
+               "max_importance_samples", ""),
+              ("max_length", config.max_length, limits.max_length, "max_length", "")]
+    if limits.model_max_length is not None:
+        bounds.append(("max_length", config.max_length, limits.model_max_length, "model_max_length",
+                       " (the tokens the model's position embeddings hold)"))
+    for name in ("batch_size", "importance_batch_size"):
+        tokens = getattr(config, name) * config.max_length
+        bounds.append((f"{name} * max_length", tokens, limits.max_tokens_per_batch, "max_tokens_per_batch",
+                       " tokens per forward pass"))
+    # run control: a period longer than the longest run means the same as the longest run
+    bounds += [("checkpoint_every", config.checkpoint_every, limits.max_steps, "max_steps", ""),
+               ("log_every", config.log_every, limits.max_steps, "max_steps", "")]
+    for field_name, value, limit, limit_name, why in bounds:
+        if value > limit:
+            raise LimitError(field_name, value, limit, limit_name, why)

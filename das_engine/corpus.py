@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 MAX_DOCUMENT_CHARS = 1_000_000
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
 
 class CorpusError(ValueError):
@@ -21,8 +22,11 @@ def read_corpus(path: str | Path) -> list[str]:
     if not path.is_file():
         raise CorpusError(f"{path}: no such file")
     raw = path.read_bytes()
-    if b"\x00" in raw[:65536]:
-        raise CorpusError(f"{path}: looks binary (NUL bytes); give UTF-8 text or JSONL")
+    nul = raw.find(b"\x00")  # the whole file (a C scan), not only its start
+    if nul >= 0:
+        line = raw.count(b"\n", 0, nul) + 1
+        raise CorpusError(f"{path}: looks binary (a NUL byte at offset {nul}, line {line}); "
+                          "give UTF-8 text or JSONL")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -31,14 +35,28 @@ def read_corpus(path: str | Path) -> list[str]:
                           "re-encode the file as UTF-8") from None
     lines = text.splitlines()
     first = next((ln.strip() for ln in lines if ln.strip()), "")
-    is_jsonl = path.suffix.lower() in (".jsonl", ".ndjson") or first.startswith("{")
-    docs = _jsonl_documents(path, lines) if is_jsonl else [ln.strip() for ln in lines if ln.strip()]
+    docs = _jsonl_documents(path, lines) if _is_jsonl(path, first) else [ln.strip() for ln in lines if ln.strip()]
     if not docs:
         raise CorpusError(f"{path}: holds no documents (empty, or only blank lines)")
     too_long = next((i for i, d in enumerate(docs) if len(d) > MAX_DOCUMENT_CHARS), None)
     if too_long is not None:
         raise CorpusError(f"{path}: document {too_long + 1} exceeds {MAX_DOCUMENT_CHARS} characters")
     return docs
+
+
+def _is_jsonl(path: Path, first: str) -> bool:
+    """JSONL if the name says so or the first line is a JSON object; a text line that merely starts with `{` is text.
+
+    A file meant as JSONL (either way) is then read strictly: a broken later line is an error with its number.
+    """
+    if path.suffix.lower() in JSONL_SUFFIXES:
+        return True
+    if not first.startswith("{"):
+        return False
+    try:
+        return isinstance(json.loads(first), dict)
+    except json.JSONDecodeError:
+        return False
 
 
 def _jsonl_documents(path: Path, lines: list[str]) -> list[str]:

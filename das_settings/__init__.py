@@ -50,9 +50,25 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(32, ge=1, description="Most texts the micro-batcher runs in one forward pass.")
     max_wait_ms: float = Field(5.0, ge=0, description="How long the micro-batcher waits to fill a batch.")
     inference_queue_size: int = Field(256, ge=1, description="Requests waiting for the model; more get 503.")
+    max_request_tokens: int = Field(16384, ge=1, description="Most tokens in one inference request, all texts "
+                                    "together, as the model sees them (specials included, after truncation).")
+    max_masks_per_request: int = Field(256, ge=1, description="Most mask tokens in one fill-mask request, all "
+                                       "texts together (the answer holds top_k candidates for each).")
+    # --- what one adaptation job may ask for (checked at upload, before anything is stored) ---
+    max_steps: int = Field(100_000, ge=1, description="Most optimizer steps of one job (also the longest "
+                           "checkpoint_every and log_every).")
+    max_train_batch_size: int = Field(512, ge=1, description="Largest batch_size and importance_batch_size of a job.")
+    max_train_length: int = Field(512, ge=8, description="Largest max_length of a job (the model's position "
+                                  "embeddings may allow fewer).")
+    max_train_tokens_per_batch: int = Field(65536, ge=8, description="Largest batch_size * max_length and "
+                                            "importance_batch_size * max_length of a job (memory per forward pass).")
+    max_importance_samples: int = Field(8192, ge=1, description="Largest importance_samples of a job.")
     job_time_limit_s: int = Field(6 * 3600, ge=60, description="Hard time limit of one adaptation job.")
     visibility_timeout_s: int = Field(7 * 3600, ge=5, description="Broker redelivery of unacked jobs; > time limit.")
     heartbeat_s: float = Field(5.0, gt=0, description="Job lock heartbeat; a lock lives 3 heartbeats.")
+    redeliver_after_s: float = Field(30.0, ge=1, description="A pending job that no worker holds is sent to the "
+                                     "queue again after this long (a worker killed mid-job resumes within about "
+                                     "3 heartbeats + this, whatever the broker's visibility timeout).")
     max_attempts: int = Field(3, ge=1, description="Attempts of a job that fails (a resumed job counts one).")
     poll_interval_s: float = Field(2.0, gt=0, description="How often API processes poll the active pointer.")
     device: str = Field("cpu", description="Where workers train and the API serves: cpu, cuda, cuda:1, ...")

@@ -43,6 +43,8 @@ class Job:
     error: str | None = None
     attempts: int = 0
     cancel_requested: bool = False
+    dispatched: float | None = None  # when it was last handed to the queue (redelivery looks at it)
+    note: str | None = None  # how it ended, when that needs saying (say, published as a candidate)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -61,6 +63,8 @@ class JobRegistry(Protocol):
     def earliest_pending(self) -> Job | None: ...
     def claim(self, job_id: str, owner: str, ttl_s: float) -> bool: ...
     def release(self, job_id: str, owner: str) -> None: ...
+    def lease_alive(self, job_id: str) -> bool: ...
+    def ping(self) -> None: ...  # raises if the records cannot be reached
 
 
 def new_job(seq: int, domain: str, corpus_id: str, documents: int, settings: dict[str, Any], *,

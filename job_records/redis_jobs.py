@@ -17,7 +17,8 @@ class RedisJobs:
     def __init__(self, redis_url: str, prefix: str = "das:") -> None:
         import redis
 
-        self.r = redis.Redis.from_url(redis_url)
+        # fail fast when Redis is away: the API answers 503 rather than hang
+        self.r = redis.Redis.from_url(redis_url, socket_connect_timeout=3, socket_timeout=10)
         self.PREFIX = prefix
 
     def _key(self, job_id: str) -> str:
@@ -71,6 +72,12 @@ class RedisJobs:
             return True
         # our own lease (a heartbeat): extend it only if we still hold it
         return bool(self.r.eval(_EXTEND_IF_OWNER, 1, lease, owner, int(ttl_s * 1000)))
+
+    def lease_alive(self, job_id: str) -> bool:
+        return bool(self.r.exists(f"{self.PREFIX}job-lease:{job_id}"))
+
+    def ping(self) -> None:
+        self.r.ping()
 
     def release(self, job_id: str, owner: str) -> None:
         self.r.eval(_DELETE_IF_OWNER, 1, f"{self.PREFIX}job-lease:{job_id}", owner)

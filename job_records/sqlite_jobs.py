@@ -70,6 +70,16 @@ class SqliteJobs:
                                    (owner, now + ttl_s, job_id, owner, now))
         return cur.rowcount == 1
 
+    def lease_alive(self, job_id: str) -> bool:
+        with self._mutex:
+            row = self._db.execute("SELECT lease_until FROM jobs WHERE id = ? AND owner IS NOT NULL",
+                                   (job_id,)).fetchone()
+        return bool(row) and row[0] > time.time()
+
+    def ping(self) -> None:
+        with self._mutex:
+            self._db.execute("SELECT 1").fetchone()
+
     def release(self, job_id: str, owner: str) -> None:
         with self._mutex:
             self._db.execute("UPDATE jobs SET owner = NULL, lease_until = 0 WHERE id = ? AND owner = ?",

@@ -83,11 +83,15 @@ class LocalBackend:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:  # a full disk, say: leave no temporary file behind
+            tmp.unlink(missing_ok=True)
+            raise
         _fsync_dir(path.parent)
 
     def exists(self, key: str) -> bool:
@@ -101,8 +105,12 @@ class LocalBackend:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-        _copy_synced(src, tmp)
-        os.replace(tmp, path)
+        try:
+            _copy_synced(src, tmp)
+            os.replace(tmp, path)
+        except BaseException:  # a full disk, say: leave no temporary file behind
+            tmp.unlink(missing_ok=True)
+            raise
         _fsync_dir(path.parent)
 
     def publish_dir(self, src: Path, prefix: str, digests: dict[str, str], last: str) -> None:

@@ -5,9 +5,12 @@ Layout (the same keys on a filesystem and in object storage):
     ACTIVE                    {"version": "v0003", "updated": ...}, replaced atomically
     versions/v0001/           a Hugging Face model folder + importance files + manifest.json
     corpora/<sha256>          uploaded corpora, content-addressed
+    damaged/v0002-<time>/     versions that `repair` set aside (local stores; never deleted)
 
 A version becomes visible only complete (rename locally; manifest written last in object
 storage). Writers hold one lock. Nothing is unpickled: pickle files are refused at publish.
+A damaged file affects only what it describes: a version whose manifest cannot be read is listed
+apart (`damaged()`) and skipped by everything else; `repair` sets it aside and mends the pointer.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import time
 import uuid
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +34,9 @@ from .locks import FileLock, RedisLock, WriterLock
 from .manifest import CorpusInfo, Manifest, now_iso
 
 POINTER = "ACTIVE"
+DAMAGED = "damaged"  # where `repair` moves damaged versions (local stores)
+STALE_S = 600.0  # a temporary file untouched this long was left by a process that died (writes take seconds)
+REPAIR = "run `das repair` to set it aside"
 
 
 class StoreError(RuntimeError):
@@ -45,7 +53,27 @@ class VersionNotFound(StoreError, KeyError):
 
 
 class CorruptVersion(StoreError):
-    """A file of a version does not match its recorded digest."""
+    """A version is damaged: its manifest cannot be read, or a file is missing or differs from its digest."""
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message  # what is wrong, without the advice
+
+
+@dataclass(frozen=True)
+class DamagedVersion:
+    id: str
+    reason: str  # e.g. "manifest.json is not a valid manifest (Expecting value: line 1 column 1 (char 0))"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem `repair` found, and what it does (or, in a dry run or by hand, would do) about it."""
+
+    item: str  # a version id, ACTIVE, or the key of a temporary file
+    problem: str
+    fix: str
+    fixed: bool
 
 
 @dataclass
@@ -86,30 +114,94 @@ class ModelStore:
 
     # ---------------------------------------------------------------- reading
     def active_id(self) -> str | None:
-        try:
-            return names.version_id(json.loads(self.backend.read_bytes(POINTER))["version"])
-        except FileNotFoundError:
+        """The version the pointer names; None if the pointer is missing or unreadable (see pointer_problem)."""
+        return self._read_pointer()[0]
+
+    def pointer_problem(self) -> str | None:
+        """Why the pointer names no healthy version, and the fix; None when it does."""
+        problem = self._pointer_issue()
+        if problem is None:
             return None
+        return f"{problem}; run `das repair` to point it at the newest healthy version (or `das activate VERSION`)"
 
     def ids(self) -> list[str]:
-        """Published version ids, oldest first (a version is published once its manifest exists)."""
-        found = [n for n in self.backend.list_dir("versions") if names.VERSION_RE.fullmatch(n)]
-        return sorted((n for n in found if self.backend.exists(f"versions/{n}/{MANIFEST}")), key=names.version_number)
+        """Healthy published version ids, oldest first."""
+        return [m.id for m in self.versions()]
 
     def manifest(self, version_id: str) -> Manifest:
+        """One version's manifest; VersionNotFound, or CorruptVersion if its manifest cannot be read."""
         return self._manifest(version_id, self.active_id())
 
     def versions(self) -> list[Manifest]:
+        """The healthy versions, oldest first; a version whose manifest cannot be read is in `damaged()`."""
+        return self.scan()[0]
+
+    def damaged(self) -> list[DamagedVersion]:
+        """Versions whose manifest is missing, unreadable or invalid (`verify` checks their other files)."""
+        return self.scan()[1]
+
+    def scan(self) -> tuple[list[Manifest], list[DamagedVersion]]:
+        """`versions()` and `damaged()` in one pass over the manifests."""
         active = self.active_id()  # read the pointer once, not once per version
-        return [self._manifest(v, active) for v in self.ids()]
+        healthy, damaged = [], []
+        for version_id in self._published():
+            try:
+                healthy.append(self._manifest(version_id, active))
+            except CorruptVersion as err:
+                damaged.append(DamagedVersion(version_id, err.reason))
+        return healthy, damaged
+
+    def _published(self) -> list[str]:
+        """Version folders, oldest first. A local folder appears complete (by rename), so one without a
+        manifest is damaged; in object storage a prefix without one is an unfinished upload, not a version."""
+        found = [n for n in self.backend.list_dir("versions") if names.VERSION_RE.fullmatch(n)]
+        if self.backend.local_path("versions") is None:
+            found = [n for n in found if self.backend.exists(f"versions/{n}/{MANIFEST}")]
+        return sorted(found, key=names.version_number)
+
+    def _read_pointer(self) -> tuple[str | None, str | None]:
+        """(the active id, None), or (None, what is wrong with the pointer)."""
+        try:
+            return names.version_id(json.loads(self.backend.read_bytes(POINTER))["version"]), None
+        except FileNotFoundError:
+            return None, f"{POINTER} is missing: no version is active"
+        except (ValueError, TypeError, KeyError) as err:  # not JSON, not an object, no or a bad "version"
+            return None, f"{POINTER} cannot be read ({type(err).__name__}: {err})"
+
+    def _pointer_issue(self) -> str | None:
+        active, problem = self._read_pointer()
+        if active is not None:
+            try:
+                self.manifest(active)
+            except CorruptVersion as err:
+                return f"{POINTER} names {active}, which is damaged ({err.reason})"
+            except VersionNotFound:
+                return f"{POINTER} names {active}, which is not in the store"
+        return problem
 
     def _manifest(self, version_id: str, active: str | None) -> Manifest:
         names.version_id(version_id)
+        folder = f"versions/{version_id}"
         try:
-            manifest = Manifest.from_json(self.backend.read_bytes(f"versions/{version_id}/{MANIFEST}"))
+            data = self.backend.read_bytes(f"{folder}/{MANIFEST}")
         except FileNotFoundError:
-            raise VersionNotFound(f"no version {version_id} in the store") from None
+            if self.backend.local_path(folder) is None or not self.backend.exists(folder):
+                raise VersionNotFound(f"no version {version_id} in the store") from None
+            raise self._corrupt(version_id, f"{MANIFEST} is missing") from None
+        try:
+            manifest = Manifest.from_json(data)
+            if manifest.id != version_id:
+                raise ValueError(f"it describes {manifest.id!r}")
+            if not isinstance(manifest.files, dict):
+                raise TypeError("'files' is not an object")
+            for name in manifest.files:
+                names.file_name(name)
+        except (ValueError, TypeError, AttributeError) as err:  # not JSON, not a manifest, a bad file name
+            raise self._corrupt(version_id, f"{MANIFEST} is not a valid manifest ({err})") from None
         return manifest.with_status("active") if manifest.id == active else manifest
+
+    def _corrupt(self, version_id: str, reason: str) -> CorruptVersion:
+        return CorruptVersion(f"{version_id} is damaged: {reason}; {REPAIR}", reason)
 
     def active(self) -> Manifest | None:
         active = self.active_id()
@@ -128,9 +220,9 @@ class ModelStore:
             try:
                 actual = self.backend.file_digest(f"versions/{version_id}/{name}")
             except FileNotFoundError:
-                raise CorruptVersion(f"{version_id}: {name} is missing") from None
+                raise self._corrupt(version_id, f"{name} is missing") from None
             if actual != expected:
-                raise CorruptVersion(f"{version_id}: {name} does not match its sha256 (corrupted)")
+                raise self._corrupt(version_id, f"{name} does not match its sha256 (corrupted)")
 
     def model_dir(self, version_id: str, verify: bool = True) -> Path:
         """A local folder that `from_pretrained` loads; object-store versions are fetched into the cache."""
@@ -182,16 +274,24 @@ class ModelStore:
         return CorpusInfo(sha256=sha, size=path.stat().st_size, documents=documents, filename=Path(filename).name)
 
     def init_base(self, folder: Path, base_model: str) -> Manifest:
-        """Create v0001 from the base model as given, and activate it, if the store is empty."""
+        """Create v0001 from the base model as given, and activate it, if the store is empty.
+
+        A store that holds versions, even only damaged ones, never gets a second base.
+        """
         with self.lock.hold():
-            if self.ids():
-                return self.manifest(self.ids()[0])
+            healthy, damaged = self.scan()
+            if healthy:
+                return healthy[0]
+            if damaged:
+                raise StoreError(f"every version of {self.backend.location} is damaged; see `das repair --dry-run`")
             return self._publish_locked(PublishRequest(Path(folder), None, None, base_model), activate=True)
 
     def publish(self, request: PublishRequest, activate: bool = True) -> Manifest:
-        """Add a version whose parent must still be the active version; make it active by default.
+        """Add a version; with `activate` (the default) its parent must still be the active version.
 
-        Idempotent per `request_id`: a request that already published gets that version back.
+        A version published without activating may branch from any version (a candidate that an
+        operator can inspect and activate). Idempotent per `request_id`: a request that already
+        published gets that version back.
         """
         with self.lock.hold():
             if request.request_id is not None:
@@ -199,7 +299,9 @@ class ModelStore:
                 if done is not None:
                     return done
             active = self.active_id()
-            if request.parent != active:
+            if request.parent is not None and not activate:
+                self.manifest(request.parent)  # the parent must exist
+            elif request.parent != active:
                 raise LineageError(
                     f"the new version's parent {request.parent} is no longer the active version ({active}); "
                     f"adapt the active version instead, or activate {request.parent} first to branch from it")
@@ -248,12 +350,83 @@ class ModelStore:
                 archived.append(version_id)
             return archived
 
+    def repair(self, dry_run: bool = False, verify: bool = True, older_than_s: float = STALE_S) -> list[Finding]:
+        """Find what is damaged and, unless `dry_run`, mend it without deleting anything healthy.
+
+        A damaged version (its manifest unreadable; with `verify`, a file missing or unlike its
+        digest) is moved to damaged/ (object storage: reported for the operator); a missing or broken
+        pointer is pointed at the newest healthy version that may be active; temporary files that
+        writers which died left, untouched for `older_than_s`, are removed.
+        """
+        with nullcontext() if dry_run else self.lock.hold():
+            healthy, damaged = self.scan()
+            if verify:
+                damaged += [d for d in map(self._check_files, healthy) if d is not None]
+            broken = {d.id for d in damaged}
+            active = self.active_id()
+            pointer = self._pointer_issue() or (f"{POINTER} names {active}, which is damaged" if active in broken
+                                                else None)
+            found = [self._set_aside(d, dry_run) for d in sorted(damaged, key=lambda d: names.version_number(d.id))]
+            if pointer is not None and (healthy or damaged):  # (an empty store has no pointer yet)
+                found.append(self._repoint(pointer, [m for m in healthy if m.id not in broken], dry_run))
+            for key in self._leftovers(older_than_s):
+                if not dry_run:
+                    self._remove(key)
+                found.append(Finding(key, "temporary files of a writer that died", "remove them", not dry_run))
+            return found
+
     # ---------------------------------------------------------------- internals
+    def _check_files(self, manifest: Manifest) -> DamagedVersion | None:
+        try:
+            self.verify(manifest.id)
+        except CorruptVersion as err:
+            return DamagedVersion(manifest.id, err.reason)
+        return None
+
+    def _set_aside(self, damaged: DamagedVersion, dry_run: bool) -> Finding:
+        folder = self.backend.local_path(f"versions/{damaged.id}")
+        if folder is None:  # object storage has no rename
+            return Finding(damaged.id, damaged.reason,
+                           f"by hand: restore versions/{damaged.id}/ from a backup, or delete it", False)
+        target = f"{DAMAGED}/{damaged.id}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        if not dry_run:
+            self.backend.local_path(DAMAGED).mkdir(exist_ok=True)
+            folder.rename(self.backend.local_path(target))
+        return Finding(damaged.id, damaged.reason, f"move it to {target}", not dry_run)
+
+    def _repoint(self, problem: str, healthy: list[Manifest], dry_run: bool) -> Finding:
+        usable = [m.id for m in healthy if m.status not in ("archived", "rejected")]
+        if not usable:
+            return Finding(POINTER, problem, "none: no healthy version may be active; restore one from a backup",
+                           False)
+        if not dry_run:
+            self.backend.write_atomic(POINTER, json.dumps({"version": usable[-1], "updated": now_iso()}).encode())
+        return Finding(POINTER, problem, f"point it at {usable[-1]}, the newest healthy version", not dry_run)
+
+    def _leftovers(self, older_than_s: float) -> list[str]:
+        """What writers that died left: object prefixes without a manifest; locally, temporary folders
+        (versions/.tmp-*) and files of atomic writes (.NAME.tmp-*) untouched for `older_than_s`."""
+        root = self.backend.local_path("")
+        if root is None:
+            return [f"versions/{n}" for n in self.backend.list_dir("versions")
+                    if not self.backend.exists(f"versions/{n}/{MANIFEST}")]
+        cutoff = time.time() - older_than_s
+        found = [path for pattern in ("versions/.tmp-*", ".*.tmp-*", "corpora/.*.tmp-*", "versions/*/.*.tmp-*")
+                 for path in root.glob(pattern) if path.lstat().st_mtime < cutoff]
+        return sorted(str(path.relative_to(root)) for path in found)
+
+    def _remove(self, key: str) -> None:
+        path = self.backend.local_path(key)
+        if path is not None and not path.is_dir():
+            self.backend.delete(key)
+        else:
+            self.backend.delete_prefix(key)
+
     def _publish_locked(self, request: PublishRequest, activate: bool) -> Manifest:
         self._remove_partials()
         files = self._files_of(Path(request.folder))
-        number = max((names.version_number(n) for n in self.backend.list_dir("versions")
-                      if names.VERSION_RE.fullmatch(n)), default=0) + 1
+        taken = self.backend.list_dir("versions") + [n.split("-")[0] for n in self.backend.list_dir(DAMAGED)]
+        number = max((names.version_number(n) for n in taken if names.VERSION_RE.fullmatch(n)), default=0) + 1
         version_id = names.format_version(number)
         manifest = Manifest(
             id=version_id, parent=request.parent, created=now_iso(), status="candidate",

@@ -1,7 +1,10 @@
 """Dynamic micro-batching: requests queue up (bounded); one thread runs them in batches.
 
 A batch closes when it holds `max_batch_size` texts or `max_wait_s` has passed since its first
-request. Each batch uses one model reference, taken when it starts.
+request; a request that would make it larger opens the next batch instead. A request larger than
+`max_batch_size` texts runs alone, in chunks of at most `max_batch_size` texts per forward pass.
+Each batch uses one model reference, taken when it starts. A request's tokens and mask tokens are
+counted after tokenisation and refused (InputError) over the limits it was submitted with.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ class _Request:
     kind: str  # "fill_mask" | "embed"
     texts: list[str]
     top_k: int
+    max_tokens: int | None = None  # all texts together, as the model sees them
+    max_masks: int | None = None  # fill-mask: mask tokens, all texts together
     future: Future = field(default_factory=Future)
 
 
@@ -46,9 +51,13 @@ class MicroBatcher:
     def depth(self) -> int:
         return self.queue.qsize()
 
-    def submit(self, kind: str, texts: list[str], top_k: int = 5) -> Future:
-        """Queue a request; its future resolves to (version, answers) or raises InputError/NotReady."""
-        request = _Request(kind, texts, top_k)
+    def submit(self, kind: str, texts: list[str], top_k: int = 5, *, max_tokens: int | None = None,
+               max_masks: int | None = None) -> Future:
+        """Queue a request; its future resolves to (version, answers) or raises InputError/NotReady.
+
+        `max_tokens` and `max_masks` bound the request (InputError over them); None: no bound.
+        """
+        request = _Request(kind, texts, top_k, max_tokens, max_masks)
         try:
             self.queue.put_nowait(request)
         except queue.Full:
@@ -56,8 +65,10 @@ class MicroBatcher:
         return request.future
 
     def _loop(self) -> None:
+        held: _Request | None = None  # did not fit the last batch: it opens the next one
         while True:
-            first = self.queue.get()
+            first = held if held is not None else self.queue.get()
+            held = None
             if first is None:
                 return
             batch, size = [first], len(first.texts)
@@ -69,6 +80,9 @@ class MicroBatcher:
                     break
                 if item is None:
                     self.queue.put(None)
+                    break
+                if size + len(item.texts) > self.max_batch_size:  # never more than a batch from several requests
+                    held = item
                     break
                 batch.append(item)
                 size += len(item.texts)
@@ -99,17 +113,20 @@ class MicroBatcher:
         valid = [r for r in group if self._checked(model, kind, r)]
         if not valid:
             return
-        texts = [t for r in valid for t in r.texts]
-        self.on_batch(kind, len(texts))
-        try:
-            outputs = self._answer(model, kind, texts, max(r.top_k for r in valid))
-        except Exception as err:  # noqa: BLE001 - one request's text must not fail the others: run each alone
-            if len(valid) == 1:
-                valid[0].future.set_exception(err)
+        texts, top_k = [t for r in valid for t in r.texts], max(r.top_k for r in valid)
+        outputs: list = []
+        for start in range(0, len(texts), self.max_batch_size):  # one forward pass holds at most a batch
+            chunk = texts[start:start + self.max_batch_size]
+            self.on_batch(kind, len(chunk))
+            try:
+                outputs += self._answer(model, kind, chunk, top_k)
+            except Exception as err:  # noqa: BLE001 - one request's text must not fail the others: run each alone
+                if len(valid) == 1:
+                    valid[0].future.set_exception(err)
+                    return
+                for request in valid:
+                    self._run_group(model, kind, [request])
                 return
-            for request in valid:
-                self._run_group(model, kind, [request])
-            return
         start = 0
         for request in valid:
             answers = outputs[start:start + len(request.texts)]
@@ -120,8 +137,16 @@ class MicroBatcher:
 
     @staticmethod
     def _checked(model: Servable, kind: str, request: _Request) -> bool:
-        """Fill-mask texts are checked alone (each needs a mask token); a bad one leaves the batch."""
+        """Each request is checked alone (its tokens and mask tokens; each fill-mask text needs a mask
+        token); a bad one leaves the batch."""
         try:
+            tokens, masks = model.measure(request.texts)
+            if request.max_tokens is not None and tokens > request.max_tokens:
+                raise InputError(f"the request holds {tokens} tokens; the limit is {request.max_tokens} "
+                                 "per request (DAS_MAX_REQUEST_TOKENS)")
+            if kind == "fill_mask" and request.max_masks is not None and masks > request.max_masks:
+                raise InputError(f"the request holds {masks} mask tokens; the limit is {request.max_masks} "
+                                 "per request (DAS_MAX_MASKS_PER_REQUEST)")
             if kind == "fill_mask":
                 for text in request.texts:
                     model.check_fill_mask(text)

@@ -56,6 +56,15 @@ class LoadedModel:
         if not (ids == self.tokenizer.mask_token_id).any():
             raise InputError(f"the mask token lies beyond the first {self.max_tokens} tokens")
 
+    def measure(self, texts: list[str]) -> tuple[int, int]:
+        """(tokens, mask tokens) of the texts together, as the model sees them: specials in, truncated, no padding."""
+        try:
+            ids = self.tokenizer(texts, truncation=True, max_length=self.max_tokens)["input_ids"]
+        except Exception as err:  # noqa: BLE001 - as in _encode: the texts' fault
+            raise InputError(f"a text cannot be tokenised ({type(err).__name__}: {err})"[:300]) from None
+        mask_id = self.tokenizer.mask_token_id
+        return sum(len(row) for row in ids), sum(row.count(mask_id) for row in ids)
+
     @torch.inference_mode()
     def fill_mask(self, texts: list[str], top_k: int) -> list[list[list[dict]]]:
         """Per text, per mask token: the top_k tokens with their probabilities."""

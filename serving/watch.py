@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 log = logging.getLogger(__name__)
@@ -11,9 +12,13 @@ log = logging.getLogger(__name__)
 
 class ActiveVersionWatcher:
     def __init__(self, read_active: Callable[[], str | None], on_change: Callable[[str], object],
-                 poll_s: float, redis_url: str | None = None, channel: str = "das:active-version") -> None:
+                 poll_s: float, redis_url: str | None = None, channel: str = "das:active-version",
+                 retry_failed_s: float = 30.0) -> None:
         self.read_active, self.on_change = read_active, on_change
         self.poll_s, self.redis_url, self.channel = poll_s, redis_url, channel
+        self.error: str | None = None  # why the active version cannot be served, until it can
+        self.retry_failed_s = retry_failed_s  # a version that failed (e.g. damaged) is not re-read at every poll
+        self._failed: tuple[str, float] | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._poll_loop, name="das-active-poll", daemon=True)]
@@ -34,8 +39,16 @@ class ActiveVersionWatcher:
 
     def check(self) -> None:
         active = self.read_active()
-        if active is not None:
+        if active is None:
+            return
+        if self._failed and self._failed[0] == active and time.monotonic() - self._failed[1] < self.retry_failed_s:
+            return
+        try:
             self.on_change(active)
+        except Exception as err:
+            self.error, self._failed = f"{active} cannot be served: {err}", (active, time.monotonic())
+            raise
+        self.error = self._failed = None
 
     def _poll_loop(self) -> None:
         while not self._stop.is_set():

@@ -67,8 +67,10 @@ def test_same_scenario_with_celery_workers(distributed, small_corpus, code_docs,
 
 
 def test_a_worker_killed_mid_job_resumes_and_publishes_once(distributed, small_corpus):
+    """Redelivery is bounded by the job records (lease + DAS_REDELIVER_AFTER_S), not by the broker's
+    visibility timeout, which stays at its default of hours here."""
     settings, start_worker = distributed
-    env = {"DAS_VISIBILITY_TIMEOUT_S": "6"}  # redeliver the dead worker's job soon
+    env = {"DAS_REDELIVER_AFTER_S": "3"}
     doomed = start_worker(**env)
     with TestClient(build_app(settings)) as client:
         job_id = upload(client, small_corpus, steps="300", batch_size="4", max_length="48")["job_id"]
@@ -79,7 +81,13 @@ def test_a_worker_killed_mid_job_resumes_and_publishes_once(distributed, small_c
         os.killpg(doomed.pid, signal.SIGKILL)
         doomed.wait()
         assert client.get(f"/v1/jobs/{job_id}").json()["state"] == "running"
+        killed = time.time()
         start_worker(**env)
+        while client.get(f"/v1/jobs/{job_id}").json()["attempts"] < 2:
+            assert time.time() - killed < 60, "the job was not redelivered within 60 s"
+            time.sleep(0.2)
+        resumed_after = time.time() - killed  # worker start-up + lease (3 s) + redelivery (3 s)
+        assert resumed_after < 60
         job = wait_for_job(client, job_id, timeout_s=180)
         assert job["state"] == "succeeded" and job["attempts"] == 2, job
         assert [m["id"] for m in client.get("/v1/models").json()] == ["v0001", "v0002"]

@@ -52,3 +52,17 @@ def test_a_lease_has_one_owner_until_it_lapses(jobs):
     assert not jobs.claim(job.id, "worker-a", ttl_s=5)
     jobs.release(job.id, "worker-b")
     assert jobs.claim(job.id, "worker-a", ttl_s=5)
+
+
+def test_a_pending_job_held_by_no_worker_is_queued_again(jobs):
+    from worker.redelivery import redeliver_stalled
+
+    sent: list[str] = []
+    a, b = jobs.create("d", "a" * 64, 1, {}), jobs.create("d", "b" * 64, 1, {})
+    jobs.update(a.id, dispatched=100.0)
+    assert redeliver_stalled(jobs, sent.append, after_s=30, now=120.0) is None  # queued 20 s ago: give it time
+    assert redeliver_stalled(jobs, sent.append, after_s=30, now=140.0) == a.id  # the earliest, not b
+    assert jobs.get(a.id).dispatched == 140.0
+    assert jobs.claim(a.id, "worker-1", ttl_s=60)
+    assert redeliver_stalled(jobs, sent.append, after_s=30, now=time.time() + 1000) is None  # a worker holds it
+    assert sent == [a.id] and b.id not in sent

@@ -1,6 +1,7 @@
 """The model store on a local folder, with real model folders from the engine."""
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -88,6 +89,11 @@ def test_lineage_conflict(store, tmp_path, corpus_file):
     with pytest.raises(LineageError, match="no longer the active version"):
         store.publish(PublishRequest(folder=folder, parent="v0001", domain="late", base_model="tiny-roberta"))
     assert store.ids() == ["v0001", "v0002"] and store.active_id() == "v0002"
+    # without activating, a version may branch from its own parent: a candidate, the pointer untouched
+    copy = shutil.copytree(folder, tmp_path / "late", ignore=shutil.ignore_patterns("manifest.json"))
+    late = store.publish(PublishRequest(folder=copy, parent="v0001", domain="late", base_model="tiny-roberta"),
+                         activate=False)
+    assert (late.id, late.parent, late.status, store.active_id()) == ("v0003", "v0001", "candidate", "v0002")
 
 
 def test_gc_removes_weights_but_keeps_history(store, tmp_path, corpus_file):

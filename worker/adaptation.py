@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -18,10 +19,12 @@ from das_engine.corpus import read_corpus
 from das_engine.trainer import Progress, adapt
 from job_records import Job
 from model_store.manifest import CorpusInfo, Manifest
-from model_store.store import ModelStore, PublishRequest, StoreError
+from model_store.store import LineageError, ModelStore, PublishRequest, StoreError
 
 from .context import WorkerContext
 from .progress import ProgressReporter
+
+log = logging.getLogger(__name__)
 
 
 class JobStopped(Exception):
@@ -36,9 +39,12 @@ def training_summary(metrics: dict) -> dict:
 def adapt_version(store: ModelStore, parent: str, corpus: CorpusInfo, domain: str, config: DASConfig, *,
                   work_dir: Path, documents: list[str] | None = None, device: str = "cpu", activate: bool = True,
                   on_progress: Callable[[Progress], None] | None = None,
-                  should_stop: Callable[[], bool] | None = None, request_id: str | None = None) -> Manifest:
+                  should_stop: Callable[[], bool] | None = None, request_id: str | None = None,
+                  candidate_if_moved: bool = True) -> Manifest:
     """Adapt version `parent` on a stored corpus and publish the result; raise JobStopped if stopped.
 
+    If another version became active meanwhile, the result is published as a candidate (not
+    activated) unless `candidate_if_moved` is False, which raises the store's LineageError.
     The working folder is named by parent, corpus digest and settings, so running the same
     request again resumes from its checkpoint.
     """
@@ -50,10 +56,18 @@ def adapt_version(store: ModelStore, parent: str, corpus: CorpusInfo, domain: st
                    domain=domain, device=device, on_progress=on_progress, should_stop=should_stop)
     if result.status != "completed":
         raise JobStopped(f"stopped at step {result.step}")
-    manifest = store.publish(PublishRequest(folder=work, parent=parent, domain=domain, corpus=corpus,
-                                            base_model=store.manifest(parent).base_model, settings=config.to_dict(),
-                                            metrics=training_summary(result.metrics), request_id=request_id),
-                             activate=activate)
+    request = PublishRequest(folder=work, parent=parent, domain=domain, corpus=corpus,
+                             base_model=store.manifest(parent).base_model, settings=config.to_dict(),
+                             metrics=training_summary(result.metrics), request_id=request_id)
+    try:
+        manifest = store.publish(request, activate=activate)
+    except LineageError as err:
+        if not candidate_if_moved:
+            raise
+        # the active version moved while this ran (an operator's activation or rollback): keep the
+        # work as a candidate of its own parent, and leave the operator's choice in place
+        manifest = store.publish(request, activate=False)
+        log.warning("published %s as a candidate: %s", manifest.id, err)
     shutil.rmtree(work, ignore_errors=True)
     return manifest
 
@@ -82,4 +96,8 @@ def run_adapt_job(job: Job, ctx: WorkerContext, reporter: ProgressReporter) -> s
     manifest = adapt_version(ctx.store, job.parent, corpus, job.domain, config, work_dir=ctx.work_dir,
                              device=ctx.device, on_progress=reporter, should_stop=reporter.should_stop,
                              request_id=job.id)
+    if manifest.status != "active":
+        active = ctx.store.active_id()
+        ctx.jobs.update(job.id, note=f"published as a candidate: {active} became active while this job ran from "
+                                     f"{job.parent}; activate {manifest.id} to serve it")
     return manifest.id

@@ -98,11 +98,17 @@ def resolve_base_model(spec: str, models_dir: Path) -> str:
     return spec
 
 
-def ensure_initialised(store: ModelStore, settings: Settings) -> Manifest:
-    """An empty store gets v0001: the base model as given (a hub id is saved as safetensors first)."""
-    existing = store.ids()
+def ensure_initialised(store: ModelStore, settings: Settings) -> Manifest | None:
+    """An empty store gets v0001: the base model as given (a hub id is saved as safetensors first).
+
+    A store that holds versions is left as it is, even with no active pointer or only damaged
+    versions (None): that is for `das repair`, never a second base.
+    """
+    existing = store.versions()
     if existing:
-        return store.manifest(existing[0])
+        return existing[0]
+    if store.damaged():
+        return None
     base = resolve_base_model(settings.base_model, settings.models_dir)
     if Path(base).is_dir():
         return store.init_base(Path(base), settings.base_model)

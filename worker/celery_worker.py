@@ -13,7 +13,8 @@ from celery import signals
 from das_settings import get_settings
 
 from .context import Outcome
-from .queue import TASK_NAME, make_celery
+from .queue import TASK_NAME, make_celery, send_job
+from .redelivery import start_redelivery
 from .runtime import build_worker_context
 from .tasks import run_job
 
@@ -35,6 +36,14 @@ def run(self, job_id: str) -> str:
 @lru_cache
 def _context():
     return build_worker_context(get_settings())
+
+
+@signals.worker_ready.connect
+def _watch_for_stalled_jobs(**_) -> None:
+    """Queue again a pending job that a dead worker holds no more (see worker.redelivery)."""
+    settings, ctx = get_settings(), _context()
+    start_redelivery(ctx.jobs, lambda job_id: send_job(celery, settings, job_id), settings.redeliver_after_s,
+                     ctx.stop)
 
 
 @signals.worker_shutting_down.connect

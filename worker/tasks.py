@@ -80,6 +80,9 @@ def _run_claimed(job_id: str, ctx: WorkerContext) -> Outcome:
         return _end(ctx, job_id, "failed", f"this worker does not know jobs of kind {job.kind!r}")
     # the parent is fixed when the job first starts: a resumed attempt builds on the same version
     parent = job.parent or ctx.store.active_id()
+    if parent is None:  # ACTIVE is missing or broken: wait for the operator's repair, and say so
+        ctx.jobs.update(job_id, error=f"waiting: {ctx.store.pointer_problem() or 'no active version'}")
+        return Outcome.WAIT
     job = ctx.jobs.update(job_id, state="running", attempts=attempts, started=job.started or time.time(),
                           parent=parent)
     reporter = ProgressReporter(ctx, job_id)

@@ -19,13 +19,16 @@ def healthz() -> dict:
 
 @router.get("/readyz")
 def readyz(*, service: ServiceDep):
-    """A model version is loaded and warm, and the inference loop runs."""
+    """A model version is loaded and warm, and the inference loop runs; `problem` says what is wrong
+    (no or a broken active pointer, an active version that cannot be loaded) and how to fix it."""
     current = service.holder.current
     if current is None:
-        return JSONResponse({"status": "loading"}, status_code=503)
+        problem = service.problem()
+        return JSONResponse({"status": "loading", **({"problem": problem} if problem else {})}, status_code=503)
     if not service.batcher.alive():
         return JSONResponse({"status": "inference loop stopped", "version": current.version}, status_code=503)
-    return {"status": "ready", "version": current.version, "mode": service.mode}
+    ready = {"status": "ready", "version": current.version, "mode": service.mode}
+    return ready | ({"problem": service.watcher.error} if service.watcher.error else {})  # serves an older one
 
 
 @router.get("/metrics")

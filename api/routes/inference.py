@@ -14,7 +14,8 @@ from ..schemas import EmbeddingsOut, FillMaskIn, FillMaskOut, TextsIn
 router = APIRouter(prefix="/v1", tags=["inference"], dependencies=[InferenceAuth])
 
 
-def _check_limits(service, texts: list[str]) -> None:
+def _check_limits(service, kind: str, texts: list[str]) -> None:
+    """What can be counted without the tokenizer: texts, characters, mask tokens (serving counts the tokens)."""
     settings = service.settings
     if len(texts) > settings.max_texts:
         raise HTTPException(422, f"at most {settings.max_texts} texts per request, got {len(texts)}")
@@ -28,12 +29,21 @@ def _check_limits(service, texts: list[str]) -> None:
         except UnicodeEncodeError as err:  # a lone surrogate sent as a JSON escape
             raise HTTPException(422, f"text {i} is not valid Unicode at character {err.start} "
                                      "(a lone UTF-16 surrogate); send UTF-8 text") from None
+    model = service.holder.current
+    mask = getattr(model, "mask_token", None)
+    if kind == "fill_mask" and mask:
+        masks = sum(text.count(mask) for text in texts)  # the answer holds top_k candidates for each
+        if masks > settings.max_masks_per_request:
+            raise HTTPException(422, f"the request holds {masks} mask tokens; the limit is "
+                                     f"{settings.max_masks_per_request} per request (DAS_MAX_MASKS_PER_REQUEST)")
 
 
 async def _answer(service, kind: str, texts: list[str], top_k: int = 5):
-    _check_limits(service, texts)
+    _check_limits(service, kind, texts)
+    settings = service.settings
     try:
-        future = service.batcher.submit(kind, texts, top_k)
+        future = service.batcher.submit(kind, texts, top_k, max_tokens=settings.max_request_tokens,
+                                        max_masks=settings.max_masks_per_request)
     except QueueFull:
         raise HTTPException(503, "too many requests are waiting; retry shortly", headers={"Retry-After": "1"}) from None
     try:

@@ -14,12 +14,13 @@ from fastapi.responses import Response
 from model_store import importance_history as history
 from model_store.manifest import Manifest
 from model_store.names import InvalidName
-from model_store.store import StoreError, VersionNotFound
+from model_store.store import CorruptVersion, DamagedVersion, StoreError, VersionNotFound
 
 from ..deps import ManagementAuth, ServiceDep
-from ..schemas import CurrentModel, ModelOut
+from ..schemas import CurrentModel, ModelOut, schema_of
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
+DamagedOut = schema_of(DamagedVersion, "DamagedOut")
 
 
 def _out(manifest: Manifest) -> ModelOut:
@@ -33,20 +34,36 @@ def _manifest(service, version: str) -> Manifest:
         raise HTTPException(422, str(err)) from None
     except VersionNotFound as err:
         raise HTTPException(404, str(err)) from None
+    except CorruptVersion as err:  # the message names the damaged file and `das repair`
+        raise HTTPException(409, str(err)) from None
 
 
 @router.get("", response_model=list[ModelOut])
-def list_models(*, service: ServiceDep) -> list[ModelOut]:
-    """Every version, oldest first, with parent and status."""
-    return [_out(m) for m in service.store.versions()]
+def list_models(*, service: ServiceDep, response: Response) -> list[ModelOut]:
+    """Every healthy version, oldest first, with parent and status; damaged ones are named in the
+    X-Damaged-Versions header and described by GET /v1/models/damaged."""
+    healthy, damaged = service.store.scan()
+    if damaged:
+        response.headers["X-Damaged-Versions"] = ",".join(d.id for d in damaged)
+    return [_out(m) for m in healthy]
+
+
+@router.get("/damaged", response_model=list[DamagedOut])
+def damaged_models(*, service: ServiceDep) -> list[DamagedOut]:
+    """Versions whose manifest cannot be read, with the reason: every listing leaves them out, and
+    `das repair` sets them aside (`das repair --dry-run` also checks every file's digest)."""
+    return [DamagedOut(**dataclasses.asdict(d)) for d in service.store.damaged()]
 
 
 @router.get("/current", response_model=CurrentModel)
 def current_model(*, service: ServiceDep) -> CurrentModel:
     """The active version, and the one this process serves right now (they differ during a swap)."""
-    active = service.store.active()
+    try:
+        active = service.store.active()
+    except StoreError:  # the pointer names a missing or damaged version
+        active = None
     if active is None:
-        raise HTTPException(503, "the store has no active version yet")
+        raise HTTPException(503, service.store.pointer_problem() or "the store has no active version yet")
     serving = service.holder.current
     return CurrentModel(**dataclasses.asdict(active), serving=serving.version if serving else None,
                         mask_token=serving.mask_token if serving else None)

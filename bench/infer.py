@@ -1,0 +1,196 @@
+"""Inference speed of the service against the baseline a user would write, measured in one run.
+
+    python bench/infer.py [--seconds 8] [--concurrency 1,4,16,64] [--kinds fill-mask,embeddings]
+
+Starts `das serve` (embedded base model, a fresh store) and bench/naive_server.py (a transformers
+pipeline per request) on loopback, drives each with a bounded closed-loop load generator (one
+text per request, N clients), and prints throughput and p50/p95/p99 latency per concurrency. In
+the same run it measures the model's batched ceiling (sequences/s at batch 64, encoder plus the
+head at mask positions, no HTTP) and the machine's fp32 matmul FLOP/s, and reports the model
+FLOP/s each server achieves. The load generator shares the 2 cores with the servers, for both
+alike: compare the ratios, not the absolute numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import torch
+
+from das.demo import licence_documents
+from das_engine.loading import load_masked_lm
+from das_engine.units import resolve_units
+from das_settings import get_settings
+from worker.base_model import resolve_base_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(cmd: list[str], port: int, env: dict | None = None) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"{cmd[:3]} did not become ready")
+
+
+def probe_texts(n: int, seed: int = 0) -> list[str]:
+    """Real sentences with one word replaced by the mask token, 6-40 words each."""
+    rng = random.Random(seed)
+    texts = []
+    for doc in licence_documents():
+        words = doc.split()[:40]
+        if len(words) >= 6:
+            words[rng.randrange(len(words))] = "[MASK]"
+            texts.append(" ".join(words))
+    rng.shuffle(texts)
+    return (texts * (n // max(1, len(texts)) + 1))[:n]
+
+
+async def load(url: str, kind: str, texts: list[str], concurrency: int, seconds: float) -> dict:
+    """Closed loop: `concurrency` clients, each sending its next request when the last one answered."""
+    latencies: list[float] = []
+    errors = 0
+    stop = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+        async def one_client(offset: int) -> None:
+            nonlocal errors
+            i = offset
+            while time.perf_counter() < stop:
+                text = texts[i % len(texts)]
+                if kind == "fill-mask":
+                    body = {"texts": [text], "top_k": 5}
+                else:
+                    body = {"texts": [text.replace("[MASK]", "it")]}
+                t0 = time.perf_counter()
+                response = await client.post(f"/v1/{kind}", json=body)
+                latencies.append(time.perf_counter() - t0)
+                errors += response.status_code != 200
+                i += concurrency
+        started = time.perf_counter()
+        await asyncio.gather(*(one_client(k) for k in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [latencies[0]] * 99
+    return {"requests": len(latencies), "errors": errors, "rps": len(latencies) / elapsed,
+            "p50": q[49] * 1000, "p95": q[94] * 1000, "p99": q[98] * 1000}
+
+
+def matmul_flops(size: int = 1024, repeats: int = 20) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - t0)
+
+
+def flops_per_sequence(config, tokens: int, masks: int = 1) -> float:
+    """Forward FLOPs of one sequence: the encoder's matmuls and attention, and the head at the masks."""
+    d, inner, layers, vocab = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size
+    per_layer = tokens * 2 * (4 * d * d + 2 * d * inner) + 2 * 2 * tokens * tokens * d
+    head = masks * 2 * (d * d + d * vocab)
+    return layers * per_layer + head
+
+
+def ceiling(model_dir: str, texts: list[str], batch: int = 64, repeats: int = 10) -> tuple[float, float]:
+    """Sequences/s of the bare model at `batch` (encoder + head at mask positions), and mean tokens."""
+    model, tokenizer = load_masked_lm(model_dir)
+    model.eval()
+    head = resolve_units(model).mlm_head
+    enc = tokenizer(texts[:batch], return_tensors="pt", padding=True, truncation=True, max_length=128)
+    with torch.inference_mode():
+        def step():
+            hidden = model.base_model(**enc).last_hidden_state
+            head(hidden[enc["input_ids"] == tokenizer.mask_token_id]).softmax(-1).topk(5)
+        step()
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            step()
+    return batch * repeats / (time.perf_counter() - t0), float(enc["attention_mask"].sum(1).float().mean())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=8.0, help="load per concurrency level and server")
+    parser.add_argument("--concurrency", default="1,4,16,64")
+    parser.add_argument("--kinds", default="fill-mask,embeddings")
+    parser.add_argument("--skip-baseline", action="store_true")
+    args = parser.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    model_dir = resolve_base_model("embedded", get_settings().models_dir)
+    texts = probe_texts(512)
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir)
+    machine = matmul_flops()
+    seq_per_s, mean_tokens = ceiling(model_dir, texts)
+    per_seq = flops_per_sequence(config, round(mean_tokens))
+    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"fp32 matmul {machine / 1e9:.1f} GFLOP/s")
+    print(f"model ceiling (batch 64, no HTTP): {seq_per_s:,.0f} sequences/s, {mean_tokens:.0f} tokens each, "
+          f"{seq_per_s * per_seq / 1e9:.1f} GFLOP/s = {seq_per_s * per_seq / machine:.0%} of matmul")
+
+    tmp = Path(tempfile.mkdtemp(prefix="das-bench-"))
+    servers = {}
+    try:
+        port = free_port()
+        servers["das"] = (start([sys.executable, "-c", "from das.cli import app; app()", "serve", "--port", str(port),
+                                 "--store", str(tmp / "store")], port, {"DAS_WORK_DIR": str(tmp / "work")}),
+                          f"http://127.0.0.1:{port}")
+        if not args.skip_baseline:
+            port = free_port()
+            servers["naive"] = (start([sys.executable, str(ROOT / "bench" / "naive_server.py"), "--model",
+                                       model_dir, "--port", str(port)], port), f"http://127.0.0.1:{port}")
+        print(f"\n{'server':6} {'kind':10} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
+              f"{'errors':>6} {'GFLOP/s':>8} {'of ceiling':>10}")
+        results = {}
+        for kind in args.kinds.split(","):
+            for level in levels:
+                for name, (_, url) in servers.items():
+                    r = asyncio.run(load(url, kind, texts, level, args.seconds))
+                    results[(name, kind, level)] = r
+                    print(f"{name:6} {kind:10} {level:>4} {r['rps']:>8.1f} {r['p50']:>8.1f} {r['p95']:>8.1f} "
+                          f"{r['p99']:>8.1f} {r['errors']:>6} {r['rps'] * per_seq / 1e9:>8.2f} "
+                          f"{r['rps'] / seq_per_s:>10.1%}", flush=True)
+        if "naive" in servers:
+            print()
+            for kind in args.kinds.split(","):
+                for level in levels:
+                    das, naive = results[("das", kind, level)], results[("naive", kind, level)]
+                    print(f"{kind} c={level}: das/naive throughput {das['rps'] / naive['rps']:.2f}x, "
+                          f"p99 {das['p99']:.0f} ms vs {naive['p99']:.0f} ms")
+    finally:
+        for proc, _ in servers.values():
+            proc.terminate()
+            proc.wait(30)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
