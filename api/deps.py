@@ -1,4 +1,8 @@
-"""Dependencies: the service, settings, and the two bearer tokens."""
+"""Dependencies: the service, settings, and the two bearer tokens.
+
+All are `async def`: they never block, and FastAPI would run a plain `def` dependency in its
+thread pool, a thread hop per dependency per request.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +16,14 @@ from das_settings import Settings
 from .service import Service
 
 
-def get_service(request: Request) -> Service:
+async def get_service(request: Request) -> Service:
     return request.app.state.service
 
 
 ServiceDep = Annotated[Service, Depends(get_service)]
 
 
-def get_settings_dep(service: ServiceDep) -> Settings:
+async def get_settings_dep(service: ServiceDep) -> Settings:
     return service.settings
 
 
@@ -40,11 +44,11 @@ def _same(sent: str, expected: str) -> bool:
     return hmac.compare_digest(sent.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape"))
 
 
-def management_auth(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:
+async def management_auth(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:
     _check(settings, authorization, [settings.management_token])
 
 
-def inference_auth(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:
+async def inference_auth(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:
     _check(settings, authorization, [settings.inference_token, settings.management_token])
 
 

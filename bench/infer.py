@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import shutil
@@ -72,30 +73,70 @@ def probe_texts(n: int, seed: int = 0) -> list[str]:
     return (texts * (n // max(1, len(texts)) + 1))[:n]
 
 
+class Connection:
+    """One keep-alive HTTP/1.1 connection speaking just enough to POST JSON and read the answer.
+
+    A load generator on the same 2 cores as the server must cost little per request: httpx
+    costs about a millisecond of CPU per request, which the servers would then be measured with.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: bytes) -> int:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        self.writer.write(f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+                          f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))
+        await self.reader.readexactly(length)
+        return status
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 async def load(url: str, kind: str, texts: list[str], concurrency: int, seconds: float) -> dict:
-    """Closed loop: `concurrency` clients, each sending its next request when the last one answered."""
+    """Closed loop: `concurrency` clients, each with its own connection, each sending its next
+    request when the last one was answered."""
+    host, port = url.removeprefix("http://").split(":")
     latencies: list[float] = []
     errors = 0
     stop = time.perf_counter() + seconds
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
-        async def one_client(offset: int) -> None:
-            nonlocal errors
-            i = offset
+
+    def body_of(text: str) -> bytes:
+        if kind == "fill-mask":
+            return json.dumps({"texts": [text], "top_k": 5}).encode()
+        return json.dumps({"texts": [text.replace("[MASK]", "it")]}).encode()
+
+    bodies = [body_of(t) for t in texts]
+
+    async def one_client(offset: int) -> None:
+        nonlocal errors
+        connection, i = Connection(host, int(port)), offset
+        try:
             while time.perf_counter() < stop:
-                text = texts[i % len(texts)]
-                if kind == "fill-mask":
-                    body = {"texts": [text], "top_k": 5}
-                else:
-                    body = {"texts": [text.replace("[MASK]", "it")]}
                 t0 = time.perf_counter()
-                response = await client.post(f"/v1/{kind}", json=body)
+                try:
+                    errors += await connection.post(f"/v1/{kind}", bodies[i % len(bodies)]) != 200
+                except (OSError, asyncio.IncompleteReadError, ValueError, StopIteration):
+                    errors += 1  # a reset connection counts as a failed request; open a new one
+                    connection.close()
+                    connection = Connection(host, int(port))
                 latencies.append(time.perf_counter() - t0)
-                errors += response.status_code != 200
                 i += concurrency
-        started = time.perf_counter()
-        await asyncio.gather(*(one_client(k) for k in range(concurrency)))
-        elapsed = time.perf_counter() - started
+        finally:
+            connection.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one_client(k) for k in range(concurrency)))
+    elapsed = time.perf_counter() - started
     q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [latencies[0]] * 99
     return {"requests": len(latencies), "errors": errors, "rps": len(latencies) / elapsed,
             "p50": q[49] * 1000, "p95": q[94] * 1000, "p99": q[98] * 1000}

@@ -48,7 +48,8 @@ class Settings(BaseSettings):
     max_texts: int = Field(64, ge=1, description="Most texts in one inference request.")
     max_text_chars: int = Field(4000, ge=1, description="Longest text in an inference request.")
     max_batch_size: int = Field(32, ge=1, description="Most texts the micro-batcher runs in one forward pass.")
-    max_wait_ms: float = Field(5.0, ge=0, description="How long the micro-batcher waits to fill a batch.")
+    max_wait_ms: float = Field(0.0, ge=0, description="How long the micro-batcher waits to fill a batch; 0 takes "
+                               "what is queued (under load, requests queue while the model runs).")
     inference_queue_size: int = Field(256, ge=1, description="Requests waiting for the model; more get 503.")
     max_request_tokens: int = Field(16384, ge=1, description="Most tokens in one inference request, all texts "
                                     "together, as the model sees them (specials included, after truncation).")

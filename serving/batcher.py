@@ -17,6 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
+from .encoded import Encoded
 from .errors import InputError, NotReady, QueueFull
 from .holder import ModelHolder, Servable
 
@@ -31,6 +32,7 @@ class _Request:
     max_tokens: int | None = None  # all texts together, as the model sees them
     max_masks: int | None = None  # fill-mask: mask tokens, all texts together
     future: Future = field(default_factory=Future)
+    encoded: Encoded | None = None  # tokenised once, by the check, for the forward pass too
 
 
 class MicroBatcher:
@@ -113,7 +115,7 @@ class MicroBatcher:
         valid = [r for r in group if self._checked(model, kind, r)]
         if not valid:
             return
-        texts, top_k = [t for r in valid for t in r.texts], max(r.top_k for r in valid)
+        texts, top_k = Encoded.join([r.encoded for r in valid]), max(r.top_k for r in valid)
         outputs: list = []
         for start in range(0, len(texts), self.max_batch_size):  # one forward pass holds at most a batch
             chunk = texts[start:start + self.max_batch_size]
@@ -140,7 +142,8 @@ class MicroBatcher:
         """Each request is checked alone (its tokens and mask tokens; each fill-mask text needs a mask
         token); a bad one leaves the batch."""
         try:
-            tokens, masks = model.measure(request.texts)
+            request.encoded = model.encode(request.texts)
+            tokens, masks = request.encoded.tokens, request.encoded.count(model.mask_token_id)
             if request.max_tokens is not None and tokens > request.max_tokens:
                 raise InputError(f"the request holds {tokens} tokens; the limit is {request.max_tokens} "
                                  "per request (DAS_MAX_REQUEST_TOKENS)")
@@ -148,13 +151,12 @@ class MicroBatcher:
                 raise InputError(f"the request holds {masks} mask tokens; the limit is {request.max_masks} "
                                  "per request (DAS_MAX_MASKS_PER_REQUEST)")
             if kind == "fill_mask":
-                for text in request.texts:
-                    model.check_fill_mask(text)
+                model.check_fill_mask(request.texts, request.encoded)
             return True
         except InputError as err:
             request.future.set_exception(err)
             return False
 
     @staticmethod
-    def _answer(model: Servable, kind: str, texts: list[str], top_k: int) -> list:
+    def _answer(model: Servable, kind: str, texts: Encoded, top_k: int) -> list:
         return model.fill_mask(texts, top_k) if kind == "fill_mask" else model.embed(texts)

@@ -12,17 +12,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from .encoded import Encoded
+
 
 class Servable(Protocol):
     """A loaded version that answers requests (serving.model.LoadedModel; torch lives there)."""
 
     version: str
+    mask_token_id: int
 
     def warm(self) -> None: ...
-    def check_fill_mask(self, text: str) -> None: ...
-    def measure(self, texts: list[str]) -> tuple[int, int]: ...  # (tokens, mask tokens) of a request
-    def fill_mask(self, texts: list[str], top_k: int) -> list[list[list[dict]]]: ...
-    def embed(self, texts: list[str]) -> list[list[float]]: ...
+    def encode(self, texts: list[str]) -> Encoded: ...  # InputError for a text the tokenizer refuses
+    def check_fill_mask(self, texts: list[str], encoded: Encoded) -> None: ...
+    def fill_mask(self, texts: list[str] | Encoded, top_k: int) -> list[list[list[dict]]]: ...
+    def embed(self, texts: list[str] | Encoded) -> list[list[float]]: ...
 
 log = logging.getLogger(__name__)
 

@@ -13,6 +13,7 @@ from das_engine.loading import load_masked_lm
 from das_engine.mlm import mean_pool
 from das_engine.units import resolve_units
 
+from .encoded import Encoded
 from .errors import InputError
 
 
@@ -24,13 +25,16 @@ class LoadedModel:
     mlm_head: torch.nn.Module  # run only at masked positions
     max_tokens: int
     device: torch.device
+    vocabulary: list[str]  # id -> the token as a fill-mask answer shows it, decoded once at load
 
     @classmethod
     def load(cls, version: str, folder: Path, device: str = "cpu") -> LoadedModel:
         model, tokenizer = load_masked_lm(folder)
         model.eval().to(device)
         max_tokens = min(getattr(model.config, "max_position_embeddings", 512) - 2, 512)
-        return cls(version, model, tokenizer, resolve_units(model).mlm_head, max_tokens, torch.device(device))
+        vocabulary = [t.strip() for t in tokenizer.batch_decode([[i] for i in range(len(tokenizer))])]
+        return cls(version, model, tokenizer, resolve_units(model).mlm_head, max_tokens, torch.device(device),
+                   vocabulary)
 
     @property
     def mask_token(self) -> str:
@@ -40,49 +44,55 @@ class LoadedModel:
         self.fill_mask([f"warm {self.mask_token} up"], top_k=1)
         self.embed(["warm up"])
 
-    def _encode(self, texts: list[str]):
-        """Tokenise on the CPU and move to the model's device; a text the tokenizer refuses is an InputError."""
-        try:
-            enc = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=self.max_tokens)
-        except Exception as err:  # noqa: BLE001 - the tokenizer's errors differ by kind; all are the texts' fault
-            raise InputError(f"a text cannot be tokenised ({type(err).__name__}: {err})"[:300]) from None
-        return enc.to(self.device)
+    @property
+    def mask_token_id(self) -> int:
+        return self.tokenizer.mask_token_id
 
-    def check_fill_mask(self, text: str) -> None:
-        """Raise InputError unless the text holds a mask token that survives truncation."""
-        if self.mask_token not in text:
-            raise InputError(f"each text must hold the mask token {self.mask_token!r}")
-        ids = self._encode([text])["input_ids"][0]
-        if not (ids == self.tokenizer.mask_token_id).any():
-            raise InputError(f"the mask token lies beyond the first {self.max_tokens} tokens")
-
-    def measure(self, texts: list[str]) -> tuple[int, int]:
-        """(tokens, mask tokens) of the texts together, as the model sees them: specials in, truncated, no padding."""
+    def encode(self, texts: list[str]) -> Encoded:
+        """Token ids per text (specials in, truncated); a text the tokenizer refuses is an InputError."""
         try:
             ids = self.tokenizer(texts, truncation=True, max_length=self.max_tokens)["input_ids"]
-        except Exception as err:  # noqa: BLE001 - as in _encode: the texts' fault
+        except Exception as err:  # noqa: BLE001 - the tokenizer's errors differ by kind; all are the texts' fault
             raise InputError(f"a text cannot be tokenised ({type(err).__name__}: {err})"[:300]) from None
-        mask_id = self.tokenizer.mask_token_id
-        return sum(len(row) for row in ids), sum(row.count(mask_id) for row in ids)
+        return Encoded(tuple(tuple(row) for row in ids))
+
+    def check_fill_mask(self, texts: list[str], encoded: Encoded) -> None:
+        """Raise InputError unless each text holds a mask token that survives truncation."""
+        for text, ids in zip(texts, encoded.ids, strict=True):
+            if self.mask_token not in text:
+                raise InputError(f"each text must hold the mask token {self.mask_token!r}")
+            if self.mask_token_id not in ids:
+                raise InputError(f"the mask token lies beyond the first {self.max_tokens} tokens")
+
+    def _tensors(self, texts: list[str] | Encoded) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids, attention_mask), (B, T) each, padded on the CPU and moved to the model's device."""
+        encoded = texts if isinstance(texts, Encoded) else self.encode(texts)
+        width = max(len(row) for row in encoded.ids)
+        input_ids = torch.full((len(encoded), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
+        for row, ids in enumerate(encoded.ids):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            attention_mask[row, : len(ids)] = 1
+        return input_ids.to(self.device), attention_mask.to(self.device)
 
     @torch.inference_mode()
-    def fill_mask(self, texts: list[str], top_k: int) -> list[list[list[dict]]]:
+    def fill_mask(self, texts: list[str] | Encoded, top_k: int) -> list[list[list[dict]]]:
         """Per text, per mask token: the top_k tokens with their probabilities."""
-        enc = self._encode(texts)
-        hidden = self.model.base_model(**enc).last_hidden_state  # (B, T, D)
-        where = enc["input_ids"] == self.tokenizer.mask_token_id  # (B, T)
-        scores = self.mlm_head(hidden[where]).softmax(-1)  # only the masked positions: (N, V)
+        input_ids, attention_mask = self._tensors(texts)
+        hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        where = input_ids == self.mask_token_id  # (B, T)
+        scores = self.mlm_head(hidden[where]).softmax(-1)  # hidden (B, T, D); only the masked positions: (N, V)
         top = scores.topk(top_k, dim=-1)
         answers: list[list[list[dict]]] = [[] for _ in texts]
         rows = where.nonzero()[:, 0].tolist()
         for row, values, ids in zip(rows, top.values.tolist(), top.indices.tolist(), strict=True):
-            answers[row].append([{"token": self.tokenizer.decode([i]).strip(), "token_id": i, "score": round(v, 6)}
+            answers[row].append([{"token": self.vocabulary[i], "token_id": i, "score": round(v, 6)}
                                  for v, i in zip(values, ids, strict=True)])
         return answers
 
     @torch.inference_mode()
-    def embed(self, texts: list[str]) -> list[list[float]]:
+    def embed(self, texts: list[str] | Encoded) -> list[list[float]]:
         """Mean of the last hidden states over real tokens (the pooling the contrastive loss trains), L2-normalised."""
-        enc = self._encode(texts)
-        hidden = self.model.base_model(**enc).last_hidden_state  # (B, T, D)
-        return F.normalize(mean_pool(hidden, enc["attention_mask"]), dim=-1).tolist()
+        input_ids, attention_mask = self._tensors(texts)
+        hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return F.normalize(mean_pool(hidden, attention_mask), dim=-1).tolist()  # hidden: (B, T, D)
