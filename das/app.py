@@ -6,6 +6,8 @@ loads a version or runs a job, so a process starts answering /healthz before tor
 
 from __future__ import annotations
 
+import gc
+from functools import lru_cache
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -21,6 +23,7 @@ def torch_runtime(settings: Settings) -> ModelRuntime:
     def load_version(version: str, folder: Path):
         from serving.model import LoadedModel
 
+        _freeze_imported_objects()
         return LoadedModel.load(version, folder, device=settings.device)
 
     def run_job(job_id: str, ctx: WorkerContext) -> Outcome:
@@ -34,3 +37,13 @@ def torch_runtime(settings: Settings) -> ModelRuntime:
 def build_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     return create_app(settings, build_service(settings, torch_runtime(settings)))
+
+
+@lru_cache(maxsize=1)
+def _freeze_imported_objects() -> None:
+    """Once torch and transformers are imported: move their ~200k long-lived objects out of the
+    cyclic GC's reach. A full collection then scans only what came later, and one that happens
+    while a new version loads pauses requests for ~60 ms instead of ~170 ms (bench/swap.py).
+    Models are not frozen: an old version is freed by the collector after a swap."""
+    gc.collect()
+    gc.freeze()

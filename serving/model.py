@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,16 +25,14 @@ class LoadedModel:
     mlm_head: torch.nn.Module  # run only at masked positions
     max_tokens: int
     device: torch.device
-    vocabulary: list[str]  # id -> the token as a fill-mask answer shows it, decoded once at load
+    decoded: dict[int, str] = field(default_factory=dict)  # id -> the token as an answer shows it, decoded once
 
     @classmethod
     def load(cls, version: str, folder: Path, device: str = "cpu") -> LoadedModel:
         model, tokenizer = load_masked_lm(folder)
         model.eval().to(device)
         max_tokens = min(getattr(model.config, "max_position_embeddings", 512) - 2, 512)
-        vocabulary = [t.strip() for t in tokenizer.batch_decode([[i] for i in range(len(tokenizer))])]
-        return cls(version, model, tokenizer, resolve_units(model).mlm_head, max_tokens, torch.device(device),
-                   vocabulary)
+        return cls(version, model, tokenizer, resolve_units(model).mlm_head, max_tokens, torch.device(device))
 
     @property
     def mask_token(self) -> str:
@@ -43,6 +41,14 @@ class LoadedModel:
     def warm(self) -> None:
         self.fill_mask([f"warm {self.mask_token} up"], top_k=1)
         self.embed(["warm up"])
+
+    def token_text(self, token_id: int) -> str:
+        """A token as a fill-mask answer shows it; decoded on first use (decoding a whole vocabulary at
+        load would hold the GIL for ~100 ms while the old version still answers requests)."""
+        text = self.decoded.get(token_id)
+        if text is None:
+            text = self.decoded[token_id] = self.tokenizer.decode([token_id]).strip()
+        return text
 
     @property
     def mask_token_id(self) -> int:
@@ -86,7 +92,7 @@ class LoadedModel:
         answers: list[list[list[dict]]] = [[] for _ in texts]
         rows = where.nonzero()[:, 0].tolist()
         for row, values, ids in zip(rows, top.values.tolist(), top.indices.tolist(), strict=True):
-            answers[row].append([{"token": self.vocabulary[i], "token_id": i, "score": round(v, 6)}
+            answers[row].append([{"token": self.token_text(i), "token_id": i, "score": round(v, 6)}
                                  for v, i in zip(values, ids, strict=True)])
         return answers
 
@@ -96,3 +102,4 @@ class LoadedModel:
         input_ids, attention_mask = self._tensors(texts)
         hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return F.normalize(mean_pool(hidden, attention_mask), dim=-1).tolist()  # hidden: (B, T, D)
+
