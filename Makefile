@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run demo test bench gpu-check base-model
+.PHONY: run demo test bench gpu-check fuzz base-model
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -29,3 +29,6 @@ bench: base-model
 
 gpu-check: base-model  # on a GPU machine; DEVICE=cpu runs the same check on the CPU
 	$(PY) bench/gpu_check.py --device $(or $(DEVICE),cuda)
+
+fuzz: base-model  # schemathesis over the whole API of a real server, three ways of auth
+	bash scripts/fuzz_api.sh
