@@ -6,9 +6,11 @@ in-flight requests finish on the old version and no request fails.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
@@ -30,6 +32,19 @@ class Servable(Protocol):
 log = logging.getLogger(__name__)
 
 
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No automatic full garbage collection while a version loads: loading allocates enough to
+    trigger one, and it holds the GIL for tens of ms while the old version answers requests."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 class ModelHolder:
     def __init__(self, resolve: Callable[[str], Path], load: Callable[[str, Path], Servable]) -> None:
         self.resolve = resolve  # version id -> local model folder
@@ -42,8 +57,9 @@ class ModelHolder:
         with self._lock:
             if self.current is not None and self.current.version == version:
                 return False
-            loaded = self.load(version, self.resolve(version))
-            loaded.warm()
+            with _collector_paused():
+                loaded = self.load(version, self.resolve(version))
+                loaded.warm()
             self.current = loaded  # the flip: one reference assignment
             log.info("serving %s", version)
             return True
