@@ -119,7 +119,8 @@ def adapt(
         _apply_threads()
         _quiet_transformers()
         if store is not None:
-            manifest = _adapt_into_store(store, corpus, domain, config, device, activate, get_settings().work_dir)
+            manifest = _adapt_into_store(_open_store(store), corpus, domain, config, device, activate,
+                                         get_settings().work_dir)
             console.print(f"published {manifest.id} ({manifest.status}), parent {manifest.parent}")
             return
         from das_engine.trainer import adapt as run_adapt
@@ -133,11 +134,10 @@ def adapt(
                   f"{metrics['wall_time_s']:.1f}s")
 
 
-def _adapt_into_store(location: str, corpus: Path, domain: str, config: DASConfig, device: str, activate: bool,
+def _adapt_into_store(model_store, corpus: Path, domain: str, config: DASConfig, device: str, activate: bool,
                       work_dir: Path):
     from worker.adaptation import adapt_active
 
-    model_store = _open_store(location)
     ensure_initialised(model_store, get_settings())
     return _with_progress(domain, config.steps, lambda cb: adapt_active(
         model_store, corpus, domain, config, work_dir=work_dir, device=device, activate=activate,
@@ -264,12 +264,11 @@ def demo(
     _quiet_transformers()
     config = DASConfig(steps=steps, checkpoint_every=0, lr=5e-4, importance_samples=128)
     with _clear_errors():
-        location = str(out / "store")
-        model_store = _open_store(location)
+        model_store = _open_store(str(out / "store"))
         for domain, corpus in write_demo_corpora(out / "corpora").items():
             if any(m.domain == domain for m in model_store.versions()):
                 continue  # already learned in an earlier run of the demo
-            _adapt_into_store(location, corpus, domain, config, get_settings().device, True, out / "work")
+            _adapt_into_store(model_store, corpus, domain, config, get_settings().device, True, out / "work")
     probes = ["permission is hereby granted, free of [MASK], to any person.", "return the [MASK] of the list."]
     loaded = [(m, LoadedModel.load(m.id, model_store.model_dir(m.id))) for m in model_store.versions()]
     for text in probes:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -52,7 +51,6 @@ class ActiveVersionWatcher:
         self.error = self._failed = None
 
     def _poll_loop(self) -> None:
-        _yield_cpu_to_serving()
         while not self._stop.is_set():
             try:
                 self.check()
@@ -75,14 +73,3 @@ class ActiveVersionWatcher:
                 log.warning("pub/sub unavailable; relying on polling", exc_info=True)
                 self._stop.wait(self.poll_s)
 
-
-def _yield_cpu_to_serving() -> None:
-    """Lower this thread's CPU priority (Linux: a thread is a task with its own nice value).
-
-    Loading, verifying and warming a new version runs here while the batcher answers requests on
-    the old one; on a small machine they share the cores, and the requests should win.
-    """
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    except (AttributeError, OSError):  # not Linux, or not allowed: load at normal priority
-        log.debug("could not lower the priority of the version loader", exc_info=True)

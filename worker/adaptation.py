@@ -39,12 +39,10 @@ def training_summary(metrics: dict) -> dict:
 def adapt_version(store: ModelStore, parent: str, corpus: CorpusInfo, domain: str, config: DASConfig, *,
                   work_dir: Path, documents: list[str] | None = None, device: str = "cpu", activate: bool = True,
                   on_progress: Callable[[Progress], None] | None = None,
-                  should_stop: Callable[[], bool] | None = None, request_id: str | None = None,
-                  candidate_if_moved: bool = True) -> Manifest:
+                  should_stop: Callable[[], bool] | None = None, request_id: str | None = None) -> Manifest:
     """Adapt version `parent` on a stored corpus and publish the result; raise JobStopped if stopped.
 
-    If another version became active meanwhile, the result is published as a candidate (not
-    activated) unless `candidate_if_moved` is False, which raises the store's LineageError.
+    If another version became active meanwhile, the result is published as a candidate (not activated).
     The working folder is named by parent, corpus digest and settings, so running the same
     request again resumes from its checkpoint.
     """
@@ -62,8 +60,6 @@ def adapt_version(store: ModelStore, parent: str, corpus: CorpusInfo, domain: st
     try:
         manifest = store.publish(request, activate=activate)
     except LineageError as err:
-        if not candidate_if_moved:
-            raise
         # the active version moved while this ran (an operator's activation or rollback): keep the
         # work as a candidate of its own parent, and leave the operator's choice in place
         manifest = store.publish(request, activate=False)
@@ -86,16 +82,14 @@ def adapt_active(store: ModelStore, corpus_file: Path, domain: str, config: DASC
 
 
 def run_adapt_job(job: Job, ctx: WorkerContext, reporter: ProgressReporter) -> str:
-    """The `adapt` kind of job: its corpus, settings and parent come from its record."""
-    if job.parent is None:
-        raise RuntimeError("the store has no active version to adapt; initialise it first")
+    """The `adapt` kind of job: its corpus, settings and parent come from its record (run_job sets the parent)."""
     config = DASConfig.from_dict(job.settings)
     path = ctx.store.corpus_path(job.corpus_id)
     corpus = CorpusInfo(sha256=job.corpus_id, size=path.stat().st_size, documents=job.corpus_documents,
                         filename=job.corpus_filename)
     manifest = adapt_version(ctx.store, job.parent, corpus, job.domain, config, work_dir=ctx.work_dir,
-                             device=ctx.device, on_progress=reporter, should_stop=reporter.should_stop,
-                             request_id=job.id)
+                             documents=read_corpus(path), device=ctx.device, on_progress=reporter,
+                             should_stop=reporter.should_stop, request_id=job.id)
     if manifest.status != "active":
         active = ctx.store.active_id()
         ctx.jobs.update(job.id, note=f"published as a candidate: {active} became active while this job ran from "

@@ -22,6 +22,7 @@ from model_store.names import InvalidName, domain_name
 
 from ..deps import ManagementAuth, ServiceDep
 from ..schemas import CorpusAccepted
+from ..service import UPLOADS
 
 router = APIRouter(prefix="/v1/corpora", tags=["corpora"], dependencies=[ManagementAuth])
 CHUNK = 1 << 20
@@ -149,6 +150,6 @@ def safe_filename(name: str) -> str:
 
 
 def _tmp_root(service) -> str:
-    root = Path(service.settings.work_dir) / "uploads"
+    root = Path(service.settings.work_dir) / UPLOADS
     root.mkdir(parents=True, exist_ok=True)
     return str(root)
