@@ -10,7 +10,6 @@ from fastapi.responses import JSONResponse
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-UPLOAD_PREFIX = "/v1/corpora"
 MULTIPART_OVERHEAD = 64 * 1024
 
 
@@ -19,16 +18,18 @@ class BodyTooLarge(Exception):
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_json_bytes: int, max_upload_bytes: int) -> None:
-        self.app, self.max_json, self.max_upload = app, max_json_bytes, max_upload_bytes
+    def __init__(self, app: ASGIApp, max_json_bytes: int, uploads: dict[str, int]) -> None:
+        """`uploads`: the exact path of each upload route -> the most bytes its files may hold."""
+        self.app, self.max_json, self.uploads = app, max_json_bytes, uploads
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        is_upload = scope["path"].startswith(UPLOAD_PREFIX)
-        limit = self.max_upload + MULTIPART_OVERHEAD if is_upload else self.max_json
-        shown = self.max_upload if is_upload else self.max_json  # the setting, not the framing allowance
+        upload_limit = self.uploads.get(scope["path"].rstrip("/"))
+        is_upload = upload_limit is not None
+        limit = upload_limit + MULTIPART_OVERHEAD if is_upload else self.max_json
+        shown = upload_limit if is_upload else self.max_json  # the setting, not the framing allowance
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await _too_large(send, shown, is_upload)

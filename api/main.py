@@ -20,7 +20,7 @@ from model_store.locks import StoreLocked
 
 from .limits import BodyLimitMiddleware, invalid_request
 from .metrics import Metrics, TimingMiddleware
-from .routes import corpora, health, inference, jobs, models
+from .routes import corpora, health, inference, jobs, models, tasks
 from .service import Service
 
 log = logging.getLogger(__name__)
@@ -50,14 +50,16 @@ def create_app(settings: Settings, service: Service) -> FastAPI:
 
     app = FastAPI(title="DAS continual pre-training service", version=package_version(), lifespan=lifespan,
                   description="Upload domain corpora; each becomes a new model version learned with DAS "
-                              "soft-masking; fill-mask and embeddings answer any text with the active version.")
+                              "soft-masking; fill-mask, embeddings and registered end tasks answer any text with the "
+                              "active version, with no domain id.")
     app.state.service, app.state.metrics = service, metrics
-    for module in (corpora, jobs, models, inference, health):
+    for module in (corpora, jobs, models, tasks, inference, health):
         app.include_router(module.router)
     for error in UNAVAILABLE:
         app.add_exception_handler(error, unavailable)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_middleware(BodyLimitMiddleware, max_json_bytes=settings.max_json_bytes,
-                       max_upload_bytes=settings.max_upload_bytes)
+                       uploads={"/v1/corpora": settings.max_upload_bytes,
+                                "/v1/tasks": 2 * settings.max_task_upload_bytes})  # train and eval
     app.add_middleware(TimingMiddleware, metrics=metrics)
     return app

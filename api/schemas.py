@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, create_model
 
 from job_records import Job
 from model_store.manifest import Manifest
+from model_store.tasks import TaskDefinition, TaskModel
 
 
 class CorpusAccepted(BaseModel):
@@ -75,3 +76,50 @@ class EmbeddingsOut(BaseModel):
     version: str
     dimensions: int
     embeddings: list[list[float]]
+
+
+TaskModelOut = schema_of(TaskModel, "TaskModelOut")
+
+
+class ServedTaskModel(BaseModel):
+    kind: str
+    fitted_on: str = Field(description="the backbone version the task model was fitted on")
+    generation: str
+    labels: list[str]
+    stale: bool = Field(description="fitted on another backbone than the one serving (a finetune task "
+                                    "answers from its own weights until it is re-tuned)")
+
+
+class TaskOut(schema_of(TaskDefinition, "TaskDefinitionOut")):
+    generation: str = Field(description="digest of what defines the task; its models carry it")
+    history: list[TaskModelOut] = Field(description="its models, one per backbone version, oldest first, "
+                                                    "with their eval scores")
+    serving: ServedTaskModel | None = Field(description="the model answering now in this API process")
+
+
+class TaskAccepted(BaseModel):
+    job_id: str = Field(description="the job that fits the task on the active version")
+    task: TaskOut
+
+
+class PredictIn(TextsIn):
+    tasks: list[str] | None = Field(None, min_length=1, max_length=64,
+                                    description="POST /v1/predict: the tasks to answer (omitted: all served)")
+
+
+class TaskAnswer(BaseModel):
+    label: str
+    scores: dict[str, float] = Field(description="a probability per label")
+
+
+class TaskPredictOut(BaseModel):
+    version: str = Field(description="the backbone version that answered")
+    task: str
+    task_model: ServedTaskModel
+    results: list[TaskAnswer]
+
+
+class PredictOut(BaseModel):
+    version: str = Field(description="the backbone version that answered")
+    results: list[dict[str, TaskAnswer]] = Field(description="per text: each task's answer")
+    task_models: dict[str, ServedTaskModel]

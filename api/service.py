@@ -37,6 +37,7 @@ class ModelRuntime:
     """The torch side of the service, passed in: each callable imports torch on its first call."""
 
     load_version: Callable[[str, Path], Servable]  # (version, folder) -> a warmable model
+    load_tasks: Callable[[ModelStore, str, object | None], object | None]  # serving.tasks.load_task_set
     run_job: RunJob  # worker.tasks.run_job
     initialise_store: Callable[[ModelStore, Settings], object]  # worker.base_model.ensure_initialised
 
@@ -75,6 +76,13 @@ class Service:
     def activated(self, version: str) -> None:
         """A version became active: tell the other replicas, and swap here without waiting for a poll."""
         announce(self.settings, version)
+        self.watcher.poke()
+
+    def tasks_changed(self) -> None:
+        """A task was registered or deleted: every API process re-reads the task models it serves."""
+        active = self.store.active_id()
+        if active is not None:
+            announce(self.settings, active)
         self.watcher.poke()
 
     def problem(self) -> str | None:
@@ -134,7 +142,8 @@ def _last_touched(path: Path) -> float:
 def build_service(settings: Settings, runtime: ModelRuntime) -> Service:
     store = open_store(settings)
     jobs = job_registry(settings)
-    holder = ModelHolder(resolve=store.model_dir, load=runtime.load_version)
+    holder = ModelHolder(resolve=store.model_dir, load=runtime.load_version,
+                         load_tasks=lambda version, current: runtime.load_tasks(store, version, current))
     batcher = MicroBatcher(holder, settings.max_batch_size, settings.max_wait_ms / 1000, settings.inference_queue_size)
     watcher = ActiveVersionWatcher(store.active_id, holder.ensure, settings.poll_interval_s,
                                    redis_url=settings.broker_url, channel=settings.active_channel)
@@ -142,6 +151,7 @@ def build_service(settings: Settings, runtime: ModelRuntime) -> Service:
     if not settings.broker_url:
         ctx = WorkerContext(store=store, jobs=jobs, work_dir=settings.work_dir, heartbeat_s=settings.heartbeat_s,
                             max_attempts=settings.max_attempts, device=settings.device,
-                            on_published=lambda version: watcher.poke())
+                            gate_max_drop=settings.gate_max_drop, on_published=lambda version: watcher.poke())
         service.embedded = EmbeddedWorker(ctx, runtime.run_job)
+        ctx.submit = service.embedded.submit
     return service

@@ -15,6 +15,8 @@ from fastapi import FastAPI
 from api.main import create_app
 from api.service import ModelRuntime, build_service
 from das_settings import Settings, get_settings
+from model_store.store import ModelStore
+from model_store.tasks import TaskStore
 from worker.base_model import ensure_initialised
 from worker.context import Outcome, WorkerContext
 
@@ -26,12 +28,18 @@ def torch_runtime(settings: Settings) -> ModelRuntime:
         _freeze_imported_objects()
         return LoadedModel.load(version, folder, device=settings.device)
 
+    def load_tasks(store: ModelStore, version: str, current):
+        from serving.tasks import load_task_set
+
+        return load_task_set(TaskStore(store), version, current)
+
     def run_job(job_id: str, ctx: WorkerContext) -> Outcome:
         from worker.tasks import run_job as run
 
         return run(job_id, ctx)
 
-    return ModelRuntime(load_version=load_version, run_job=run_job, initialise_store=ensure_initialised)
+    return ModelRuntime(load_version=load_version, load_tasks=load_tasks, run_job=run_job,
+                        initialise_store=ensure_initialised)
 
 
 def build_app(settings: Settings | None = None) -> FastAPI:

@@ -29,9 +29,13 @@ from worker.base_model import BaseModelError, ensure_initialised, resolve_base_m
 from worker.runtime import open_store
 
 from .config_options import config_options
+from .data_cli import data_app
+from .task_cli import task_app
 
 app = typer.Typer(help="Continual domain-adaptive pre-training (DAS) of masked language models.",
                   no_args_is_help=True, add_completion=False)
+app.add_typer(task_app, name="task")
+app.add_typer(data_app, name="data")
 console = Console(stderr=True)
 StoreOption = Annotated[str | None, typer.Option("--store", help="store folder or s3:// URL (default: $DAS_STORE)")]
 
@@ -96,6 +100,8 @@ def adapt(
         help="adapt the store's active version and publish the result as a new version")] = None,
     activate: Annotated[bool, typer.Option(
         help="with --store: make the new version active (--no-activate publishes a candidate)")] = True,
+    force: Annotated[bool, typer.Option("--force", help="with --store: activate even if the forgetting gate "
+                                                        "rejects the version (the decision is recorded)")] = False,
     base: Annotated[str | None, typer.Option(
         help="model folder or id (default: $DAS_BASE_MODEL, else 'embedded')")] = None,
     prev_importance: Annotated[Path | None, typer.Option(
@@ -120,7 +126,7 @@ def adapt(
         _quiet_transformers()
         if store is not None:
             manifest = _adapt_into_store(_open_store(store), corpus, domain, config, device, activate,
-                                         get_settings().work_dir)
+                                         get_settings().work_dir, force)
             console.print(f"published {manifest.id} ({manifest.status}), parent {manifest.parent}")
             return
         from das_engine.trainer import adapt as run_adapt
@@ -135,13 +141,16 @@ def adapt(
 
 
 def _adapt_into_store(model_store, corpus: Path, domain: str, config: DASConfig, device: str, activate: bool,
-                      work_dir: Path):
-    from worker.adaptation import adapt_active
+                      work_dir: Path, force: bool = False):
+    from worker.adaptation import GateRejected, adapt_active
 
     ensure_initialised(model_store, get_settings())
-    return _with_progress(domain, config.steps, lambda cb: adapt_active(
-        model_store, corpus, domain, config, work_dir=work_dir, device=device, activate=activate,
-        on_progress=cb))
+    try:
+        return _with_progress(domain, config.steps, lambda cb: adapt_active(
+            model_store, corpus, domain, config, work_dir=work_dir, device=device, activate=activate,
+            gate_max_drop=get_settings().gate_max_drop, force=force, on_progress=cb))
+    except GateRejected as err:
+        _fail(str(err))
 
 
 @app.command()

@@ -1,4 +1,5 @@
-"""CLI options generated from DASConfig: every field is a flag of `das adapt`, with the engine's help and default."""
+"""CLI options generated from a settings dataclass: every DASConfig field is a flag of `das adapt`,
+every TaskSettings field one of `das task add`, with the engine's help and default."""
 
 from __future__ import annotations
 
@@ -28,14 +29,15 @@ def _option(field: SettingField) -> inspect.Parameter:
     return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=field.default, annotation=annotation)
 
 
-def config_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Give `command` one option per DASConfig field; it receives them as `config_values` (a dict)."""
-    fields = setting_fields()
+def config_options(command: Callable[..., Any], settings_class: type | None = None) -> Callable[..., Any]:
+    """Give `command` one option per field of `settings_class` (DASConfig unless told); it receives
+    them as `config_values` (a dict)."""
+    fields = setting_fields(settings_class)
     signature = inspect.signature(command, eval_str=True)
     own = [p for p in signature.parameters.values() if p.name != "config_values"]
     clash = {p.name for p in own} & {f.name for f in fields}
     if clash:
-        raise TypeError(f"{command.__name__} has parameters that DASConfig already defines: {sorted(clash)}")
+        raise TypeError(f"{command.__name__} has parameters that the settings already define: {sorted(clash)}")
 
     def wrapper(**kwargs: Any) -> Any:
         values = {f.name: kwargs.pop(f.name) for f in fields}

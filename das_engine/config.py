@@ -104,11 +104,13 @@ class SettingField:
     optional: bool = False  # None is a value (say, max_grad_norm: no clipping)
 
 
-def setting_fields() -> list[SettingField]:
-    """Every DASConfig field, in order: one source for the engine, the CLI and the API."""
-    hints = typing.get_type_hints(DASConfig)
+def setting_fields(settings_class: type | None = None) -> list[SettingField]:
+    """Every field of a settings dataclass (DASConfig unless told), in order: one source for the
+    engine, the CLI and the API. Each field has metadata["help"]."""
+    settings_class = settings_class or DASConfig
+    hints = typing.get_type_hints(settings_class)
     found = []
-    for f in dataclasses.fields(DASConfig):
+    for f in dataclasses.fields(settings_class):
         kind, choices, optional = hints[f.name], None, False
         if isinstance(kind, types.UnionType) and type(None) in typing.get_args(kind):
             kind, optional = next(a for a in typing.get_args(kind) if a is not type(None)), True

@@ -71,6 +71,12 @@ class Settings(BaseSettings):
                                      "queue again after this long (a worker killed mid-job resumes within about "
                                      "3 heartbeats + this, whatever the broker's visibility timeout).")
     max_attempts: int = Field(3, ge=1, description="Attempts of a job that fails (a resumed job counts one).")
+    gate_max_drop: float = Field(1.0, ge=0, le=100, description="The forgetting gate: a new version is rejected "
+                                 "if an end task's macro-F1 on its eval set falls by more than this many points "
+                                 "below the active version's, and by more than the eval set's sampling noise.")
+    max_task_examples: int = Field(20000, ge=4, description="Largest train or eval set of an end task (examples).")
+    max_task_upload_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest train or eval file of an "
+                                       "end task.")
     poll_interval_s: float = Field(2.0, gt=0, description="How often API processes poll the active pointer.")
     device: str = Field("cpu", description="Where workers train and the API serves: cpu, cuda, cuda:1, ...")
 

@@ -3,7 +3,8 @@
 A job's record is the truth about it (Celery's guidance: a task killed by the OOM killer leaves
 no trace in the broker). Jobs are numbered in the order they were accepted (`seq`); only the
 earliest pending job may run, and only by the worker that holds its lease. `kind` names what a
-worker does with it (today `adapt`; fitting an end-task model joins the same queue and records).
+worker does with it: `adapt` (a domain corpus -> a new version) or `fit` (an end-task model on a
+version; for those, `domain` holds the task's name and `corpus_id` its train data).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ State = Literal["queued", "running", "succeeded", "failed", "cancelled", "reject
 STATES: tuple[State, ...] = ("queued", "running", "succeeded", "failed", "cancelled", "rejected")
 PENDING: tuple[State, ...] = ("queued", "running")
 TERMINAL: tuple[State, ...] = ("succeeded", "failed", "cancelled", "rejected")
-JobKind = Literal["adapt"]
-KINDS: tuple[JobKind, ...] = ("adapt",)
+JobKind = Literal["adapt", "fit"]
+KINDS: tuple[JobKind, ...] = ("adapt", "fit")
 
 
 @dataclass

@@ -18,3 +18,5 @@ IMPORTANCE = "importance.safetensors"  # I(<=t) = max(I(<=t-1), I(t)): what it h
 IMPORTANCE_FILES = {"importance_in": IMPORTANCE_IN, "domain_importance": DOMAIN_IMPORTANCE, "importance": IMPORTANCE}
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")  # refused at publish: nothing is unpickled
+
+TASK_MODELS = "task_models"  # TASK_MODELS/VERSION/TASK/GENERATION/: end-task models; gc removes them with VERSION

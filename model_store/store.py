@@ -4,7 +4,8 @@ Layout (the same keys on a filesystem and in object storage):
 
     ACTIVE                    {"version": "v0003", "updated": ...}, replaced atomically
     versions/v0001/           a Hugging Face model folder + importance files + manifest.json
-    corpora/<sha256>          uploaded corpora, content-addressed
+    corpora/<sha256>          uploaded corpora and end-task data, content-addressed
+    tasks/NAME.json           end-task definitions; task_models/VERSION/... their models (model_store.tasks)
     damaged/v0002-<time>/     versions that `repair` set aside (local stores; never deleted)
 
 A version becomes visible only complete (rename locally; manifest written last in object
@@ -15,6 +16,7 @@ apart (`damaged()`) and skipped by everything else; `repair` sets it aside and m
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -29,9 +31,9 @@ from das_settings import package_version
 
 from . import names
 from .backends import Backend, FsspecBackend, LocalBackend, open_backend, sha256_file
-from .layout import IMPORTANCE_FILES, MANIFEST, PICKLE_SUFFIXES
+from .layout import IMPORTANCE_FILES, MANIFEST, PICKLE_SUFFIXES, TASK_MODELS
 from .locks import FileLock, RedisLock, WriterLock
-from .manifest import CorpusInfo, Manifest, now_iso
+from .manifest import CorpusInfo, Manifest, Status, now_iso
 
 POINTER = "ACTIVE"
 DAMAGED = "damaged"  # where `repair` moves damaged versions (local stores)
@@ -88,6 +90,8 @@ class PublishRequest:
     settings: dict[str, Any] | None = None
     metrics: dict[str, Any] | None = None
     request_id: str | None = None
+    status: Status = "candidate"  # or "rejected" (by the forgetting gate); never stored as "active"
+    evaluation: dict[str, Any] | None = None  # end-task scores and the gate's decision
 
 
 class ModelStore:
@@ -307,9 +311,14 @@ class ModelStore:
                     f"adapt the active version instead, or activate {request.parent} first to branch from it")
             return self._publish_locked(request, activate)
 
-    def activate(self, version_id: str) -> Manifest:
-        """Make a version active (a rollback when it is an older one): one atomic pointer write."""
+    def activate(self, version_id: str, expected_active: str | None = None) -> Manifest:
+        """Make a version active (a rollback when it is an older one): one atomic pointer write.
+
+        With `expected_active`, only if that version is still the active one (else LineageError).
+        """
         with self.lock.hold():
+            if expected_active is not None and self.active_id() != expected_active:
+                raise LineageError(f"{expected_active} is no longer the active version ({self.active_id()})")
             manifest = self.manifest(version_id)
             if manifest.status in ("archived", "rejected"):
                 raise StoreError(f"{version_id} is {manifest.status} and cannot be activated")
@@ -327,6 +336,13 @@ class ModelStore:
             if manifest.status == "archived":
                 raise StoreError(f"{version_id} is archived")
             return self._write_manifest(manifest.with_status(status))
+
+    def record_task_score(self, version_id: str, task: str, entry: dict[str, Any]) -> Manifest:
+        """Add or replace an end task's score in a version's `evaluation["tasks"]`."""
+        with self.lock.hold():
+            manifest = self.manifest(version_id)
+            evaluation = {**manifest.evaluation, "tasks": {**manifest.evaluation.get("tasks", {}), task: entry}}
+            return self._write_manifest(dataclasses.replace(manifest, evaluation=evaluation))
 
     def gc(self, keep: int) -> list[str]:
         """Remove the weights of all but the newest `keep` versions and the active one.
@@ -346,6 +362,7 @@ class ModelStore:
                 for name in manifest.files:
                     if name not in IMPORTANCE_FILES.values() and name.endswith(".safetensors"):
                         self.backend.delete(f"versions/{version_id}/{name}")
+                self.backend.delete_prefix(f"{TASK_MODELS}/{version_id}")  # its end-task models go with it
                 self._write_manifest(manifest.with_status("archived"))
                 archived.append(version_id)
             return archived
@@ -429,15 +446,16 @@ class ModelStore:
         number = max((names.version_number(n) for n in taken if names.VERSION_RE.fullmatch(n)), default=0) + 1
         version_id = names.format_version(number)
         manifest = Manifest(
-            id=version_id, parent=request.parent, created=now_iso(), status="candidate",
+            id=version_id, parent=request.parent, created=now_iso(), status=request.status,
             domain=names.domain_name(request.domain) if request.domain else None, corpus=request.corpus,
             base_model=request.base_model, files=files, settings=request.settings or {},
-            metrics=request.metrics or {}, package_version=package_version(), request_id=request.request_id)
+            metrics=request.metrics or {}, evaluation=request.evaluation or {}, package_version=package_version(),
+            request_id=request.request_id)
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / MANIFEST).write_text(manifest.to_json())
             staging = _overlay(Path(request.folder), Path(tmp), files)
             self.backend.publish_dir(staging, f"versions/{version_id}", {**files, MANIFEST: ""}, last=MANIFEST)
-        if activate:
+        if activate and request.status != "rejected":
             self.backend.write_atomic(POINTER, json.dumps({"version": version_id, "updated": now_iso()}).encode())
         return self.manifest(version_id)
 

@@ -26,9 +26,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Request:
-    kind: str  # "fill_mask" | "embed"
+    kind: str  # "fill_mask" | "embed" | "predict"
     texts: list[str]
     top_k: int
+    tasks: tuple[str, ...] = ()  # predict: the end tasks to answer
     max_tokens: int | None = None  # all texts together, as the model sees them
     max_masks: int | None = None  # fill-mask: mask tokens, all texts together
     future: Future = field(default_factory=Future)
@@ -54,12 +55,14 @@ class MicroBatcher:
         return self.queue.qsize()
 
     def submit(self, kind: str, texts: list[str], top_k: int = 5, *, max_tokens: int | None = None,
-               max_masks: int | None = None) -> Future:
+               max_masks: int | None = None, tasks: tuple[str, ...] = ()) -> Future:
         """Queue a request; its future resolves to (version, answers) or raises InputError/NotReady.
 
         `max_tokens` and `max_masks` bound the request (InputError over them); None: no bound.
+        A predict request's answers are {"results": per text {task: answer}, "task_models": {...}};
+        its tasks are answered from the same backbone pass as every other predict request of the batch.
         """
-        request = _Request(kind, texts, top_k, max_tokens, max_masks)
+        request = _Request(kind, texts, top_k, tasks, max_tokens, max_masks)
         try:
             self.queue.put_nowait(request)
         except queue.Full:
@@ -106,7 +109,7 @@ class MicroBatcher:
             for request in batch:
                 request.future.set_exception(NotReady("no model version is loaded yet"))
             return
-        for kind in ("fill_mask", "embed"):
+        for kind in ("fill_mask", "embed", "predict"):
             group = [r for r in batch if r.kind == kind]
             if group:
                 self._run_group(model, kind, group)
@@ -116,12 +119,13 @@ class MicroBatcher:
         if not valid:
             return
         texts, top_k = Encoded.join([r.encoded for r in valid]), max(r.top_k for r in valid)
+        tasks = sorted({task for r in valid for task in r.tasks})
         outputs: list = []
         for start in range(0, len(texts), self.max_batch_size):  # one forward pass holds at most a batch
             chunk = texts[start:start + self.max_batch_size]
             self.on_batch(kind, len(chunk))
             try:
-                outputs += self._answer(model, kind, chunk, top_k)
+                outputs += self._answer(model, kind, chunk, top_k, tasks)
             except Exception as err:  # noqa: BLE001 - one request's text must not fail the others: run each alone
                 if len(valid) == 1:
                     valid[0].future.set_exception(err)
@@ -135,6 +139,9 @@ class MicroBatcher:
             start += len(request.texts)
             if kind == "fill_mask":
                 answers = [[candidates[: request.top_k] for candidates in per_text] for per_text in answers]
+            elif kind == "predict":
+                answers = {"results": [{t: per_text[t] for t in request.tasks} for per_text in answers],
+                           "task_models": {t: model.tasks.tasks[t].describe(model.version) for t in request.tasks}}
             request.future.set_result((model.version, answers))
 
     @staticmethod
@@ -152,11 +159,15 @@ class MicroBatcher:
                                  "per request (DAS_MAX_MASKS_PER_REQUEST)")
             if kind == "fill_mask":
                 model.check_fill_mask(request.texts, request.encoded)
+            if kind == "predict":
+                model.check_tasks(list(request.tasks))  # the version this batch runs on serves them
             return True
         except InputError as err:
             request.future.set_exception(err)
             return False
 
     @staticmethod
-    def _answer(model: Servable, kind: str, texts: Encoded, top_k: int) -> list:
-        return model.fill_mask(texts, top_k) if kind == "fill_mask" else model.embed(texts)
+    def _answer(model: Servable, kind: str, texts: Encoded, top_k: int, tasks: list[str]) -> list:
+        if kind == "fill_mask":
+            return model.fill_mask(texts, top_k)
+        return model.predict(texts, tasks) if kind == "predict" else model.embed(texts)

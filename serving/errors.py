@@ -11,3 +11,11 @@ class QueueFull(RuntimeError):
 
 class NotReady(RuntimeError):
     """No model version is loaded yet."""
+
+
+class TaskNotServed(InputError):
+    """A task named in a prediction has no model served with the current version (404, or 409 while it is fitted)."""
+
+    def __init__(self, message: str, pending: bool) -> None:
+        super().__init__(message)
+        self.pending = pending

@@ -22,12 +22,16 @@ class Servable(Protocol):
 
     version: str
     mask_token_id: int
+    tasks: object  # serving.tasks.TaskSet: the end-task models served with this version
 
     def warm(self) -> None: ...
     def encode(self, texts: list[str]) -> Encoded: ...  # InputError for a text the tokenizer refuses
     def check_fill_mask(self, texts: list[str], encoded: Encoded) -> None: ...
     def fill_mask(self, texts: list[str] | Encoded, top_k: int) -> list[list[list[dict]]]: ...
     def embed(self, texts: list[str] | Encoded) -> list[list[float]]: ...
+    def check_tasks(self, names: list[str]) -> None: ...  # TaskNotServed unless each task is served
+    def predict(self, texts: list[str] | Encoded, tasks: list[str]) -> list[dict[str, dict]]: ...
+    def with_tasks(self, tasks: object) -> Servable: ...
 
 log = logging.getLogger(__name__)
 
@@ -46,19 +50,31 @@ def _collector_paused() -> Iterator[None]:
 
 
 class ModelHolder:
-    def __init__(self, resolve: Callable[[str], Path], load: Callable[[str, Path], Servable]) -> None:
+    def __init__(self, resolve: Callable[[str], Path], load: Callable[[str, Path], Servable],
+                 load_tasks: Callable[[str, object | None], object | None] | None = None) -> None:
         self.resolve = resolve  # version id -> local model folder
         self.load = load  # (version id, folder) -> a loaded model; injected so that this module needs no torch
+        # (version, the task set served now or None) -> the task set to serve, or None if unchanged
+        self.load_tasks = load_tasks
         self.current: Servable | None = None
         self._lock = threading.Lock()  # one load at a time
 
     def ensure(self, version: str) -> bool:
-        """Load, warm and swap in `version` unless it is already current. True if it swapped."""
+        """Load, warm and swap in `version` (with its task models) unless it is already current; a
+        current version whose task models changed gets them, in a new object. True if it swapped."""
         with self._lock:
-            if self.current is not None and self.current.version == version:
-                return False
+            current = self.current
+            if current is not None and current.version == version:
+                tasks = self.load_tasks(version, current.tasks) if self.load_tasks else None
+                if tasks is None:
+                    return False
+                self.current = current.with_tasks(tasks)
+                log.info("serving %s with task models %s", version, sorted(tasks.tasks))
+                return True
             with _collector_paused():
                 loaded = self.load(version, self.resolve(version))
+                if self.load_tasks is not None:
+                    loaded = loaded.with_tasks(self.load_tasks(version, None))
                 loaded.warm()
             self.current = loaded  # the flip: one reference assignment
             log.info("serving %s", version)

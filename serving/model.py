@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from das_engine.mlm import mean_pool
 from das_engine.units import resolve_units
 
 from .encoded import Encoded
-from .errors import InputError
+from .errors import InputError, TaskNotServed
+from .tasks import TaskSet, predict
 
 
 @dataclass
@@ -26,6 +28,7 @@ class LoadedModel:
     max_tokens: int
     device: torch.device
     decoded: dict[int, str] = field(default_factory=dict)  # id -> the token as an answer shows it, decoded once
+    tasks: TaskSet = field(default_factory=TaskSet)  # the end-task models served with this version
 
     @classmethod
     def load(cls, version: str, folder: Path, device: str = "cpu") -> LoadedModel:
@@ -33,6 +36,18 @@ class LoadedModel:
         model.eval().to(device)
         max_tokens = min(getattr(model.config, "max_position_embeddings", 512) - 2, 512)
         return cls(version, model, tokenizer, resolve_units(model).mlm_head, max_tokens, torch.device(device))
+
+    def with_tasks(self, tasks: TaskSet) -> LoadedModel:
+        """The same backbone with another set of task models (a new object: requests hold the old one)."""
+        return dataclasses.replace(self, tasks=tasks)
+
+    def check_tasks(self, names: list[str]) -> None:
+        """TaskNotServed unless every task named has a model served with this version."""
+        for name in names:
+            if name not in self.tasks.tasks:
+                pending = name in self.tasks.pending
+                why = f"is still being fitted on {self.version}" if pending else "is not registered"
+                raise TaskNotServed(f"task {name!r} {why}", pending=pending)
 
     @property
     def mask_token(self) -> str:
@@ -100,6 +115,16 @@ class LoadedModel:
     def embed(self, texts: list[str] | Encoded) -> list[list[float]]:
         """Mean of the last hidden states over real tokens (the pooling the contrastive loss trains), L2-normalised."""
         input_ids, attention_mask = self._tensors(texts)
+        return self._pooled(input_ids, attention_mask).tolist()
+
+    @torch.inference_mode()
+    def predict(self, texts: list[str] | Encoded, tasks: list[str]) -> list[dict[str, dict]]:
+        """Per text, each task's label and scores: one backbone pass serves every probe task."""
+        self.check_tasks(tasks)
+        input_ids, attention_mask = self._tensors(texts)
+        return predict(self.tasks, tasks, self._pooled(input_ids, attention_mask), input_ids, attention_mask)
+
+    def _pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return F.normalize(mean_pool(hidden, attention_mask), dim=-1).tolist()  # hidden: (B, T, D)
+        return F.normalize(mean_pool(hidden, attention_mask), dim=-1)  # hidden: (B, T, D) -> (B, D)
 

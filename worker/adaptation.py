@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from model_store.manifest import CorpusInfo, Manifest
 from model_store.store import LineageError, ModelStore, PublishRequest, StoreError
 
 from .context import WorkerContext
+from .endtasks import ensure_probe_models, gate_candidate, publish_probes, retune_jobs
 from .progress import ProgressReporter
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,24 @@ class JobStopped(Exception):
     """The adaptation stopped at a checkpoint (cancel or shutdown) before it finished."""
 
 
+class GateRejected(Exception):
+    """The forgetting gate rejected the candidate: it is published with status `rejected`, not activated."""
+
+    def __init__(self, version: str, reason: str) -> None:
+        super().__init__(f"the forgetting gate rejected {version}: {reason}; the active version stays "
+                         f"(inspect it with GET /v1/models/{version}, activate it by hand, or upload with force=true)")
+        self.version = version
+
+
+JOB_OPTIONS = ("force",)  # job settings that are not DASConfig fields
+
+
+def job_config(settings: dict) -> tuple[DASConfig, bool]:
+    """A job's training settings and its `force` (skip the gate's veto)."""
+    config = DASConfig.from_dict({k: v for k, v in settings.items() if k not in JOB_OPTIONS})
+    return config, bool(settings.get("force", False))
+
+
 def training_summary(metrics: dict) -> dict:
     """train_metrics.json without the per-step history (that stays in the version's file)."""
     return {k: v for k, v in metrics.items() if k != "history"} | {"final": metrics["history"][-1]}
@@ -38,13 +58,17 @@ def training_summary(metrics: dict) -> dict:
 
 def adapt_version(store: ModelStore, parent: str, corpus: CorpusInfo, domain: str, config: DASConfig, *,
                   work_dir: Path, documents: list[str] | None = None, device: str = "cpu", activate: bool = True,
+                  gate_max_drop: float = 1.0, force: bool = False,
                   on_progress: Callable[[Progress], None] | None = None,
                   should_stop: Callable[[], bool] | None = None, request_id: str | None = None) -> Manifest:
     """Adapt version `parent` on a stored corpus and publish the result; raise JobStopped if stopped.
 
-    If another version became active meanwhile, the result is published as a candidate (not activated).
-    The working folder is named by parent, corpus digest and settings, so running the same
-    request again resumes from its checkpoint.
+    Before the candidate is activated, every end task is fitted on it and the forgetting gate
+    scores it against `parent` (worker.endtasks): a rejected candidate is published with status
+    `rejected` and GateRejected is raised. The candidate, then its task models, are published, and
+    only then is it activated, so a swap moves both together. If another version became active
+    meanwhile, the result stays a candidate. The working folder is named by parent, corpus digest
+    and settings, so running the same request again resumes from its checkpoint.
     """
     if documents is None:
         documents = read_corpus(store.corpus_path(corpus.sha256))
@@ -54,22 +78,35 @@ def adapt_version(store: ModelStore, parent: str, corpus: CorpusInfo, domain: st
                    domain=domain, device=device, on_progress=on_progress, should_stop=should_stop)
     if result.status != "completed":
         raise JobStopped(f"stopped at step {result.step}")
-    request = PublishRequest(folder=work, parent=parent, domain=domain, corpus=corpus,
-                             base_model=store.manifest(parent).base_model, settings=config.to_dict(),
-                             metrics=training_summary(result.metrics), request_id=request_id)
-    try:
-        manifest = store.publish(request, activate=activate)
-    except LineageError as err:
-        # the active version moved while this ran (an operator's activation or rollback): keep the
-        # work as a candidate of its own parent, and leave the operator's choice in place
+    with tempfile.TemporaryDirectory(dir=work_dir) as fits:
+        gate = gate_candidate(store, work, parent, Path(fits), max_drop=gate_max_drop, device=device, force=force)
+        request = PublishRequest(folder=work, parent=parent, domain=domain, corpus=corpus,
+                                 base_model=store.manifest(parent).base_model, settings=config.to_dict(),
+                                 metrics=training_summary(result.metrics), request_id=request_id,
+                                 status="rejected" if gate.rejected else "candidate", evaluation=gate.evaluation)
         manifest = store.publish(request, activate=False)
-        log.warning("published %s as a candidate: %s", manifest.id, err)
+        publish_probes(store, manifest.id, gate.probes)
     shutil.rmtree(work, ignore_errors=True)
-    return manifest
+    if gate.rejected:
+        raise GateRejected(manifest.id, gate.reason)
+    return finish_publication(store, manifest, activate)
+
+
+def finish_publication(store: ModelStore, manifest: Manifest, activate: bool, device: str = "cpu") -> Manifest:
+    """Fit the probe tasks a published candidate lacks (after a crash), then activate it if its parent
+    is still the active version; otherwise it stays a candidate and the operator's choice stays."""
+    ensure_probe_models(store, manifest.id, device=device)
+    if not activate or manifest.status == "rejected":
+        return store.manifest(manifest.id)
+    try:
+        return store.activate(manifest.id, expected_active=manifest.parent)
+    except LineageError as err:
+        log.warning("published %s as a candidate: %s", manifest.id, err)
+        return store.manifest(manifest.id)
 
 
 def adapt_active(store: ModelStore, corpus_file: Path, domain: str, config: DASConfig, *, work_dir: Path,
-                 device: str = "cpu", activate: bool = True,
+                 device: str = "cpu", activate: bool = True, gate_max_drop: float = 1.0, force: bool = False,
                  on_progress: Callable[[Progress], None] | None = None) -> Manifest:
     """Put a corpus file into the store and adapt the active version on it (the CLI's path)."""
     documents = read_corpus(corpus_file)
@@ -78,19 +115,22 @@ def adapt_active(store: ModelStore, corpus_file: Path, domain: str, config: DASC
     if parent is None:
         raise StoreError(f"{store.backend.location} has no active version; activate one with `das activate`")
     return adapt_version(store, parent, corpus, domain, config, work_dir=work_dir, documents=documents,
-                         device=device, activate=activate, on_progress=on_progress)
+                         device=device, activate=activate, gate_max_drop=gate_max_drop, force=force,
+                         on_progress=on_progress)
 
 
 def run_adapt_job(job: Job, ctx: WorkerContext, reporter: ProgressReporter) -> str:
     """The `adapt` kind of job: its corpus, settings and parent come from its record (run_job sets the parent)."""
-    config = DASConfig.from_dict(job.settings)
+    config, force = job_config(job.settings)
     path = ctx.store.corpus_path(job.corpus_id)
     corpus = CorpusInfo(sha256=job.corpus_id, size=path.stat().st_size, documents=job.corpus_documents,
                         filename=job.corpus_filename)
     manifest = adapt_version(ctx.store, job.parent, corpus, job.domain, config, work_dir=ctx.work_dir,
-                             documents=read_corpus(path), device=ctx.device, on_progress=reporter,
-                             should_stop=reporter.should_stop, request_id=job.id)
-    if manifest.status != "active":
+                             documents=read_corpus(path), device=ctx.device, gate_max_drop=ctx.gate_max_drop,
+                             force=force, on_progress=reporter, should_stop=reporter.should_stop, request_id=job.id)
+    if manifest.status == "active":
+        retune_jobs(ctx, manifest.id)
+    else:
         active = ctx.store.active_id()
         ctx.jobs.update(job.id, note=f"published as a candidate: {active} became active while this job ran from "
                                      f"{job.parent}; activate {manifest.id} to serve it")

@@ -6,6 +6,7 @@ Start it with `das worker --broker redis://...`; the task runs worker.tasks.run_
 from __future__ import annotations
 
 import logging
+import time
 from functools import lru_cache
 
 from celery import signals
@@ -35,7 +36,13 @@ def run(self, job_id: str) -> str:
 
 @lru_cache
 def _context():
-    return build_worker_context(get_settings())
+    settings = get_settings()
+
+    def submit(job_id: str) -> None:  # a job this worker created (re-tuning a finetune task)
+        _context().jobs.update(job_id, dispatched=time.time())
+        send_job(celery, settings, job_id)
+
+    return build_worker_context(settings, submit=submit)
 
 
 @signals.worker_ready.connect

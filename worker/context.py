@@ -29,7 +29,9 @@ class WorkerContext:
     heartbeat_s: float = 5.0
     max_attempts: int = 3
     device: str = "cpu"
+    gate_max_drop: float = 1.0  # DAS_GATE_MAX_DROP: macro-F1 points an end task may lose to a new version
     on_published: Callable[[str], None] = lambda version: None
+    submit: Callable[[str], None] = lambda job_id: None  # queue a job the worker created (finetune re-tuning)
     stop: threading.Event = field(default_factory=threading.Event)  # set on shutdown
     owner: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
 

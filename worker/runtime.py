@@ -5,6 +5,8 @@ Torch-free: the API and the store commands of the CLI use it too.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from das_settings import Settings, get_settings
 from job_records import open_job_records
 from model_store.store import ModelStore
@@ -30,7 +32,8 @@ def announce(settings: Settings, version: str) -> None:
         redis.Redis.from_url(settings.broker_url).publish(settings.active_channel, version)
 
 
-def build_worker_context(settings: Settings) -> WorkerContext:
+def build_worker_context(settings: Settings, submit: Callable[[str], None] = lambda job_id: None) -> WorkerContext:
     return WorkerContext(store=open_store(settings), jobs=job_registry(settings), work_dir=settings.work_dir,
                          heartbeat_s=settings.heartbeat_s, max_attempts=settings.max_attempts,
-                         device=settings.device, on_published=lambda version: announce(settings, version))
+                         device=settings.device, gate_max_drop=settings.gate_max_drop,
+                         on_published=lambda version: announce(settings, version), submit=submit)

@@ -20,14 +20,16 @@ from das_engine.corpus import CorpusError
 from job_records import TERMINAL, Job
 from model_store.locks import StoreLocked
 
-from .adaptation import JobStopped, run_adapt_job
+from .adaptation import GateRejected, JobStopped, finish_publication, run_adapt_job
 from .context import Outcome, WorkerContext
+from .endtasks import run_fit_job
 from .progress import ProgressReporter
 
 log = logging.getLogger(__name__)
 
 # kind -> the work itself: returns the version it published, or raises JobStopped
-JOB_KINDS: dict[str, Callable[[Job, WorkerContext, ProgressReporter], str]] = {"adapt": run_adapt_job}
+JOB_KINDS: dict[str, Callable[[Job, WorkerContext, ProgressReporter], str]] = {"adapt": run_adapt_job,
+                                                                              "fit": run_fit_job}
 # failures worth another attempt: the world may be different next time
 TRANSIENT = (StoreLocked, ConnectionError, TimeoutError, redis.exceptions.ConnectionError,
              redis.exceptions.TimeoutError)
@@ -42,10 +44,14 @@ def run_job(job_id: str, ctx: WorkerContext) -> Outcome:
     if job.cancel_requested:
         ctx.jobs.update(job_id, state="cancelled", finished=time.time())
         return Outcome.DONE
-    published = ctx.store.find_by_request(job_id)
-    if published is not None:  # it published, then its worker died before saying so
+    published = ctx.store.find_by_request(job_id) if job.kind == "adapt" else None
+    if published is not None:  # it published, then its worker died before it finished: finish, once
+        if published.status == "rejected":
+            return _end(ctx, job_id, "rejected", str(GateRejected(published.id, "see its manifest's evaluation")))
+        finish_publication(ctx.store, published, activate=True, device=ctx.device)
         ctx.jobs.update(job_id, state="succeeded", version=published.id, parent=published.parent,
                         finished=time.time())
+        ctx.on_published(published.id)
         return Outcome.DONE
     first = ctx.jobs.earliest_pending()
     if first is not None and first.id != job_id:
@@ -93,6 +99,9 @@ def _run_claimed(job_id: str, ctx: WorkerContext) -> Outcome:
             return _end(ctx, job_id, "cancelled")
         ctx.jobs.update(job_id, state="queued", attempts=attempts - 1)
         return Outcome.RETRY
+    except GateRejected as err:
+        ctx.jobs.update(job_id, version=err.version)
+        return _end(ctx, job_id, "rejected", str(err))
     except TRANSIENT as err:
         log.warning("job %s: transient failure, will retry: %s", job_id, err)
         ctx.jobs.update(job_id, state="queued", error=f"{type(err).__name__}: {err}")

@@ -34,9 +34,11 @@ LIMIT_SETTINGS = {"max_steps": "DAS_MAX_STEPS", "max_batch_size": "DAS_MAX_TRAIN
 MAX_FILENAME_CHARS = 128
 
 
-def setting_form_fields(endpoint: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    """Give an endpoint one optional form field per DASConfig field; it receives the ones sent as `overrides`."""
-    fields = setting_fields()
+def setting_form_fields(endpoint: Callable[..., Awaitable[Any]],
+                        settings_class: type | None = None) -> Callable[..., Awaitable[Any]]:
+    """Give an endpoint one optional form field per field of `settings_class` (DASConfig unless told);
+    it receives the ones sent as `overrides`."""
+    fields = setting_fields(settings_class)
     signature = inspect.signature(endpoint, eval_str=True)
     own = [p for p in signature.parameters.values() if p.name != "overrides"]
 

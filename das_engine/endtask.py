@@ -1,0 +1,464 @@
+"""End tasks: user classifiers on top of the continually adapted backbone, and the forgetting gate.
+
+Read top to bottom: pooled features, the probe (the default kind: frozen backbone, multinomial
+logistic regression on the pooled features), fine-tuning (the paper's protocol: every parameter
+trained), scores, and the gate that refuses a candidate version whose score on a task dropped by
+more than allowed and by more than sampling noise.
+
+Everything is deterministic given a seed: the probe draws nothing random at all, fine-tuning
+seeds its own generators (and leaves the caller's random state as it was), the bootstrap uses a
+seeded NumPy generator. Labeled data is read and checked by das_engine.task_data (no torch: the
+API checks uploads with it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .loading import LOAD_LOCK
+from .mlm import mean_pool
+from .precision import model_device
+from .task_data import LabeledSet, label_ids
+
+PROBE_WEIGHTS = "probe.safetensors"
+PROBE_META = "probe.json"
+PROBE_FORMAT = "das-probe"
+PROBE_FORMAT_VERSION = 1
+
+
+# --- features -------------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def pooled_features(model: nn.Module, tokenizer, texts: Sequence[str], *, max_length: int,
+                    batch_size: int = 64) -> torch.Tensor:
+    """The embeddings the service serves: mean of the last hidden states over real tokens, L2-normalised.
+
+    `model` is a masked LM (its encoder, `model.base_model`, runs in eval mode). Returns (N, D)
+    float32 on the CPU, row i for texts[i].
+    """
+    out = torch.zeros(len(texts), model.config.hidden_size)
+    with _eval_mode(model):
+        for rows, input_ids, attention_mask in _length_sorted_batches(tokenizer, texts, max_length, batch_size,
+                                                                      model_device(model)):
+            hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            pooled = F.normalize(mean_pool(hidden, attention_mask).float(), dim=-1)  # hidden (B, T, D) -> (B, D)
+            out[rows] = pooled.cpu()
+    return out
+
+
+def _length_sorted_batches(tokenizer, texts: Sequence[str], max_length: int, batch_size: int,
+                           device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(rows, input_ids, attention_mask) per batch; longest texts first, so each batch pads little
+    and the biggest batch comes first (a memory error shows at once). rows: (B,) positions in `texts`."""
+    if not texts:
+        return
+    ids = _encode(tokenizer, texts, max_length)
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # stable: ties keep their order
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        input_ids, attention_mask = _padded([ids[i] for i in rows], tokenizer.pad_token_id)
+        yield torch.tensor(rows), input_ids.to(device), attention_mask.to(device)
+
+
+def _encode(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """Token ids per text, specials included, truncated to max_length."""
+    if tokenizer.pad_token_id is None:
+        raise ValueError("the tokenizer has no pad token; batching needs one")
+    return tokenizer(list(texts), truncation=True, max_length=max_length, verbose=False)["input_ids"]
+
+
+def _padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), (B, T) each, T the longest row."""
+    width = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        attention_mask[i, : len(row)] = 1
+    return input_ids, attention_mask
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout: the same text gives the same output) for the block, then the mode it had."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+# --- probe: frozen backbone, logistic regression on pooled features ------------------------------
+
+
+@dataclass
+class ProbeConfig:
+    """Multinomial logistic regression on standardised features, fitted by full-batch L-BFGS.
+
+    The loss is mean cross-entropy + l2 * ||W||^2 (the bias is not penalised). It is convex and
+    starts from zero, and L-BFGS on the full batch draws nothing random: the same features give
+    the same head. `seed` is recorded with the head for the record; the fit does not need it.
+    """
+
+    l2: float = 1e-3
+    max_iter: int = 200
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.l2) and self.l2 >= 0):
+            raise ValueError(f"ProbeConfig.l2 must be a finite number >= 0, got {self.l2}")
+        if self.max_iter < 1:
+            raise ValueError(f"ProbeConfig.max_iter must be >= 1, got {self.max_iter}")
+
+
+class ProbeHead(nn.Module):
+    """Standardise the features with the train mean/std, then a linear layer: (N, D) -> logits (N, L)."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                 label_names: Sequence[str], config: ProbeConfig) -> None:
+        super().__init__()
+        n_labels, dim = weight.shape
+        if mean.shape != (dim,) or std.shape != (dim,) or bias.shape != (n_labels,) or len(label_names) != n_labels:
+            raise ValueError(f"probe shapes disagree: weight {tuple(weight.shape)}, bias {tuple(bias.shape)}, "
+                             f"mean {tuple(mean.shape)}, std {tuple(std.shape)}, {len(label_names)} label names")
+        self.register_buffer("mean", mean.float().clone())  # (D,)
+        self.register_buffer("std", std.float().clone())  # (D,), > 0
+        self.linear = nn.Linear(dim, n_labels)
+        with torch.no_grad():
+            self.linear.weight.copy_(weight)  # (L, D)
+            self.linear.bias.copy_(bias)  # (L,)
+        self.label_names = tuple(label_names)
+        self.config = config
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """features (N, D) -> logits (N, L); column i is label_names[i]."""
+        return self.linear((features.float() - self.mean) / self.std)
+
+    def save(self, folder: Path) -> None:
+        """probe.safetensors (mean, std, weight, bias) and probe.json (labels, config, dims); nothing pickled."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({"mean": self.mean.contiguous(), "std": self.std.contiguous(),
+                   "weight": self.linear.weight.detach().contiguous(), "bias": self.linear.bias.detach().contiguous()},
+                  str(folder / PROBE_WEIGHTS))
+        meta = {"format": PROBE_FORMAT, "format_version": PROBE_FORMAT_VERSION, "label_names": list(self.label_names),
+                "feature_dim": self.linear.in_features, "n_labels": self.linear.out_features,
+                "config": asdict(self.config)}
+        (folder / PROBE_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, folder: Path) -> ProbeHead:
+        """The head `save` wrote into `folder` (in eval mode)."""
+        folder = Path(folder)
+        meta = json.loads((folder / PROBE_META).read_text(encoding="utf-8"))
+        if meta.get("format") != PROBE_FORMAT or meta.get("format_version") != PROBE_FORMAT_VERSION:
+            raise ValueError(f"{folder / PROBE_META}: not a probe of format {PROBE_FORMAT} "
+                             f"version {PROBE_FORMAT_VERSION}")
+        tensors = load_file(str(folder / PROBE_WEIGHTS))
+        head = cls(tensors["mean"], tensors["std"], tensors["weight"], tensors["bias"], meta["label_names"],
+                   ProbeConfig(**meta["config"]))
+        if (head.linear.in_features, head.linear.out_features) != (meta["feature_dim"], meta["n_labels"]):
+            raise ValueError(f"{folder}: the weights' shape disagrees with {PROBE_META}")
+        return head.eval()
+
+
+def fit_probe(features: torch.Tensor, labels: Sequence[str], label_names: Sequence[str],
+              config: ProbeConfig) -> ProbeHead:
+    """A ProbeHead fitted on features (N, D) with labels[i] the label of row i (one of label_names)."""
+    if features.ndim != 2 or features.shape[0] != len(labels) or len(labels) == 0:
+        raise ValueError(f"fit_probe needs features (N, D) with N = len(labels) > 0; got {tuple(features.shape)} "
+                         f"and {len(labels)} labels")
+    ids = label_ids(labels, label_names)
+    # a caller under inference_mode or no_grad must not switch the fit's gradients off
+    with torch.inference_mode(False), torch.enable_grad():
+        y = torch.tensor(ids)  # (N,)
+        x = features.detach().to("cpu", torch.float64)  # (N, D); float64 lets L-BFGS converge tightly
+        mean = x.mean(0)  # (D,)
+        std = x.std(0, unbiased=False)
+        std = torch.where(std > 1e-8, std, torch.ones_like(std))  # a constant feature stays as it is
+        z = (x - mean) / std  # (N, D)
+        weight = torch.zeros(len(label_names), x.shape[1], dtype=torch.float64, requires_grad=True)  # (L, D)
+        bias = torch.zeros(len(label_names), dtype=torch.float64, requires_grad=True)  # (L,)
+        optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=config.max_iter, history_size=20,
+                                      tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad()
+            loss = F.cross_entropy(z @ weight.T + bias, y) + config.l2 * weight.pow(2).sum()
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+        return ProbeHead(mean, std, weight.detach(), bias.detach(), label_names, config).eval()
+
+
+# --- fine-tuning: every parameter, the paper's protocol -----------------------------------------
+
+
+@dataclass
+class FinetuneConfig:
+    """End-task fine-tuning (SPEC-DAS: AdamW lr 3e-5, batch 16, weight decay 0.01, all parameters)."""
+
+    lr: float = 3e-5
+    epochs: int = 3
+    batch_size: int = 16
+    max_length: int = 128  # tokens per text, specials included
+    seed: int = 0  # classifier initialisation, batch order, dropout
+    warmup_ratio: float = 0.1  # share of the steps with a linear warm-up; then linear decay to 0
+    weight_decay: float = 0.01  # on matrices only (not biases or LayerNorm gains)
+    max_grad_norm: float | None = 1.0  # clip gradients (None: no clipping)
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"FinetuneConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not 8 <= self.max_length <= 4096:
+            raise ValueError(f"FinetuneConfig.max_length must be within 8..4096, got {self.max_length}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"FinetuneConfig.lr must be a finite number > 0, got {self.lr}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"FinetuneConfig.warmup_ratio must be within [0, 1), got {self.warmup_ratio}")
+        if self.weight_decay < 0:
+            raise ValueError(f"FinetuneConfig.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ValueError(f"FinetuneConfig.max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
+
+
+def finetune(backbone_folder: Path, train: LabeledSet, config: FinetuneConfig, *, device: str | torch.device = "cpu",
+             on_step: Callable[[int, int, float], None] | None = None
+             ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Fine-tune a sequence classifier on `train`, starting from the masked LM in `backbone_folder`.
+
+    Class i is train.label_names[i] (the model's id2label). `on_step(step, total, loss)` is called
+    after each optimizer step (step counts from 1); raising from it stops the run. Returns
+    (model in eval mode on `device`, tokenizer); the caller saves them with `save_pretrained`.
+    """
+    device = torch.device(device)
+    label_names = train.label_names
+    y = torch.tensor(train.label_ids(label_names))  # (N,)
+    with _seeded(config.seed, device):
+        with LOAD_LOCK:  # from_pretrained is not thread-safe in transformers 5
+            model = AutoModelForSequenceClassification.from_pretrained(
+                str(backbone_folder), num_labels=len(label_names), use_safetensors=True,
+                id2label=dict(enumerate(label_names)), label2id={name: i for i, name in enumerate(label_names)})
+            tokenizer = AutoTokenizer.from_pretrained(str(backbone_folder))
+        model.to(device).train()
+        ids = _encode(tokenizer, train.texts, config.max_length)
+        total = config.epochs * math.ceil(len(ids) / config.batch_size)
+        optimizer = _adamw(model, config)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total, config.warmup_ratio))
+        step = 0
+        for epoch in range(config.epochs):
+            order = _epoch_order(len(ids), config.seed, epoch)
+            for start in range(0, len(order), config.batch_size):
+                rows = order[start:start + config.batch_size]
+                input_ids, attention_mask = _padded([ids[i] for i in rows], tokenizer.pad_token_id)  # (B, T)
+                loss = _train_step(model, optimizer, input_ids.to(device), attention_mask.to(device),
+                                   y[rows].to(device), config.max_grad_norm)
+                scheduler.step()
+                step += 1
+                if on_step is not None:
+                    on_step(step, total, loss)
+    return model.eval(), tokenizer
+
+
+@torch.inference_mode()
+def classify_logits(model: nn.Module, tokenizer, texts: Sequence[str], *, max_length: int,
+                    batch_size: int = 32) -> torch.Tensor:
+    """Logits of a sequence classifier (eval mode), (N, L) float32 on the CPU, row i for texts[i]."""
+    out = torch.zeros(len(texts), model.config.num_labels)
+    with _eval_mode(model):
+        for rows, input_ids, attention_mask in _length_sorted_batches(tokenizer, texts, max_length, batch_size,
+                                                                      model_device(model)):
+            out[rows] = model(input_ids=input_ids, attention_mask=attention_mask).logits.float().cpu()
+    return out
+
+
+@contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed torch's generators (classifier init, dropout) for the block; the caller's state comes back after."""
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor, y: torch.Tensor, max_grad_norm: float | None) -> float:
+    """One optimizer step on one batch (B, T) with labels y (B,); returns the batch's loss."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, L)
+    loss = F.cross_entropy(logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    return loss.item()
+
+
+def _adamw(model: nn.Module, config: FinetuneConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (biases and LayerNorm gains are 1-d)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def _lr_factor(step: int, total: int, warmup_ratio: float) -> float:
+    """Linear warm-up over the first warmup_ratio of the steps, then linear decay to 0 at the last."""
+    warmup = int(warmup_ratio * total)
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """A seeded permutation of the n examples for one epoch."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator).tolist()
+
+
+# --- scores and the forgetting gate -----------------------------------------------------------
+
+
+@dataclass
+class TaskScores:
+    macro_f1: float  # points, 0-100
+    accuracy: float  # points, 0-100
+    n: int
+    predictions: list[int]  # kept so the gate can pair two versions' predictions example by example
+
+
+@dataclass
+class BootstrapResult:
+    drop: float  # macro-F1 of the old predictions minus the new ones, on the whole eval set (points)
+    low: float  # 2.5th percentile of the drop over paired bootstrap resamples
+    high: float  # 97.5th percentile
+    samples: int
+
+
+@dataclass
+class GateDecision:
+    """Whether a candidate version is refused for forgetting one task.
+
+    noise = drop - low: how far the 95% bootstrap interval of the drop reaches below the observed
+    drop. The drop is significant when it exceeds its noise (low > 0). A candidate is rejected only
+    when drop > max_drop and the drop is significant.
+    """
+
+    task: str
+    active_f1: float  # macro-F1, points, of the active version's predictions
+    candidate_f1: float
+    drop: float  # active_f1 - candidate_f1
+    noise: float
+    low: float  # the 95% interval of the drop
+    high: float
+    max_drop: float
+    rejected: bool
+    reason: str
+
+
+def macro_f1(y_true: Sequence[int], y_pred: Sequence[int], n_labels: int) -> float:
+    """Macro-F1 in points (0-100), averaged over the labels present in y_true or y_pred (as sklearn)."""
+    true, pred = _label_arrays(y_true, y_pred, n_labels)
+    return float(_macro_f1_rows(true[None], pred[None], n_labels)[0])
+
+
+def accuracy(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
+    """Share of exact matches, in points (0-100)."""
+    true, pred = _label_arrays(y_true, y_pred, None)
+    return float((true == pred).mean() * 100)
+
+
+def score(y_true: Sequence[int], y_pred: Sequence[int], n_labels: int) -> TaskScores:
+    """Macro-F1 and accuracy of one version's predictions, which are kept for the gate."""
+    return TaskScores(macro_f1(y_true, y_pred, n_labels), accuracy(y_true, y_pred), len(y_true),
+                      [int(p) for p in y_pred])
+
+
+def paired_bootstrap_drop(y_true: Sequence[int], pred_old: Sequence[int], pred_new: Sequence[int], n_labels: int,
+                          *, samples: int = 1000, seed: int = 0) -> BootstrapResult:
+    """The macro-F1 drop from pred_old to pred_new, with a 95% percentile interval over resamples
+    of the eval examples (both systems scored on the same resample each time)."""
+    true, old = _label_arrays(y_true, pred_old, n_labels)
+    _, new = _label_arrays(y_true, pred_new, n_labels)
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    rng = np.random.default_rng(seed)
+    drops = []
+    chunk = max(1, 2_000_000 // len(true))  # resamples per chunk: bounded memory for large eval sets
+    for start in range(0, samples, chunk):
+        index = rng.integers(0, len(true), size=(min(chunk, samples - start), len(true)))  # (S, N)
+        drops.append(_macro_f1_rows(true[index], old[index], n_labels)
+                     - _macro_f1_rows(true[index], new[index], n_labels))
+    low, high = np.percentile(np.concatenate(drops), [2.5, 97.5])
+    drop = macro_f1(true, old, n_labels) - macro_f1(true, new, n_labels)
+    return BootstrapResult(drop, float(low), float(high), samples)
+
+
+def gate(task: str, y_true: Sequence[int], pred_active: Sequence[int], pred_candidate: Sequence[int],
+         n_labels: int, max_drop: float, *, samples: int = 1000, seed: int = 0) -> GateDecision:
+    """Refuse the candidate when its macro-F1 on `task` fell by more than max_drop points and by
+    more than sampling noise (the bootstrap interval of the drop lies above 0)."""
+    boot = paired_bootstrap_drop(y_true, pred_active, pred_candidate, n_labels, samples=samples, seed=seed)
+    true, active = _label_arrays(y_true, pred_active, n_labels)
+    active_f1 = macro_f1(true, active, n_labels)
+    candidate_f1 = active_f1 - boot.drop
+    significant = boot.low > 0
+    rejected = boot.drop > max_drop and significant
+    figures = (f"task {task!r}: macro-F1 {active_f1:.2f} -> {candidate_f1:.2f}, a drop of {boot.drop:.2f} points "
+               f"(95% interval {boot.low:.2f} to {boot.high:.2f}; at most {max_drop:.2f} allowed)")
+    if rejected:
+        reason = f"{figures}: rejected, the drop exceeds the limit and the noise"
+    elif boot.drop > max_drop:
+        reason = f"{figures}: kept, the drop exceeds the limit but is within sampling noise"
+    else:
+        reason = f"{figures}: kept, the drop is within the limit"
+    return GateDecision(task, active_f1, candidate_f1, boot.drop, boot.drop - boot.low, boot.low, boot.high,
+                        max_drop, rejected, reason)
+
+
+def _label_arrays(y_true: Sequence[int], y_pred: Sequence[int], n_labels: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Both as int64 arrays (N,), checked: same non-zero length, ids within [0, n_labels)."""
+    true, pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    if true.ndim != 1 or true.shape != pred.shape or len(true) == 0:
+        raise ValueError(f"need two equally long, non-empty lists of label ids; got {len(true)} and {len(pred)}")
+    if n_labels is not None:
+        for what, ids in (("y_true", true), ("y_pred", pred)):
+            if ids.min() < 0 or ids.max() >= n_labels:
+                raise ValueError(f"{what} holds label ids outside 0..{n_labels - 1}")
+    return true, pred
+
+
+def _macro_f1_rows(true: np.ndarray, pred: np.ndarray, n_labels: int) -> np.ndarray:
+    """Macro-F1 (points) of each row: true, pred (S, N) -> (S,).
+
+    Per label F1 = 2 TP / (2 TP + FP + FN) = 2 TP / (#true + #pred), averaged over the labels with
+    #true + #pred > 0 (a label only predicted counts as 0, as in sklearn).
+    """
+    rows = np.arange(true.shape[0])[:, None] * n_labels  # (S, 1): each row's own block of counts
+    size = true.shape[0] * n_labels
+
+    def counts(ids: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        w = None if weights is None else weights.ravel()
+        return np.bincount((rows + ids).ravel(), weights=w, minlength=size).reshape(-1, n_labels)  # (S, L)
+
+    tp = counts(true, (true == pred).astype(np.float64))
+    support = counts(true) + counts(pred)  # 2 TP + FP + FN
+    present = support > 0
+    f1 = np.divide(2 * tp, support, out=np.zeros_like(tp), where=present)
+    return f1.sum(1) / present.sum(1) * 100

@@ -1,0 +1,270 @@
+"""End tasks in the store: the registry of task definitions, and task models tied to backbone versions.
+
+    tasks/NAME.json                         the definition (labels, kind, settings, data digests)
+    corpora/SHA256                          its train and eval JSONL, content-addressed like corpora
+    task_models/VERSION/NAME/GEN/model.json a task model fitted on backbone VERSION, written last
+    task_models/VERSION/NAME/GEN/*          its files (safetensors and JSON only)
+
+GEN is the definition's generation (a digest of what defines it), so a task registered again under
+the same name (replace) never meets a model of the old definition. Task models are immutable: a
+fit that finds one already published returns it. `ModelStore.gc` removes them with their version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .backends import sha256_file
+from .layout import PICKLE_SUFFIXES, TASK_MODELS
+from .manifest import now_iso
+from .names import InvalidName, file_name, version_id
+from .store import ModelStore, StoreError
+
+TaskKind = Literal["probe", "finetune"]
+TASK_KINDS: tuple[TaskKind, ...] = ("probe", "finetune")
+TASK_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+RECORD = "model.json"
+
+
+class TaskNotFound(StoreError, KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class TaskExists(StoreError):
+    """The name is taken (register again with replace to overwrite it)."""
+
+
+def task_name(value: str) -> str:
+    if not isinstance(value, str) or not TASK_RE.fullmatch(value):
+        raise InvalidName(f"invalid task name {value!r}: use 1-64 lowercase letters, digits, '_' or '-', "
+                          "starting with a letter or digit")
+    return value
+
+
+@dataclass
+class TaskData:
+    sha256: str
+    examples: int
+    filename: str = ""
+
+
+@dataclass
+class TaskDefinition:
+    name: str
+    kind: TaskKind
+    labels: list[str]
+    train: TaskData
+    eval: TaskData | None
+    settings: dict[str, Any]
+    created: str = ""
+    job_id: str | None = None  # the job that fits it on the active version
+
+    @property
+    def generation(self) -> str:
+        """What defines the task (not when): a model fitted for one generation never serves another."""
+        key = {"kind": self.kind, "labels": self.labels, "train": self.train.sha256,
+               "eval": self.eval.sha256 if self.eval else None, "settings": self.settings}
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> TaskDefinition:
+        data = json.loads(text)
+        data["train"] = TaskData(**data["train"])
+        data["eval"] = TaskData(**data["eval"]) if data.get("eval") else None
+        return cls(**data)
+
+
+@dataclass
+class TaskModel:
+    """A task model fitted on one backbone version; `scores` are on the task's eval set (if it has one)."""
+
+    task: str
+    version: str  # the backbone version it was fitted on
+    generation: str
+    kind: TaskKind
+    labels: list[str]
+    files: dict[str, str]  # file name -> sha256
+    scores: dict[str, Any] = field(default_factory=dict)  # macro_f1, accuracy, n
+    fit_seconds: float = 0.0
+    created: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{TASK_MODELS}/{self.version}/{self.task}/{self.generation}"
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> TaskModel:
+        return cls(**json.loads(text))
+
+
+class TaskStore:
+    """The task side of a ModelStore: same backend, same writer lock."""
+
+    def __init__(self, store: ModelStore) -> None:
+        self.store = store
+        self.backend = store.backend
+
+    # ------------------------------------------------------------ definitions
+    def definitions(self) -> list[TaskDefinition]:
+        """Every readable definition, by name (an unreadable one is skipped: see `damaged`)."""
+        found = []
+        for name in self._names():
+            try:
+                found.append(self.definition(name))
+            except (TaskNotFound, StoreError):
+                continue
+        return found
+
+    def damaged(self) -> list[str]:
+        """Definition files that cannot be read, with why."""
+        problems = []
+        for name in self._names():
+            try:
+                self.definition(name)
+            except StoreError as err:
+                problems.append(str(err))
+        return problems
+
+    def definition(self, name: str) -> TaskDefinition:
+        task_name(name)
+        try:
+            raw = self.backend.read_bytes(f"tasks/{name}.json")
+        except FileNotFoundError:
+            raise TaskNotFound(f"no task {name!r}; see GET /v1/tasks for the registered ones") from None
+        try:
+            definition = TaskDefinition.from_json(raw)
+            if definition.name != name:
+                raise ValueError(f"it describes {definition.name!r}")
+        except (ValueError, TypeError, KeyError) as err:
+            raise StoreError(f"tasks/{name}.json is damaged ({type(err).__name__}: {err}); "
+                             f"register the task again with replace=true, or delete it") from None
+        return definition
+
+    def put_definition(self, definition: TaskDefinition, replace: bool = False) -> TaskDefinition:
+        """Register a task (its data must already be in the store); TaskExists unless `replace`."""
+        task_name(definition.name)
+        for data in (definition.train, definition.eval):
+            if data is not None and not self.store.has_corpus(data.sha256):
+                raise StoreError(f"the data {data.sha256} of task {definition.name!r} is not in the store")
+        with self.store.lock.hold():
+            if not replace and self.backend.exists(f"tasks/{definition.name}.json"):
+                raise TaskExists(f"a task named {definition.name!r} exists; register with replace=true to "
+                                 "overwrite it, or pick another name")
+            stored = dataclasses.replace(definition, created=definition.created or now_iso())
+            self.backend.write_atomic(f"tasks/{definition.name}.json", stored.to_json().encode())
+            return stored
+
+    def delete(self, name: str) -> None:
+        """Forget a task and every model fitted for it (its data stays, content-addressed)."""
+        task_name(name)
+        with self.store.lock.hold():
+            if not self.backend.exists(f"tasks/{name}.json"):
+                raise TaskNotFound(f"no task {name!r}")
+            self.backend.delete(f"tasks/{name}.json")
+            for version in self.backend.list_dir(TASK_MODELS):
+                self.backend.delete_prefix(f"{TASK_MODELS}/{version}/{name}")
+
+    def data_path(self, data: TaskData) -> Path:
+        return self.store.corpus_path(data.sha256)
+
+    # ------------------------------------------------------------ task models
+    def publish_model(self, folder: Path, model: TaskModel) -> TaskModel:
+        """Publish a fitted task model (safetensors and JSON only); its record is written last."""
+        version_id(model.version)
+        task_name(model.task)
+        existing = self.model(model.version, model.task, model.generation)
+        if existing is not None:
+            return existing
+        files = {}
+        for path in sorted(Path(folder).iterdir()):
+            if path.is_dir():
+                continue
+            if path.suffix in PICKLE_SUFFIXES or path.suffix not in (".safetensors", ".json", ".txt"):
+                raise StoreError(f"{path.name}: a task model holds safetensors and JSON files only")
+            if path.name == RECORD:
+                raise StoreError(f"{folder} already holds a {RECORD}")
+            files[file_name(path.name)] = sha256_file(path)
+        record = dataclasses.replace(model, files=files, created=model.created or now_iso())
+        with self.store.lock.hold():
+            for name in files:
+                self.backend.put_file(Path(folder) / name, f"{record.key}/{name}")
+            self.backend.write_atomic(f"{record.key}/{RECORD}", record.to_json().encode())
+        return record
+
+    def model(self, version: str, task: str, generation: str) -> TaskModel | None:
+        """The task model of one generation fitted on `version`, or None (also when its record is damaged)."""
+        key = f"{TASK_MODELS}/{version_id(version)}/{task_name(task)}/{generation}/{RECORD}"
+        try:
+            return TaskModel.from_json(self.backend.read_bytes(key))
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError) as err:
+            raise StoreError(f"{key} is damaged ({err}); fit the task again (it will be republished)") from err
+
+    def models_for(self, version: str, definitions: list[TaskDefinition] | None = None) -> dict[str, TaskModel]:
+        """The current generation's model of every task that has one on `version`."""
+        found = {}
+        for definition in self.definitions() if definitions is None else definitions:
+            try:
+                model = self.model(version, definition.name, definition.generation)
+            except StoreError:
+                continue
+            if model is not None:
+                found[definition.name] = model
+        return found
+
+    def latest_model(self, definition: TaskDefinition, versions: list[str]) -> TaskModel | None:
+        """The newest model of this generation on any of `versions` (oldest first): a finetune task
+        answers from the backbone it was tuned on until it is tuned on the new one."""
+        for version in reversed(versions):
+            model = self.model(version, definition.name, definition.generation)
+            if model is not None:
+                return model
+        return None
+
+    def history(self, definition: TaskDefinition) -> list[TaskModel]:
+        """Its models of this generation on every version that has one, oldest first."""
+        found = []
+        for version in self.store.ids():
+            try:
+                model = self.model(version, definition.name, definition.generation)
+            except StoreError:
+                continue
+            if model is not None:
+                found.append(model)
+        return found
+
+    def model_dir(self, model: TaskModel) -> Path:
+        """A local folder with the task model's files, each checked against its digest."""
+        local = self.backend.local_path(model.key)
+        if local is not None:
+            for name, expected in model.files.items():
+                if not (local / name).is_file() or sha256_file(local / name) != expected:
+                    raise StoreError(f"{model.key}/{name} is missing or corrupted; fit the task again")
+            return local
+        target = self.store._cache_root() / model.key
+        if not target.is_dir():
+            with tempfile.TemporaryDirectory(dir=self.store._cache_root()) as tmp:
+                for name, expected in model.files.items():
+                    self.store._fetch_verified(f"{model.key}/{name}", expected, Path(tmp) / "m" / name)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                (Path(tmp) / "m").rename(target)
+        return target
+
+    def _names(self) -> list[str]:
+        return sorted(n[: -len(".json")] for n in self.backend.list_dir("tasks")
+                      if n.endswith(".json") and TASK_RE.fullmatch(n[: -len(".json")]))
