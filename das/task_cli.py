@@ -58,7 +58,7 @@ def add(
     try:
         task_settings = TaskSettings(**config_values)
         train_set, eval_set = read_task_sets(train, eval, max_examples=settings.max_task_examples,
-                                             max_chars=settings.max_text_chars,
+                                             max_chars=settings.max_task_text_chars,
                                              names=(train.name, eval.name if eval else "eval"))
         model_store = open_store(location=store)
         ensure_initialised(model_store, settings)

@@ -17,6 +17,19 @@ MAX_SEED = 2**32 - 1
 
 @dataclass
 class DASConfig:
+    """Every setting of one step. Two switch DAS's parts:
+
+    - `softmask=False` is the NCL baseline (plain continual MLM): no general or domain importance
+      pass, no soft-mask, no contrastive term (`contrastive_weight` is ignored, whatever its value),
+      with the same data, optimizer, schedule and checkpoints. An incoming importance
+      (`prev_importance`) is handed on unchanged as importance_in and importance (so the next DAS
+      step trains against what the chain had); no domain_importance is written, and without an
+      incoming importance no importance file is written at all (the next DAS step then computes
+      I(0) of its base, as for a first domain).
+    - `protect_embeddings=True` soft-masks the word-embedding rows too, by a per-row importance
+      (the key "embeddings" in the importance files); needs `softmask=True`.
+    """
+
     # --- training ---
     steps: int = field(default=300, metadata={"help": "optimizer steps for this domain"})
     batch_size: int = field(default=16, metadata={"help": "sequences per step"})
@@ -31,8 +44,13 @@ class DASConfig:
                                  "and importance) under bf16 autocast; weights, optimizer state, importance "
                                  "and soft-mask arithmetic stay fp32"})
     # --- soft-masking ---
+    softmask: bool = field(default=True, metadata={"help": "False: plain continual MLM (NCL): no importance, "
+                           "no masks, no contrastive term (contrastive_weight is then ignored); an incoming "
+                           "importance is handed on unchanged"})
     mask_mode: MaskMode = field(default="update", metadata={"help": "'update' scales the optimizer "
                                 "update by (1-I); 'grad' scales gradients (the paper)"})
+    protect_embeddings: bool = field(default=False, metadata={"help": "also soft-mask the word-embedding rows "
+                                     "(tied to the MLM decoder) by a per-row importance (beyond the paper)"})
     # --- importance ---
     negative_rule: NegativeRule = field(default="clamp", metadata={"help": "after tanh: 'clamp' = max(0,.),"
                                         " 'abs' = |.| (the authors' code)"})
@@ -75,6 +93,8 @@ class DASConfig:
             raise ValueError(f"DASConfig.contrastive_weight must be within 0..100, got {self.contrastive_weight}")
         if self.max_grad_norm is not None and not 0.0 < self.max_grad_norm < math.inf:
             raise ValueError(f"DASConfig.max_grad_norm must be a finite number > 0 or None, got {self.max_grad_norm}")
+        if self.protect_embeddings and not self.softmask:
+            raise ValueError("DASConfig.protect_embeddings needs softmask=True (softmask=False is plain MLM)")
         if self.checkpoint_every < 0:
             raise ValueError(f"DASConfig.checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if not 0 <= self.seed <= MAX_SEED:

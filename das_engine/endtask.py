@@ -41,6 +41,12 @@ PROBE_FORMAT_VERSION = 1
 # --- features -------------------------------------------------------------------------------------
 
 
+def served_max_tokens(config) -> int:
+    """Tokens per text (specials in) that the service reads with a model: its position embeddings,
+    at most 512. Probes are fitted on features truncated exactly like the served ones."""
+    return min(getattr(config, "max_position_embeddings", 512) - 2, 512)
+
+
 @torch.inference_mode()
 def pooled_features(model: nn.Module, tokenizer, texts: Sequence[str], *, max_length: int,
                     batch_size: int = 64) -> torch.Tensor:

@@ -4,6 +4,13 @@
 - general-knowledge importance I(0): L = KL between two dropout passes (train mode) of the
   same unmasked batch, a proxy for what the original LM knows;
 - accumulation: I(<=t) = max(I(<=t-1), I(t)) element-wise (EMax).
+
+With `embeddings=True` (the `protect_embeddings` setting) both passes also give one importance
+per row of the word-embedding matrix: the mean over batches of the row's mean |dL/dW_row| (the
+whole parameter's gradient: with BERT/RoBERTa's tied MLM decoder it includes the decoder's part),
+kept only for the rows of tokens that occur in the sample (real tokens of the unmasked input;
+every other row is exactly 0). `normalise` standardises it over those rows alone, then applies the
+same tanh and negative rule; rows never seen stay 0 (free to learn).
 """
 
 from __future__ import annotations
@@ -35,39 +42,76 @@ def sample_batches(corpus: PackedCorpus, samples: int, batch_size: int, seed: in
 
 
 def gate_gradients(units: ModelUnits, loss_fn: Callable[[Batch], torch.Tensor],
-                   batches: Iterable[Batch], precision: Precision = "fp32") -> UnitTensors:
+                   batches: Iterable[Batch], precision: Precision = "fp32", embeddings: bool = False) -> UnitTensors:
     """Mean over batches of |dL/dg| with all gates at 1 (raw importance, before normalising).
 
     torch.autograd.grad hands back fresh gradients for each batch, so nothing carries over
     from one batch to the next (the authors' code never zeroed them). The gates and the running
     sum are fp32 on the model's device; only the forward pass runs in `precision`.
+    `embeddings=True` adds the raw word-embedding row importance (see the module's docstring).
     """
     device = units.device
     gates = UnitTensors.full(units, 1.0, requires_grad=True, device=device)
     total = UnitTensors.full(units, 0.0, device=device)
+    inputs = [t for _, t in gates.items()]
+    if embeddings:
+        weight = units.word_embeddings.weight  # tied to the MLM decoder: dL/dW holds both uses
+        inputs.append(weight)
+        row_total = torch.zeros(weight.shape[0], dtype=torch.float32, device=device)
+        seen = torch.zeros(weight.shape[0], dtype=torch.bool, device=device)
     count = 0
     with gates_applied(units, gates):
         for batch in batches:
             with autocast(device, precision):
                 loss = loss_fn(batch)
-            grads = torch.autograd.grad(loss, [t for _, t in gates.items()])
-            for (_, acc), grad in zip(total.items(), grads, strict=True):
+            grads = torch.autograd.grad(loss, inputs)
+            unit_grads, row_grad = (grads[:-1], grads[-1]) if embeddings else (grads, None)
+            for (_, acc), grad in zip(total.items(), unit_grads, strict=True):
                 acc += grad.abs()
+            if row_grad is not None:
+                row_total += row_grad.abs().float().mean(-1)
+                input_ids, attention_mask = batch
+                seen[input_ids.to(device)[attention_mask.to(device).bool()]] = True
             count += 1
     if count == 0:
         raise ValueError("importance needs at least one batch")
-    return total.map(lambda t: t / count)
+    raw = total.map(lambda t: t / count)
+    if embeddings:
+        raw.embeddings = torch.where(seen, row_total / count, 0.0)[None]  # (1, V)
+    return raw
+
+
+def _squash(z: torch.Tensor, rule: str) -> torch.Tensor:
+    squashed = torch.tanh(z).clamp(-BELOW_ONE, BELOW_ONE)
+    return squashed.clamp_min(0.0) if rule == "clamp" else squashed.abs()
 
 
 def normalise(raw: UnitTensors, rule: str) -> UnitTensors:
-    """Per layer and group: standardise, tanh, then 'clamp' (max(0, .)) or 'abs' (|.|)."""
+    """Per layer and group: standardise, tanh, then 'clamp' (max(0, .)) or 'abs' (|.|).
+
+    Word-embedding rows (if present) are standardised over the rows seen (raw > 0) alone; the
+    others stay 0.
+    """
     def one(t: torch.Tensor) -> torch.Tensor:  # (L, U)
         z = (t - t.mean(-1, keepdim=True)) / (t.std(-1, keepdim=True) + STD_EPS)
-        squashed = torch.tanh(z).clamp(-BELOW_ONE, BELOW_ONE)
-        return squashed.clamp_min(0.0) if rule == "clamp" else squashed.abs()
+        return _squash(z, rule)
     if rule not in ("clamp", "abs"):
         raise ValueError(f"negative_rule must be 'clamp' or 'abs', got {rule!r}")
-    return raw.map(lambda t: one(t.detach()).float())
+    result = raw.units_only().map(lambda t: one(t.detach()).float())
+    if raw.embeddings is not None:
+        result.embeddings = normalise_rows(raw.embeddings.detach(), rule)
+    return result
+
+
+def normalise_rows(raw: torch.Tensor, rule: str) -> torch.Tensor:
+    """Word-embedding rows (1, V): standardise over the seen rows (raw > 0), tanh, rule; unseen rows 0."""
+    seen = raw > 0
+    values = raw[seen].float()
+    if values.numel() > 1:
+        z = (values - values.mean()) / (values.std() + STD_EPS)
+    else:  # one row (or none): no spread to standardise by
+        z = torch.zeros_like(values)
+    return torch.zeros_like(raw, dtype=torch.float32).masked_scatter(seen, _squash(z, rule))
 
 
 def accumulate(previous: UnitTensors | None, new: UnitTensors) -> UnitTensors:
@@ -103,24 +147,29 @@ def check_dropout(model: nn.Module) -> None:
 
 
 def general_importance_raw(model: nn.Module, units: ModelUnits, batches: list[Batch],
-                           dropout: bool = True, precision: Precision = "fp32") -> UnitTensors:
+                           dropout: bool = True, precision: Precision = "fp32",
+                           embeddings: bool = False) -> UnitTensors:
     """Raw gate gradients of the KL proxy. `dropout=False` (eval mode) exists to show it is noise.
 
     With `dropout=True` a model whose dropout is 0 everywhere is refused (see check_dropout).
+    `embeddings=True` adds the word-embedding row importance.
     """
     if dropout:
         check_dropout(model)
     was_training = model.training
     model.train(dropout)
     try:
-        return gate_gradients(units, lambda b: kl_between_dropout_passes(model, b), batches, precision)
+        return gate_gradients(units, lambda b: kl_between_dropout_passes(model, b), batches, precision, embeddings)
     finally:
         model.train(was_training)
 
 
 def domain_importance_raw(model: nn.Module, units: ModelUnits, batches: list[Batch], tokenizer,
-                          mlm_probability: float, seed: int, precision: Precision = "fp32") -> UnitTensors:
-    """Raw gate gradients of the MLM loss on masked inputs (eval mode: no dropout noise)."""
+                          mlm_probability: float, seed: int, precision: Precision = "fp32",
+                          embeddings: bool = False) -> UnitTensors:
+    """Raw gate gradients of the MLM loss on masked inputs (eval mode: no dropout noise).
+
+    `embeddings=True` adds the word-embedding row importance."""
     generator = torch.Generator().manual_seed(seed)  # on the CPU: the same masks on every device
 
     def loss(batch: Batch) -> torch.Tensor:
@@ -131,7 +180,7 @@ def domain_importance_raw(model: nn.Module, units: ModelUnits, batches: list[Bat
     was_training = model.training
     model.eval()
     try:
-        return gate_gradients(units, loss, batches, precision)
+        return gate_gradients(units, loss, batches, precision, embeddings)
     finally:
         model.train(was_training)
 

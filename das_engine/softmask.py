@@ -5,12 +5,16 @@ Masked parameters per layer l:
   columns of the attention output projection (its bias is shared by all heads: not masked);
 - intermediate neuron j: row j (and bias j) of the intermediate dense layer;
 - output neuron k: row k (and bias k) of the FFN output dense layer.
-Embeddings, LayerNorms and the MLM head are not masked.
+Embeddings, LayerNorms and the MLM head are not masked, except with `protect_embeddings`:
+- word-embedding row v: scaled by (1 - I_emb[v]). BERT and RoBERTa tie the word embeddings to
+  the MLM decoder weight: that is one parameter, and it is masked once (every parameter appears
+  in one entry at most). Only the rows with I_emb > 0 are touched (the vocabulary is most of a
+  small model's weights), so a free row learns exactly as without the mask.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -20,12 +24,19 @@ from .units import ModelUnits, UnitTensors
 
 @dataclass
 class SoftMask:
-    """(parameter, multiplier broadcastable to it) pairs; multiplier = 1 - importance."""
+    """(parameter, multiplier broadcastable to it) pairs; multiplier = 1 - importance.
+
+    `rows`: (parameter, row indices, multipliers (R, 1)) for masks that touch a few rows of a
+    large matrix (the word embeddings).
+    """
 
     entries: list[tuple[nn.Parameter, torch.Tensor]]
+    rows: list[tuple[nn.Parameter, torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
     @classmethod
-    def build(cls, units: ModelUnits, importance: UnitTensors) -> SoftMask:
+    def build(cls, units: ModelUnits, importance: UnitTensors, embeddings: bool = False) -> SoftMask:
+        """Masks for every unit's parameters; `embeddings=True` masks the word-embedding rows too
+        (by `importance.embeddings`, which must then be there)."""
         importance.check_shapes(units)
         entries: list[tuple[nn.Parameter, torch.Tensor]] = []
         for idx, layer in enumerate(units.layers):
@@ -37,7 +48,18 @@ class SoftMask:
             entries.append((layer.attention_output.weight, keep_head[None, :]))  # columns
             entries += _rows(layer.intermediate, keep_inter)
             entries += _rows(layer.output, keep_out)
-        return cls([(p, m.to(p.device, p.dtype)) for p, m in entries])
+        rows = []
+        if embeddings:
+            if importance.embeddings is None:
+                raise ValueError("protect_embeddings needs an importance with word-embedding rows ('embeddings')")
+            weight = units.word_embeddings.weight  # the MLM decoder's weight too, when tied
+            row_importance = importance.embeddings[0].to(weight.device)
+            index = torch.nonzero(row_importance > 0).flatten()
+            rows.append((weight, index, (1.0 - row_importance[index]).to(weight.dtype)[:, None]))
+        params = [p for p, _ in entries] + [p for p, _, _ in rows]
+        if len({id(p) for p in params}) != len(params):
+            raise ValueError("a parameter would be soft-masked twice (tied weights?)")
+        return cls([(p, m.to(p.device, p.dtype)) for p, m in entries], rows)
 
     @torch.no_grad()
     def scale_gradients(self) -> None:
@@ -45,17 +67,24 @@ class SoftMask:
         for param, keep in self.entries:
             if param.grad is not None:
                 param.grad.mul_(keep)
+        for param, index, keep in self.rows:
+            if param.grad is not None:
+                param.grad.index_copy_(0, index, param.grad.index_select(0, index).mul_(keep))
 
     @torch.no_grad()
     def snapshot(self) -> list[torch.Tensor]:
-        """`update` mode, before optimizer.step(): copies of the masked parameters."""
-        return [param.detach().clone() for param, _ in self.entries]
+        """`update` mode, before optimizer.step(): copies of the masked parameters (and rows)."""
+        return ([param.detach().clone() for param, _ in self.entries]
+                + [param.detach().index_select(0, index) for param, index, _ in self.rows])
 
     @torch.no_grad()
     def scale_updates(self, before: list[torch.Tensor]) -> None:
         """`update` mode, after optimizer.step(): p = p_old + (1 - I) * (p_new - p_old)."""
-        for (param, keep), old in zip(self.entries, before, strict=True):
+        whole, rows = before[:len(self.entries)], before[len(self.entries):]
+        for (param, keep), old in zip(self.entries, whole, strict=True):
             param.sub_(old).mul_(keep).add_(old)
+        for (param, index, keep), old in zip(self.rows, rows, strict=True):
+            param.index_copy_(0, index, param.index_select(0, index).sub_(old).mul_(keep).add_(old))
 
 
 def _rows(linear: nn.Linear, keep: torch.Tensor) -> list[tuple[nn.Parameter, torch.Tensor]]:

@@ -22,7 +22,9 @@ MAX_SEED = 2**32 - 1
 class TaskSettings:
     """How a task model is fitted. Probe: `l2`, `max_iter`; finetune: `lr`, `epochs`, `batch_size`."""
 
-    max_length: int = field(default=128, metadata={"help": "tokens per text, specials included", "bounds": (8, 512)})
+    max_length: int = field(default=128, metadata={"help": "finetune: tokens per text, specials included (a probe "
+                                                   "reads texts as the service does: up to 512 tokens)",
+                                                   "bounds": (8, 512)})
     seed: int = field(default=0, metadata={"help": "seed of the fit", "bounds": (0, MAX_SEED)})
     l2: float = field(default=1e-3, metadata={"help": "probe: L2 penalty of the logistic regression",
                                               "bounds": (0.0, 100.0)})

@@ -4,6 +4,11 @@ Units per transformer layer: attention heads (the head's slice of the attention 
 projection's input), FFN intermediate neurons (outputs of the intermediate dense layer, before
 the activation) and FFN output neurons (outputs of the FFN output dense layer).
 Adding a family is one entry in FAMILIES; nothing else in the engine looks at the family.
+
+With `protect_embeddings` an importance also holds one value per row of the word-embedding
+matrix (`UnitTensors.embeddings`, [1, V], saved under the key "embeddings" beside the unit groups
+of model_store.layout.GROUPS; readers that iterate GROUPS ignore it). The word embeddings are
+found by `get_input_embeddings()`, the same for every family.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from model_store.layout import GROUPS
+
+EMBEDDINGS = "embeddings"  # the key of the word-embedding row importance in an importance file
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,8 @@ class ModelUnits:
     head_size: int
     intermediate_size: int
     hidden_size: int
+    # the input word embeddings (BERT and RoBERTa tie them to the MLM decoder: one parameter)
+    word_embeddings: nn.Embedding | None = None
 
     @property
     def num_layers(self) -> int:
@@ -74,6 +83,12 @@ class ModelUnits:
         n = self.num_layers
         return {"head": (n, self.num_heads), "intermediate": (n, self.intermediate_size),
                 "output": (n, self.hidden_size)}
+
+    def embeddings_shape(self) -> tuple[int, int]:
+        """[1, V]: one importance per word-embedding row."""
+        if self.word_embeddings is None:
+            raise ValueError("these units were resolved without the model's word embeddings")
+        return (1, self.word_embeddings.weight.shape[0])
 
 
 def resolve_units(model: nn.Module) -> ModelUnits:
@@ -98,16 +113,23 @@ def resolve_units(model: nn.Module) -> ModelUnits:
         head_size=config.hidden_size // config.num_attention_heads,
         intermediate_size=config.intermediate_size,
         hidden_size=config.hidden_size,
+        word_embeddings=model.get_input_embeddings(),
     )
 
 
 @dataclass
 class UnitTensors:
-    """One float per unit: head [L, H], intermediate [L, I], output [L, D] (or with a leading batch dim)."""
+    """One float per unit: head [L, H], intermediate [L, I], output [L, D] (or with a leading batch dim).
+
+    `embeddings` ([1, V], one float per word-embedding row) is present only in importances made
+    with `protect_embeddings` (or handed on from one); `items()` lists it after the unit groups
+    when present. Gates never carry it (`units_only()`).
+    """
 
     head: torch.Tensor
     intermediate: torch.Tensor
     output: torch.Tensor
+    embeddings: torch.Tensor | None = None
 
     @classmethod
     def full(cls, units: ModelUnits, value: float, requires_grad: bool = False,
@@ -118,7 +140,15 @@ class UnitTensors:
                       for g, s in units.shapes().items()})
 
     def items(self) -> list[tuple[str, torch.Tensor]]:
-        return [(g, getattr(self, g)) for g in GROUPS]
+        found = [(g, getattr(self, g)) for g in GROUPS]
+        return found if self.embeddings is None else [*found, (EMBEDDINGS, self.embeddings)]
+
+    def units_only(self) -> UnitTensors:
+        """The unit groups alone (no copy): what gates and per-unit masks read."""
+        return UnitTensors(self.head, self.intermediate, self.output)
+
+    def with_embeddings(self, embeddings: torch.Tensor | None) -> UnitTensors:
+        return UnitTensors(self.head, self.intermediate, self.output, embeddings)
 
     def map(self, fn) -> UnitTensors:
         return UnitTensors(**{g: fn(t) for g, t in self.items()})
@@ -128,13 +158,23 @@ class UnitTensors:
         return self.map(lambda t: t.to(device))
 
     def maximum(self, other: UnitTensors) -> UnitTensors:
-        return UnitTensors(**{g: torch.maximum(t, getattr(other, g)) for g, t in self.items()})
+        """Element-wise maximum (EMax). Embedding importance on one side only is kept as it is."""
+        result = UnitTensors(**{g: torch.maximum(getattr(self, g), getattr(other, g)) for g in GROUPS})
+        present = [t for t in (self.embeddings, other.embeddings) if t is not None]
+        if present:
+            result.embeddings = torch.maximum(*present) if len(present) == 2 else present[0].clone()
+        return result
 
     def equals(self, other: UnitTensors) -> bool:
+        if (self.embeddings is None) != (other.embeddings is None):
+            return False
         return all(torch.equal(t, getattr(other, g)) for g, t in self.items())
 
     def check_shapes(self, units: ModelUnits) -> None:
-        for g, shape in units.shapes().items():
+        shapes = units.shapes()
+        if self.embeddings is not None:
+            shapes[EMBEDDINGS] = units.embeddings_shape()
+        for g, shape in shapes.items():
             if tuple(getattr(self, g).shape) != shape:
                 raise ValueError(f"importance '{g}' has shape {tuple(getattr(self, g).shape)}, "
                                  f"the model needs {shape}")
@@ -148,4 +188,5 @@ class UnitTensors:
         missing = [g for g in GROUPS if g not in tensors]
         if missing:
             raise ValueError(f"{path} is not an importance file: it lacks {missing}")
-        return cls(**{g: tensors[g].float() for g in GROUPS})
+        embeddings = tensors[EMBEDDINGS].float() if EMBEDDINGS in tensors else None
+        return cls(**{g: tensors[g].float() for g in GROUPS}, embeddings=embeddings)

@@ -75,6 +75,8 @@ class Settings(BaseSettings):
                                  "if an end task's macro-F1 on its eval set falls by more than this many points "
                                  "below the active version's, and by more than the eval set's sampling noise.")
     max_task_examples: int = Field(20000, ge=4, description="Largest train or eval set of an end task (examples).")
+    max_task_text_chars: int = Field(100_000, ge=1, description="Longest text in an end task's train or eval set "
+                                     "(each is truncated to the task's max_length tokens when fitted).")
     max_task_upload_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest train or eval file of an "
                                        "end task.")
     poll_interval_s: float = Field(2.0, gt=0, description="How often API processes poll the active pointer.")

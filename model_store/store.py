@@ -315,13 +315,14 @@ class ModelStore:
         """Make a version active (a rollback when it is an older one): one atomic pointer write.
 
         With `expected_active`, only if that version is still the active one (else LineageError).
+        A version the forgetting gate rejected can be activated by hand: that is the operator's call.
         """
         with self.lock.hold():
             if expected_active is not None and self.active_id() != expected_active:
                 raise LineageError(f"{expected_active} is no longer the active version ({self.active_id()})")
             manifest = self.manifest(version_id)
-            if manifest.status in ("archived", "rejected"):
-                raise StoreError(f"{version_id} is {manifest.status} and cannot be activated")
+            if manifest.status == "archived":
+                raise StoreError(f"{version_id} is archived (gc removed its weights) and cannot be activated")
             self.backend.write_atomic(POINTER, json.dumps({"version": version_id, "updated": now_iso()}).encode())
             return manifest.with_status("active")
 

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
+from das_engine.endtask import served_max_tokens
 from das_engine.loading import load_masked_lm
 from das_engine.mlm import mean_pool
 from das_engine.units import resolve_units
@@ -34,7 +35,7 @@ class LoadedModel:
     def load(cls, version: str, folder: Path, device: str = "cpu") -> LoadedModel:
         model, tokenizer = load_masked_lm(folder)
         model.eval().to(device)
-        max_tokens = min(getattr(model.config, "max_position_embeddings", 512) - 2, 512)
+        max_tokens = served_max_tokens(model.config)
         return cls(version, model, tokenizer, resolve_units(model).mlm_head, max_tokens, torch.device(device))
 
     def with_tasks(self, tasks: TaskSet) -> LoadedModel:

@@ -45,13 +45,15 @@ class TaskSet:
 
 def load_task_set(tasks: TaskStore, version: str, previous: TaskSet | None = None) -> TaskSet | None:
     """The task models to serve with backbone `version`; None if they are those of `previous`."""
-    older = [v for v in tasks.store.ids() if names.version_number(v) <= names.version_number(version)]
+    older: list[str] | None = None  # read only for a finetune task not tuned on `version` (a scan of the store)
     found: dict[str, TaskModel] = {}
     pending = []
-    for definition in tasks.definitions():
-        if definition.kind == "probe":
-            record = tasks.model(version, definition.name, definition.generation)
-        else:
+    definitions = {d.name: d for d in tasks.definitions()}
+    for definition in definitions.values():
+        record = tasks.model(version, definition.name, definition.generation)
+        if record is None and definition.kind == "finetune":
+            if older is None:
+                older = [v for v in tasks.store.ids() if names.version_number(v) < names.version_number(version)]
             record = tasks.latest_model(definition, older)
         if record is None:
             pending.append(definition.name)
@@ -62,7 +64,6 @@ def load_task_set(tasks: TaskStore, version: str, previous: TaskSet | None = Non
         return None
     kept = previous.tasks if previous is not None else {}
     served = {}
-    definitions = {d.name: d for d in tasks.definitions()}
     for name, record in found.items():
         same = kept.get(name)
         if same is not None and (same.record.version, same.record.generation) == (record.version, record.generation):
@@ -78,6 +79,18 @@ def load_task_set(tasks: TaskStore, version: str, previous: TaskSet | None = Non
     return TaskSet(served, tuple(pending))
 
 
+def _truncated(input_ids: torch.Tensor, attention_mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows cut to `length` tokens as the tokenizer would have cut them when the task was tuned:
+    a longer row keeps its first length-1 tokens and its closing special token."""
+    if input_ids.shape[1] <= length:
+        return input_ids, attention_mask
+    lengths = attention_mask.sum(1)  # (B,)
+    ids, mask = input_ids[:, :length].clone(), attention_mask[:, :length]
+    long = lengths > length
+    ids[long, length - 1] = input_ids[long, lengths[long] - 1]
+    return ids, mask
+
+
 @torch.inference_mode()
 def predict(task_set: TaskSet, names_: list[str], features: torch.Tensor, input_ids: torch.Tensor,
             attention_mask: torch.Tensor) -> list[dict[str, dict]]:
@@ -89,7 +102,8 @@ def predict(task_set: TaskSet, names_: list[str], features: torch.Tensor, input_
         if task.head is not None:
             probabilities = task.head(features).softmax(-1)
         else:
-            probabilities = task.classifier(input_ids=input_ids, attention_mask=attention_mask).logits.softmax(-1)
+            ids, mask = _truncated(input_ids, attention_mask, task.definition.settings.get("max_length", 128))
+            probabilities = task.classifier(input_ids=ids, attention_mask=mask).logits.softmax(-1)
         labels = task.record.labels
         for row, (values, best) in enumerate(zip(probabilities.tolist(), probabilities.argmax(-1).tolist(),
                                                  strict=True)):

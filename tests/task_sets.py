@@ -52,7 +52,8 @@ def _split(rows: list[tuple[str, str]], n_train: int, n_eval: int, seed: int = 0
 
 
 def source_task(n_train: int = 60, n_eval: int = 50) -> dict[str, list[tuple[str, str]]]:
-    rows = [(t[:600], "licence") for t in licence_documents()[:400]] + [(t[:600], "code") for t in python_doc_documents(400)]
+    rows = ([(t[:600], "licence") for t in licence_documents()[:400]]
+            + [(t[:600], "code") for t in python_doc_documents(400)])
     return _split(rows, n_train, n_eval)
 
 

@@ -54,7 +54,7 @@ def accuracy(client, name: str, rows: list[tuple[str, str]]) -> tuple[float, dic
 
 def scenario(client, tmp_path, small_corpus) -> None:
     source, topic = source_task(), topic_task()
-    jobs = [register(client, tmp_path, "source", source)["job_id"], register(client, tmp_path, "topic", topic)["job_id"]]
+    jobs = [register(client, tmp_path, name, sets)["job_id"] for name, sets in (("source", source), ("topic", topic))]
     for job_id in jobs:
         job = wait_for_job(client, job_id)
         assert (job["state"], job["kind"], job["version"]) == ("succeeded", "fit", "v0001"), job
@@ -101,6 +101,11 @@ def scenario(client, tmp_path, small_corpus) -> None:
 def test_end_tasks_in_embedded_mode(service_settings, tmp_path, small_corpus):
     with TestClient(build_app(service_settings)) as client:
         scenario(client, tmp_path, small_corpus)
+        # a rejected version can be activated by hand; its task models came with it
+        assert client.post("/v1/models/v0003/activate").status_code == 200
+        wait_serving(client, "v0003")
+        _, body = accuracy(client, "topic", topic_task()["heldout"][:4])
+        assert (body["version"], body["task_model"]["fitted_on"]) == ("v0003", "v0003")
 
 
 @pytest.fixture

@@ -49,7 +49,9 @@ class Backbone:
         model, tokenizer = load_masked_lm(folder)
         return cls(Path(folder), model.eval().to(device), tokenizer, device)
 
-    def features(self, key: str, texts: tuple[str, ...], max_length: int):
+    def features(self, key: str, texts: tuple[str, ...]):
+        """Pooled features truncated as the service truncates them (a probe serves on exactly these)."""
+        max_length = endtask.served_max_tokens(self.model.config)
         if (key, max_length) not in self.cache:
             self.cache[(key, max_length)] = endtask.pooled_features(self.model, self.tokenizer, texts,
                                                                     max_length=max_length)
@@ -91,13 +93,13 @@ def fit_probe_on(backbone: Backbone, definition: TaskDefinition, train: LabeledS
     """Fit a probe on `backbone`'s frozen features; save it into `out`; score it on the eval set."""
     settings = TaskSettings.from_dict(definition.settings)
     started = time.perf_counter()
-    train_x = backbone.features(f"{definition.name}/train", train.texts, settings.max_length)
+    train_x = backbone.features(f"{definition.name}/train", train.texts)
     head = endtask.fit_probe(train_x, train.labels, definition.labels, _probe_config(settings))
     fit_seconds = time.perf_counter() - started
     head.save(out)
     scores, predictions = {}, None
     if evals is not None:
-        eval_x = backbone.features(f"{definition.name}/eval", evals.texts, settings.max_length)
+        eval_x = backbone.features(f"{definition.name}/eval", evals.texts)
         predictions = head(eval_x).argmax(-1).tolist()
         result = endtask.score(label_ids(evals.labels, definition.labels), predictions, len(definition.labels))
         scores = {"macro_f1": round(result.macro_f1, 3), "accuracy": round(result.accuracy, 3), "n": result.n}

@@ -96,7 +96,7 @@ async def register_task(
         try:
             train_set, eval_set = await run_in_threadpool(
                 read_task_sets, train_path, eval_path, max_examples=service.settings.max_task_examples,
-                max_chars=service.settings.max_text_chars, names=filenames)
+                max_chars=service.settings.max_task_text_chars, names=filenames)
         except TaskDataError as err:
             raise HTTPException(422, str(err)) from None
         await run_in_threadpool(service.jobs.ping)  # records away: 503 before anything is stored
