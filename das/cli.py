@@ -28,6 +28,7 @@ from model_store.store import Finding, StoreError
 from worker.base_model import BaseModelError, ensure_initialised, resolve_base_model
 from worker.runtime import open_store
 
+from .base_cli import base_app
 from .config_options import config_options
 from .data_cli import data_app
 from .task_cli import task_app
@@ -36,6 +37,7 @@ app = typer.Typer(help="Continual domain-adaptive pre-training (DAS) of masked l
                   no_args_is_help=True, add_completion=False)
 app.add_typer(task_app, name="task")
 app.add_typer(data_app, name="data")
+app.add_typer(base_app, name="base")
 console = Console(stderr=True)
 StoreOption = Annotated[str | None, typer.Option("--store", help="store folder or s3:// URL (default: $DAS_STORE)")]
 

@@ -96,7 +96,9 @@ def parameter_split(model: nn.Module) -> dict[str, int]:
     Each parameter counts once: a decoder tied to the word embeddings counts as embeddings.
     """
     base = model.base_model
-    embeddings = getattr(base, "embeddings", None) or base.get_input_embeddings()
+    embeddings = getattr(base, "embeddings", None)
+    if embeddings is None:  # no embeddings module: the word embeddings alone
+        embeddings = base.get_input_embeddings()
     embedding_ids = {id(p) for p in embeddings.parameters()}
     return {"embeddings": sum(p.numel() for p in embeddings.parameters()),
             "encoder": sum(p.numel() for p in base.parameters() if id(p) not in embedding_ids),

@@ -10,6 +10,12 @@ I(<=t-1) it trained against), domain_importance.safetensors (I(t)), importance.s
 
 A work folder belongs to one run: its settings, corpus and base model (by fingerprint) are
 recorded in the checkpoints and in train_metrics.json, and a call with other ones is refused.
+
+Two settings change what runs (see DASConfig): `softmask=False` (NCL, plain continual MLM) skips
+both importance passes, the soft-mask and the contrastive term, and only hands an incoming
+importance on (importance_in and importance, no domain_importance; no files without one);
+`protect_embeddings=True` adds the word-embedding rows to both importance passes, the soft-mask
+and every importance file (key "embeddings", [1, V]).
 """
 
 from __future__ import annotations
@@ -95,20 +101,23 @@ def get_batch(corpus: PackedCorpus, config: DASConfig, step: int) -> tuple[torch
 
 
 def das_loss(model: nn.Module, units: ModelUnits, input_ids: torch.Tensor, masked: torch.Tensor,
-             attention_mask: torch.Tensor, labels: torch.Tensor, previous: UnitTensors,
+             attention_mask: torch.Tensor, labels: torch.Tensor, previous: UnitTensors | None,
              config: DASConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """MLM loss + lambda * InfoNCE(o_full, o_full+, negatives o_prev), passes concatenated on the batch axis.
 
     The forward passes run in `config.precision`; the loss is fp32. The parts ("loss", "mlm",
     "contrastive") are detached 0-dim tensors: reading them costs a device sync, so the caller
-    reads them once per step (see `as_floats`).
+    reads them once per step (see `as_floats`). With `contrastive_weight=0` or `softmask=False`
+    it is the MLM loss alone (one pass; `previous` is not read and may be None).
     """
     device = units.device
-    previous = previous.to(device)  # the o_prev gates must sit beside the activations they scale
-    with autocast(device, config.precision):
-        if config.contrastive_weight == 0:
+    if config.contrastive_weight == 0 or not config.softmask:
+        with autocast(device, config.precision):
             mlm = masked_lm_loss(units, hidden_states(model, masked, attention_mask), labels)
-            return mlm, {"loss": mlm.detach(), "mlm": mlm.detach()}
+        return mlm, {"loss": mlm.detach(), "mlm": mlm.detach()}
+    # the o_prev gates (units only) must sit beside the activations they scale
+    previous = previous.units_only().to(device)
+    with autocast(device, config.precision):
         batch = input_ids.shape[0]
         anchor_ids = masked if config.mlm_pass_as_anchor else input_ids
         views = [masked, masked] if config.mlm_pass_as_anchor else [masked, input_ids, input_ids]
@@ -192,28 +201,36 @@ def adapt(base: str | Path, corpus: str | Path | list[str], out_dir: str | Path,
     timings: dict[str, float] = {}
 
     # --- the importance this step trains against: I(<=t-1), or I(0) for the first domain ---
+    # (softmask=False, plain MLM: trains against none; an incoming one is only handed on)
     saved_in = ckpt_dir / IMPORTANCE_IN
-    if saved_in.is_file():
+    incoming = None if prev_importance is None else _incoming(prev_importance, units, config)
+    if not config.softmask:
+        importance_in = incoming
+    elif saved_in.is_file():
         importance_in = UnitTensors.load(saved_in)
-        if prev_importance is not None and not importance_in.equals(UnitTensors.load(prev_importance)):
+        if incoming is not None and not importance_in.equals(incoming):
             raise ValueError(f"{ckpt_dir} was trained against another importance than {prev_importance}; "
                              f"remove {ckpt_dir} to start over")
-    elif prev_importance is not None:
-        importance_in = UnitTensors.load(prev_importance)
+    elif incoming is not None:
+        importance_in = incoming
     else:
         report(Progress("general-importance", 0, config.steps))
         t0 = time.perf_counter()
         batches = sample_batches(packed, config.importance_samples, config.importance_batch_size,
                                  step_seed(config.seed, 0, 2))
-        raw = general_importance_raw(model, units, _to(batches, device), precision=config.precision)
+        raw = general_importance_raw(model, units, _to(batches, device), precision=config.precision,
+                                     embeddings=config.protect_embeddings)
         importance_in = normalise(raw, config.negative_rule).to("cpu")
         timings["general_importance_s"] = time.perf_counter() - t0
-    importance_in.check_shapes(units)
+    if importance_in is not None:
+        importance_in.check_shapes(units)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     (ckpt_dir / MADE_FROM).write_text(json.dumps(made_from))
-    importance_in.save(saved_in)
-    previous = importance_in.to(device)
-    softmask = SoftMask.build(units, previous)
+    previous, softmask = None, None
+    if config.softmask:
+        importance_in.save(saved_in)
+        previous = importance_in.to(device)
+        softmask = SoftMask.build(units, previous, embeddings=config.protect_embeddings)
 
     # --- optimizer, and resume from the latest checkpoint ---
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -261,24 +278,28 @@ def adapt(base: str | Path, corpus: str | Path | list[str], out_dir: str | Path,
         if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
             save_checkpoint(ckpt_dir, step + 1, model, optimizer, checkpoint_state())
 
-    # --- domain importance I(t) and EMax ---
-    report(Progress("domain-importance", config.steps, config.steps))
-    t0 = time.perf_counter()
-    batches = sample_batches(packed, config.importance_samples, config.importance_batch_size,
-                             step_seed(config.seed, config.steps, 5))
-    raw = domain_importance_raw(model, units, _to(batches, device), tokenizer, config.mlm_probability,
-                                step_seed(config.seed, config.steps, 6), precision=config.precision)
-    domain_importance = normalise(raw, config.negative_rule).to("cpu")
-    timings["domain_importance_s"] = time.perf_counter() - t0
-    cumulative = accumulate(importance_in, domain_importance)
+    # --- domain importance I(t) and EMax (plain MLM: the incoming importance, handed on) ---
+    domain_importance, cumulative = None, importance_in
+    if config.softmask:
+        report(Progress("domain-importance", config.steps, config.steps))
+        t0 = time.perf_counter()
+        batches = sample_batches(packed, config.importance_samples, config.importance_batch_size,
+                                 step_seed(config.seed, config.steps, 5))
+        raw = domain_importance_raw(model, units, _to(batches, device), tokenizer, config.mlm_probability,
+                                    step_seed(config.seed, config.steps, 6), precision=config.precision,
+                                    embeddings=config.protect_embeddings)
+        domain_importance = normalise(raw, config.negative_rule).to("cpu")
+        timings["domain_importance_s"] = time.perf_counter() - t0
+        cumulative = accumulate(importance_in, domain_importance)
 
     # --- outputs ---
     report(Progress("saving", config.steps, config.steps))
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    importance_in.save(out_dir / IMPORTANCE_IN)
-    domain_importance.save(out_dir / DOMAIN_IMPORTANCE)
-    cumulative.save(out_dir / IMPORTANCE)
+    for name, importance in ((IMPORTANCE_IN, importance_in), (DOMAIN_IMPORTANCE, domain_importance),
+                             (IMPORTANCE, cumulative)):
+        if importance is not None:
+            importance.save(out_dir / name)
     metrics = {
         "domain": domain, "base_model": str(base), "status": "completed",
         "steps": config.steps, "tokens": done_tokens, "tokens_per_s": done_tokens / max(train_time, 1e-9),
@@ -293,6 +314,15 @@ def adapt(base: str | Path, corpus: str | Path | list[str], out_dir: str | Path,
     final = {k: v for k, v in (history[-1] if history else {}).items() if k in ("loss", "mlm", "contrastive")}
     report(Progress("done", config.steps, config.steps, final))
     return AdaptResult("completed", out_dir, config.steps, metrics)
+
+
+def _incoming(path: str | Path, units: ModelUnits, config: DASConfig) -> UnitTensors:
+    """The importance handed on by the previous version. With protect_embeddings and a file without
+    word-embedding rows (its chain never protected them), the rows start at 0: nothing protected."""
+    importance = UnitTensors.load(path)
+    if config.softmask and config.protect_embeddings and importance.embeddings is None:
+        importance = importance.with_embeddings(torch.zeros(units.embeddings_shape()))
+    return importance
 
 
 def _finished_run(out_dir: Path, config: DASConfig, made_from: dict[str, str]) -> AdaptResult | None:

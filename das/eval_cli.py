@@ -1,0 +1,157 @@
+"""`das eval DOMAIN_DIR... --out DIR`: continual pre-training of several methods over domains, scored per stage.
+
+The work is in `das.evaluation`; this is the command line around it (options, progress, errors).
+Wire it into a Typer app with `app.command("eval")(eval_command)`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+
+from das_engine.corpus import CorpusError
+from das_settings import get_settings
+from worker.base_model import BaseModelError, resolve_base_model
+
+from .domains import DomainError
+from .evaluation import EvalError, ScoringSettings, Stage, StageEvent, make_plan, parse_settings, run_evaluation
+
+console = Console(stderr=True)
+
+
+def _fail(message: str) -> NoReturn:
+    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def _print_stage(event: StageEvent) -> None:
+    where = f"[{event.position}/{event.total}]"
+    if event.phase == "start":
+        console.print(f"{where} {event.stage.label()}: started", soft_wrap=True)
+    else:
+        console.print(f"{where} {event.stage.label()}: done in {_duration(event.seconds)}; "
+                      f"ETA for the rest {_duration(event.eta_s)}", soft_wrap=True)
+
+
+def _print_training(stage: Stage, progress: Any) -> None:
+    """A line at each phase change of the trainer and every tenth of its steps."""
+    tenth = max(1, progress.total // 10)
+    if progress.phase != "train" or progress.step % tenth == 0:
+        loss = progress.losses.get("loss")
+        tail = f" loss {loss:.3f}" if loss is not None else ""
+        eta = f" eta {_duration(progress.eta_s)}" if progress.eta_s else ""
+        console.print(f"    {progress.phase} {progress.step}/{progress.total}{tail}{eta}", highlight=False)
+
+
+def eval_command(
+    domains: Annotated[list[Path], typer.Argument(help="domain folders (docs/domains.md), in the order they are "
+                                                       "learned")],
+    out: Annotated[Path, typer.Option(help="output folder; rerunning the same command resumes it")],
+    methods: Annotated[str, typer.Option(help="comma-separated: base, ncl, das, and variants by their DASConfig "
+                                              "settings, e.g. 'das:mask_mode=grad', 'das:negative_rule=abs', "
+                                              "'das:contrastive_weight=0', 'das:protect_embeddings=true'")
+                       ] = "base,ncl,das",
+    seeds: Annotated[int, typer.Option(help="seeds 0..K-1 per method (training, and fine-tuning if on)")] = 3,
+    steps: Annotated[int, typer.Option(help="training steps per domain")] = 300,
+    base: Annotated[str | None, typer.Option(help="model folder or id (default: $DAS_BASE_MODEL, else "
+                                                  "'embedded')")] = None,
+    lr: Annotated[float | None, typer.Option(help="AdamW peak learning rate (default: DASConfig's)")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="sequences per step (default: DASConfig's)")] = None,
+    max_length: Annotated[int | None, typer.Option(help="tokens per training block, also the held-out MLM "
+                                                        "loss's (default: DASConfig's)")] = None,
+    importance_samples: Annotated[int | None, typer.Option(help="sequences per importance pass "
+                                                                "(default: DASConfig's)")] = None,
+    settings: Annotated[str | None, typer.Option("--set", help="more DASConfig settings for every method, "
+                                                               "'key=value,key=value'")] = None,
+    finetune: Annotated[bool, typer.Option("--finetune", help="also fine-tune every parameter on each end task "
+                                                              "after every stage (the paper's protocol; slow)")
+                        ] = False,
+    finetune_epochs: Annotated[int, typer.Option(help="fine-tuning epochs")] = 3,
+    finetune_lr: Annotated[float, typer.Option(help="fine-tuning learning rate")] = 3e-5,
+    finetune_batch_size: Annotated[int, typer.Option(help="fine-tuning batch size")] = 16,
+    max_train: Annotated[int, typer.Option(help="end-task train examples per domain at most (balanced)")] = 2000,
+    max_test: Annotated[int, typer.Option(help="end-task test examples per domain at most (balanced)")] = 1000,
+    task_max_length: Annotated[int, typer.Option(help="tokens per end-task text")] = 128,
+    heldout_fraction: Annotated[float, typer.Option(help="share of each corpus kept out of training for the "
+                                                         "held-out MLM loss")] = 0.05,
+    heldout_max: Annotated[int, typer.Option(help="held-out documents per domain at most")] = 200,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: $DAS_DEVICE, cpu)")] = None,
+    prune_models: Annotated[bool, typer.Option("--prune-models", help="delete a stage's weights once the next "
+                                                                      "stage is scored (keeps scores and "
+                                                                      "importance; saves disk)")] = False,
+) -> None:
+    """Continually pre-train each method on the domains in order; score every domain after every stage.
+
+    After stage T (T domains learned; stage 0 = the base model) each domain's end task is scored with a
+    probe on frozen features (and fine-tuned with --finetune), and its held-out MLM loss is measured on a
+    fixed slice of its corpus that is never trained on. Writes OUT/results.json, results.md and PNG plots:
+    final average, forgetting rate, plasticity, MLM-loss rise (mean ± std over seeds) and the cost per step.
+    Finished stages are reused: rerun the same command to resume; other settings into the same OUT are refused.
+    """
+    train: dict[str, Any] = {"steps": steps}
+    for name, value in (("lr", lr), ("batch_size", batch_size), ("max_length", max_length),
+                        ("importance_samples", importance_samples)):
+        if value is not None:
+            train[name] = value
+    try:
+        extra = parse_settings(settings or "", what="--set")
+        clash = sorted(set(extra) & set(train))
+        if clash:
+            _fail(f"--set repeats {clash}, which have their own options")
+        train.update(extra)
+        scoring = ScoringSettings(max_train=max_train, max_test=max_test, max_length=task_max_length,
+                                  finetune=finetune, finetune_epochs=finetune_epochs, finetune_lr=finetune_lr,
+                                  finetune_batch_size=finetune_batch_size, heldout_fraction=heldout_fraction,
+                                  heldout_max_documents=heldout_max)
+        config = get_settings()
+        spec = base or config.base_model
+        plan = make_plan(domains, methods, seeds, base=resolve_base_model(spec, config.models_dir), base_spec=spec,
+                         train=train, scoring=scoring, device=device or config.device, prune_models=prune_models)
+        _quiet()
+        command = ["das", "eval", *map(str, domains), "--out", str(out), "--methods", methods, "--seeds", str(seeds),
+                   "--steps", str(steps), "--base", spec]
+        for flag, value, default in (
+                ("--lr", lr, None), ("--batch-size", batch_size, None), ("--max-length", max_length, None),
+                ("--importance-samples", importance_samples, None), ("--set", settings, None),
+                ("--finetune-epochs", finetune_epochs if finetune else 3, 3),
+                ("--finetune-lr", finetune_lr if finetune else 3e-5, 3e-5),
+                ("--finetune-batch-size", finetune_batch_size if finetune else 16, 16),
+                ("--max-train", max_train, 2000), ("--max-test", max_test, 1000),
+                ("--task-max-length", task_max_length, 128), ("--heldout-fraction", heldout_fraction, 0.05),
+                ("--heldout-max", heldout_max, 200), ("--device", device, None)):
+            if value != default:
+                command += [flag, str(value)]
+        command += ["--finetune"] * finetune + ["--prune-models"] * prune_models
+        results = run_evaluation(plan, out, command=command, on_stage=_print_stage, on_train=_print_training)
+    except (EvalError, DomainError, CorpusError, BaseModelError, ValueError) as err:
+        _fail(str(err))
+    console.print(f"wrote {out / 'results.json'}, {out / 'results.md'} and plots")
+    for spec_, summary in results["summary"].items():
+        first = summary[results["families"][0]]
+        fr = first["forgetting_rate"]["mean"]
+        console.print(f"  {spec_}: final average {first['final_average']['mean']:.2f}, "
+                      f"FR {'n/a' if fr is None else f'{fr:.2f}'} ({results['families'][0]})", highlight=False)
+
+
+def _quiet() -> None:
+    """Our own progress lines are enough: silence transformers' bars and info logs; apply DAS_TORCH_THREADS."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    threads = get_settings().torch_threads
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
