@@ -1,6 +1,6 @@
 """Inference speed of the service against the baseline a user would write, measured in one run.
 
-    python bench/infer.py [--seconds 8] [--concurrency 1,4,16,64] [--kinds fill-mask,embeddings]
+    python bench/infer.py [--seconds 8] [--concurrency 1,4,16,64] [--kinds fill-mask,embeddings,predict]
 
 Starts `das serve` (embedded base model, a fresh store) and bench/naive_server.py (a transformers
 pipeline per request) on loopback, drives each with a bounded closed-loop load generator (one
@@ -8,7 +8,9 @@ text per request, N clients), and prints throughput and p50/p95/p99 latency per 
 the same run it measures the model's batched ceiling (sequences/s at batch 64, encoder plus the
 head at mask positions, no HTTP) and the machine's fp32 matmul FLOP/s, and reports the model
 FLOP/s each server achieves. The load generator shares the 2 cores with the servers, for both
-alike: compare the ratios, not the absolute numbers.
+alike: compare the ratios, not the absolute numbers. `predict` registers a probe task (licence
+paragraphs against Python docstrings) on the service first, and the baseline serves the same
+fitted head over a feature-extraction pipeline per request.
 """
 
 from __future__ import annotations
@@ -110,6 +112,8 @@ async def load(url: str, kind: str, texts: list[str], concurrency: int, seconds:
     errors = 0
     stop = time.perf_counter() + seconds
 
+    path = "/v1/tasks/source/predict" if kind == "predict" else f"/v1/{kind}"
+
     def body_of(text: str) -> bytes:
         if kind == "fill-mask":
             return json.dumps({"texts": [text], "top_k": 5}).encode()
@@ -124,7 +128,7 @@ async def load(url: str, kind: str, texts: list[str], concurrency: int, seconds:
             while time.perf_counter() < stop:
                 t0 = time.perf_counter()
                 try:
-                    errors += await connection.post(f"/v1/{kind}", bodies[i % len(bodies)]) != 200
+                    errors += await connection.post(path, bodies[i % len(bodies)]) != 200
                 except (OSError, asyncio.IncompleteReadError, ValueError, StopIteration):
                     errors += 1  # a reset connection counts as a failed request; open a new one
                     connection.close()
@@ -176,6 +180,27 @@ def ceiling(model_dir: str, texts: list[str], batch: int = 64, repeats: int = 10
     return batch * repeats / (time.perf_counter() - t0), float(enc["attention_mask"].sum(1).float().mean())
 
 
+def register_probe(url: str, store: Path) -> Path:
+    """Register the `source` probe task on the service, wait for its fit, return its model folder."""
+    from das.demo import python_doc_documents
+
+    rows = [(t[:400], "licence") for t in licence_documents()[:150]] + [(t[:400], "code")
+                                                                       for t in python_doc_documents(150)]
+    train = "".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in rows).encode()
+    job = httpx.post(f"{url}/v1/tasks", data={"name": "source"}, files={"train": ("train.jsonl", train)},
+                     timeout=30).json()["job_id"]
+    for _ in range(600):
+        state = httpx.get(f"{url}/v1/jobs/{job}", timeout=10).json()["state"]
+        if state != "queued" and state != "running":
+            break
+        time.sleep(0.2)
+    if state != "succeeded":
+        raise RuntimeError(f"the probe task's fit job ended {state}")
+    time.sleep(3)  # the API process picks the task model up at its next poll
+    [model] = (store / "task_models").glob("*/source/*/model.json")
+    return model.parent
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=8.0, help="load per concurrency level and server")
@@ -204,10 +229,12 @@ def main() -> None:
         servers["das"] = (start([sys.executable, "-c", "from das.cli import app; app()", "serve", "--port", str(port),
                                  "--store", str(tmp / "store")], port, {"DAS_WORK_DIR": str(tmp / "work")}),
                           f"http://127.0.0.1:{port}")
+        probe = register_probe(servers["das"][1], tmp / "store") if "predict" in args.kinds else None
         if not args.skip_baseline:
             port = free_port()
+            extra = ["--probe", str(probe)] if probe is not None else []
             servers["naive"] = (start([sys.executable, str(ROOT / "bench" / "naive_server.py"), "--model",
-                                       model_dir, "--port", str(port)], port), f"http://127.0.0.1:{port}")
+                                       model_dir, "--port", str(port), *extra], port), f"http://127.0.0.1:{port}")
         print(f"\n{'server':6} {'kind':10} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
               f"{'errors':>6} {'GFLOP/s':>8} {'of ceiling':>10}")
         results = {}

@@ -21,10 +21,14 @@ class Texts(BaseModel):
     top_k: int = 5
 
 
-def build(model: str) -> FastAPI:
+def build(model: str, probe: str | None = None) -> FastAPI:
     fill = pipeline("fill-mask", model=model, tokenizer=model)
     extract = pipeline("feature-extraction", model=model, tokenizer=model)
     app = FastAPI()
+
+    def embed(text: str) -> torch.Tensor:
+        hidden = torch.tensor(extract(text)[0])  # (T, D)
+        return torch.nn.functional.normalize(hidden.mean(0), dim=-1)
 
     @app.post("/v1/fill-mask")
     def fill_mask(body: Texts) -> dict:
@@ -32,11 +36,23 @@ def build(model: str) -> FastAPI:
 
     @app.post("/v1/embeddings")
     def embeddings(body: Texts) -> dict:
-        vectors = []
-        for text in body.texts:
-            hidden = torch.tensor(extract(text)[0])  # (T, D)
-            vectors.append(torch.nn.functional.normalize(hidden.mean(0), dim=-1).tolist())
-        return {"embeddings": vectors}
+        return {"embeddings": [embed(text).tolist() for text in body.texts]}
+
+    if probe is not None:  # the same probe head the service fitted, applied per request
+        from das_engine.endtask import ProbeHead
+
+        head = ProbeHead.load(probe)
+
+        @app.post("/v1/tasks/{name}/predict")
+        def predict(name: str, body: Texts) -> dict:
+            results = []
+            for text in body.texts:
+                with torch.no_grad():
+                    scores = head(embed(text)[None]).softmax(-1)[0].tolist()
+                labels = head.label_names
+                results.append({"label": labels[max(range(len(scores)), key=scores.__getitem__)],
+                                "scores": dict(zip(labels, scores, strict=True))})
+            return {"results": results}
 
     @app.get("/readyz")
     def readyz() -> dict:
@@ -49,5 +65,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
     parser.add_argument("--port", type=int, default=8200)
+    parser.add_argument("--probe", default=None, help="a probe task model folder: serve /v1/tasks/NAME/predict")
     args = parser.parse_args()
-    uvicorn.run(build(args.model), host="127.0.0.1", port=args.port, log_level="warning")
+    uvicorn.run(build(args.model, args.probe), host="127.0.0.1", port=args.port, log_level="warning")

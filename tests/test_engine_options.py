@@ -70,9 +70,13 @@ def _plain_mlm_weights(base, corpus_file, config: DASConfig) -> dict[str, torch.
 
 def test_ncl_is_plain_mlm_without_any_importance_pass(tmp_path, roberta_dir, corpus_file, monkeypatch):
     calls = []
-    for name in ("general_importance_raw", "domain_importance_raw", "contrastive_loss"):
+
+    def counted(name: str):
         real = getattr(trainer, name)
-        monkeypatch.setattr(trainer, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+        return lambda *args, **kwargs: calls.append(name) or real(*args, **kwargs)
+
+    for name in ("general_importance_raw", "domain_importance_raw", "contrastive_loss"):
+        monkeypatch.setattr(trainer, name, counted(name))
     seen = []
     config = _config(softmask=False, weight_decay=0.01)  # contrastive_weight stays 1.0: ignored
     result = adapt(roberta_dir, corpus_file, tmp_path / "ncl", config, on_progress=seen.append)
