@@ -93,11 +93,13 @@ def eval_command(
 ) -> None:
     """Continually pre-train each method on the domains in order; score every domain after every stage.
 
-    After stage T (T domains learned; stage 0 = the base model) each domain's end task is scored with a
-    probe on frozen features (and fine-tuned with --finetune), and its held-out MLM loss is measured on a
-    fixed slice of its corpus that is never trained on. Writes OUT/results.json, results.md and PNG plots:
-    final average, forgetting rate, plasticity, MLM-loss rise (mean ± std over seeds) and the cost per step.
-    Finished stages are reused: rerun the same command to resume; other settings into the same OUT are refused.
+    Stage T = after T domains (stage 0 = the base model). Each stage scores every domain's end task:
+
+    a probe on frozen features (and fine-tuning with --finetune), and the MLM loss on a held-out corpus slice.
+
+    Writes OUT/results.json, results.md and PNG plots (mean ± std over seeds, cost per training step).
+
+    Finished stages are reused: rerun the same command to resume. Other settings into the same OUT are refused.
     """
     train: dict[str, Any] = {"steps": steps}
     for name, value in (("lr", lr), ("batch_size", batch_size), ("max_length", max_length),

@@ -105,7 +105,7 @@ def test_ncl_versions_publish_and_the_chain_goes_on(tmp_path, roberta_dir, corpu
                                             base_model="tiny-roberta", settings=config.to_dict(),
                                             metrics={"timings": result.metrics["timings"]})).id
 
-    ncl = _config(softmask=False)
+    ncl = _config(softmask=False, steps=1)
     v2 = step("v0001", corpus_file, "ncl-first", ncl)  # NCL first: nothing to hand on
     assert store.importance_file(v2) is None and version_importance(store, v2) is None
     v3 = step(v2, code_docs, "das", _config())  # a missing importance means a first domain: I(0) here

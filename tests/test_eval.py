@@ -34,10 +34,11 @@ from das_engine.config import DASConfig
 
 NCL_READY = "softmask" in {f.name for f in dataclasses.fields(DASConfig)}
 METHODS = "base,ncl,das" if NCL_READY else "base,das:contrastive_weight=0,das"
-TRAIN = {"steps": 3, "batch_size": 4, "max_length": 32, "importance_samples": 4}
-CLI_SMALL = ["--steps", "3", "--batch-size", "4", "--max-length", "32", "--importance-samples", "4",
+# a high learning rate, so that three steps move the scores (and the checks below are not 0 == 0)
+CLI_SMALL = ["--steps", "3", "--batch-size", "4", "--max-length", "32", "--importance-samples", "4", "--lr", "5e-3",
              "--set", "importance_batch_size=4"]
-PLAN_TRAIN = {**TRAIN, "importance_batch_size": 4}
+PLAN_TRAIN = {"steps": 3, "batch_size": 4, "max_length": 32, "importance_samples": 4, "lr": 5e-3,
+              "importance_batch_size": 4}
 
 app = typer.Typer()
 app.command("eval")(eval_command)
@@ -243,6 +244,10 @@ def test_a_run_writes_a_complete_matrix_and_its_reports(finished, domains):
                 == pytest.approx(fr)
             if method == "base":
                 assert a[0] == a[1] == a[2]
+            else:
+                assert entry["mlm_loss"][0] != entry["mlm_loss"][1] != entry["mlm_loss"][2]  # trained: it moved
+    moved = [results["scores"][m][s]["probe/macro_f1"] for m in methods[1:] for s in ("0", "1")]
+    assert any(a[1][0] != a[2][0] for a in moved)  # some FR is not 0, so the check above has teeth
     # the mean over seeds, as results.json reports it, from its own matrices
     das = results["summary"]["das"]["probe/macro_f1"]["forgetting_rate"]
     frs = [results["scores"]["das"][s]["probe/macro_f1"][1][0] - results["scores"]["das"][s]["probe/macro_f1"][2][0]
