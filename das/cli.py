@@ -31,6 +31,7 @@ from worker.runtime import open_store
 from .base_cli import base_app
 from .config_options import config_options
 from .data_cli import data_app
+from .eval_cli import eval_command
 from .task_cli import task_app
 
 app = typer.Typer(help="Continual domain-adaptive pre-training (DAS) of masked language models.",
@@ -38,6 +39,7 @@ app = typer.Typer(help="Continual domain-adaptive pre-training (DAS) of masked l
 app.add_typer(task_app, name="task")
 app.add_typer(data_app, name="data")
 app.add_typer(base_app, name="base")
+app.command("eval")(eval_command)
 console = Console(stderr=True)
 StoreOption = Annotated[str | None, typer.Option("--store", help="store folder or s3:// URL (default: $DAS_STORE)")]
 

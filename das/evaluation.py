@@ -564,6 +564,8 @@ def check_run_folder(out: Path, plan: EvalPlan, domains: list[PreparedDomain], c
         recorded["commands"].append(entry)
         _write_json(path, recorded)
         return
+    if out.exists() and not out.is_dir():
+        raise EvalError(f"{out} is a file; --out names a folder")
     if out.is_dir() and any(out.iterdir()):
         raise EvalError(f"{out} is not empty and holds no {RUN_FILE}: not an evaluation folder; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
@@ -613,7 +615,7 @@ def run_training_stage(plan: EvalPlan, stage: Stage, domains: list[PreparedDomai
     previous = Stage(stage.method, stage.seed, stage.index - 1, domains[stage.index - 2].name) \
         if stage.index > 1 else None
     base = previous.folder(out) if previous else Path(plan.base)
-    if previous and not (base / "config.json").is_file():
+    if previous and not has_weights(base):
         raise EvalError(f"{base} holds no model (pruned or deleted) and {folder} needs it to train; "
                         f"remove {folder.parent} to recompute this method and seed from its first stage")
     prev_importance = base / IMPORTANCE_FILE if previous and (base / IMPORTANCE_FILE).is_file() else None
@@ -652,11 +654,19 @@ def run_training_stage(plan: EvalPlan, stage: Stage, domains: list[PreparedDomai
         prune_model(previous.folder(out))
 
 
+def _weight_files(folder: Path) -> list[Path]:
+    """A model folder's weight files (possibly sharded), not its importance files."""
+    return [p for p in folder.glob("*.safetensors") if "importance" not in p.name]
+
+
+def has_weights(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and bool(_weight_files(folder))
+
+
 def prune_model(folder: Path) -> None:
     """Delete a stage's model weights; its scores, metrics and importance files stay."""
-    for path in folder.glob("*.safetensors"):
-        if "importance" not in path.name:
-            path.unlink()
+    for path in _weight_files(folder):
+        path.unlink()
 
 
 def score_model(folder: str | Path, domains: list[PreparedDomain], plan: EvalPlan, seed: int) -> dict[str, Any]:
@@ -746,6 +756,7 @@ def collect_results(plan: EvalPlan, domains: list[PreparedDomain], out: Path) ->
         summary[method.spec]["mlm_loss"] = summarise_losses([s["mlm_loss"] for s in seeds])
         summary[method.spec]["mean_matrix"] = {key: mean_matrix([s[key] for s in seeds])
                                                for key in [*families, "mlm_loss"]}
+    run = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
     costs = step_costs(step_times)
     for spec, cost in costs.items():
         cost["stage_wall_time_s"] = mean_std(stage_seconds[spec])
@@ -756,13 +767,13 @@ def collect_results(plan: EvalPlan, domains: list[PreparedDomain], out: Path) ->
                              "config": (plan.config(m, plan.seeds[0]).to_dict() if m.trains else None)}
                     for m in plan.methods},
         "seeds": plan.seeds,
-        "settings": json.loads((out / RUN_FILE).read_text(encoding="utf-8"))["settings"],
+        "settings": run["settings"],
         "base": plan.base_spec,
         "domain_sizes": {d.name: {"training_documents": len(d.training_documents),
                                   "heldout_documents": len(d.heldout_documents),
                                   "train": len(d.train), "test": len(d.test), "labels": len(d.domain.labels)}
                          for d in domains},
-        "commands": json.loads((out / RUN_FILE).read_text(encoding="utf-8"))["commands"],
+        "commands": run["commands"],
         "machine": machine_info(plan.device),
         "scores": scores,
         "summary": summary,

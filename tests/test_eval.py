@@ -261,6 +261,8 @@ def test_a_run_writes_a_complete_matrix_and_its_reports(finished, domains):
             for stage in ("stage-1-code", "stage-2-legal"):
                 folder = finished / "runs" / evaluation.method_folder(method) / f"seed-{seed}" / stage
                 assert (folder / "scores.json").is_file() and (folder / "model.safetensors").is_file()
+    seed1_base = json.loads((finished / "runs" / "base" / "seed-1" / "stage-0-base" / "scores.json").read_text())
+    assert seed1_base["copied_from"] == "runs/base/seed-0/stage-0-base/scores.json"  # the probe draws nothing random
     # the second stage trained from the first one's model and importance
     stage2 = json.loads((finished / "runs" / "das" / "seed-0" / "stage-2-legal" / "scores.json").read_text())
     assert stage2["train"]["prev_importance"].endswith("stage-1-code/importance.safetensors")
@@ -374,3 +376,28 @@ def test_clear_errors(domains, bert_dir, tmp_path):
     assert result.exit_code == 2 and "not an evaluation folder" in result.output
     result = _cli([tmp_path / "nowhere"], tmp_path / "o3", "--base", str(bert_dir))
     assert result.exit_code == 2 and "no such domain folder" in result.output
+
+
+def test_a_pruned_stage_cannot_be_trained_from_and_says_so(finished, domains, bert_dir, tmp_path):
+    out = _copy(finished, tmp_path)
+    stage1, stage2 = (out / "runs" / "das" / "seed-0" / name for name in ("stage-1-code", "stage-2-legal"))
+    evaluation.prune_model(stage1)
+    assert not (stage1 / "model.safetensors").exists() and (stage1 / "importance.safetensors").is_file()
+    assert _cli(domains, out, "--base", str(bert_dir)).exit_code == 0  # every stage is scored: nothing to train
+    (stage2 / "scores.json").unlink()
+    result = _cli(domains, out, "--base", str(bert_dir))
+    assert result.exit_code == 2 and "pruned" in result.output and "stage-1-code" in result.output
+
+
+def test_fine_tuning_scores_every_stage_per_seed(domains, bert_dir, tmp_path):
+    scoring = evaluation.ScoringSettings(finetune=True, finetune_epochs=1, finetune_batch_size=8, max_length=32)
+    plan = make_plan(domains[:1], "base", 2, base=str(bert_dir), train=PLAN_TRAIN, scoring=scoring)
+    results = run_evaluation(plan, tmp_path / "out")
+    assert results["families"] == ["probe/macro_f1", "probe/accuracy", "finetune/macro_f1", "finetune/accuracy"]
+    for seed in ("0", "1"):
+        a = results["scores"]["base"][seed]["finetune/macro_f1"]
+        assert len(a) == 2 and 0 <= a[0][0] <= 100
+    stage0 = tmp_path / "out" / "runs" / "base" / "seed-1" / "stage-0-base" / "scores.json"
+    assert "copied_from" not in json.loads(stage0.read_text())  # fine-tuning is seeded: each seed scored
+    assert (tmp_path / "out" / "heatmap-finetune-macro_f1-base.png").is_file()
+    assert "fine-tuned: macro-F1" in (tmp_path / "out" / "results.md").read_text()
