@@ -144,7 +144,8 @@ def build_service(settings: Settings, runtime: ModelRuntime) -> Service:
     jobs = job_registry(settings)
     holder = ModelHolder(resolve=store.model_dir, load=runtime.load_version,
                          load_tasks=lambda version, current: runtime.load_tasks(store, version, current))
-    batcher = MicroBatcher(holder, settings.max_batch_size, settings.max_wait_ms / 1000, settings.inference_queue_size)
+    batcher = MicroBatcher(holder, settings.max_batch_size, settings.max_wait_ms / 1000, settings.inference_queue_size,
+                           gather_s=settings.batch_gather_ms / 1000)
     watcher = ActiveVersionWatcher(store.active_id, holder.ensure, settings.poll_interval_s,
                                    redis_url=settings.broker_url, channel=settings.active_channel)
     service = Service(settings, store, jobs, holder, batcher, watcher, runtime)

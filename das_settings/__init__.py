@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     max_texts: int = Field(64, ge=1, description="Most texts in one inference request.")
     max_text_chars: int = Field(4000, ge=1, description="Longest text in an inference request.")
     max_batch_size: int = Field(32, ge=1, description="Most texts the micro-batcher runs in one forward pass.")
+    batch_gather_ms: float = Field(3.0, ge=0, le=1000, description="Under load (the last batch held several "
+                                   "requests), how long a batch waits for more once the queue is empty while it "
+                                   "holds fewer requests than the last; a lone client never waits.")
     max_wait_ms: float = Field(0.0, ge=0, description="How long the micro-batcher waits to fill a batch; 0 takes "
                                "what is queued (under load, requests queue while the model runs).")
     inference_queue_size: int = Field(256, ge=1, description="Requests waiting for the model; more get 503.")

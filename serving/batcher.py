@@ -1,7 +1,9 @@
 """Dynamic micro-batching: requests queue up (bounded); one thread runs them in batches.
 
 A batch closes when it holds `max_batch_size` texts or `max_wait_s` has passed since its first
-request; a request that would make it larger opens the next batch instead. A request larger than
+request; a request that would make it larger opens the next batch instead. Under load (the last
+batch held several requests) a batch that finds the queue empty while it holds fewer requests than
+the last waits up to `gather_s` for the rest of the burst; a lone client never waits. A request larger than
 `max_batch_size` texts runs alone, in chunks of at most `max_batch_size` texts per forward pass.
 Each batch uses one model reference, taken when it starts. A request's tokens and mask tokens are
 counted after tokenisation and refused (InputError) over the limits it was submitted with.
@@ -38,8 +40,10 @@ class _Request:
 
 class MicroBatcher:
     def __init__(self, holder: ModelHolder, max_batch_size: int, max_wait_s: float, queue_size: int,
-                 on_batch: Callable[[str, int], None] = lambda kind, size: None) -> None:
+                 on_batch: Callable[[str, int], None] = lambda kind, size: None, gather_s: float = 0.0) -> None:
         self.holder, self.max_batch_size, self.max_wait_s = holder, max_batch_size, max_wait_s
+        self.gather_s = gather_s  # how long a batch may wait for the rest of a loaded burst
+        self.last_requests = 0  # requests in the last batch: the load signal
         self.queue: queue.Queue[_Request | None] = queue.Queue(maxsize=queue_size)
         self.on_batch = on_batch
         self.thread = threading.Thread(target=self._loop, name="das-batcher", daemon=True)
@@ -78,11 +82,20 @@ class MicroBatcher:
                 return
             batch, size = [first], len(first.texts)
             deadline = time.monotonic() + self.max_wait_s
+            gather_until = time.monotonic() + self.gather_s  # under load only, see below
             while size < self.max_batch_size:
                 try:
                     item = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
-                    break
+                    # Under load (the last batch held several requests) the clients it answered are
+                    # sending their next ones right now: wait a moment for them rather than run a
+                    # batch of one or two and leave the rest for the next pass. A lone client never waits.
+                    if len(batch) >= self.last_requests or time.monotonic() >= gather_until:
+                        break
+                    try:
+                        item = self.queue.get(timeout=max(0.0, gather_until - time.monotonic()))
+                    except queue.Empty:
+                        break
                 if item is None:
                     self.queue.put(None)
                     break
@@ -91,6 +104,7 @@ class MicroBatcher:
                     break
                 batch.append(item)
                 size += len(item.texts)
+            self.last_requests = len(batch)
             try:
                 self._run(batch)
             except Exception as err:  # noqa: BLE001 - whatever one batch does, the loop goes on
@@ -115,6 +129,7 @@ class MicroBatcher:
                 self._run_group(model, kind, group)
 
     def _run_group(self, model: Servable, kind: str, group: list[_Request]) -> None:
+        self._encode_together(model, group)
         valid = [r for r in group if self._checked(model, kind, r)]
         if not valid:
             return
@@ -145,11 +160,27 @@ class MicroBatcher:
             request.future.set_result((model.version, answers))
 
     @staticmethod
+    def _encode_together(model: Servable, group: list[_Request]) -> None:
+        """Tokenise every request of the group in one call (one call per request costs more than the
+        work); if the tokenizer refuses any text, each request is tokenised alone by its check."""
+        if len(group) < 2:
+            return
+        try:
+            encoded = model.encode([text for request in group for text in request.texts])
+        except InputError:
+            return
+        start = 0
+        for request in group:
+            request.encoded = encoded[start:start + len(request.texts)]
+            start += len(request.texts)
+
+    @staticmethod
     def _checked(model: Servable, kind: str, request: _Request) -> bool:
         """Each request is checked alone (its tokens and mask tokens; each fill-mask text needs a mask
         token); a bad one leaves the batch."""
         try:
-            request.encoded = model.encode(request.texts)
+            if request.encoded is None:
+                request.encoded = model.encode(request.texts)
             tokens, masks = request.encoded.tokens, request.encoded.count(model.mask_token_id)
             if request.max_tokens is not None and tokens > request.max_tokens:
                 raise InputError(f"the request holds {tokens} tokens; the limit is {request.max_tokens} "

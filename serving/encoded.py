@@ -27,3 +27,23 @@ class Encoded:
     @staticmethod
     def join(parts: list[Encoded]) -> Encoded:
         return Encoded(tuple(row for part in parts for row in part.ids))
+
+    def length_groups(self, min_rows: int = 8, slack: float = 0.2) -> list[list[int]]:
+        """Row indices in order of length, cut into groups that each pad to their own longest row.
+
+        A group closes (once it holds `min_rows`) when padding it to the next, longer row would
+        make its padded tokens exceed (1 + slack) x its real tokens: a batch of short texts and one
+        long one no longer pays the long one's width for every row (the encoder's cost is rows x width).
+        """
+        order = sorted(range(len(self.ids)), key=lambda i: len(self.ids[i]))
+        groups: list[list[int]] = []
+        current: list[int] = []
+        tokens = 0
+        for i in order:
+            n = len(self.ids[i])
+            if len(current) >= min_rows and n * (len(current) + 1) > (1 + slack) * (tokens + n):
+                groups.append(current)
+                current, tokens = [], 0
+            current.append(i)
+            tokens += n
+        return groups + [current] if current else groups

@@ -97,17 +97,31 @@ class LoadedModel:
             attention_mask[row, : len(ids)] = 1
         return input_ids.to(self.device), attention_mask.to(self.device)
 
+    def _grouped(self, texts: list[str] | Encoded, run) -> list:
+        """`run(input_ids, attention_mask)` over groups of rows of similar length (Encoded.length_groups),
+        its per-row answers put back in the texts' order."""
+        encoded = texts if isinstance(texts, Encoded) else self.encode(texts)
+        answers: list = [None] * len(encoded)
+        for group in encoded.length_groups():
+            rows = run(*self._tensors(Encoded(tuple(encoded.ids[i] for i in group))))
+            for i, answer in zip(group, rows, strict=True):
+                answers[i] = answer
+        return answers
+
     @torch.inference_mode()
     def fill_mask(self, texts: list[str] | Encoded, top_k: int) -> list[list[list[dict]]]:
         """Per text, per mask token: the top_k tokens with their probabilities."""
-        input_ids, attention_mask = self._tensors(texts)
+        return self._grouped(texts, lambda ids, mask: self._fill_mask(ids, mask, top_k))
+
+    def _fill_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, top_k: int) -> list[list[list[dict]]]:
         hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         where = input_ids == self.mask_token_id  # (B, T)
-        scores = self.mlm_head(hidden[where]).softmax(-1)  # hidden (B, T, D); only the masked positions: (N, V)
-        top = scores.topk(top_k, dim=-1)
-        answers: list[list[list[dict]]] = [[] for _ in texts]
+        logits = self.mlm_head(hidden[where])  # hidden (B, T, D); only the masked positions: (N, V)
+        top = logits.topk(top_k, dim=-1)  # the softmax of the top k only: exp(logit - logsumexp)
+        probabilities = (top.values - logits.logsumexp(-1, keepdim=True)).exp()
+        answers: list[list[list[dict]]] = [[] for _ in range(input_ids.shape[0])]
         rows = where.nonzero()[:, 0].tolist()
-        for row, values, ids in zip(rows, top.values.tolist(), top.indices.tolist(), strict=True):
+        for row, values, ids in zip(rows, probabilities.tolist(), top.indices.tolist(), strict=True):
             answers[row].append([{"token": self.token_text(i), "token_id": i, "score": round(v, 6)}
                                  for v, i in zip(values, ids, strict=True)])
         return answers
@@ -115,15 +129,13 @@ class LoadedModel:
     @torch.inference_mode()
     def embed(self, texts: list[str] | Encoded) -> list[list[float]]:
         """Mean of the last hidden states over real tokens (the pooling the contrastive loss trains), L2-normalised."""
-        input_ids, attention_mask = self._tensors(texts)
-        return self._pooled(input_ids, attention_mask).tolist()
+        return self._grouped(texts, lambda ids, mask: self._pooled(ids, mask).tolist())
 
     @torch.inference_mode()
     def predict(self, texts: list[str] | Encoded, tasks: list[str]) -> list[dict[str, dict]]:
         """Per text, each task's label and scores: one backbone pass serves every probe task."""
         self.check_tasks(tasks)
-        input_ids, attention_mask = self._tensors(texts)
-        return predict(self.tasks, tasks, self._pooled(input_ids, attention_mask), input_ids, attention_mask)
+        return self._grouped(texts, lambda ids, mask: predict(self.tasks, tasks, self._pooled(ids, mask), ids, mask))
 
     def _pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state

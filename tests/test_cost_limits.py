@@ -259,3 +259,59 @@ def test_requests_are_never_merged_into_a_batch_larger_than_its_size(counted_bat
     wait(futures, timeout=60)
     assert [len(f.result()[1]) for f in futures] == [3, 3, 3, 3]
     assert passes == [3, 3, 3, 3]  # 3 + 3 > 4: each request opens the next batch, none is cut across two
+
+
+def _recording_batcher(bert_dir, **kw):
+    holder = ModelHolder(resolve=lambda version: bert_dir, load=LoadedModel.load)
+    holder.ensure("v0001")
+    model, passes = holder.current, []
+    real = model.embed
+
+    def recorded(texts, *args):
+        passes.append(len(texts))
+        return real(texts, *args)
+
+    model.embed = recorded
+    batcher = MicroBatcher(holder, queue_size=64, **kw)
+    batcher.start()
+    return batcher, passes
+
+
+def test_under_load_a_batch_gathers_the_rest_of_the_burst_and_a_lone_client_never_waits(bert_dir):
+    import threading
+    import time
+
+    batcher, passes = _recording_batcher(bert_dir, max_batch_size=64, max_wait_s=0.0, gather_s=0.5)
+    try:
+        started = time.perf_counter()
+        batcher.submit("embed", ["a lone request"]).result(timeout=30)
+        assert time.perf_counter() - started < 0.4  # the last batch held no burst: no gathering wait
+        batcher.last_requests = 8  # as if the last batch had answered 8 clients, now sending again
+
+        def later(i: int) -> None:
+            time.sleep(0.05 * i)  # the burst's requests arrive spread over 0.35 s
+            batcher.submit("embed", [f"request {i}"]).result(timeout=30)
+
+        passes.clear()
+        threads = [threading.Thread(target=later, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert passes == [8], passes  # one batch gathered them all (with gather_s=0 they run in 8 passes)
+    finally:
+        batcher.stop()
+
+
+def test_a_batch_of_mixed_lengths_pads_each_length_group_apart_and_keeps_the_order(bert_dir):
+    holder = ModelHolder(resolve=lambda version: bert_dir, load=LoadedModel.load)
+    holder.ensure("v0001")
+    model = holder.current
+    texts = [("short text " if i % 3 else "a much longer text about software licences " * 20) + str(i)
+             for i in range(12)]
+    encoded = model.encode(texts)
+    groups = encoded.length_groups()
+    assert len(groups) >= 2 and sorted(i for g in groups for i in g) == list(range(12))
+    together = model.embed(encoded)
+    alone = [model.embed([t])[0] for t in texts]
+    assert torch.allclose(torch.tensor(together), torch.tensor(alone), atol=1e-5)
