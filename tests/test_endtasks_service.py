@@ -106,6 +106,13 @@ def test_end_tasks_in_embedded_mode(service_settings, tmp_path, small_corpus):
         wait_serving(client, "v0003")
         _, body = accuracy(client, "topic", topic_task()["heldout"][:4])
         assert (body["version"], body["task_model"]["fitted_on"]) == ("v0003", "v0003")
+        # force=true overrides the gate, and the decision it overrode is kept
+        assert client.post("/v1/models/v0002/activate").status_code == 200
+        job = wait_for_job(client, upload(client, small_corpus, force="true", **FORGETFUL)["job_id"], timeout_s=180)
+        assert (job["state"], job["version"]) == ("succeeded", "v0004"), job
+        forced = client.get("/v1/models/v0004").json()
+        assert forced["status"] == "active" and forced["evaluation"]["gate"]["forced"] is True
+        assert any(d["rejected"] for d in forced["evaluation"]["gate"]["decisions"])
 
 
 @pytest.fixture

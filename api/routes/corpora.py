@@ -64,6 +64,8 @@ async def upload_corpus(
     *, service: ServiceDep,
     file: Annotated[UploadFile, File(description="UTF-8 text, one document per line, or JSONL with 'text'")],
     domain: Annotated[str, Form(description="name of the domain, e.g. clinical")],
+    force: Annotated[bool, Form(description="activate the new version even if the forgetting gate rejects it "
+                                            "(the gate's decision is still recorded)")] = False,
     overrides: dict[str, Any],
 ) -> CorpusAccepted:
     """Check the corpus, store it by digest, queue an adaptation job; answer only once it is queued.
@@ -80,7 +82,7 @@ async def upload_corpus(
         check_limits(config, limits)
     except LimitError as err:
         raise HTTPException(422, f"{err} (set by {LIMIT_SETTINGS[err.limit_name]})") from None
-    settings = config.to_dict()
+    settings = config.to_dict() | ({"force": True} if force else {})  # worker.adaptation.job_config reads it
     filename = safe_filename(file.filename or "")
     limit = service.settings.max_upload_bytes
     with tempfile.TemporaryDirectory(dir=_tmp_root(service)) as tmp:
