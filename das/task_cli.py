@@ -58,7 +58,7 @@ def add(
         model_store = open_store(location=store)
         ensure_initialised(model_store, settings)
         tasks = TaskStore(model_store)
-        if not replace and tasks.backend.exists(f"tasks/{name}.json"):
+        if not replace and tasks.exists(name):
             raise TaskExists(f"a task named {name!r} exists; pass --replace to overwrite it")
         definition = store_task_data(model_store, name, kind, task_settings, (train, train_set, train.name),
                                      (eval, eval_set, eval.name) if eval is not None else None)

@@ -139,10 +139,14 @@ class TaskStore:
                 problems.append(str(err))
         return problems
 
+    def exists(self, name: str) -> bool:
+        """A task of this name is registered (readable or not)."""
+        return self.backend.exists(_key(task_name(name)))
+
     def definition(self, name: str) -> TaskDefinition:
         task_name(name)
         try:
-            raw = self.backend.read_bytes(f"tasks/{name}.json")
+            raw = self.backend.read_bytes(_key(name))
         except FileNotFoundError:
             raise TaskNotFound(f"no task {name!r}; see GET /v1/tasks for the registered ones") from None
         try:
@@ -161,20 +165,20 @@ class TaskStore:
             if data is not None and not self.store.has_corpus(data.sha256):
                 raise StoreError(f"the data {data.sha256} of task {definition.name!r} is not in the store")
         with self.store.lock.hold():
-            if not replace and self.backend.exists(f"tasks/{definition.name}.json"):
+            if not replace and self.exists(definition.name):
                 raise TaskExists(f"a task named {definition.name!r} exists; register with replace=true to "
                                  "overwrite it, or pick another name")
             stored = dataclasses.replace(definition, created=definition.created or now_iso())
-            self.backend.write_atomic(f"tasks/{definition.name}.json", stored.to_json().encode())
+            self.backend.write_atomic(_key(definition.name), stored.to_json().encode())
             return stored
 
     def delete(self, name: str) -> None:
         """Forget a task and every model fitted for it (its data stays, content-addressed)."""
         task_name(name)
         with self.store.lock.hold():
-            if not self.backend.exists(f"tasks/{name}.json"):
+            if not self.exists(name):
                 raise TaskNotFound(f"no task {name!r}")
-            self.backend.delete(f"tasks/{name}.json")
+            self.backend.delete(_key(name))
             for version in self.backend.list_dir(TASK_MODELS):
                 self.backend.delete_prefix(f"{TASK_MODELS}/{version}/{name}")
 
@@ -268,3 +272,7 @@ class TaskStore:
     def _names(self) -> list[str]:
         return sorted(n[: -len(".json")] for n in self.backend.list_dir("tasks")
                       if n.endswith(".json") and TASK_RE.fullmatch(n[: -len(".json")]))
+
+
+def _key(name: str) -> str:
+    return f"tasks/{name}.json"

@@ -97,13 +97,10 @@ def fit_probe_on(backbone: Backbone, definition: TaskDefinition, train: LabeledS
     head = endtask.fit_probe(train_x, train.labels, definition.labels, _probe_config(settings))
     fit_seconds = time.perf_counter() - started
     head.save(out)
-    scores, predictions = {}, None
+    predictions = None
     if evals is not None:
-        eval_x = backbone.features(f"{definition.name}/eval", evals.texts)
-        predictions = head(eval_x).argmax(-1).tolist()
-        result = endtask.score(label_ids(evals.labels, definition.labels), predictions, len(definition.labels))
-        scores = {"macro_f1": round(result.macro_f1, 3), "accuracy": round(result.accuracy, 3), "n": result.n}
-    return Fitted(definition, out, scores, predictions, fit_seconds)
+        predictions = head(backbone.features(f"{definition.name}/eval", evals.texts)).argmax(-1).tolist()
+    return _scored(definition, out, evals, predictions, fit_seconds)
 
 
 def fit_finetune_on(folder: Path, definition: TaskDefinition, train: LabeledSet,
@@ -116,10 +113,18 @@ def fit_finetune_on(folder: Path, definition: TaskDefinition, train: LabeledSet,
     fit_seconds = time.perf_counter() - started
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    scores, predictions = {}, None
+    predictions = None
     if evals is not None:
         logits = endtask.classify_logits(model, tokenizer, evals.texts, max_length=settings.max_length)
         predictions = logits.argmax(-1).tolist()
+    return _scored(definition, out, evals, predictions, fit_seconds)
+
+
+def _scored(definition: TaskDefinition, out: Path, evals: LabeledSet | None, predictions: list[int] | None,
+            fit_seconds: float) -> Fitted:
+    """A fitted model with its scores on the eval set (none without one)."""
+    scores = {}
+    if evals is not None:
         result = endtask.score(label_ids(evals.labels, definition.labels), predictions, len(definition.labels))
         scores = {"macro_f1": round(result.macro_f1, 3), "accuracy": round(result.accuracy, 3), "n": result.n}
     return Fitted(definition, out, scores, predictions, fit_seconds)

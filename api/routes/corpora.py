@@ -23,6 +23,7 @@ from model_store.names import InvalidName, domain_name
 from ..deps import ManagementAuth, ServiceDep
 from ..schemas import CorpusAccepted
 from ..service import UPLOADS
+from .jobs import queue_job
 
 router = APIRouter(prefix="/v1/corpora", tags=["corpora"], dependencies=[ManagementAuth])
 CHUNK = 1 << 20
@@ -111,12 +112,7 @@ async def upload_corpus(
         return CorpusAccepted(job_id=pending.id, corpus_id=info.sha256, documents=len(documents),
                               corpus_known=known, duplicate_of_pending_job=True)
     job = service.jobs.create(domain, info.sha256, len(documents), settings, filename=info.filename)
-    try:
-        service.submit(job.id)
-    except Exception as err:  # noqa: BLE001 - the broker is away: the job must not look queued
-        service.jobs.update(job.id, state="failed", error=f"could not queue the job: {err}")
-        raise HTTPException(503, "the job queue is unavailable; try again later",
-                            headers={"Retry-After": "5"}) from None
+    queue_job(service, job.id)
     return CorpusAccepted(job_id=job.id, corpus_id=info.sha256, documents=len(documents), corpus_known=known,
                           duplicate_of_pending_job=False)
 

@@ -23,6 +23,7 @@ from ..schemas import PredictIn, PredictOut, TaskAccepted, TaskOut, TaskPredictO
 from ..service import UPLOADS
 from .corpora import CHUNK, safe_filename, setting_form_fields
 from .inference import _check_limits, _json
+from .jobs import queue_job
 
 router = APIRouter(prefix="/v1", tags=["tasks"])
 SETTING_FIELDS = [f.name for f in dataclasses.fields(TaskSettings)]
@@ -84,7 +85,7 @@ async def register_task(
     except (InvalidName, ValueError) as err:
         raise HTTPException(422, str(err)) from None
     tasks = _tasks(service)
-    if not replace and await run_in_threadpool(tasks.backend.exists, f"tasks/{name}.json"):
+    if not replace and await run_in_threadpool(tasks.exists, name):
         raise HTTPException(409, f"a task named {name!r} exists; send replace=true to overwrite it")
     root = Path(service.settings.work_dir) / UPLOADS
     root.mkdir(parents=True, exist_ok=True)
@@ -111,12 +112,7 @@ async def register_task(
     except TaskExists as err:  # registered by a concurrent request meanwhile
         service.jobs.update(job.id, state="cancelled", error=str(err))
         raise HTTPException(409, str(err)) from None
-    try:
-        service.submit(job.id)
-    except Exception as err:  # noqa: BLE001 - the broker is away: the job must not look queued
-        service.jobs.update(job.id, state="failed", error=f"could not queue the job: {err}")
-        raise HTTPException(503, "the job queue is unavailable; register again later",
-                            headers={"Retry-After": "5"}) from None
+    queue_job(service, job.id, retry="register again later")
     service.tasks_changed()  # replicas list the task as pending now
     return TaskAccepted(job_id=job.id, task=_out(service, stored))
 
