@@ -106,3 +106,20 @@ def test_delete_makes_predictions_404(client, tmp_path):
     assert client.delete("/v1/tasks/t").status_code == 404
     assert client.post("/v1/tasks/t/predict", json={"texts": ["hello"]}).status_code == 404
     assert client.get("/v1/tasks").json() == []
+
+
+def test_when_the_queue_refuses_a_job_the_upload_is_503_and_the_job_is_not_left_queued(client, tmp_path,
+                                                                                       small_corpus):
+    service = client.app.state.service
+
+    def broker_away(job_id: str) -> None:  # fault injection: what a Celery client raises with no broker
+        raise ConnectionError("broker unreachable")
+
+    service.submit = broker_away
+    with open(small_corpus, "rb") as f:
+        corpus = client.post("/v1/corpora", files={"file": ("c.txt", f)}, data={"domain": "legal", "steps": "4"})
+    task = post_task(client, tmp_path, GOOD)
+    for response in (corpus, task):
+        assert response.status_code == 503 and response.headers["Retry-After"] == "5", response.text
+    jobs = client.get("/v1/jobs").json()
+    assert len(jobs) == 2 and all(j["state"] == "failed" and "could not queue" in j["error"] for j in jobs)
