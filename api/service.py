@@ -36,7 +36,7 @@ UPLOADS = "uploads"  # under $DAS_WORK_DIR: POST /v1/corpora streams each upload
 class ModelRuntime:
     """The torch side of the service, passed in: each callable imports torch on its first call."""
 
-    load_version: Callable[[str, Path], Servable]  # (version, folder) -> a warmable model
+    load_version: Callable[[str, Path, Servable | None], Servable]  # (version, folder, current) -> a warmable model
     load_tasks: Callable[[ModelStore, str, object | None], object | None]  # serving.tasks.load_task_set
     run_job: RunJob  # worker.tasks.run_job
     initialise_store: Callable[[ModelStore, Settings], object]  # worker.base_model.ensure_initialised

@@ -22,11 +22,11 @@ from worker.context import Outcome, WorkerContext
 
 
 def torch_runtime(settings: Settings) -> ModelRuntime:
-    def load_version(version: str, folder: Path):
+    def load_version(version: str, folder: Path, current):
         from serving.model import LoadedModel
 
         _freeze_imported_objects()
-        return LoadedModel.load(version, folder, device=settings.device)
+        return LoadedModel.load(version, folder, current, device=settings.device)
 
     def load_tasks(store: ModelStore, version: str, current):
         from serving.tasks import load_task_set

@@ -15,9 +15,12 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer
 LOAD_LOCK = threading.Lock()
 
 
-def load_masked_lm(source: str | Path, safetensors_only: bool = True):
-    """(model, tokenizer) from a local folder or a hub id; only safetensors weights unless told otherwise."""
+def load_masked_lm(source: str | Path, safetensors_only: bool = True, tokenizer=None):
+    """(model, tokenizer) from a local folder or a hub id; only safetensors weights unless told otherwise.
+    A `tokenizer` passed in is returned as it is instead of loading the folder's (the caller has checked
+    that they are the same)."""
     with LOAD_LOCK:
         model = AutoModelForMaskedLM.from_pretrained(str(source), use_safetensors=True if safetensors_only else None)
-        tokenizer = AutoTokenizer.from_pretrained(str(source))
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(str(source))
     return model, tokenizer

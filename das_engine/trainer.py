@@ -295,7 +295,7 @@ def adapt(base: str | Path, corpus: str | Path | list[str], out_dir: str | Path,
     # --- outputs ---
     report(Progress("saving", config.steps, config.steps))
     model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    keep_parent_tokenizer_files(tokenizer.save_pretrained(out_dir), base)
     for name, importance in ((IMPORTANCE_IN, importance_in), (DOMAIN_IMPORTANCE, domain_importance),
                              (IMPORTANCE, cumulative)):
         if importance is not None:
@@ -314,6 +314,19 @@ def adapt(base: str | Path, corpus: str | Path | list[str], out_dir: str | Path,
     final = {k: v for k, v in (history[-1] if history else {}).items() if k in ("loss", "mlm", "contrastive")}
     report(Progress("done", config.steps, config.steps, final))
     return AdaptResult("completed", out_dir, config.steps, metrics)
+
+
+def keep_parent_tokenizer_files(written: tuple[str, ...], base: str | Path) -> None:
+    """Training does not change the tokenizer: where the base folder holds a file that
+    `save_pretrained` just rewrote (it adds load-time keys to tokenizer_config.json), put the
+    base's bytes back. Versions of one lineage then share their tokenizer files byte for byte, and
+    a hot swap between them reuses the tokenizer it is serving (serving.model.same_tokenizer_files)."""
+    if not Path(base).is_dir():
+        return  # a hub id: the files written are the first of the lineage
+    for written_path in map(Path, written):
+        parent = Path(base) / written_path.name
+        if parent.is_file() and written_path.is_file():
+            shutil.copyfile(parent, written_path)
 
 
 def _incoming(path: str | Path, units: ModelUnits, config: DASConfig) -> UnitTensors:

@@ -118,7 +118,10 @@ class MicroBatcher:
         return self.thread.is_alive()
 
     def _run(self, batch: list[_Request]) -> None:
-        model = self.holder.current  # one version for the whole batch
+        with self.holder.turn():  # a swap builds the next version between batches, not beside one
+            self._run_on(self.holder.current, batch)  # one version for the whole batch
+
+    def _run_on(self, model: Servable | None, batch: list[_Request]) -> None:
         if model is None:
             for request in batch:
                 request.future.set_exception(NotReady("no model version is loaded yet"))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from transformers import AutoModelForMaskedLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from das_engine.endtask import served_max_tokens
 from das_engine.loading import load_masked_lm
@@ -19,10 +21,31 @@ from .encoded import Encoded
 from .errors import InputError, TaskNotServed
 from .tasks import TaskSet, predict
 
+hf_logging.disable_progress_bar()  # from_pretrained's "Loading weights" bar: stderr noise on every swap
+TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja")
+
+
+def same_tokenizer_files(tokenizer, a: Path, b: Path) -> bool:
+    """True if `tokenizer` (loaded from folder b) is what folder a would load: each file it may have
+    been read from (TOKENIZER_FILES and the class's vocab_files_names) is in both folders or in
+    neither, byte for byte, and both configs name the same model_type and tokenizer_class (all that
+    AutoTokenizer reads from config.json; the rest of it changes between versions)."""
+    for name in {*TOKENIZER_FILES, *tokenizer.vocab_files_names.values()}:
+        ours, theirs = a / name, b / name
+        if ours.is_file() != theirs.is_file() or (ours.is_file() and ours.read_bytes() != theirs.read_bytes()):
+            return False
+
+    def names(folder: Path) -> tuple:
+        config = json.loads((folder / "config.json").read_text("utf-8"))
+        return config.get("model_type"), config.get("tokenizer_class")
+
+    return names(a) == names(b)
+
 
 @dataclass
 class LoadedModel:
     version: str
+    folder: Path
     model: AutoModelForMaskedLM
     tokenizer: AutoTokenizer
     mlm_head: torch.nn.Module  # run only at masked positions
@@ -32,11 +55,17 @@ class LoadedModel:
     tasks: TaskSet = field(default_factory=TaskSet)  # the end-task models served with this version
 
     @classmethod
-    def load(cls, version: str, folder: Path, device: str = "cpu") -> LoadedModel:
-        model, tokenizer = load_masked_lm(folder)
+    def load(cls, version: str, folder: Path, previous: LoadedModel | None = None, device: str = "cpu") -> LoadedModel:
+        """Load a version; `previous` (the one serving now) lends its tokenizer when the folders' tokenizer
+        and config files are identical, as they are between versions adapted from one base: building a
+        tokenizer holds the GIL ~20 ms, which requests answered meanwhile by `previous` would wait for.
+        Sharing is safe because only the batcher thread tokenises (warm() does not)."""
+        reuse = previous is not None and same_tokenizer_files(previous.tokenizer, folder, previous.folder)
+        shared = previous.tokenizer if reuse else None
+        model, tokenizer = load_masked_lm(folder, tokenizer=shared)
         model.eval().to(device)
         max_tokens = served_max_tokens(model.config)
-        return cls(version, model, tokenizer, resolve_units(model).mlm_head, max_tokens, torch.device(device))
+        return cls(version, folder, model, tokenizer, resolve_units(model).mlm_head, max_tokens, torch.device(device))
 
     def with_tasks(self, tasks: TaskSet) -> LoadedModel:
         """The same backbone with another set of task models (a new object: requests hold the old one)."""
@@ -54,9 +83,16 @@ class LoadedModel:
     def mask_token(self) -> str:
         return self.tokenizer.mask_token
 
+    @torch.inference_mode()
     def warm(self) -> None:
-        self.fill_mask([f"warm {self.mask_token} up"], top_k=1)
-        self.embed(["warm up"])
+        """One pass through the encoder, the MLM head and the pooling, on ids made without the tokenizer
+        (the tokenizer may be shared with the version answering requests now; see load)."""
+        tok = self.tokenizer
+        ids = torch.tensor([[tok.cls_token_id, tok.mask_token_id, tok.sep_token_id]], device=self.device)
+        mask = torch.ones_like(ids)
+        hidden = self.model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        self.mlm_head(hidden[ids == tok.mask_token_id]).topk(1, dim=-1)
+        self._pooled(ids, mask)
 
     def token_text(self, token_id: int) -> str:
         """A token as a fill-mask answer shows it; decoded on first use (decoding a whole vocabulary at

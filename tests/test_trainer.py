@@ -46,6 +46,8 @@ def test_first_domain_writes_every_output(tmp_path, family_dir, corpus_file):
     assert metrics["settings"]["mask_mode"] == "update" and metrics["domain"] == "legal"
     assert "general_importance_s" in metrics["timings"]
     assert not (out / CHECKPOINTS).exists()
+    for name in ("tokenizer.json", "tokenizer_config.json"):  # not trained: the parent's bytes (a swap shares it)
+        assert (out / name).read_bytes() == (family_dir / name).read_bytes(), name
     phases = [p.phase for p in seen]
     assert phases[0] == "general-importance" and phases[-1] == "done" and phases.count("train") == 8
 
