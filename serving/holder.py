@@ -1,4 +1,5 @@
-"""Hot swap: load a version in the background, warm it, then flip one reference.
+"""Hot swap: check a version's files in the background, build and warm it between two batches
+(`ModelHolder.turn`), then flip one reference.
 
 Requests take `holder.current` once; a swap never touches a model that is answering, so
 in-flight requests finish on the old version and no request fails.
@@ -42,9 +43,9 @@ LOADING_SWITCH_INTERVAL_S = 0.0005  # Python's default is 5 ms
 @contextmanager
 def _collector_paused() -> Iterator[None]:
     """While a version loads: no automatic full garbage collection (loading allocates enough to
-    trigger one, and it holds the GIL for tens of ms while the old version answers requests), and
-    a shorter GIL switch interval, so the threads that answer requests wait less for the loader's
-    Python code (building a model is mostly Python)."""
+    trigger one, which holds the GIL for tens of ms), and a shorter GIL switch interval, so the
+    event loop (which goes on reading requests while a batch waits for the swap) and the loader's
+    Python code (building a model is mostly Python) interleave finely."""
     was_enabled, interval = gc.isenabled(), sys.getswitchinterval()
     gc.disable()
     sys.setswitchinterval(LOADING_SWITCH_INTERVAL_S)
