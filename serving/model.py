@@ -57,8 +57,8 @@ class LoadedModel:
     @classmethod
     def load(cls, version: str, folder: Path, previous: LoadedModel | None = None, device: str = "cpu") -> LoadedModel:
         """Load a version; `previous` (the one serving now) lends its tokenizer when the folders' tokenizer
-        and config files are identical, as they are between versions adapted from one base: building a
-        tokenizer holds the GIL ~20 ms, which requests answered meanwhile by `previous` would wait for.
+        files are identical and their configs name the same tokenizer (`same_tokenizer_files`), as between
+        versions of one lineage: building a tokenizer holds the GIL ~20 ms, a pause for every request.
         Sharing is safe because only the batcher thread tokenises (warm() does not)."""
         reuse = previous is not None and same_tokenizer_files(previous.tokenizer, folder, previous.folder)
         shared = previous.tokenizer if reuse else None
