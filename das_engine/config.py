@@ -61,6 +61,8 @@ class DASConfig:
     temperature: float = field(default=0.05, metadata={"help": "InfoNCE temperature tau"})
     mlm_pass_as_anchor: bool = field(default=True, metadata={"help": "the MLM pass doubles as o_full"})
     prev_pass_no_grad: bool = field(default=True, metadata={"help": "o_prev is a fixed negative"})
+    contrastive_samples: int = field(default=0, metadata={"help": "the first k samples of each batch get the "
+                                     "contrastive passes (a cheaper term, beyond the paper); 0: every sample"})
     # --- run control ---
     checkpoint_every: int = field(default=100, metadata={"help": "steps between checkpoints (0: none)"})
     log_every: int = field(default=10, metadata={"help": "steps between loss records in train_metrics"})
@@ -91,6 +93,9 @@ class DASConfig:
             raise ValueError(f"DASConfig.weight_decay must be within 0..1, got {self.weight_decay}")
         if not 0.0 <= self.contrastive_weight <= 100.0:
             raise ValueError(f"DASConfig.contrastive_weight must be within 0..100, got {self.contrastive_weight}")
+        if self.contrastive_samples != 0 and not 2 <= self.contrastive_samples <= self.batch_size:
+            raise ValueError(f"DASConfig.contrastive_samples must be 0 (every sample) or within 2..batch_size "
+                             f"({self.batch_size}), got {self.contrastive_samples}")
         if self.max_grad_norm is not None and not 0.0 < self.max_grad_norm < math.inf:
             raise ValueError(f"DASConfig.max_grad_norm must be a finite number > 0 or None, got {self.max_grad_norm}")
         if self.protect_embeddings and not self.softmask:

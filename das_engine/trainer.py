@@ -105,6 +105,9 @@ def das_loss(model: nn.Module, units: ModelUnits, input_ids: torch.Tensor, maske
              config: DASConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """MLM loss + lambda * InfoNCE(o_full, o_full+, negatives o_prev), passes concatenated on the batch axis.
 
+    With `contrastive_samples=k` only the batch's first k samples get the positive and o_prev passes
+    (and are the InfoNCE's anchors); the MLM loss still covers the whole batch.
+
     The forward passes run in `config.precision`; the loss is fp32. The parts ("loss", "mlm",
     "contrastive") are detached 0-dim tensors: reading them costs a device sync, so the caller
     reads them once per step (see `as_floats`). With `contrastive_weight=0` or `softmask=False`
@@ -119,28 +122,30 @@ def das_loss(model: nn.Module, units: ModelUnits, input_ids: torch.Tensor, maske
     previous = previous.units_only().to(device)
     with autocast(device, config.precision):
         batch = input_ids.shape[0]
-        anchor_ids = masked if config.mlm_pass_as_anchor else input_ids
-        views = [masked, masked] if config.mlm_pass_as_anchor else [masked, input_ids, input_ids]
+        k = min(config.contrastive_samples or batch, batch)  # the samples that get the contrastive passes
+        anchor_ids = masked[:k] if config.mlm_pass_as_anchor else input_ids[:k]
+        views = [masked, masked[:k]] if config.mlm_pass_as_anchor else [masked, input_ids[:k], input_ids[:k]]
         with_prev = not config.prev_pass_no_grad
         if with_prev:
             views.append(anchor_ids)
-        mask = attention_mask.repeat(len(views), 1)  # (V*B, T)
+        sizes = [len(v) for v in views]
+        mask = torch.cat([attention_mask[:n] for n in sizes])  # (sum(sizes), T)
         gate_ctx = nullcontext()
         if with_prev:  # per-sample gates: ones for the free passes, I(<=t-1) for the o_prev rows
-            free = (len(views) - 1) * batch
+            free = sum(sizes[:-1])
             gates = previous.map(lambda t: torch.cat([torch.ones(free, *t.shape, device=t.device, dtype=t.dtype),
-                                                      t.expand(batch, *t.shape)]))  # (V*B, L, U)
+                                                      t.expand(k, *t.shape)]))  # (rows, L, U)
             gate_ctx = gates_applied(units, gates)
         with gate_ctx:
-            hidden = hidden_states(model, torch.cat(views), mask)  # (V*B, T, D)
+            hidden = hidden_states(model, torch.cat(views), mask)  # (rows, T, D)
         mlm = masked_lm_loss(units, hidden[:batch], labels)
-        pooled = mean_pool(hidden, mask).split(batch)  # V x (B, D)
-        anchor, positive = (pooled[0], pooled[1]) if config.mlm_pass_as_anchor else (pooled[1], pooled[2])
+        pooled = mean_pool(hidden, mask).split(sizes)  # one (n, D) per view
+        anchor, positive = (pooled[0][:k], pooled[1]) if config.mlm_pass_as_anchor else (pooled[1], pooled[2])
         if with_prev:
             prev = pooled[-1]
         else:
             with torch.no_grad(), gates_applied(units, previous):
-                prev = mean_pool(hidden_states(model, anchor_ids, attention_mask), attention_mask)
+                prev = mean_pool(hidden_states(model, anchor_ids, attention_mask[:k]), attention_mask[:k])
         contrast = contrastive_loss(anchor, positive, prev, config.temperature)
     loss = mlm + config.contrastive_weight * contrast
     return loss, {"loss": loss.detach(), "mlm": mlm.detach(), "contrastive": contrast.detach()}
