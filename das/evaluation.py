@@ -510,10 +510,11 @@ def run_evaluation(plan: EvalPlan, out: Path, *, command: Sequence[str] | None =
         raise EvalError(f"domain names must be distinct, got {names}")
     check_run_folder(out, plan, domains, command)
 
-    # every stage of every method and seed, in the order they chain; stage 0 is the base model
+    # every stage of every method and seed, in the order they chain; stage 0 is the base model. Seed-major:
+    # a run stopped early leaves every method with the same seeds finished, so its results compare
     stages = [Stage(parse_method("base"), seed, 0, "base") for seed in plan.seeds]
-    for method in (m for m in plan.methods if m.trains):
-        for seed in plan.seeds:
+    for seed in plan.seeds:
+        for method in (m for m in plan.methods if m.trains):
             stages += [Stage(method, seed, t + 1, d.name) for t, d in enumerate(domains)]
     todo = [s for s in stages if not (s.folder(out) / SCORES_FILE).is_file()]
     durations: list[float] = []

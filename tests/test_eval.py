@@ -329,7 +329,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(finished):
                                               f"runs/{first_method}/seed-0/stage-1-code"]
     # the rerun computed every other stage, once, and none of those already done
     methods = evaluation.split_methods(METHODS)[1:]
-    expected = [f"{m}, seed {s}, stage {t} ({d})" for m in methods for s in (0, 1)
+    expected = [f"{m}, seed {s}, stage {t} ({d})" for s in (0, 1) for m in methods  # seed-major
                 for t, d in ((1, "code"), (2, "legal"))]
     expected.remove(f"{methods[0]}, seed 0, stage 1 (code)")
     assert finished.resumed == expected
