@@ -32,7 +32,7 @@ from .base_cli import base_app
 from .config_options import config_options
 from .console import console, fail
 from .data_cli import data_app
-from .eval_cli import eval_command
+from .eval_cli import eval_command, merge_command
 from .task_cli import task_app
 
 app = typer.Typer(help="Continual domain-adaptive pre-training (DAS) of masked language models.",
@@ -41,6 +41,7 @@ app.add_typer(task_app, name="task")
 app.add_typer(data_app, name="data")
 app.add_typer(base_app, name="base")
 app.command("eval")(eval_command)
+app.command("eval-merge")(merge_command)
 StoreOption = Annotated[str | None, typer.Option("--store", help="store folder or s3:// URL (default: $DAS_STORE)")]
 
 

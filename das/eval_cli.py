@@ -1,11 +1,13 @@
 """`das eval DOMAIN_DIR... --out DIR`: continual pre-training of several methods over domains, scored per stage.
 
 The work is in `das.evaluation`; this is the command line around it (options, progress, errors).
-Wire it into a Typer app with `app.command("eval")(eval_command)`.
+Wire it into a Typer app with `app.command("eval")(eval_command)`; `merge_command` (`das eval-merge`) puts
+the results of several runs of one evaluation into one report.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,7 +19,17 @@ from worker.base_model import BaseModelError, resolve_base_model
 
 from .console import console, fail
 from .domains import DomainError
-from .evaluation import EvalError, ScoringSettings, Stage, StageEvent, make_plan, parse_settings, run_evaluation
+from .evaluation import (
+    EvalError,
+    ScoringSettings,
+    Stage,
+    StageEvent,
+    make_plan,
+    merge_results,
+    parse_settings,
+    run_evaluation,
+    write_reports,
+)
 
 
 def _duration(seconds: float | None) -> str:
@@ -150,3 +162,36 @@ def _quiet() -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def merge_command(
+    results: Annotated[list[Path], typer.Argument(help="results.json files of `das eval` runs with the same "
+                                                  "domains, base, settings and seeds", show_default=False)],
+    out: Annotated[Path, typer.Option(help="folder for the merged results.json, results.md and plots")],
+) -> None:
+    """Merge the results of several runs of one evaluation (methods run into separate folders) into one report.
+
+    The runs must share the domains, the base model, the training and scoring settings and the seeds.
+
+    A method in several runs is taken from the first.
+
+    Step-cost ratios stay within each run: a ratio to `ncl` needs an `ncl` in the same run.
+    """
+    try:
+        parts = []
+        for path in results:
+            if not path.is_file():
+                raise EvalError(f"{path} is not a file; give the results.json of a `das eval` OUT folder")
+            try:
+                parts.append(json.loads(path.read_text(encoding="utf-8")))
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise EvalError(f"{path} is not a results.json ({err})") from None
+        merged = merge_results(parts)
+        if out.exists() and not out.is_dir():
+            raise EvalError(f"{out} is a file; --out names a folder")
+        out.mkdir(parents=True, exist_ok=True)
+        write_reports(merged, out)
+    except (EvalError, KeyError) as err:
+        fail(f"{err}" if isinstance(err, EvalError) else f"a results.json lacks {err}: not written by `das eval`")
+    console.print(f"wrote {out / 'results.json'}, {out / 'results.md'} and plots "
+                  f"({len(merged['methods'])} methods from {len(parts)} runs)")

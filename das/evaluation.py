@@ -558,7 +558,7 @@ def check_run_folder(out: Path, plan: EvalPlan, domains: list[PreparedDomain], c
              "device": plan.device}
     if path.is_file():
         recorded = json.loads(path.read_text(encoding="utf-8"))
-        differ = _differences(recorded.get("settings", {}), settings)
+        differ = _differences(comparable_settings(recorded.get("settings", {})), settings)
         if differ:
             raise EvalError(f"{out} holds an evaluation made with other settings ({'; '.join(differ)}); "
                             "rerun with the same ones to resume, or choose another --out")
@@ -571,6 +571,47 @@ def check_run_folder(out: Path, plan: EvalPlan, domains: list[PreparedDomain], c
         raise EvalError(f"{out} is not empty and holds no {RUN_FILE}: not an evaluation folder; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     _write_json(path, {"settings": settings, "base": plan.base_spec, "commands": [entry]})
+
+
+def comparable_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """Recorded settings with the DASConfig fields added since they were written filled in with their defaults.
+
+    A new DASConfig field's default keeps the behaviour from before it existed, so a folder (or a results.json)
+    written before it was added still matches a run that leaves it at its default.
+    """
+    if not isinstance(settings.get("train"), dict):
+        return settings
+    defaults = DASConfig().to_dict()
+    defaults.pop("seed")
+    return {**settings, "train": {**defaults, **settings["train"]}}
+
+
+def merge_results(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One results.json content from several runs of `das eval` with the same domains, base, settings and seeds
+    (methods run into separate folders, or on separate machines). A method in several runs is taken from the
+    first. Each method's cost stays as its own run measured it: `ratio_to_ncl` compares steps within one run
+    only (None where that run had no `ncl`)."""
+    if not parts:
+        raise EvalError("give at least one results.json")
+    first = parts[0]
+    keys = ("domains", "families", "seeds")
+    for index, other in enumerate(parts[1:], start=2):
+        differ = _differences({**{k: first[k] for k in keys}, "settings": comparable_settings(first["settings"])},
+                              {**{k: other[k] for k in keys}, "settings": comparable_settings(other["settings"])})
+        if differ:
+            raise EvalError(f"results {index} was made with other settings than results 1 ({'; '.join(differ)}); "
+                            "only runs of the same evaluation can be merged")
+    merged = {**first, "date": _now(), "settings": comparable_settings(first["settings"]),
+              "methods": {}, "scores": {}, "summary": {}, "cost": {}, "commands": []}
+    for part in parts:
+        for spec in part["methods"]:
+            if spec not in merged["methods"]:
+                for key in ("methods", "scores", "summary"):
+                    merged[key][spec] = part[key][spec]
+                if spec in part["cost"]:
+                    merged["cost"][spec] = part["cost"][spec]
+        merged["commands"] += part["commands"]
+    return merged
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
@@ -946,6 +987,6 @@ def _now() -> str:
 __all__ = [
     "EvalError", "EvalPlan", "Method", "PreparedDomain", "ScoringSettings", "Stage", "StageEvent",
     "cap_examples", "collect_results", "final_average", "forgetting_rate", "heldout_split", "loss_rise",
-    "make_plan", "mean_matrix", "mean_std", "method_folder", "parse_method", "plasticity", "prepare_domain",
-    "run_evaluation", "split_methods", "step_costs", "summarise", "summarise_losses", "write_reports",
+    "make_plan", "mean_matrix", "mean_std", "merge_results", "method_folder", "parse_method", "plasticity",
+    "prepare_domain", "run_evaluation", "split_methods", "step_costs", "summarise", "summarise_losses", "write_reports",
 ]

@@ -24,7 +24,8 @@ SMALL = ["--steps", "12", "--batch-size", "8", "--max-length", "64", "--importan
 def test_every_command_has_help():
     for args in ([], ["adapt"], ["demo"], ["fetch-base"], ["serve"], ["worker"], ["versions"], ["show"],
                  ["activate"], ["importance"], ["gc"], ["task"], ["task", "add"], ["task", "list"],
-                 ["task", "delete"], ["data"], ["data", "build"], ["base"], ["base", "build"], ["eval"]):
+                 ["task", "delete"], ["data"], ["data", "build"], ["base"], ["base", "build"], ["eval"],
+                 ["eval-merge"]):
         result = runner.invoke(app, [*args, "--help"])
         assert result.exit_code == 0 and "Usage" in result.output
 

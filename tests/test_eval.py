@@ -401,3 +401,63 @@ def test_fine_tuning_scores_every_stage_per_seed(domains, bert_dir, tmp_path):
     assert "copied_from" not in json.loads(stage0.read_text())  # fine-tuning is seeded: each seed scored
     assert (tmp_path / "out" / "heatmap-finetune-macro_f1-base.png").is_file()
     assert "fine-tuned: macro-F1" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_a_folder_written_before_a_new_setting_existed_still_resumes(finished, domains, bert_dir, tmp_path):
+    """A DASConfig field added later defaults to the old behaviour: a run.json without it is the same settings."""
+    out = _copy(finished, tmp_path)
+    run = json.loads((out / "run.json").read_text())
+    del run["settings"]["train"]["contrastive_samples"]  # as written before the field existed
+    (out / "run.json").write_text(json.dumps(run))
+    result = _cli(domains, out, "--base", str(bert_dir))
+    assert result.exit_code == 0, result.output
+    assert len(json.loads((out / "run.json").read_text())["commands"]) == 3
+    run["settings"]["train"]["lr"] = 1e-3  # a recorded value that differs is still refused
+    (out / "run.json").write_text(json.dumps(run))
+    result = _cli(domains, out, "--base", str(bert_dir))
+    assert result.exit_code == 2 and "train.lr: 0.001 -> 0.005" in result.output, result.output
+
+
+def _only(results: dict, specs: list[str]) -> dict:
+    """results.json's content as a run of only these methods would have written it."""
+    part = json.loads(json.dumps(results))
+    for key in ("methods", "scores", "summary"):
+        part[key] = {s: part[key][s] for s in specs}
+    part["cost"] = {s: c for s, c in part["cost"].items() if s in specs}
+    return part
+
+
+def test_eval_merge_joins_runs_of_one_evaluation(finished, tmp_path):
+    results = json.loads((finished.out / "results.json").read_text())
+    specs = evaluation.split_methods(METHODS)
+    first, second = _only(results, specs[:2]), _only(results, ["base", *specs[2:]])
+    del second["settings"]["train"]["contrastive_samples"]  # an older run: the field's default is filled in
+    for part, path in ((first, tmp_path / "a.json"), (second, tmp_path / "b.json")):
+        path.write_text(json.dumps(part))
+    merge_app = typer.Typer()
+    merge_app.command("eval-merge")(eval_cli.merge_command)
+    merge_app.command("noop")(lambda: None)
+    result = runner.invoke(merge_app, ["eval-merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
+                                       "--out", str(tmp_path / "merged")])
+    assert result.exit_code == 0, result.output
+    merged = json.loads((tmp_path / "merged" / "results.json").read_text())
+    assert list(merged["methods"]) == specs
+    for key in ("scores", "summary", "cost"):
+        assert merged[key] == results[key]
+    assert merged["settings"] == results["settings"]
+    report = (tmp_path / "merged" / "results.md").read_text()
+    assert all(f"| `{s}` |" in report for s in specs)
+    assert (tmp_path / "merged" / f"heatmap-probe-macro_f1-{evaluation.method_folder(specs[-1])}.png").is_file()
+
+    second["settings"]["train"]["lr"] = 1e-3
+    second["seeds"] = [0]
+    with pytest.raises(EvalError, match=r"results 2 .*seeds.*train\.lr: 0\.005 -> 0\.001"):
+        evaluation.merge_results([first, second])
+    (tmp_path / "b.json").write_text(json.dumps(second))
+    (tmp_path / "c.json").write_text("{not json")
+    for bad, says in ((tmp_path / "b.json", "other settings"), (tmp_path / "c.json", "not a results.json"),
+                      (tmp_path / "missing.json", "is not a file")):
+        result = runner.invoke(merge_app, ["eval-merge", str(tmp_path / "a.json"), str(bad),
+                                           "--out", str(tmp_path / "bad")])
+        assert result.exit_code == 2 and says in result.output, result.output
+    assert not (tmp_path / "bad").exists()
