@@ -168,12 +168,15 @@ def merge_command(
     results: Annotated[list[Path], typer.Argument(help="results.json files of `das eval` runs with the same "
                                                   "domains, base, settings and seeds", show_default=False)],
     out: Annotated[Path, typer.Option(help="folder for the merged results.json, results.md and plots")],
+    seeds: Annotated[int | None, typer.Option(help="keep seeds 0..K-1 of every run and summarise over them "
+                                              "(default: every run's seeds, which must be the same)")] = None,
 ) -> None:
     """Merge the results of several runs of one evaluation (methods run into separate folders) into one report.
 
     The runs must share the domains, the base model, the training and scoring settings and the seeds.
 
-    A method in several runs is taken from the first.
+    A method in several runs is taken from the first. --seeds K compares runs that finished different numbers of
+    seeds at the seeds 0..K-1 they all have.
 
     Step-cost ratios stay within each run: a ratio to `ncl` needs an `ncl` in the same run.
     """
@@ -186,7 +189,9 @@ def merge_command(
                 parts.append(json.loads(path.read_text(encoding="utf-8")))
             except (json.JSONDecodeError, UnicodeDecodeError) as err:
                 raise EvalError(f"{path} is not a results.json ({err})") from None
-        merged = merge_results(parts)
+        if seeds is not None and seeds < 1:
+            raise EvalError(f"--seeds must be >= 1, got {seeds}")
+        merged = merge_results(parts, seeds=None if seeds is None else range(seeds))
         if out.exists() and not out.is_dir():
             raise EvalError(f"{out} is a file; --out names a folder")
         out.mkdir(parents=True, exist_ok=True)

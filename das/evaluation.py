@@ -464,6 +464,14 @@ def summarise_losses(l_by_seed: Sequence[Matrix]) -> dict[str, Any]:
     }
 
 
+def summarise_method(seeds: Sequence[dict[str, Matrix]], families: Sequence[str]) -> dict[str, Any]:
+    """results.json's summary of one method, from its per-seed matrices (one dict of family -> a[T, i] per seed)."""
+    summary: dict[str, Any] = {family: summarise([s[family] for s in seeds]) for family in families}
+    summary["mlm_loss"] = summarise_losses([s["mlm_loss"] for s in seeds])
+    summary["mean_matrix"] = {key: mean_matrix([s[key] for s in seeds]) for key in [*families, "mlm_loss"]}
+    return summary
+
+
 # --------------------------------------------------------------------------------------------
 # 5. the runner
 
@@ -586,13 +594,19 @@ def comparable_settings(settings: dict[str, Any]) -> dict[str, Any]:
     return {**settings, "train": {**defaults, **settings["train"]}}
 
 
-def merge_results(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def merge_results(parts: Sequence[dict[str, Any]], seeds: Sequence[int] | None = None) -> dict[str, Any]:
     """One results.json content from several runs of `das eval` with the same domains, base, settings and seeds
     (methods run into separate folders, or on separate machines). A method in several runs is taken from the
     first. Each method's cost stays as its own run measured it: `ratio_to_ncl` compares steps within one run
-    only (None where that run had no `ncl`)."""
+    only (None where that run had no `ncl`).
+
+    `seeds`: keep only these seeds of every run (each run must have them) and summarise again over them, to
+    compare runs that finished different numbers of seeds.
+    """
     if not parts:
         raise EvalError("give at least one results.json")
+    if seeds is not None:
+        parts = [_only_seeds(part, list(seeds), index) for index, part in enumerate(parts, start=1)]
     first = parts[0]
     keys = ("domains", "families", "seeds")
     for index, other in enumerate(parts[1:], start=2):
@@ -612,6 +626,15 @@ def merge_results(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
                     merged["cost"][spec] = part["cost"][spec]
         merged["commands"] += part["commands"]
     return merged
+
+
+def _only_seeds(results: dict[str, Any], seeds: list[int], index: int) -> dict[str, Any]:
+    missing = sorted(set(seeds) - set(results["seeds"]))
+    if not seeds or missing:
+        raise EvalError(f"results {index} has seeds {results['seeds']}; it lacks {missing or 'a seed to keep'}")
+    scores = {spec: {str(seed): by_seed[str(seed)] for seed in seeds} for spec, by_seed in results["scores"].items()}
+    summary = {spec: summarise_method(list(by_seed.values()), results["families"]) for spec, by_seed in scores.items()}
+    return {**results, "seeds": seeds, "scores": scores, "summary": summary}
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
@@ -793,11 +816,7 @@ def collect_results(plan: EvalPlan, domains: list[PreparedDomain], out: Path) ->
                     step_times.setdefault(method.spec, []).extend(r["train"]["step_times_s"])
                     stage_seconds.setdefault(method.spec, []).append(r["train"]["wall_time_s"])
         scores[method.spec] = by_seed
-        seeds = list(by_seed.values())
-        summary[method.spec] = {family: summarise([s[family] for s in seeds]) for family in families}
-        summary[method.spec]["mlm_loss"] = summarise_losses([s["mlm_loss"] for s in seeds])
-        summary[method.spec]["mean_matrix"] = {key: mean_matrix([s[key] for s in seeds])
-                                               for key in [*families, "mlm_loss"]}
+        summary[method.spec] = summarise_method(list(by_seed.values()), families)
     run = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
     costs = step_costs(step_times)
     for spec, cost in costs.items():
@@ -988,5 +1007,6 @@ __all__ = [
     "EvalError", "EvalPlan", "Method", "PreparedDomain", "ScoringSettings", "Stage", "StageEvent",
     "cap_examples", "collect_results", "final_average", "forgetting_rate", "heldout_split", "loss_rise",
     "make_plan", "mean_matrix", "mean_std", "merge_results", "method_folder", "parse_method", "plasticity",
-    "prepare_domain", "run_evaluation", "split_methods", "step_costs", "summarise", "summarise_losses", "write_reports",
+    "prepare_domain", "run_evaluation", "split_methods", "step_costs", "summarise", "summarise_losses",
+    "summarise_method", "write_reports",
 ]

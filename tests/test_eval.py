@@ -449,6 +449,20 @@ def test_eval_merge_joins_runs_of_one_evaluation(finished, tmp_path):
     assert all(f"| `{s}` |" in report for s in specs)
     assert (tmp_path / "merged" / f"heatmap-probe-macro_f1-{evaluation.method_folder(specs[-1])}.png").is_file()
 
+    # --seeds K: every run cut to seeds 0..K-1 and summarised again over them
+    result = runner.invoke(merge_app, ["eval-merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
+                                       "--seeds", "1", "--out", str(tmp_path / "seed0")])
+    assert result.exit_code == 0, result.output
+    seed0 = json.loads((tmp_path / "seed0" / "results.json").read_text())
+    assert seed0["seeds"] == [0] and all(list(by_seed) == ["0"] for by_seed in seed0["scores"].values())
+    for spec in specs:
+        full, cut = results["summary"][spec]["probe/macro_f1"], seed0["summary"][spec]["probe/macro_f1"]
+        assert cut["final_average"] == {"mean": full["per_seed"][0]["final_average"], "std": 0.0, "n": 1}
+        assert cut["per_seed"] == full["per_seed"][:1]
+        assert seed0["summary"][spec]["mean_matrix"]["mlm_loss"] == results["scores"][spec]["0"]["mlm_loss"]
+    with pytest.raises(EvalError, match=r"results 1 has seeds \[0, 1\]; it lacks \[2\]"):
+        evaluation.merge_results([first, second], seeds=[0, 2])
+
     second["settings"]["train"]["lr"] = 1e-3
     second["seeds"] = [0]
     with pytest.raises(EvalError, match=r"results 2 .*seeds.*train\.lr: 0\.005 -> 0\.001"):
