@@ -26,8 +26,9 @@ class DASConfig:
       step trains against what the chain had); no domain_importance is written, and without an
       incoming importance no importance file is written at all (the next DAS step then computes
       I(0) of its base, as for a first domain).
-    - `protect_embeddings=True` soft-masks the word-embedding rows too, by a per-row importance
-      (the key "embeddings" in the importance files); needs `softmask=True`.
+    - `protect_embeddings=True` (the default, beyond the paper) soft-masks the word-embedding rows too,
+      by a per-row importance (the key "embeddings" in the importance files). With `softmask=False` it is
+      ignored, like `contrastive_weight`. docs/results.md has the evidence for the default.
     """
 
     # --- training ---
@@ -45,12 +46,14 @@ class DASConfig:
                                  "and soft-mask arithmetic stay fp32"})
     # --- soft-masking ---
     softmask: bool = field(default=True, metadata={"help": "False: plain continual MLM (NCL): no importance, "
-                           "no masks, no contrastive term (contrastive_weight is then ignored); an incoming "
+                           "no masks, no contrastive term (contrastive_weight and protect_embeddings are then "
+                           "ignored); an incoming "
                            "importance is handed on unchanged"})
     mask_mode: MaskMode = field(default="update", metadata={"help": "'update' scales the optimizer "
                                 "update by (1-I); 'grad' scales gradients (the paper)"})
-    protect_embeddings: bool = field(default=False, metadata={"help": "also soft-mask the word-embedding rows "
-                                     "(tied to the MLM decoder) by a per-row importance (beyond the paper)"})
+    protect_embeddings: bool = field(default=True, metadata={"help": "also soft-mask the word-embedding rows "
+                                     "(tied to the MLM decoder) by a per-row importance (beyond the paper; "
+                                     "ignored with softmask=False)"})
     # --- importance ---
     negative_rule: NegativeRule = field(default="clamp", metadata={"help": "after tanh: 'clamp' = max(0,.),"
                                         " 'abs' = |.| (the authors' code)"})
@@ -98,8 +101,6 @@ class DASConfig:
                              f"({self.batch_size}), got {self.contrastive_samples}")
         if self.max_grad_norm is not None and not 0.0 < self.max_grad_norm < math.inf:
             raise ValueError(f"DASConfig.max_grad_norm must be a finite number > 0 or None, got {self.max_grad_norm}")
-        if self.protect_embeddings and not self.softmask:
-            raise ValueError("DASConfig.protect_embeddings needs softmask=True (softmask=False is plain MLM)")
         if self.checkpoint_every < 0:
             raise ValueError(f"DASConfig.checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if not 0 <= self.seed <= MAX_SEED:

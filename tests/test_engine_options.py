@@ -34,14 +34,13 @@ def _word_embeddings(folder) -> torch.Tensor:
     return model.get_input_embeddings().weight.detach().clone()
 
 
-def test_settings_defaults_and_the_contradiction_refused():
+def test_settings_defaults():
     config = DASConfig()
-    assert config.softmask is True and config.protect_embeddings is False
+    assert config.softmask is True and config.protect_embeddings is True  # the default since docs/results.md
     fields = {f.name: f for f in setting_fields()}
     assert fields["softmask"].type is bool and "NCL" in fields["softmask"].help
     assert fields["protect_embeddings"].type is bool and fields["protect_embeddings"].help
-    with pytest.raises(ValueError, match="protect_embeddings needs softmask"):
-        DASConfig(softmask=False, protect_embeddings=True)
+    assert DASConfig(softmask=False).protect_embeddings is True  # plain MLM ignores it, as contrastive_weight
 
 
 # --- NCL: plain continual MLM ---
@@ -111,7 +110,7 @@ def test_ncl_versions_publish_and_the_chain_goes_on(tmp_path, roberta_dir, corpu
     v3 = step(v2, code_docs, "das", _config())  # a missing importance means a first domain: I(0) here
     assert "general_importance_s" in store.manifest(v3).metrics["timings"]
     for kind in ("importance_in", "domain_importance", "importance"):
-        assert set(load_file(str(store.importance_file(v3, kind)))) == set(GROUPS)  # off by default: no key
+        assert set(load_file(str(store.importance_file(v3, kind)))) == {*GROUPS, "embeddings"}  # on by default
     v4 = step(v3, corpus_file, "ncl-second", ncl)  # NCL hands v3's importance on unchanged
     handed_on = UnitTensors.load(store.importance_file(v3))
     assert store.importance_file(v4, "domain_importance") is None
@@ -221,7 +220,7 @@ def test_a_chain_without_embedding_rows_starts_them_at_zero(tmp_path, roberta_di
     UnitTensors.full(units, 0.25).save(path)
     incoming = trainer._incoming(path, units, _config(protect_embeddings=True))
     assert incoming.embeddings.shape == units.embeddings_shape() and not incoming.embeddings.any()
-    assert trainer._incoming(path, units, _config()).embeddings is None
+    assert trainer._incoming(path, units, _config(protect_embeddings=False)).embeddings is None
     # EMax with rows on one side only keeps them; off, a handed-on key is kept
     rows = torch.rand(units.embeddings_shape())
     with_rows = UnitTensors.full(units, 0.5).with_embeddings(rows)

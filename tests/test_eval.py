@@ -105,9 +105,9 @@ def test_method_names_settings_and_folders():
 @pytest.mark.skipif(not NCL_READY, reason="DASConfig has no 'softmask' field yet: the ncl method needs it")
 def test_ncl_is_plain_mlm_and_checked_by_dasconfig():
     assert parse_method("ncl").overrides == {"softmask": False}
-    if "protect_embeddings" in {f.name for f in dataclasses.fields(DASConfig)}:
-        with pytest.raises(EvalError, match="protect_embeddings"):  # DASConfig: needs softmask=True
-            parse_method("ncl:protect_embeddings=true")
+    # settings that only DAS reads are accepted and ignored by plain MLM (DASConfig's rule)
+    ncl = make_plan([Path("a")], "ncl:protect_embeddings=true", 1, base="b").methods[0]
+    assert ncl.overrides == {"softmask": False, "protect_embeddings": True}
 
 
 def test_heldout_slice_and_caps_are_fixed_and_disjoint():

@@ -33,12 +33,12 @@ def test_first_domain_writes_every_output(tmp_path, family_dir, corpus_file):
     units = resolve_units(model)
     for name in ("importance_in", "domain_importance", "importance"):
         raw = load_file(str(out / f"{name}.safetensors"))
-        assert set(raw) == {"head", "intermediate", "output"}
+        assert set(raw) == {"head", "intermediate", "output", "embeddings"}  # protect_embeddings is on by default
         assert all(t.dtype == torch.float32 for t in raw.values())
         UnitTensors.load(out / f"{name}.safetensors").check_shapes(units)
     imp_in, dom, cum = (UnitTensors.load(out / f"{n}.safetensors")
                         for n in ("importance_in", "domain_importance", "importance"))
-    for group in GROUPS:  # EMax on every group
+    for group in (*GROUPS, "embeddings"):  # EMax on every group and on the word-embedding rows
         assert torch.equal(getattr(cum, group), torch.maximum(getattr(imp_in, group), getattr(dom, group))), group
     metrics = json.loads((out / "train_metrics.json").read_text())
     assert metrics["steps"] == 8 and metrics["tokens"] > 0 and metrics["tokens_per_s"] > 0
