@@ -607,15 +607,15 @@ def merge_results(parts: Sequence[dict[str, Any]], seeds: Sequence[int] | None =
         raise EvalError("give at least one results.json")
     if seeds is not None:
         parts = [_only_seeds(part, list(seeds), index) for index, part in enumerate(parts, start=1)]
-    first = parts[0]
-    keys = ("domains", "families", "seeds")
-    for index, other in enumerate(parts[1:], start=2):
-        differ = _differences({**{k: first[k] for k in keys}, "settings": comparable_settings(first["settings"])},
-                              {**{k: other[k] for k in keys}, "settings": comparable_settings(other["settings"])})
+    # what must agree between runs: domains, score families, seeds and settings (fields added since filled in)
+    made_with = [{"domains": p["domains"], "families": p["families"], "seeds": p["seeds"],
+                  "settings": comparable_settings(p["settings"])} for p in parts]
+    for index, other in enumerate(made_with[1:], start=2):
+        differ = _differences(made_with[0], other)
         if differ:
             raise EvalError(f"results {index} was made with other settings than results 1 ({'; '.join(differ)}); "
                             "only runs of the same evaluation can be merged")
-    merged = {**first, "date": _now(), "settings": comparable_settings(first["settings"]),
+    merged = {**parts[0], "date": _now(), "settings": made_with[0]["settings"],
               "methods": {}, "scores": {}, "summary": {}, "cost": {}, "commands": []}
     for part in parts:
         for spec in part["methods"]:

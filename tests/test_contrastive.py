@@ -40,14 +40,19 @@ def test_positives_are_each_samples_own_second_pass():
     assert paired < 0.1 < mispaired
 
 
-@pytest.mark.parametrize("anchor,no_grad", [(True, True), (False, True), (True, False)])
-def test_das_loss_variants_backpropagate(model_and_tokenizer, legal_docs, anchor, no_grad):
+def _training_batch(model_and_tokenizer, legal_docs):
+    """The model in train mode, its units, and one MLM batch of 4: (ids, masked, attention mask, labels)."""
     model, tokenizer = model_and_tokenizer
     model.train()
-    units = resolve_units(model)
     packed = pack_corpus(legal_docs, tokenizer, max_length=48)
     ids, mask = packed.input_ids[:4], packed.attention_mask[:4]
     masked, labels = mask_tokens(ids, mask, tokenizer, 0.15, torch.Generator().manual_seed(0))
+    return model, resolve_units(model), (ids, masked, mask, labels)
+
+
+@pytest.mark.parametrize("anchor,no_grad", [(True, True), (False, True), (True, False)])
+def test_das_loss_variants_backpropagate(model_and_tokenizer, legal_docs, anchor, no_grad):
+    model, units, (ids, masked, mask, labels) = _training_batch(model_and_tokenizer, legal_docs)
     previous = UnitTensors.full(units, 0.5)
     config = DASConfig(mlm_pass_as_anchor=anchor, prev_pass_no_grad=no_grad)
     loss, parts = das_loss(model, units, ids, masked, mask, labels, previous, config)
@@ -71,12 +76,7 @@ def _rows_per_forward(model, run) -> list[int]:
 
 @pytest.mark.parametrize("k,expected", [(0, [8, 4]), (2, [6, 2]), (4, [8, 4])])
 def test_contrastive_samples_limits_the_extra_passes_to_k_samples(model_and_tokenizer, legal_docs, k, expected):
-    model, tokenizer = model_and_tokenizer
-    model.train()
-    units = resolve_units(model)
-    packed = pack_corpus(legal_docs, tokenizer, max_length=48)
-    ids, mask = packed.input_ids[:4], packed.attention_mask[:4]
-    masked, labels = mask_tokens(ids, mask, tokenizer, 0.15, torch.Generator().manual_seed(0))
+    model, units, (ids, masked, mask, labels) = _training_batch(model_and_tokenizer, legal_docs)
     config = DASConfig(batch_size=4, contrastive_samples=k)
     out = []
     rows = _rows_per_forward(model, lambda: out.extend(das_loss(
@@ -91,12 +91,7 @@ def test_contrastive_samples_limits_the_extra_passes_to_k_samples(model_and_toke
 
 
 def test_contrastive_samples_equal_to_the_batch_is_the_full_term(model_and_tokenizer, legal_docs):
-    model, tokenizer = model_and_tokenizer
-    model.train()
-    units = resolve_units(model)
-    packed = pack_corpus(legal_docs, tokenizer, max_length=48)
-    ids, mask = packed.input_ids[:4], packed.attention_mask[:4]
-    masked, labels = mask_tokens(ids, mask, tokenizer, 0.15, torch.Generator().manual_seed(0))
+    model, units, (ids, masked, mask, labels) = _training_batch(model_and_tokenizer, legal_docs)
     previous = UnitTensors.full(units, 0.5)
     losses = []
     for k in (0, 4, 2):
