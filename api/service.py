@@ -38,8 +38,8 @@ class ModelRuntime:
 
     load_version: Callable[[str, Path, Servable | None], Servable]  # (version, folder, current) -> a warmable model
     load_tasks: Callable[[ModelStore, str, object | None], object | None]  # serving.tasks.load_task_set
-    run_job: RunJob  # worker.tasks.run_job
-    initialise_store: Callable[[ModelStore, Settings], object]  # worker.base_model.ensure_initialised
+    run_job: RunJob  # worker.jobs.run_job
+    initialise_store: Callable[[ModelStore, Settings], object]  # das_data.base_models.ensure_initialised
 
 
 @dataclass

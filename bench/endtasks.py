@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 from transformers.utils import logging as hf_logging
 
-from das.domains import read_domain
+from das_data.base_models import resolve_base_model
+from das_data.domain_folder import read_domain
 from das_engine import endtask
 from das_engine.loading import load_masked_lm
 from das_engine.task_data import LabeledSet, label_ids
@@ -30,7 +31,6 @@ from das_settings import get_settings
 from model_store.tasks import TaskData, TaskDefinition, TaskModel
 from serving.model import LoadedModel
 from serving.tasks import ServedTask, TaskSet
-from worker.base_model import resolve_base_model
 
 BATCH = 32
 

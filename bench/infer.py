@@ -32,11 +32,11 @@ from pathlib import Path
 import httpx
 import torch
 
-from das.demo import licence_documents
+from das_data.base_models import resolve_base_model
+from das_data.local_corpora import licence_documents
 from das_engine.loading import load_masked_lm
 from das_engine.units import resolve_units
 from das_settings import get_settings
-from worker.base_model import resolve_base_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -182,7 +182,7 @@ def ceiling(model_dir: str, texts: list[str], batch: int = 64, repeats: int = 10
 
 def register_probe(url: str, store: Path) -> Path:
     """Register the `source` probe task on the service, wait for its fit, return its model folder."""
-    from das.demo import python_doc_documents
+    from das_data.local_corpora import python_doc_documents
 
     rows = [(t[:400], "licence") for t in licence_documents()[:150]] + [(t[:400], "code")
                                                                        for t in python_doc_documents(150)]

@@ -25,11 +25,11 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from infer import Connection, free_port, probe_texts, start  # noqa: E402
 
-from das.demo import licence_documents  # noqa: E402
+from das_data.base_models import ensure_initialised  # noqa: E402
+from das_data.local_corpora import licence_documents  # noqa: E402
 from das_engine.config import DASConfig  # noqa: E402
 from das_settings import get_settings  # noqa: E402
 from worker.adaptation import adapt_active  # noqa: E402
-from worker.base_model import ensure_initialised  # noqa: E402
 from worker.runtime import open_store  # noqa: E402
 
 

@@ -19,8 +19,8 @@ import time
 import torch
 from transformers.utils import logging as hf_logging
 
-from das.demo import licence_documents, python_doc_documents
-from das.evaluation import check_overrides, parse_settings
+from das_data.base_models import resolve_base_model
+from das_data.local_corpora import licence_documents, python_doc_documents
 from das_engine.config import DASConfig
 from das_engine.data import mask_tokens, pack_corpus
 from das_engine.importance import domain_importance_raw, general_importance_raw, normalise, sample_batches
@@ -29,8 +29,8 @@ from das_engine.mlm import hidden_states, masked_lm_loss
 from das_engine.softmask import SoftMask
 from das_engine.trainer import das_loss, optimizer_step
 from das_engine.units import resolve_units
+from das_eval.methods import check_overrides, parse_settings
 from das_settings import get_settings
-from worker.base_model import resolve_base_model
 
 
 def timed(fn) -> float:

@@ -14,10 +14,10 @@ from fastapi import FastAPI
 
 from api.main import create_app
 from api.service import ModelRuntime, build_service
+from das_data.base_models import ensure_initialised
 from das_settings import Settings, get_settings
 from model_store.store import ModelStore
 from model_store.tasks import TaskStore
-from worker.base_model import ensure_initialised
 from worker.context import Outcome, WorkerContext
 
 
@@ -34,7 +34,7 @@ def torch_runtime(settings: Settings) -> ModelRuntime:
         return load_task_set(TaskStore(store), version, current)
 
     def run_job(job_id: str, ctx: WorkerContext) -> Outcome:
-        from worker.tasks import run_job as run
+        from worker.jobs import run_job as run
 
         return run(job_id, ctx)
 

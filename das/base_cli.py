@@ -49,9 +49,9 @@ def build(
     import torch
     from transformers.utils import logging as hf_logging
 
-    from worker import minilm
+    from das_data import minilm
+    from das_data.local_corpora import python_doc_documents
 
-    from .demo import python_doc_documents
 
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
@@ -63,7 +63,7 @@ def build(
         fail(str(err))
     documents = python_doc_documents()
     corpus = (f"the docstrings of the Python {platform.python_version()} standard library "
-              f"(das.demo.python_doc_documents: {len(documents)} paragraphs of at least 12 words)")
+              f"(das_data.local_corpora.python_doc_documents: {len(documents)} paragraphs of at least 12 words)")
     bar = Progress(TextColumn("[bold]{task.description}[/]"), BarColumn(), TaskProgressColumn(),
                    TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), console=console)
     task = bar.add_task("starting", total=steps, loss="-")

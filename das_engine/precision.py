@@ -1,7 +1,7 @@
 """Where the engine's tensors live, and in what precision its forward passes run.
 
 Every tensor the engine creates follows the model it serves (`model_device`, or
-`ModelUnits.device`): gates, masks, soft-mask multipliers, contrastive targets. Random draws
+`ModelUnits.device`): unit scales, masks, soft-mask multipliers, contrastive targets. Random draws
 stay on a CPU generator, so a seed gives the same data on every device; their results are moved.
 
 `bf16` runs the forward passes under `torch.autocast` (the matmuls in bf16). Weights, their

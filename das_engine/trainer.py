@@ -40,7 +40,6 @@ from .contrastive import contrastive_loss
 from .corpus import read_corpus
 from .data import PackedCorpus, mask_tokens, pack_corpus
 from .fingerprint import base_fingerprint, corpus_fingerprint
-from .gates import gates_applied
 from .importance import (
     accumulate,
     domain_importance_raw,
@@ -52,6 +51,7 @@ from .loading import load_masked_lm
 from .mlm import hidden_states, masked_lm_loss, mean_pool
 from .precision import autocast, check_precision
 from .softmask import SoftMask
+from .unit_scales import scales_applied
 from .units import ModelUnits, UnitTensors, resolve_units
 
 CHECKPOINTS = "checkpoints"
@@ -118,7 +118,7 @@ def das_loss(model: nn.Module, units: ModelUnits, input_ids: torch.Tensor, maske
         with autocast(device, config.precision):
             mlm = masked_lm_loss(units, hidden_states(model, masked, attention_mask), labels)
         return mlm, {"loss": mlm.detach(), "mlm": mlm.detach()}
-    # the o_prev gates (units only) must sit beside the activations they scale
+    # the o_prev scales (units only) must sit beside the activations they scale
     previous = previous.units_only().to(device)
     with autocast(device, config.precision):
         batch = input_ids.shape[0]
@@ -130,13 +130,13 @@ def das_loss(model: nn.Module, units: ModelUnits, input_ids: torch.Tensor, maske
             views.append(anchor_ids)
         sizes = [len(v) for v in views]
         mask = torch.cat([attention_mask[:n] for n in sizes])  # (sum(sizes), T)
-        gate_ctx = nullcontext()
-        if with_prev:  # per-sample gates: ones for the free passes, I(<=t-1) for the o_prev rows
+        scale_ctx = nullcontext()
+        if with_prev:  # per-sample scales: ones for the free passes, I(<=t-1) for the o_prev rows
             free = sum(sizes[:-1])
-            gates = previous.map(lambda t: torch.cat([torch.ones(free, *t.shape, device=t.device, dtype=t.dtype),
+            scales = previous.map(lambda t: torch.cat([torch.ones(free, *t.shape, device=t.device, dtype=t.dtype),
                                                       t.expand(k, *t.shape)]))  # (rows, L, U)
-            gate_ctx = gates_applied(units, gates)
-        with gate_ctx:
+            scale_ctx = scales_applied(units, scales)
+        with scale_ctx:
             hidden = hidden_states(model, torch.cat(views), mask)  # (rows, T, D)
         mlm = masked_lm_loss(units, hidden[:batch], labels)
         pooled = mean_pool(hidden, mask).split(sizes)  # one (n, D) per view
@@ -144,7 +144,7 @@ def das_loss(model: nn.Module, units: ModelUnits, input_ids: torch.Tensor, maske
         if with_prev:
             prev = pooled[-1]
         else:
-            with torch.no_grad(), gates_applied(units, previous):
+            with torch.no_grad(), scales_applied(units, previous):
                 prev = mean_pool(hidden_states(model, anchor_ids, attention_mask[:k]), attention_mask[:k])
         contrast = contrastive_loss(anchor, positive, prev, config.temperature)
     loss = mlm + config.contrastive_weight * contrast

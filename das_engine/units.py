@@ -134,7 +134,7 @@ class UnitTensors:
     @classmethod
     def full(cls, units: ModelUnits, value: float, requires_grad: bool = False,
              device: torch.device | str | None = None) -> UnitTensors:
-        """float32 tensors of `value`, on `device` (the CPU if None; gates pass the model's device)."""
+        """float32 tensors of `value`, on `device` (the CPU if None; unit scales pass the model's device)."""
         return cls(**{g: torch.full(s, float(value), requires_grad=requires_grad, dtype=torch.float32,
                                     device=device or "cpu")
                       for g, s in units.shapes().items()})
@@ -144,7 +144,7 @@ class UnitTensors:
         return found if self.embeddings is None else [*found, (EMBEDDINGS, self.embeddings)]
 
     def units_only(self) -> UnitTensors:
-        """The unit groups alone (no copy): what gates and per-unit masks read."""
+        """The unit groups alone (no copy): what unit scales and per-unit masks read."""
         return UnitTensors(self.head, self.intermediate, self.output)
 
     def with_embeddings(self, embeddings: torch.Tensor | None) -> UnitTensors:

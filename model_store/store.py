@@ -31,7 +31,7 @@ from das_settings import package_version
 
 from . import names
 from .backends import Backend, FsspecBackend, LocalBackend, open_backend, sha256_file
-from .layout import IMPORTANCE_FILES, MANIFEST, PICKLE_SUFFIXES, TASK_MODELS
+from .layout import IMPORTANCE_FILES, MANIFEST, PICKLE_SUFFIXES, TASK_MODELS, is_weight_file
 from .locks import FileLock, RedisLock, WriterLock
 from .manifest import CorpusInfo, Manifest, Status, now_iso
 
@@ -361,7 +361,7 @@ class ModelStore:
                 if version_id in protected or manifest.status == "archived":
                     continue
                 for name in manifest.files:
-                    if name not in IMPORTANCE_FILES.values() and name.endswith(".safetensors"):
+                    if is_weight_file(name):
                         self.backend.delete(f"versions/{version_id}/{name}")
                 self.backend.delete_prefix(f"{TASK_MODELS}/{version_id}")  # its end-task models go with it
                 self._write_manifest(manifest.with_status("archived"))
@@ -470,7 +470,7 @@ class ModelStore:
             if path.suffix in PICKLE_SUFFIXES:
                 raise StoreError(f"{path.name}: pickle files are refused; save the model with safetensors")
             files[names.file_name(path.name)] = sha256_file(path)
-        if not any(n.endswith(".safetensors") and n not in IMPORTANCE_FILES.values() for n in files):
+        if not any(is_weight_file(n) for n in files):
             raise StoreError(f"{folder} holds no safetensors weights")
         if MANIFEST in files:
             raise StoreError(f"{folder} already holds a {MANIFEST}")

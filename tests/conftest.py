@@ -16,9 +16,9 @@ from transformers import (
     RobertaForMaskedLM,
 )
 
-from das.demo import licence_documents, python_doc_documents
+from das_data.base_models import ensure_embedded_model
+from das_data.local_corpora import licence_documents, python_doc_documents
 from das_settings import get_settings
-from worker.base_model import ensure_embedded_model
 
 torch.set_num_threads(2)
 

@@ -13,7 +13,7 @@ import random
 import sysconfig
 from pathlib import Path
 
-from das.demo import licence_documents, python_doc_documents
+from das_data.local_corpora import licence_documents, python_doc_documents
 
 TOPIC_MODULES = {"network": ["http/client.py", "http/server.py", "http/cookiejar.py", "urllib/request.py",
                              "urllib/parse.py", "smtplib.py", "ftplib.py", "socket.py", "ssl.py", "imaplib.py",

@@ -9,9 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
-from das.data_cli import data_app
 from das.domains import (
     DOMAINS,
     MAX_CORPUS,
@@ -35,6 +32,9 @@ from das.domains import (
     scrub_corpus,
     write_domain,
 )
+from typer.testing import CliRunner
+
+from das.data_cli import data_app
 
 # ---------------------------------------------------------------------------------------------
 # read_domain: a good folder, and each kind of malformed one

@@ -19,11 +19,11 @@ import das_engine.trainer as trainer_module
 from das_engine.config import DASConfig
 from das_engine.contrastive import contrastive_loss
 from das_engine.data import mask_tokens, pack_corpus
-from das_engine.gates import gates_applied
 from das_engine.importance import domain_importance_raw, general_importance_raw, normalise, sample_batches
 from das_engine.mlm import hidden_states
 from das_engine.softmask import SoftMask
 from das_engine.trainer import CHECKPOINTS, adapt, das_loss, optimizer_step
+from das_engine.unit_scales import scales_applied
 from das_engine.units import UnitTensors, resolve_units
 
 META = torch.device("meta")
@@ -65,7 +65,7 @@ def test_the_trick_holds_meta_and_cpu_do_not_mix(on_meta):
     """If torch ever let these mix, the tests below would prove nothing."""
     model, units, _, batches = on_meta
     with pytest.raises(RuntimeError, match="device"):
-        with gates_applied(units, UnitTensors.full(units, 1.0)):  # gates left on the CPU
+        with scales_applied(units, UnitTensors.full(units, 1.0)):  # scales left on the CPU
             hidden_states(model, *_meta(batches[0]))
 
 
@@ -80,7 +80,7 @@ def test_mask_tokens_follows_the_input_device(on_meta):
 def test_gates_and_importance_passes_follow_the_model(on_meta):
     model, units, tokenizer, batches = on_meta
     batches = [_meta(b) for b in batches]
-    with gates_applied(units, UnitTensors.full(units, 1.0, device=units.device)):
+    with scales_applied(units, UnitTensors.full(units, 1.0, device=units.device)):
         assert hidden_states(model, *batches[0]).device == META
     general = general_importance_raw(model, units, batches)
     domain = domain_importance_raw(model, units, batches, tokenizer, 0.15, seed=0)
@@ -98,7 +98,7 @@ def test_contrastive_targets_follow_the_representations():
 @pytest.mark.parametrize("anchor,no_grad,mode", [(True, True, "update"), (False, True, "grad"),
                                                  (True, False, "update"), (False, False, "grad")])
 def test_a_training_step_follows_the_model(on_meta, anchor, no_grad, mode):
-    """das_loss (per-sample gates, o_prev gates) forward and backward, then the soft-masked step;
+    """das_loss (per-sample scales, o_prev scales) forward and backward, then the soft-masked step;
     the importance stays on the CPU, as loaded: das_loss and SoftMask must move it."""
     model, units, tokenizer, batches = on_meta
     model.train()
@@ -192,14 +192,14 @@ def test_gates_keep_the_activation_dtype_and_their_gradient_fp32(model_and_token
     ids, mask = sample_batches(pack_corpus(legal_docs, tokenizer, max_length=32), 2, 2, seed=0)[0]
     seen = []
     handle = units.layers[0].output.register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
-    gates = UnitTensors.full(units, 1.0, requires_grad=True)
+    scales = UnitTensors.full(units, 1.0, requires_grad=True)
     try:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             hidden_states(model, ids, mask)
-            with gates_applied(units, gates):
+            with scales_applied(units, scales):
                 loss = hidden_states(model, ids, mask).float().pow(2).mean()
     finally:
         handle.remove()
     assert seen == [torch.bfloat16, torch.bfloat16]  # the FFN output layer's input, ungated then gated
-    grads = torch.autograd.grad(loss, [t for _, t in gates.items()])
+    grads = torch.autograd.grad(loss, [t for _, t in scales.items()])
     assert all(g.dtype == torch.float32 and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)

@@ -164,15 +164,15 @@ def test_grad_mode_scales_the_clipped_gradient_by_one_minus_importance(tmp_path,
 
 # --- the contrastive term of das_loss: own second pass as positive, o_prev gated by I(<=t-1) ---
 
-def _gated_copy(model, gates: UnitTensors):
-    """A copy whose weights do what gates do: a unit's output times g is its producing rows (or, for a
+def _scaled_copy(model, scales: UnitTensors):
+    """A copy whose weights do what unit scales do: a unit's output times g is its producing rows (or, for a
     head, the attention output's columns reading it) times g. Independent of the engine's hooks."""
     gated = copy.deepcopy(model)
     units = resolve_units(gated)
     with torch.no_grad():
         for idx, layer in enumerate(units.layers):
-            layer.attention_output.weight.mul_(gates.head[idx].repeat_interleave(units.head_size)[None, :])
-            for linear, group in ((layer.intermediate, gates.intermediate), (layer.output, gates.output)):
+            layer.attention_output.weight.mul_(scales.head[idx].repeat_interleave(units.head_size)[None, :])
+            for linear, group in ((layer.intermediate, scales.intermediate), (layer.output, scales.output)):
                 linear.weight.mul_(group[idx][:, None])
                 linear.bias.mul_(group[idx])
     return gated
@@ -213,7 +213,7 @@ def test_das_loss_contrastive_term_matches_the_spec(family_dir, legal_docs, no_g
     with torch.no_grad():
         view = masked if anchor_is_mlm_pass else ids
         o_full = _pooled(model, view, mask)  # eval mode: o_full+ is the same pass
-        o_prev = _pooled(_gated_copy(model, previous), view, mask)
+        o_prev = _pooled(_scaled_copy(model, previous), view, mask)
         expected_mlm = model(input_ids=masked, attention_mask=mask, labels=labels).loss.item()
     assert parts["contrastive"] == pytest.approx(_info_nce(o_full, o_full, o_prev, 0.05), rel=1e-4)
     assert parts["mlm"] == pytest.approx(expected_mlm, rel=1e-5)

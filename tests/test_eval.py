@@ -14,11 +14,13 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from das import eval_cli, evaluation
-from das.demo import licence_documents, python_doc_documents
-from das.domains import Example
+import das_eval
+from das import eval_cli
 from das.eval_cli import eval_command
-from das.evaluation import (
+from das_data.domain_folder import Example
+from das_data.local_corpora import licence_documents, python_doc_documents
+from das_data.splits import cap_balanced
+from das_eval import (
     EvalError,
     final_average,
     forgetting_rate,
@@ -30,10 +32,11 @@ from das.evaluation import (
     run_evaluation,
     step_costs,
 )
-from das_engine.config import DASConfig
+from das_eval import (
+    runner as eval_runner,
+)
 
-NCL_READY = "softmask" in {f.name for f in dataclasses.fields(DASConfig)}
-METHODS = "base,ncl,das" if NCL_READY else "base,das:contrastive_weight=0,das"
+METHODS = "base,ncl,das"
 # a high learning rate, so that three steps move the scores (and the checks below are not 0 == 0)
 CLI_SMALL = ["--steps", "3", "--batch-size", "4", "--max-length", "32", "--importance-samples", "4", "--lr", "5e-3",
              "--set", "importance_batch_size=4"]
@@ -43,7 +46,7 @@ PLAN_TRAIN = {"steps": 3, "batch_size": 4, "max_length": 32, "importance_samples
 app = typer.Typer()
 app.command("eval")(eval_command)
 app.command("noop")(lambda: None)  # two commands: `eval` stays a subcommand, as under `das`
-runner = CliRunner()
+cli_runner = CliRunner()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,7 +95,7 @@ def test_method_names_settings_and_folders():
                                                      "max_grad_norm": None}
     assert grad.folder == "das+mask_mode-grad+contrastive_weight-0+max_grad_norm-none"
     assert parse_method("base").trains is False and parse_method("das").overrides == {}
-    assert evaluation.split_methods("base,das:mask_mode=grad,negative_rule=abs,ncl") == [
+    assert das_eval.split_methods("base,das:mask_mode=grad,negative_rule=abs,ncl") == [
         "base", "das:mask_mode=grad,negative_rule=abs", "ncl"]
     for bad, message in (("bert", "unknown kind"), ("das:nope=1", "not a DASConfig field"),
                          ("das:mask_mode=sideways", "must be one of grad, update"),
@@ -102,7 +105,6 @@ def test_method_names_settings_and_folders():
             parse_method(bad)
 
 
-@pytest.mark.skipif(not NCL_READY, reason="DASConfig has no 'softmask' field yet: the ncl method needs it")
 def test_ncl_is_plain_mlm_and_checked_by_dasconfig():
     assert parse_method("ncl").overrides == {"softmask": False}
     # settings that only DAS reads are accepted and ignored by plain MLM (DASConfig's rule)
@@ -112,12 +114,12 @@ def test_ncl_is_plain_mlm_and_checked_by_dasconfig():
 
 def test_heldout_slice_and_caps_are_fixed_and_disjoint():
     docs = [f"document number {i}" for i in range(100)] + ["document number 3"]  # one text twice
-    held, train = evaluation.heldout_split(docs, 0.05, 200)
+    held, train = das_eval.heldout_split(docs, 0.05, 200)
     assert len(held) == 5 and not set(held) & set(train) and len(held) + len(train) <= len(docs)
-    assert evaluation.heldout_split(list(reversed(docs)), 0.05, 200)[0] == sorted(held, key=docs.index)[::-1]
-    assert len(evaluation.heldout_split(docs, 0.5, 7)[0]) == 7
+    assert das_eval.heldout_split(list(reversed(docs)), 0.05, 200)[0] == sorted(held, key=docs.index)[::-1]
+    assert len(das_eval.heldout_split(docs, 0.5, 7)[0]) == 7
     examples = [Example(f"text {i}", "a" if i < 90 else "b") for i in range(100)]
-    capped = evaluation.cap_examples(examples, 20)
+    capped = cap_balanced(examples, 20, 0, "das-eval-cap")
     assert len(capped) == 20 and sum(e.label == "b" for e in capped) == 10  # balanced while labels last
 
 
@@ -180,7 +182,7 @@ def domains(tmp_path_factory) -> list[Path]:
 
 
 def _cli(domains: list[Path], out: Path, *extra: str, methods: str = METHODS, seeds: int = 2):
-    return runner.invoke(app, ["eval", *map(str, domains), "--out", str(out), "--methods", methods,
+    return cli_runner.invoke(app, ["eval", *map(str, domains), "--out", str(out), "--methods", methods,
                                "--seeds", str(seeds), *CLI_SMALL, *extra])
 
 
@@ -228,7 +230,7 @@ def finished(tmp_path_factory, domains, bert_dir) -> Finished:
 def test_a_run_writes_a_complete_matrix_and_its_reports(finished, domains):
     finished = finished.out
     results = json.loads((finished / "results.json").read_text())
-    methods = evaluation.split_methods(METHODS)
+    methods = das_eval.split_methods(METHODS)
     assert list(results["methods"]) == methods and results["seeds"] == [0, 1]
     assert results["domains"] == ["code", "legal"]
     for method in methods:
@@ -259,7 +261,7 @@ def test_a_run_writes_a_complete_matrix_and_its_reports(finished, domains):
         assert (finished / "runs" / "base" / f"seed-{seed}" / "stage-0-base" / "scores.json").is_file()
         for method in methods[1:]:
             for stage in ("stage-1-code", "stage-2-legal"):
-                folder = finished / "runs" / evaluation.method_folder(method) / f"seed-{seed}" / stage
+                folder = finished / "runs" / das_eval.method_folder(method) / f"seed-{seed}" / stage
                 assert (folder / "scores.json").is_file() and (folder / "model.safetensors").is_file()
     seed1_base = json.loads((finished / "runs" / "base" / "seed-1" / "stage-0-base" / "scores.json").read_text())
     assert seed1_base["copied_from"] == "runs/base/seed-0/stage-0-base/scores.json"  # the probe draws nothing random
@@ -272,8 +274,7 @@ def test_a_run_writes_a_complete_matrix_and_its_reports(finished, domains):
     for method in methods[1:]:
         cost = results["cost"][method]
         assert cost["median_step_s"] > 0
-        if NCL_READY:
-            assert cost[reference] == pytest.approx(cost["median_step_s"] / results["cost"]["ncl"]["median_step_s"])
+        assert cost[reference] == pytest.approx(cost["median_step_s"] / results["cost"]["ncl"]["median_step_s"])
     assert "base" not in results["cost"]
     # reports
     text = (finished / "results.md").read_text()
@@ -287,7 +288,7 @@ def test_a_run_writes_a_complete_matrix_and_its_reports(finished, domains):
 
 def test_heldout_documents_are_never_trained_on(finished, domains):
     finished = finished.out
-    plan_domain = evaluation.prepare_domain(domains[0], evaluation.ScoringSettings())
+    plan_domain = das_eval.prepare_domain(domains[0], das_eval.ScoringSettings())
     assert plan_domain.heldout_documents and not set(plan_domain.heldout_documents) & set(
         plan_domain.training_documents)
     metrics = json.loads((finished / "runs" / "das" / "seed-0" / "stage-1-code" / "train_metrics.json").read_text())
@@ -307,13 +308,13 @@ def test_a_rerun_recomputes_only_the_stage_whose_scores_are_gone(finished, domai
     (stage / "scores.json").unlink()
     trained_at = (stage / "train_metrics.json").stat().st_mtime_ns
     scored: list[str] = []
-    real = evaluation.score_model
+    real = eval_runner.score_model
 
     def counting(folder, *args, **kwargs):
         scored.append(str(Path(folder).relative_to(out)) if str(folder).startswith(str(out)) else str(folder))
         return real(folder, *args, **kwargs)
 
-    monkeypatch.setattr(evaluation, "score_model", counting)
+    monkeypatch.setattr(eval_runner, "score_model", counting)
     result = _cli(domains, out, "--base", str(bert_dir))
     assert result.exit_code == 0, result.output
     assert scored == ["runs/das/seed-1/stage-1-code"]
@@ -324,11 +325,11 @@ def test_a_rerun_recomputes_only_the_stage_whose_scores_are_gone(finished, domai
 
 def test_an_interrupted_run_resumes_where_it_stopped(finished):
     assert isinstance(finished.first.exception, Interrupted)
-    first_method = evaluation.method_folder(evaluation.split_methods(METHODS)[1])
+    first_method = das_eval.method_folder(das_eval.split_methods(METHODS)[1])
     assert finished.done_when_interrupted == ["runs/base/seed-0/stage-0-base", "runs/base/seed-1/stage-0-base",
                                               f"runs/{first_method}/seed-0/stage-1-code"]
     # the rerun computed every other stage, once, and none of those already done
-    methods = evaluation.split_methods(METHODS)[1:]
+    methods = das_eval.split_methods(METHODS)[1:]
     expected = [f"{m}, seed {s}, stage {t} ({d})" for s in (0, 1) for m in methods  # seed-major
                 for t, d in ((1, "code"), (2, "legal"))]
     expected.remove(f"{methods[0]}, seed 0, stage 1 (code)")
@@ -357,7 +358,7 @@ def test_other_settings_into_the_same_folder_are_refused(finished, domains, bert
     for extra, what in ((["--steps", "4"], "train.steps: 3 -> 4"), (["--max-train", "30"], "scoring.max_train"),
                         (["--set", "negative_rule=abs"], "train.negative_rule")):
         args = [a for a in CLI_SMALL if a not in ("--steps", "3")] if extra[0] == "--steps" else CLI_SMALL
-        result = runner.invoke(app, ["eval", *map(str, domains), "--out", str(out), "--methods", METHODS,
+        result = cli_runner.invoke(app, ["eval", *map(str, domains), "--out", str(out), "--methods", METHODS,
                                      "--seeds", "2", *args, *extra, "--base", str(bert_dir)])
         assert result.exit_code == 2 and "other settings" in result.output and what in result.output, result.output
     reversed_order = _cli(list(reversed(domains)), out, "--base", str(bert_dir))
@@ -381,7 +382,7 @@ def test_clear_errors(domains, bert_dir, tmp_path):
 def test_a_pruned_stage_cannot_be_trained_from_and_says_so(finished, domains, bert_dir, tmp_path):
     out = _copy(finished, tmp_path)
     stage1, stage2 = (out / "runs" / "das" / "seed-0" / name for name in ("stage-1-code", "stage-2-legal"))
-    evaluation.prune_model(stage1)
+    eval_runner.prune_model(stage1)
     assert not (stage1 / "model.safetensors").exists() and (stage1 / "importance.safetensors").is_file()
     assert _cli(domains, out, "--base", str(bert_dir)).exit_code == 0  # every stage is scored: nothing to train
     (stage2 / "scores.json").unlink()
@@ -390,7 +391,7 @@ def test_a_pruned_stage_cannot_be_trained_from_and_says_so(finished, domains, be
 
 
 def test_fine_tuning_scores_every_stage_per_seed(domains, bert_dir, tmp_path):
-    scoring = evaluation.ScoringSettings(finetune=True, finetune_epochs=1, finetune_batch_size=8, max_length=32)
+    scoring = das_eval.ScoringSettings(finetune=True, finetune_epochs=1, finetune_batch_size=8, max_length=32)
     plan = make_plan(domains[:1], "base", 2, base=str(bert_dir), train=PLAN_TRAIN, scoring=scoring)
     results = run_evaluation(plan, tmp_path / "out")
     assert results["families"] == ["probe/macro_f1", "probe/accuracy", "finetune/macro_f1", "finetune/accuracy"]
@@ -429,7 +430,7 @@ def _only(results: dict, specs: list[str]) -> dict:
 
 def test_eval_merge_joins_runs_of_one_evaluation(finished, tmp_path):
     results = json.loads((finished.out / "results.json").read_text())
-    specs = evaluation.split_methods(METHODS)
+    specs = das_eval.split_methods(METHODS)
     first, second = _only(results, specs[:2]), _only(results, ["base", *specs[2:]])
     del second["settings"]["train"]["contrastive_samples"]  # an older run: the field's default is filled in
     for part, path in ((first, tmp_path / "a.json"), (second, tmp_path / "b.json")):
@@ -437,7 +438,7 @@ def test_eval_merge_joins_runs_of_one_evaluation(finished, tmp_path):
     merge_app = typer.Typer()
     merge_app.command("eval-merge")(eval_cli.merge_command)
     merge_app.command("noop")(lambda: None)
-    result = runner.invoke(merge_app, ["eval-merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
+    result = cli_runner.invoke(merge_app, ["eval-merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
                                        "--out", str(tmp_path / "merged")])
     assert result.exit_code == 0, result.output
     merged = json.loads((tmp_path / "merged" / "results.json").read_text())
@@ -447,10 +448,10 @@ def test_eval_merge_joins_runs_of_one_evaluation(finished, tmp_path):
     assert merged["settings"] == results["settings"]
     report = (tmp_path / "merged" / "results.md").read_text()
     assert all(f"| `{s}` |" in report for s in specs)
-    assert (tmp_path / "merged" / f"heatmap-probe-macro_f1-{evaluation.method_folder(specs[-1])}.png").is_file()
+    assert (tmp_path / "merged" / f"heatmap-probe-macro_f1-{das_eval.method_folder(specs[-1])}.png").is_file()
 
     # --seeds K: every run cut to seeds 0..K-1 and summarised again over them
-    result = runner.invoke(merge_app, ["eval-merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
+    result = cli_runner.invoke(merge_app, ["eval-merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
                                        "--seeds", "1", "--out", str(tmp_path / "seed0")])
     assert result.exit_code == 0, result.output
     seed0 = json.loads((tmp_path / "seed0" / "results.json").read_text())
@@ -461,17 +462,17 @@ def test_eval_merge_joins_runs_of_one_evaluation(finished, tmp_path):
         assert cut["per_seed"] == full["per_seed"][:1]
         assert seed0["summary"][spec]["mean_matrix"]["mlm_loss"] == results["scores"][spec]["0"]["mlm_loss"]
     with pytest.raises(EvalError, match=r"results 1 has seeds \[0, 1\]; it lacks \[2\]"):
-        evaluation.merge_results([first, second], seeds=[0, 2])
+        das_eval.merge_results([first, second], seeds=[0, 2])
 
     second["settings"]["train"]["lr"] = 1e-3
     second["seeds"] = [0]
     with pytest.raises(EvalError, match=r"results 2 .*seeds.*train\.lr: 0\.005 -> 0\.001"):
-        evaluation.merge_results([first, second])
+        das_eval.merge_results([first, second])
     (tmp_path / "b.json").write_text(json.dumps(second))
     (tmp_path / "c.json").write_text("{not json")
     for bad, says in ((tmp_path / "b.json", "other settings"), (tmp_path / "c.json", "not a results.json"),
                       (tmp_path / "missing.json", "is not a file")):
-        result = runner.invoke(merge_app, ["eval-merge", str(tmp_path / "a.json"), str(bad),
+        result = cli_runner.invoke(merge_app, ["eval-merge", str(tmp_path / "a.json"), str(bad),
                                            "--out", str(tmp_path / "bad")])
         assert result.exit_code == 2 and says in result.output, result.output
     assert not (tmp_path / "bad").exists()

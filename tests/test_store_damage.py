@@ -17,12 +17,12 @@ from typer.testing import CliRunner
 
 from das.app import build_app
 from das.cli import app as cli
+from das_data.base_models import ensure_initialised
 from das_engine.config import DASConfig
 from job_records import SqliteJobs
 from model_store.backends import sha256_file
 from model_store.store import CorruptVersion, ModelStore, PublishRequest, StoreError
-from worker import tasks
-from worker.base_model import ensure_initialised
+from worker import jobs
 from worker.context import Outcome, WorkerContext
 
 SMALL = DASConfig(steps=3, batch_size=4, max_length=48, importance_samples=8, importance_batch_size=4,
@@ -90,7 +90,7 @@ def test_a_job_runs_past_a_damaged_old_version(store, tmp_path, corpus_file):
                         heartbeat_s=0.5)
     info = store.put_corpus(corpus_file, 60, filename="legal.txt")
     job = ctx.jobs.create("legal", info.sha256, 60, SMALL.to_dict(), filename=info.filename)
-    assert tasks.run_job(job.id, ctx) is Outcome.DONE
+    assert jobs.run_job(job.id, ctx) is Outcome.DONE
     done = ctx.jobs.get(job.id)
     assert (done.state, done.parent, done.version) == ("succeeded", "v0003", "v0004"), done.error
     assert store.ids() == ["v0001", "v0003", "v0004"] and [d.id for d in store.damaged()] == ["v0002"]
@@ -101,7 +101,7 @@ def test_a_job_waits_for_a_missing_pointer_and_says_why(store, tmp_path, corpus_
     ctx = WorkerContext(store=store, jobs=SqliteJobs(tmp_path / "jobs.sqlite"), work_dir=tmp_path / "work")
     info = store.put_corpus(corpus_file, 60)
     job = ctx.jobs.create("legal", info.sha256, 60, SMALL.to_dict())
-    assert tasks.run_job(job.id, ctx) is Outcome.WAIT
+    assert jobs.run_job(job.id, ctx) is Outcome.WAIT
     waiting = ctx.jobs.get(job.id)
     assert waiting.state == "queued" and waiting.attempts == 0
     assert "ACTIVE is missing" in waiting.error and "das repair" in waiting.error

@@ -1,6 +1,6 @@
 """The Celery worker process of distributed mode: the task body, and a warm shutdown that checkpoints.
 
-Start it with `das worker --broker redis://...`; the task runs worker.tasks.run_job.
+Start it with `das worker --broker redis://...`; the task runs worker.jobs.run_job.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from celery import signals
 from das_settings import get_settings
 
 from .context import Outcome
+from .jobs import run_job
 from .queue import TASK_NAME, make_celery, send_job
 from .redelivery import start_redelivery
 from .runtime import build_worker_context
-from .tasks import run_job
 
 log = logging.getLogger(__name__)
 WAIT_S = 3  # how often a job that waits for its turn asks again

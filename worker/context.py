@@ -36,4 +36,4 @@ class WorkerContext:
     owner: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
 
 
-RunJob = Callable[[str, WorkerContext], Outcome]  # worker.tasks.run_job, injected where torch must wait
+RunJob = Callable[[str, WorkerContext], Outcome]  # worker.jobs.run_job, injected where torch must wait

@@ -18,7 +18,7 @@ class EmbeddedWorker:
 
     def __init__(self, ctx: WorkerContext, run_job: RunJob) -> None:
         self.ctx = ctx
-        self.run_job = run_job  # worker.tasks.run_job, passed in so that this module imports no torch
+        self.run_job = run_job  # worker.jobs.run_job, passed in so that this module imports no torch
         self.queue: queue.Queue[str | None] = queue.Queue()
         self.thread = threading.Thread(target=self._loop, name="das-embedded-worker", daemon=True)
 

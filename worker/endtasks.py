@@ -68,15 +68,6 @@ def read_sets(tasks: TaskStore, definition: TaskDefinition) -> tuple[LabeledSet,
     return train, evals
 
 
-def _probe_config(settings: TaskSettings) -> endtask.ProbeConfig:
-    return endtask.ProbeConfig(l2=settings.l2, max_iter=settings.max_iter, seed=settings.seed)
-
-
-def _finetune_config(settings: TaskSettings) -> endtask.FinetuneConfig:
-    return endtask.FinetuneConfig(lr=settings.lr, epochs=settings.epochs, batch_size=settings.batch_size,
-                                  max_length=settings.max_length, seed=settings.seed)
-
-
 @dataclass
 class Fitted:
     """A task model fitted in a temporary folder, with its eval predictions (for the gate)."""
@@ -91,43 +82,33 @@ class Fitted:
 def fit_probe_on(backbone: Backbone, definition: TaskDefinition, train: LabeledSet,
                  evals: LabeledSet | None, out: Path) -> Fitted:
     """Fit a probe on `backbone`'s frozen features; save it into `out`; score it on the eval set."""
-    settings = TaskSettings.from_dict(definition.settings)
+    config = endtask.ProbeConfig.of(TaskSettings.from_dict(definition.settings))
     started = time.perf_counter()
     train_x = backbone.features(f"{definition.name}/train", train.texts)
-    head = endtask.fit_probe(train_x, train.labels, definition.labels, _probe_config(settings))
-    fit_seconds = time.perf_counter() - started
-    head.save(out)
-    predictions = None
-    if evals is not None:
-        predictions = head(backbone.features(f"{definition.name}/eval", evals.texts)).argmax(-1).tolist()
-    return _scored(definition, out, evals, predictions, fit_seconds)
+    eval_x = backbone.features(f"{definition.name}/eval", evals.texts) if evals is not None else None
+    fit = endtask.probe_task(train_x, train, definition.labels, config, eval_x, evals)
+    fit.head.save(out)
+    return _fitted(definition, out, fit.scores, time.perf_counter() - started)
 
 
 def fit_finetune_on(folder: Path, definition: TaskDefinition, train: LabeledSet,
                     evals: LabeledSet | None, out: Path, device: str = "cpu",
                     on_step: Callable[[int, int, float], None] | None = None) -> Fitted:
     """Fine-tune all parameters of the backbone in `folder` for the task; save the model into `out`."""
-    settings = TaskSettings.from_dict(definition.settings)
+    config = endtask.FinetuneConfig.of(TaskSettings.from_dict(definition.settings))
     started = time.perf_counter()
-    model, tokenizer = endtask.finetune(folder, train, _finetune_config(settings), device=device, on_step=on_step)
-    fit_seconds = time.perf_counter() - started
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    predictions = None
-    if evals is not None:
-        logits = endtask.classify_logits(model, tokenizer, evals.texts, max_length=settings.max_length)
-        predictions = logits.argmax(-1).tolist()
-    return _scored(definition, out, evals, predictions, fit_seconds)
+    fit = endtask.finetune_task(folder, train, config, evals, device=device, on_step=on_step)
+    fit.model.save_pretrained(out)
+    fit.tokenizer.save_pretrained(out)
+    return _fitted(definition, out, fit.scores, time.perf_counter() - started)
 
 
-def _scored(definition: TaskDefinition, out: Path, evals: LabeledSet | None, predictions: list[int] | None,
-            fit_seconds: float) -> Fitted:
-    """A fitted model with its scores on the eval set (none without one)."""
-    scores = {}
-    if evals is not None:
-        result = endtask.score(label_ids(evals.labels, definition.labels), predictions, len(definition.labels))
-        scores = {"macro_f1": round(result.macro_f1, 3), "accuracy": round(result.accuracy, 3), "n": result.n}
-    return Fitted(definition, out, scores, predictions, fit_seconds)
+def _fitted(definition: TaskDefinition, out: Path, scores: endtask.TaskScores | None, seconds: float) -> Fitted:
+    """A fitted model with its scores on the eval set, as the manifest records them (none without one)."""
+    if scores is None:
+        return Fitted(definition, out, {}, None, seconds)
+    record = {"macro_f1": round(scores.macro_f1, 3), "accuracy": round(scores.accuracy, 3), "n": scores.n}
+    return Fitted(definition, out, record, scores.predictions, seconds)
 
 
 def publish_fitted(store: ModelStore, tasks: TaskStore, version: str, fitted: Fitted) -> TaskModel:

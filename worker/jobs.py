@@ -1,4 +1,4 @@
-"""The task function that Celery workers and the embedded worker both run: `run_job(job_id, ctx)`.
+"""The job function that Celery workers and the embedded worker both run: `run_job(job_id, ctx)`.
 
 It takes a job id and checks the world itself (Celery's guidance): a job that is finished, was
 cancelled, or already published its version is not run again; only the earliest pending job

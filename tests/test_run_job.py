@@ -1,4 +1,4 @@
-"""The task function: a job runs on the corpus and parent its record holds; only transient failures retry."""
+"""run_job: a job runs on the corpus and parent its record holds; only transient failures retry."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from das_engine.config import DASConfig
 from job_records import SqliteJobs
 from model_store.locks import StoreLocked
 from model_store.store import ModelStore
-from worker import tasks
+from worker import jobs
 from worker.adaptation import adapt_active
 from worker.context import Outcome, WorkerContext
 
@@ -32,7 +32,7 @@ def _job(ctx: WorkerContext, corpus_file, **fields):
 
 def test_a_job_publishes_from_the_corpus_and_parent_in_its_record(ctx, corpus_file):
     job = _job(ctx, corpus_file)
-    assert tasks.run_job(job.id, ctx) is Outcome.DONE
+    assert jobs.run_job(job.id, ctx) is Outcome.DONE
     done = ctx.jobs.get(job.id)
     assert (done.state, done.parent, done.version, done.attempts) == ("succeeded", "v0001", "v0002", 1)
     manifest = ctx.store.manifest("v0002")
@@ -45,7 +45,7 @@ def test_a_job_keeps_the_parent_it_started_from(ctx, corpus_file, tmp_path):
     operator's choice active, publishing a candidate (and says so), without burning attempts."""
     job = _job(ctx, corpus_file, parent="v0001")
     adapt_active(ctx.store, corpus_file, "other", SMALL, work_dir=tmp_path / "other-work")  # v0002 becomes active
-    assert tasks.run_job(job.id, ctx) is Outcome.DONE
+    assert jobs.run_job(job.id, ctx) is Outcome.DONE
     done = ctx.jobs.get(job.id)
     assert (done.state, done.attempts, done.parent, done.version) == ("succeeded", 1, "v0001", "v0003")
     assert "candidate" in done.note and "v0002" in done.note
@@ -59,29 +59,29 @@ def test_only_transient_failures_are_retried(ctx, corpus_file, monkeypatch):
     def busy(job, ctx, reporter):
         raise StoreLocked("another writer holds the lock")
 
-    monkeypatch.setitem(tasks.JOB_KINDS, "adapt", busy)
-    assert tasks.run_job(job.id, ctx) is Outcome.RETRY
+    monkeypatch.setitem(jobs.JOB_KINDS, "adapt", busy)
+    assert jobs.run_job(job.id, ctx) is Outcome.RETRY
     again = ctx.jobs.get(job.id)
     assert again.state == "queued" and again.attempts == 1 and "StoreLocked" in again.error
 
     def broken(job, ctx, reporter):
         raise RuntimeError("weights are NaN")
 
-    monkeypatch.setitem(tasks.JOB_KINDS, "adapt", broken)
-    assert tasks.run_job(job.id, ctx) is Outcome.DONE
+    monkeypatch.setitem(jobs.JOB_KINDS, "adapt", broken)
+    assert jobs.run_job(job.id, ctx) is Outcome.DONE
     done = ctx.jobs.get(job.id)
     assert done.state == "failed" and done.attempts == 2 and done.error == "RuntimeError: weights are NaN"
 
 
 def test_a_bad_setting_is_rejected_at_once(ctx, corpus_file):
     job = _job(ctx, corpus_file, settings={**SMALL.to_dict(), "steps": 0})
-    assert tasks.run_job(job.id, ctx) is Outcome.DONE
+    assert jobs.run_job(job.id, ctx) is Outcome.DONE
     done = ctx.jobs.get(job.id)
     assert done.state == "rejected" and done.attempts == 1 and "DASConfig.steps" in done.error
 
 
 def test_an_unknown_kind_of_job_fails_with_its_name(ctx, corpus_file):
     job = _job(ctx, corpus_file, kind="fit-task")
-    assert tasks.run_job(job.id, ctx) is Outcome.DONE
+    assert jobs.run_job(job.id, ctx) is Outcome.DONE
     done = ctx.jobs.get(job.id)
     assert done.state == "failed" and "'fit-task'" in done.error

