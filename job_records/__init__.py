@@ -4,11 +4,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .job import KINDS, PENDING, STATES, TERMINAL, Job, JobKind, JobRegistry, State
+from .job import (
+    KINDS,
+    PENDING,
+    STATES,
+    TERMINAL,
+    AdaptRequest,
+    FitRequest,
+    Job,
+    JobKind,
+    JobRegistry,
+    JobRequest,
+    State,
+)
 from .redis_jobs import RedisJobs
 from .sqlite_jobs import SqliteJobs
 
-__all__ = ["KINDS", "PENDING", "STATES", "TERMINAL", "Job", "JobKind", "JobRegistry", "State", "RedisJobs",
+__all__ = ["KINDS", "PENDING", "STATES", "TERMINAL", "AdaptRequest", "FitRequest", "Job", "JobKind", "JobRegistry",
+           "JobRequest", "State", "RedisJobs",
            "SqliteJobs", "open_job_records"]
 
 

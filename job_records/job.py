@@ -3,8 +3,10 @@
 A job's record is the truth about it (Celery's guidance: a task killed by the OOM killer leaves
 no trace in the broker). Jobs are numbered in the order they were accepted (`seq`); only the
 earliest pending job may run, and only by the worker that holds its lease. `kind` names what a
-worker does with it: `adapt` (a domain corpus -> a new version) or `fit` (an end-task model on a
-version; for those, `domain` holds the task's name and `corpus_id` its train data).
+worker does with it, and each kind has fields of its own (None for the other kinds):
+`adapt` (a stored domain corpus -> a new version: `domain`, `corpus_id`, ...) or `fit` (an end-task
+model on a version: `task`, `generation`, `data_sha256`, ...). A request for one is an `AdaptRequest`
+or a `FitRequest`.
 """
 
 from __future__ import annotations
@@ -24,22 +26,61 @@ JobKind = Literal["adapt", "fit"]
 KINDS: tuple[JobKind, ...] = ("adapt", "fit")
 
 
+@dataclass(frozen=True)
+class AdaptRequest:
+    """Adapt the active version to a corpus of the store (its sha256), with DASConfig settings (and `force`)."""
+
+    domain: str
+    corpus_id: str
+    corpus_documents: int
+    settings: dict[str, Any]
+    corpus_filename: str = ""
+    kind: JobKind = "adapt"
+
+
+@dataclass(frozen=True)
+class FitRequest:
+    """Fit one registration (`generation`) of an end task on a version, from its train data (sha256)."""
+
+    task: str
+    generation: str
+    data_sha256: str
+    examples: int
+    data_filename: str = ""
+    kind: JobKind = "fit"
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return {}  # a fit's settings are its task's (TaskDefinition.settings)
+
+
+JobRequest = AdaptRequest | FitRequest
+
+
 @dataclass
 class Job:
     id: str
     seq: int
     state: State
-    domain: str
-    corpus_id: str
-    corpus_documents: int
-    settings: dict[str, Any]
+    kind: JobKind
     created: float
-    kind: JobKind = "adapt"
-    corpus_filename: str = ""
+    settings: dict[str, Any]
+    # kind "adapt": the corpus a version is adapted on
+    domain: str | None = None
+    corpus_id: str | None = None  # its sha256 in the store
+    corpus_documents: int | None = None
+    corpus_filename: str | None = None
+    # kind "fit": the task registration fitted, and its train data
+    task: str | None = None
+    generation: str | None = None
+    data_sha256: str | None = None
+    examples: int | None = None
+    data_filename: str | None = None
+    # every kind: how it runs
     started: float | None = None
     finished: float | None = None
     progress: dict[str, Any] = field(default_factory=dict)
-    parent: str | None = None  # the version the job builds on, fixed when it first starts
+    parent: str | None = None  # the version the job builds on (adapt) or fits on (fit), fixed when it first starts
     version: str | None = None
     error: str | None = None
     attempts: int = 0
@@ -52,12 +93,23 @@ class Job:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Job:
-        return cls(**json.loads(text))
+        return cls(**_current_fields(json.loads(text)))
+
+
+def _current_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """A record as written by any release: fit jobs once kept their task in `domain`, its train data in
+    `corpus_id` and its generation in `settings`."""
+    data.setdefault("kind", "adapt")
+    if data["kind"] == "fit" and "task" not in data:
+        settings = dict(data.get("settings") or {})
+        data.update(task=data.pop("domain"), data_sha256=data.pop("corpus_id"),
+                    examples=data.pop("corpus_documents"), data_filename=data.pop("corpus_filename", "") or "",
+                    generation=settings.pop("generation", None), settings={})
+    return data
 
 
 class JobRegistry(Protocol):
-    def create(self, domain: str, corpus_id: str, documents: int, settings: dict[str, Any], *,
-               kind: JobKind = "adapt", filename: str = "") -> Job: ...
+    def create(self, request: JobRequest) -> Job: ...
     def get(self, job_id: str) -> Job | None: ...
     def list(self, limit: int = 100) -> list[Job]: ...
     def update(self, job_id: str, **fields: Any) -> Job: ...
@@ -68,13 +120,13 @@ class JobRegistry(Protocol):
     def ping(self) -> None: ...  # raises if the records cannot be reached
 
 
-def new_job(seq: int, domain: str, corpus_id: str, documents: int, settings: dict[str, Any], *,
-            kind: JobKind = "adapt", filename: str = "") -> Job:
-    if kind not in KINDS:
-        raise ValueError(f"unknown job kind {kind!r}; known: {list(KINDS)}")
-    return Job(id=uuid.uuid4().hex, seq=seq, state="queued", domain=domain, corpus_id=corpus_id,
-               corpus_documents=documents, settings=settings, created=time.time(), kind=kind,
-               corpus_filename=filename)
+def new_job(seq: int, request: JobRequest) -> Job:
+    """The record of a job just accepted: queued, with the request's own fields."""
+    if request.kind not in KINDS:
+        raise ValueError(f"unknown job kind {request.kind!r}; known: {list(KINDS)}")
+    own = {k: v for k, v in dataclasses.asdict(request).items() if k not in ("kind", "settings")}
+    return Job(id=uuid.uuid4().hex, seq=seq, state="queued", kind=request.kind, created=time.time(),
+               settings=dict(request.settings), **own)
 
 
 def apply_fields(job: Job, fields: dict[str, Any]) -> Job:

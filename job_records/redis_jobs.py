@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .job import TERMINAL, Job, JobKind, apply_fields, new_job
+from .job import TERMINAL, Job, JobRequest, apply_fields, new_job
 
 _EXTEND_IF_OWNER = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
                     "return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0")
@@ -24,10 +24,8 @@ class RedisJobs:
     def _key(self, job_id: str) -> str:
         return f"{self.PREFIX}job:{job_id}"
 
-    def create(self, domain: str, corpus_id: str, documents: int, settings: dict[str, Any], *,
-               kind: JobKind = "adapt", filename: str = "") -> Job:
-        job = new_job(int(self.r.incr(f"{self.PREFIX}jobs:seq")), domain, corpus_id, documents, settings, kind=kind,
-                      filename=filename)
+    def create(self, request: JobRequest) -> Job:
+        job = new_job(int(self.r.incr(f"{self.PREFIX}jobs:seq")), request)
         pipe = self.r.pipeline()
         pipe.set(self._key(job.id), job.to_json())
         pipe.zadd(f"{self.PREFIX}jobs", {job.id: job.seq})

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .job import PENDING, Job, JobKind, apply_fields, new_job
+from .job import PENDING, Job, JobRequest, apply_fields, new_job
 
 _PENDING_SQL = ", ".join(f"'{state}'" for state in PENDING)
 
@@ -23,12 +23,11 @@ class SqliteJobs:
             self._db.execute("CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, seq INTEGER UNIQUE, "
                              "state TEXT, data TEXT, owner TEXT, lease_until REAL)")
 
-    def create(self, domain: str, corpus_id: str, documents: int, settings: dict[str, Any], *,
-               kind: JobKind = "adapt", filename: str = "") -> Job:
+    def create(self, request: JobRequest) -> Job:
         with self._mutex:
             self._db.execute("BEGIN IMMEDIATE")
             seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
-            job = new_job(seq, domain, corpus_id, documents, settings, kind=kind, filename=filename)
+            job = new_job(seq, request)
             self._db.execute("INSERT INTO jobs VALUES (?, ?, ?, ?, NULL, 0)", (job.id, seq, job.state, job.to_json()))
             self._db.execute("COMMIT")
         return job

@@ -270,12 +270,18 @@ class ModelStore:
         return target
 
     # ---------------------------------------------------------------- writing
-    def put_corpus(self, path: Path, documents: int, filename: str = "") -> CorpusInfo:
-        """Store a corpus under its sha256 (the same bytes twice are stored once)."""
+    def put_blob(self, path: Path) -> str:
+        """Store a file under corpora/<its sha256> and return the digest (the same bytes twice are stored once).
+        Corpora (`put_corpus`) and end-task data (`TaskStore.put_task_data`) are kept this way."""
         sha = sha256_file(path)
         if not self.backend.exists(f"corpora/{sha}"):
             self.backend.put_file(path, f"corpora/{sha}")
-        return CorpusInfo(sha256=sha, size=path.stat().st_size, documents=documents, filename=Path(filename).name)
+        return sha
+
+    def put_corpus(self, path: Path, documents: int, filename: str = "") -> CorpusInfo:
+        """Store a domain corpus, content-addressed."""
+        return CorpusInfo(sha256=self.put_blob(path), size=path.stat().st_size, documents=documents,
+                          filename=Path(filename).name)
 
     def init_base(self, folder: Path, base_model: str) -> Manifest:
         """Create v0001 from the base model as given, and activate it, if the store is empty.

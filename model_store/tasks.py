@@ -182,6 +182,10 @@ class TaskStore:
             for version in self.backend.list_dir(TASK_MODELS):
                 self.backend.delete_prefix(f"{TASK_MODELS}/{version}/{name}")
 
+    def put_task_data(self, path: Path, examples: int, filename: str = "") -> TaskData:
+        """Store a task's train or eval JSONL (checked before), content-addressed beside the corpora."""
+        return TaskData(self.store.put_blob(path), examples, Path(filename).name)
+
     def data_path(self, data: TaskData) -> Path:
         return self.store.corpus_path(data.sha256)
 

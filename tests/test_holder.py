@@ -61,33 +61,51 @@ def test_a_version_whose_check_fails_is_not_swapped_in(tmp_path):
 
 def test_a_swap_builds_its_version_between_batches_and_goes_next(tmp_path):
     """Building a model beside a forward pass slows the pass 3-5x through the GIL, so the two take
-    turns: no load or warm-up overlaps a batch, and a swap that asks for its turn waits for the batch
-    in progress (and at most the one the batcher was already starting), not for a run of batches,
-    even while the batcher re-enters its turn back to back."""
-    in_batch, overlaps, waited, stop = threading.Event(), [], [], threading.Event()
+    turns: no load or warm-up overlaps a batch, and once a swap holds the turnstile (it has asked for
+    its turn) at most one more batch starts before its load, the one the batcher had already let
+    through, even while the batcher re-enters its turn back to back. What is asserted is order, not
+    timing: the counts are taken at the moment the swap holds the turnstile and at its load, so they
+    do not depend on how long the files' check or the scheduler took before the swap asked."""
+    in_batch, batch_ran, stop = threading.Event(), threading.Event(), threading.Event()
+    overlaps, waited = [], []
     started = [0]  # batches started so far
-    asked = {}  # version -> batches started when its swap asked for a turn (resolve runs just before)
+    asked = {}  # swap thread -> batches started when it held the turnstile
 
     class Checked(Fake):
         def warm(self) -> None:
             overlaps.append(in_batch.is_set())
 
-    def resolve(version: str) -> Path:
-        asked[version] = started[0]
-        return tmp_path / version
-
     def load(version, folder, current):
         overlaps.append(in_batch.is_set())
-        waited.append(started[0] - asked[version])
+        held_at = asked.pop(threading.get_ident(), None)
+        waited.append(None if held_at is None else started[0] - held_at)
         return Checked(version, current)
 
-    holder = ModelHolder(resolve=resolve, load=load)
+    holder = ModelHolder(resolve=lambda version: tmp_path / version, load=load)
+
+    class Turnstile:
+        """holder's turnstile, noting how many batches had started when a swap took it."""
+
+        def __init__(self, lock) -> None:
+            self.lock = lock
+
+        def __enter__(self):
+            self.lock.acquire()
+            if threading.current_thread() is not batcher:
+                asked[threading.get_ident()] = started[0]
+            return self
+
+        def __exit__(self, *exc) -> None:
+            self.lock.release()
+
+    holder._turnstile = Turnstile(holder._turnstile)
 
     def batches() -> None:
         while not stop.is_set():
             with holder.turn():
                 started[0] += 1
                 in_batch.set()
+                batch_ran.set()
                 threading.Event().wait(0.002)  # a batch; sleeping releases the GIL as torch does
                 in_batch.clear()
 
@@ -95,13 +113,17 @@ def test_a_swap_builds_its_version_between_batches_and_goes_next(tmp_path):
     batcher.start()
     try:
         for n in range(1, 101):
+            batch_ran.clear()  # each swap asks while the batcher is running batches back to back
+            assert batch_ran.wait(timeout=60), "the batcher stopped"  # liveness guard only
             swapped = threading.Thread(target=holder.ensure, args=(f"v{n:04d}",))
             swapped.start()
-            swapped.join(timeout=5)
+            swapped.join(timeout=60)  # liveness guard only
             assert not swapped.is_alive(), "the swap never got its turn"
     finally:
         stop.set()
-        batcher.join()
+        batcher.join(timeout=60)
+    assert not batcher.is_alive()
     assert holder.current.version == "v0100"
-    assert len(overlaps) == 200 and not any(overlaps)
-    assert max(waited) <= 2
+    assert len(overlaps) == 200 and not any(overlaps), "a load or warm-up ran during a batch"
+    assert None not in waited, "a swap loaded without holding the turnstile"
+    assert len(waited) == 100 and max(waited) <= 1, "batches went ahead of a swap that held the turnstile"

@@ -5,7 +5,7 @@ import uuid
 
 import pytest
 
-from job_records import RedisJobs, SqliteJobs
+from job_records import AdaptRequest, RedisJobs, SqliteJobs
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -16,8 +16,8 @@ def jobs(request, tmp_path, redis_url):
 
 
 def test_jobs_are_numbered_listed_and_updated(jobs):
-    a = jobs.create("legal", "a" * 64, 10, {"steps": 5})
-    b = jobs.create("code", "b" * 64, 20, {"steps": 6})
+    a = jobs.create(AdaptRequest("legal", "a" * 64, 10, {"steps": 5}))
+    b = jobs.create(AdaptRequest("code", "b" * 64, 20, {"steps": 6}))
     assert (a.seq, b.seq, a.state) == (1, 2, "queued")
     assert [j.id for j in jobs.list()] == [b.id, a.id]  # newest first
     updated = jobs.update(a.id, state="running", progress={"step": 3, "total": 5})
@@ -30,7 +30,7 @@ def test_jobs_are_numbered_listed_and_updated(jobs):
 
 
 def test_earliest_pending_follows_acceptance_order(jobs):
-    a, b, c = (jobs.create("d", "c" * 64, 1, {}) for _ in range(3))
+    a, b, c = (jobs.create(AdaptRequest("d", "c" * 64, 1, {})) for _ in range(3))
     assert jobs.earliest_pending().id == a.id
     jobs.update(a.id, state="running")
     assert jobs.earliest_pending().id == a.id
@@ -42,7 +42,7 @@ def test_earliest_pending_follows_acceptance_order(jobs):
 
 
 def test_a_lease_has_one_owner_until_it_lapses(jobs):
-    job = jobs.create("d", "d" * 64, 1, {})
+    job = jobs.create(AdaptRequest("d", "d" * 64, 1, {}))
     assert jobs.claim(job.id, "worker-a", ttl_s=0.5)
     assert jobs.claim(job.id, "worker-a", ttl_s=0.5)  # a heartbeat renews it
     assert not jobs.claim(job.id, "worker-b", ttl_s=0.5)
@@ -58,7 +58,7 @@ def test_a_pending_job_held_by_no_worker_is_queued_again(jobs):
     from worker.redelivery import redeliver_stalled
 
     sent: list[str] = []
-    a, b = jobs.create("d", "a" * 64, 1, {}), jobs.create("d", "b" * 64, 1, {})
+    a, b = jobs.create(AdaptRequest("d", "a" * 64, 1, {})), jobs.create(AdaptRequest("d", "b" * 64, 1, {}))
     jobs.update(a.id, dispatched=100.0)
     assert redeliver_stalled(jobs, sent.append, after_s=30, now=120.0) is None  # queued 20 s ago: give it time
     assert redeliver_stalled(jobs, sent.append, after_s=30, now=140.0) == a.id  # the earliest, not b

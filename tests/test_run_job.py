@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from das_engine.config import DASConfig
-from job_records import SqliteJobs
+from job_records import AdaptRequest, SqliteJobs
 from model_store.locks import StoreLocked
 from model_store.store import ModelStore
 from worker import jobs
@@ -26,7 +26,7 @@ def ctx(tmp_path, roberta_dir) -> WorkerContext:
 
 def _job(ctx: WorkerContext, corpus_file, **fields):
     info = ctx.store.put_corpus(corpus_file, 60, filename="notes.txt")
-    job = ctx.jobs.create("legal", info.sha256, 60, SMALL.to_dict(), filename=info.filename)
+    job = ctx.jobs.create(AdaptRequest("legal", info.sha256, 60, SMALL.to_dict(), info.filename))
     return ctx.jobs.update(job.id, **fields) if fields else job
 
 

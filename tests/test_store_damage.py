@@ -19,7 +19,7 @@ from das.app import build_app
 from das.cli import app as cli
 from das_data.base_models import ensure_initialised
 from das_engine.config import DASConfig
-from job_records import SqliteJobs
+from job_records import AdaptRequest, SqliteJobs
 from model_store.backends import sha256_file
 from model_store.store import CorruptVersion, ModelStore, PublishRequest, StoreError
 from worker import jobs
@@ -89,7 +89,7 @@ def test_a_job_runs_past_a_damaged_old_version(store, tmp_path, corpus_file):
     ctx = WorkerContext(store=store, jobs=SqliteJobs(tmp_path / "jobs.sqlite"), work_dir=tmp_path / "work",
                         heartbeat_s=0.5)
     info = store.put_corpus(corpus_file, 60, filename="legal.txt")
-    job = ctx.jobs.create("legal", info.sha256, 60, SMALL.to_dict(), filename=info.filename)
+    job = ctx.jobs.create(AdaptRequest("legal", info.sha256, 60, SMALL.to_dict(), info.filename))
     assert jobs.run_job(job.id, ctx) is Outcome.DONE
     done = ctx.jobs.get(job.id)
     assert (done.state, done.parent, done.version) == ("succeeded", "v0003", "v0004"), done.error
@@ -100,7 +100,7 @@ def test_a_job_waits_for_a_missing_pointer_and_says_why(store, tmp_path, corpus_
     (store.backend.root / "ACTIVE").unlink()
     ctx = WorkerContext(store=store, jobs=SqliteJobs(tmp_path / "jobs.sqlite"), work_dir=tmp_path / "work")
     info = store.put_corpus(corpus_file, 60)
-    job = ctx.jobs.create("legal", info.sha256, 60, SMALL.to_dict())
+    job = ctx.jobs.create(AdaptRequest("legal", info.sha256, 60, SMALL.to_dict()))
     assert jobs.run_job(job.id, ctx) is Outcome.WAIT
     waiting = ctx.jobs.get(job.id)
     assert waiting.state == "queued" and waiting.attempts == 0

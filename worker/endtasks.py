@@ -29,6 +29,7 @@ from model_store.tasks import TaskDefinition, TaskModel, TaskStore
 
 from .context import WorkerContext
 from .progress import ProgressReporter
+from .task_registry import fit_request
 
 log = logging.getLogger(__name__)
 BOOTSTRAP_SAMPLES = 1000
@@ -204,9 +205,9 @@ def publish_probes(store: ModelStore, version: str, probes: list[Fitted]) -> Non
 
 # ------------------------------------------------------------------ the fit job
 def run_fit_job(job: Job, ctx: WorkerContext, reporter: ProgressReporter) -> str:
-    """The `fit` kind of job: fit task `job.domain` on version `job.parent` (fixed when it started)."""
-    definition = TaskStore(ctx.store).definition(job.domain)
-    if definition.generation != job.settings.get("generation", definition.generation):
+    """The `fit` kind of job: fit task `job.task` on version `job.parent` (fixed when it started)."""
+    definition = TaskStore(ctx.store).definition(job.task)
+    if definition.generation != job.generation:
         raise ValueError(f"task {definition.name!r} was registered again while this job waited; "
                          "its new registration has its own job")
 
@@ -224,8 +225,7 @@ def retune_jobs(ctx: WorkerContext, version: str) -> list[str]:
     for definition in tasks.definitions():
         if definition.kind != "finetune" or tasks.model(version, definition.name, definition.generation):
             continue
-        job = ctx.jobs.create(definition.name, definition.train.sha256, definition.train.examples,
-                              {"generation": definition.generation, "version": version}, kind="fit")
+        job = ctx.jobs.create(fit_request(definition))
         ctx.jobs.update(job.id, parent=version)
         ctx.submit(job.id)
         created.append(job.id)

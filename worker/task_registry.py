@@ -10,8 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from das_engine.task_data import LabeledSet, TaskSettings, check_task_sets, read_labeled_jsonl
+from job_records import FitRequest
 from model_store.store import ModelStore
-from model_store.tasks import TaskData, TaskDefinition, TaskKind, task_name
+from model_store.tasks import TaskData, TaskDefinition, TaskKind, TaskStore, task_name
 
 
 def read_task_sets(train: Path, eval: Path | None, *, max_examples: int, max_chars: int,
@@ -34,9 +35,16 @@ def store_task_data(store: ModelStore, name: str, kind: TaskKind, settings: Task
     `train` and `eval` are (file, its set, the name the user gave the file)."""
     task_name(name)
 
+    tasks = TaskStore(store)
+
     def put(path: Path, data: LabeledSet, filename: str) -> TaskData:
-        info = store.put_corpus(path, len(data), filename)
-        return TaskData(info.sha256, len(data), info.filename)
+        return tasks.put_task_data(path, len(data), filename)
 
     return TaskDefinition(name=name, kind=kind, labels=list(train[1].label_names), settings=settings.to_dict(),
                           train=put(*train), eval=put(*eval) if eval is not None else None)
+
+
+def fit_request(definition: TaskDefinition) -> FitRequest:
+    """The job that fits this registration of a task (on the version the job starts on)."""
+    return FitRequest(task=definition.name, generation=definition.generation, data_sha256=definition.train.sha256,
+                      examples=definition.train.examples, data_filename=definition.train.filename)

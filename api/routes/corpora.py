@@ -17,7 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from das_engine.config import ConfigLimits, DASConfig, LimitError, check_limits, model_max_length, setting_fields
 from das_engine.corpus import CorpusError, read_corpus
-from job_records import PENDING
+from job_records import PENDING, AdaptRequest
 from model_store.names import InvalidName, domain_name
 
 from ..deps import ManagementAuth, ServiceDep
@@ -111,7 +111,7 @@ async def upload_corpus(
     if pending is not None:
         return CorpusAccepted(job_id=pending.id, corpus_id=info.sha256, documents=len(documents),
                               corpus_known=known, duplicate_of_pending_job=True)
-    job = service.jobs.create(domain, info.sha256, len(documents), settings, filename=info.filename)
+    job = service.jobs.create(AdaptRequest(domain, info.sha256, len(documents), settings, info.filename))
     queue_job(service, job.id)
     return CorpusAccepted(job_id=job.id, corpus_id=info.sha256, documents=len(documents), corpus_known=known,
                           duplicate_of_pending_job=False)

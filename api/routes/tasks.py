@@ -16,7 +16,7 @@ from das_engine.task_data import TaskDataError, TaskSettings
 from model_store.names import InvalidName
 from model_store.tasks import TaskDefinition, TaskExists, TaskNotFound, TaskStore, task_name
 from serving.errors import InputError, NotReady, QueueFull, TaskNotServed
-from worker.task_registry import read_task_sets, store_task_data
+from worker.task_registry import fit_request, read_task_sets, store_task_data
 
 from ..deps import InferenceAuth, ManagementAuth, ServiceDep
 from ..schemas import PredictIn, PredictOut, TaskAccepted, TaskOut, TaskPredictOut
@@ -104,8 +104,7 @@ async def register_task(
         definition = await run_in_threadpool(
             store_task_data, service.store, name, kind, settings, (train_path, train_set, filenames[0]),
             (eval_path, eval_set, filenames[1]) if eval_path else None)
-    job = service.jobs.create(name, definition.train.sha256, definition.train.examples,
-                              {"generation": definition.generation}, kind="fit", filename=definition.train.filename)
+    job = service.jobs.create(fit_request(definition))
     try:
         stored = await run_in_threadpool(tasks.put_definition, dataclasses.replace(definition, job_id=job.id),
                                          replace)
