@@ -24,9 +24,9 @@ from model_store.store import STALE_S, ModelStore
 from serving.batcher import MicroBatcher
 from serving.holder import ModelHolder, Servable
 from serving.watch import ActiveVersionWatcher
-from worker.context import RunJob, WorkerContext
+from worker.context import RunJob
 from worker.embedded import EmbeddedWorker
-from worker.runtime import announce, job_registry, open_store
+from worker.runtime import announce, build_worker_context, job_registry, open_store
 
 log = logging.getLogger(__name__)
 UPLOADS = "uploads"  # under $DAS_WORK_DIR: POST /v1/corpora streams each upload into a temporary folder here
@@ -150,9 +150,7 @@ def build_service(settings: Settings, runtime: ModelRuntime) -> Service:
                                    redis_url=settings.broker_url, channel=settings.active_channel)
     service = Service(settings, store, jobs, holder, batcher, watcher, runtime)
     if not settings.broker_url:
-        ctx = WorkerContext(store=store, jobs=jobs, work_dir=settings.work_dir, heartbeat_s=settings.heartbeat_s,
-                            max_attempts=settings.max_attempts, device=settings.device,
-                            gate_max_drop=settings.gate_max_drop, on_published=lambda version: watcher.poke())
+        ctx = build_worker_context(settings, store=store, jobs=jobs, on_published=lambda version: watcher.poke())
         service.embedded = EmbeddedWorker(ctx, runtime.run_job)
         ctx.submit = service.embedded.submit
     return service

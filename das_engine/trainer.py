@@ -179,7 +179,7 @@ def adapt(base: str | Path, corpus: str | Path | list[str], out_dir: str | Path,
           should_stop: Callable[[], bool] | None = None) -> AdaptResult:
     """Run one continual DAS step; resumes from `out_dir/checkpoints` when a checkpoint is there.
 
-    `corpus` is a corpus file (see data.read_corpus) or its documents, already read. `device` is
+    `corpus` is a corpus file (see corpus.read_corpus) or its documents, already read. `device` is
     where the model trains ("cpu", "cuda", "cuda:1"); the data is prepared on the CPU and moved.
     """
     report = on_progress or (lambda p: None)

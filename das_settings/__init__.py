@@ -28,7 +28,6 @@ class Settings(BaseSettings):
         "or a Hugging Face model id such as 'roberta-base' (needs the network).",
     )
     models_dir: Path = Field(Path("models"), description="Where fetched base models are cached.")
-    runs_dir: Path = Field(Path("runs"), description="Where `das adapt` writes runs by default.")
     store: str = Field("store", description="The model store: a local folder, or s3://bucket/prefix.")
     store_options: dict = Field(default_factory=dict, description="fsspec options of an object store "
                                 "(JSON), e.g. {\"client_kwargs\": {\"endpoint_url\": \"http://...\"}}.")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from pathlib import Path
 
 from .job import (
@@ -22,11 +24,20 @@ from .sqlite_jobs import SqliteJobs
 
 __all__ = ["KINDS", "PENDING", "STATES", "TERMINAL", "AdaptRequest", "FitRequest", "Job", "JobKind", "JobRegistry",
            "JobRequest", "State", "RedisJobs",
-           "SqliteJobs", "open_job_records"]
+           "SqliteJobs", "open_job_records", "sqlite_path"]
 
 
-def open_job_records(broker_url: str | None, redis_prefix: str, work_dir: Path) -> JobRegistry:
-    """Redis records beside the broker when distributed; a SQLite file in the work folder otherwise."""
+def open_job_records(broker_url: str | None, redis_prefix: str, work_dir: Path, store: str) -> JobRegistry:
+    """Redis records beside the broker when distributed (the deployment's prefix keeps them apart); otherwise a
+    SQLite file in the work folder, one per store (`sqlite_path`), so a store lists its own jobs only."""
     if broker_url:
         return RedisJobs(broker_url, prefix=redis_prefix)
-    return SqliteJobs(Path(work_dir) / "jobs.sqlite")
+    return SqliteJobs(sqlite_path(work_dir, store))
+
+
+def sqlite_path(work_dir: Path, store: str) -> Path:
+    """WORK_DIR/jobs/NAME-DIGEST.sqlite: keyed by the store's location (a local folder by its absolute path),
+    named after its last part for a reader."""
+    location = store if "://" in store else str(Path(store).expanduser().resolve())
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", location.rstrip("/").rsplit("/", 1)[-1])[:40] or "store"
+    return Path(work_dir) / "jobs" / f"{name}-{hashlib.sha256(location.encode()).hexdigest()[:12]}.sqlite"

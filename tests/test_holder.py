@@ -63,13 +63,31 @@ def test_a_swap_builds_its_version_between_batches_and_goes_next(tmp_path):
     """Building a model beside a forward pass slows the pass 3-5x through the GIL, so the two take
     turns: no load or warm-up overlaps a batch, and once a swap holds the turnstile (it has asked for
     its turn) at most one more batch starts before its load, the one the batcher had already let
-    through, even while the batcher re-enters its turn back to back. What is asserted is order, not
-    timing: the counts are taken at the moment the swap holds the turnstile and at its load, so they
-    do not depend on how long the files' check or the scheduler took before the swap asked."""
+    through, even while the batcher re-enters its turn back to back. Order, not timing: batches are
+    counted from the moment the swap holds the turnstile (or asks for the model lock) to its load,
+    not from before the files' check, whose length is up to the scheduler."""
     in_batch, batch_ran, stop = threading.Event(), threading.Event(), threading.Event()
-    overlaps, waited = [], []
+    overlaps, after_turnstile, after_asking = [], [], []
     started = [0]  # batches started so far
-    asked = {}  # swap thread -> batches started when it held the turnstile
+
+    class Noting:
+        """One of holder's locks; for a swap (any thread but the batcher) it notes how many batches had
+        started when the swap asked for it and when the swap held it."""
+
+        def __init__(self, lock) -> None:
+            self.lock, self.asked, self.held = lock, {}, {}
+
+        def __enter__(self):
+            swap = threading.current_thread() is not batcher
+            if swap:
+                self.asked[threading.get_ident()] = started[0]
+            self.lock.acquire()
+            if swap:
+                self.held[threading.get_ident()] = started[0]
+            return self
+
+        def __exit__(self, *exc) -> None:
+            self.lock.release()
 
     class Checked(Fake):
         def warm(self) -> None:
@@ -77,28 +95,15 @@ def test_a_swap_builds_its_version_between_batches_and_goes_next(tmp_path):
 
     def load(version, folder, current):
         overlaps.append(in_batch.is_set())
-        held_at = asked.pop(threading.get_ident(), None)
-        waited.append(None if held_at is None else started[0] - held_at)
+        me = threading.get_ident()
+        for since, noted in ((after_turnstile, turnstile.held), (after_asking, model_lock.asked)):
+            at = noted.pop(me, None)
+            since.append(None if at is None else started[0] - at)
         return Checked(version, current)
 
     holder = ModelHolder(resolve=lambda version: tmp_path / version, load=load)
-
-    class Turnstile:
-        """holder's turnstile, noting how many batches had started when a swap took it."""
-
-        def __init__(self, lock) -> None:
-            self.lock = lock
-
-        def __enter__(self):
-            self.lock.acquire()
-            if threading.current_thread() is not batcher:
-                asked[threading.get_ident()] = started[0]
-            return self
-
-        def __exit__(self, *exc) -> None:
-            self.lock.release()
-
-    holder._turnstile = Turnstile(holder._turnstile)
+    holder._turnstile = turnstile = Noting(holder._turnstile)
+    holder._model_lock = model_lock = Noting(holder._model_lock)
 
     def batches() -> None:
         while not stop.is_set():
@@ -113,11 +118,11 @@ def test_a_swap_builds_its_version_between_batches_and_goes_next(tmp_path):
     batcher.start()
     try:
         for n in range(1, 101):
-            batch_ran.clear()  # each swap asks while the batcher is running batches back to back
-            assert batch_ran.wait(timeout=60), "the batcher stopped"  # liveness guard only
+            batch_ran.clear()  # each swap comes while the batcher is running batches back to back
+            assert batch_ran.wait(timeout=60), "the batcher stopped"  # a liveness guard only
             swapped = threading.Thread(target=holder.ensure, args=(f"v{n:04d}",))
             swapped.start()
-            swapped.join(timeout=60)  # liveness guard only
+            swapped.join(timeout=60)  # a liveness guard only
             assert not swapped.is_alive(), "the swap never got its turn"
     finally:
         stop.set()
@@ -125,5 +130,7 @@ def test_a_swap_builds_its_version_between_batches_and_goes_next(tmp_path):
     assert not batcher.is_alive()
     assert holder.current.version == "v0100"
     assert len(overlaps) == 200 and not any(overlaps), "a load or warm-up ran during a batch"
-    assert None not in waited, "a swap loaded without holding the turnstile"
-    assert len(waited) == 100 and max(waited) <= 1, "batches went ahead of a swap that held the turnstile"
+    assert len(after_asking) == 100 and None not in after_asking, "a swap loaded without the model lock"
+    assert max(after_asking) <= 1, "batches went ahead of a swap that asked for the model lock"
+    assert None not in after_turnstile, "a swap loaded without holding the turnstile"
+    assert max(after_turnstile) <= 1, "batches went ahead of a swap that held the turnstile"

@@ -66,3 +66,18 @@ def test_a_pending_job_held_by_no_worker_is_queued_again(jobs):
     assert jobs.claim(a.id, "worker-1", ttl_s=60)
     assert redeliver_stalled(jobs, sent.append, after_s=30, now=time.time() + 1000) is None  # a worker holds it
     assert sent == [a.id] and b.id not in sent
+
+
+def test_each_store_keeps_its_own_job_records(tmp_path, monkeypatch):
+    """Embedded mode: two stores used from one work folder list their own jobs, whatever the path's spelling."""
+    from das_settings import Settings
+    from worker.runtime import job_registry
+
+    monkeypatch.chdir(tmp_path)
+    first = Settings(store="store-a", work_dir=tmp_path / "work")
+    second = Settings(store="store-b", work_dir=tmp_path / "work")
+    job = job_registry(first).create(AdaptRequest("legal", "a" * 64, 10, {}))
+    assert [j.id for j in job_registry(first).list()] == [job.id]
+    assert job_registry(second).list() == []
+    again = Settings(store=str(tmp_path / "store-a" / ".." / "store-a"), work_dir=tmp_path / "work")
+    assert [j.id for j in job_registry(again).list()] == [job.id]

@@ -15,7 +15,7 @@ TASK_NAME = "das.run_job"
 
 
 def make_celery(settings: Settings) -> Celery:
-    app = Celery("das", broker=settings.broker_url, backend=settings.broker_url)
+    app = Celery("das", broker=settings.broker_url)  # no result backend: the job records hold every outcome
     app.conf.update(
         task_acks_late=True,  # a job killed mid-way is redelivered...
         task_reject_on_worker_lost=True,  # ...also when the worker process dies
@@ -24,7 +24,7 @@ def make_celery(settings: Settings) -> Celery:
         task_soft_time_limit=settings.job_time_limit_s - 30,
         broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
         task_default_queue=settings.queue_name,
-        task_track_started=True,
+        task_ignore_result=True,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from das_settings import Settings, get_settings
-from job_records import open_job_records
+from job_records import JobRegistry, open_job_records
 from model_store.store import ModelStore
 
 from .context import WorkerContext
@@ -20,8 +20,8 @@ def open_store(settings: Settings | None = None, location: str | None = None) ->
                            storage_options=settings.store_options or None)
 
 
-def job_registry(settings: Settings):
-    return open_job_records(settings.broker_url, settings.redis_prefix, settings.work_dir)
+def job_registry(settings: Settings) -> JobRegistry:
+    return open_job_records(settings.broker_url, settings.redis_prefix, settings.work_dir, settings.store)
 
 
 def announce(settings: Settings, version: str) -> None:
@@ -32,8 +32,13 @@ def announce(settings: Settings, version: str) -> None:
         redis.Redis.from_url(settings.broker_url).publish(settings.active_channel, version)
 
 
-def build_worker_context(settings: Settings, submit: Callable[[str], None] = lambda job_id: None) -> WorkerContext:
-    return WorkerContext(store=open_store(settings), jobs=job_registry(settings), work_dir=settings.work_dir,
-                         heartbeat_s=settings.heartbeat_s, max_attempts=settings.max_attempts,
-                         device=settings.device, gate_max_drop=settings.gate_max_drop,
-                         on_published=lambda version: announce(settings, version), submit=submit)
+def build_worker_context(settings: Settings, *, store: ModelStore | None = None, jobs: JobRegistry | None = None,
+                         on_published: Callable[[str], None] | None = None,
+                         submit: Callable[[str], None] = lambda job_id: None) -> WorkerContext:
+    """The one place a worker's context is made from Settings: a Celery worker's, and the embedded worker's
+    (which shares the API process's store and records and swaps in place instead of announcing)."""
+    return WorkerContext(store=store or open_store(settings), jobs=jobs or job_registry(settings),
+                         work_dir=settings.work_dir, heartbeat_s=settings.heartbeat_s,
+                         max_attempts=settings.max_attempts, device=settings.device,
+                         gate_max_drop=settings.gate_max_drop,
+                         on_published=on_published or (lambda version: announce(settings, version)), submit=submit)
