@@ -15,6 +15,8 @@ RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorc
 
 COPY pyproject.toml README.md ./
 COPY das/ das/
+COPY das_eval/ das_eval/
+COPY das_data/ das_data/
 COPY das_settings/ das_settings/
 COPY das_engine/ das_engine/
 COPY job_records/ job_records/

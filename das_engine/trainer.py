@@ -203,10 +203,142 @@ def adapt(base: str | Path, corpus: str | Path | list[str], out_dir: str | Path,
     units = resolve_units(model)
     packed = pack_corpus(documents, tokenizer, config.max_length)
     out_dir.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
+    run = RunState(timings={})
 
-    # --- the importance this step trains against: I(<=t-1), or I(0) for the first domain ---
-    # (softmask=False, plain MLM: trains against none; an incoming one is only handed on)
+    # --- the importance this step trains against, I(<=t-1) (I(0) for the first domain), and its soft-mask ---
+    importance_in = _importance_in(model, units, packed, config, prev_importance, ckpt_dir, device, report, run)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    (ckpt_dir / MADE_FROM).write_text(json.dumps(made_from))
+    previous, softmask = None, None
+    if config.softmask:
+        importance_in.save(ckpt_dir / IMPORTANCE_IN)
+        previous = importance_in.to(device)
+        softmask = SoftMask.build(units, previous, embeddings=config.protect_embeddings)
+
+    # --- optimizer, and resume from the latest checkpoint ---
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    latest = latest_checkpoint(ckpt_dir)
+    if latest is not None:  # its settings and fingerprints were checked before loading the model
+        ckpt = load_checkpoint(latest, model, optimizer)
+        run.resume(ckpt.step, ckpt.state)
+
+    # --- training loop ---
+    model.train()
+    for step in range(run.start, config.steps):
+        if stop():
+            if step > run.start:
+                save_checkpoint(ckpt_dir, step, model, optimizer, run.checkpoint_state(config, made_from))
+            return AdaptResult("cancelled", out_dir, step, {"history": run.history})
+        t0 = time.perf_counter()
+        parts, batch_tokens = train_step(model, units, tokenizer, optimizer, softmask, previous, packed, config,
+                                         step, device)
+        run.count(step, config, parts, batch_tokens, time.perf_counter() - t0, report)
+        if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
+            save_checkpoint(ckpt_dir, step + 1, model, optimizer, run.checkpoint_state(config, made_from))
+
+    # --- domain importance I(t) and EMax (plain MLM: the incoming importance, handed on) ---
+    domain_importance, cumulative = None, importance_in
+    if config.softmask:
+        report(Progress("domain-importance", config.steps, config.steps))
+        domain_importance = _domain_importance(model, units, tokenizer, packed, config, device, run)
+        cumulative = accumulate(importance_in, domain_importance)
+
+    # --- outputs ---
+    report(Progress("saving", config.steps, config.steps))
+    _save_model(out_dir, model, tokenizer, base, {IMPORTANCE_IN: importance_in, DOMAIN_IMPORTANCE: domain_importance,
+                                                  IMPORTANCE: cumulative})
+    metrics = run.metrics(domain, base, config, packed, units, made_from, device, time.perf_counter() - wall_start)
+    (out_dir / METRICS).write_text(json.dumps(metrics, indent=2))
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    final = {k: v for k, v in (run.history[-1] if run.history else {}).items() if k in ("loss", "mlm", "contrastive")}
+    report(Progress("done", config.steps, config.steps, final))
+    return AdaptResult("completed", out_dir, config.steps, metrics)
+
+
+def train_step(model: nn.Module, units: ModelUnits, tokenizer, optimizer: torch.optim.Optimizer,
+               softmask: SoftMask | None, previous: UnitTensors | None, packed: PackedCorpus, config: DASConfig,
+               step: int, device: torch.device) -> tuple[dict[str, float], int]:
+    """Step `step`: its lr, batch, masks and dropout (each drawn from (seed, step)), the DAS loss, backward and the
+    (soft-masked) optimizer step. Returns the loss parts and the batch's real tokens."""
+    for group in optimizer.param_groups:
+        group["lr"] = get_lr(config, step)
+    input_ids, attention_mask = get_batch(packed, config, step)
+    masked, labels = mask_tokens(input_ids, attention_mask, tokenizer, config.mlm_probability,
+                                 torch.Generator().manual_seed(step_seed(config.seed, step, 3)))
+    torch.manual_seed(step_seed(config.seed, step, 4))  # dropout
+    batch_tokens = int(attention_mask.sum())  # counted on the CPU copy: no device sync
+    input_ids, masked, attention_mask, labels = _to((input_ids, masked, attention_mask, labels), device)
+    loss, parts = das_loss(model, units, input_ids, masked, attention_mask, labels, previous, config)
+    loss.backward()
+    optimizer_step(model, optimizer, softmask, config)
+    return as_floats(parts), batch_tokens  # as_floats: the step's one device sync, so its time is true
+
+
+@dataclass
+class RunState:
+    """What a run has done so far: kept in every checkpoint, restored on resume, reported in train_metrics.json."""
+
+    timings: dict[str, float]
+    start: int = 0
+    history: list[dict] = field(default_factory=list)
+    tokens: int = 0
+    train_time: float = 0.0
+
+    def resume(self, step: int, state: dict) -> None:
+        """Continue from a checkpoint's step and state."""
+        self.start, self.history = step, state["history"]
+        self.tokens, self.train_time = state["tokens"], state["train_time_s"]
+        self.timings.update(state["timings"])
+
+    def checkpoint_state(self, config: DASConfig, made_from: dict[str, str]) -> dict:
+        return {"config": config.to_dict(), "made_from": made_from, "history": self.history, "tokens": self.tokens,
+                "train_time_s": self.train_time, "timings": self.timings}
+
+    def count(self, step: int, config: DASConfig, parts: dict[str, float], batch_tokens: int, seconds: float,
+              report: Callable[[Progress], None]) -> None:
+        """Add one step's time and tokens; log it (every log_every steps and the last) and report it."""
+        self.train_time += seconds
+        self.tokens += batch_tokens
+        speed = self.tokens / max(self.train_time, 1e-9)
+        eta = (config.steps - step - 1) * self.train_time / (step + 1)  # train_time spans resumed runs too
+        if step % config.log_every == 0 or step == config.steps - 1:
+            self.history.append({"step": step + 1, "lr": get_lr(config, step), "tokens_per_s": speed, **parts})
+        report(Progress("train", step + 1, config.steps, parts, speed, eta))
+
+    def metrics(self, domain: str, base: str | Path, config: DASConfig, packed: PackedCorpus, units: ModelUnits,
+                made_from: dict[str, str], device: torch.device, wall_time_s: float) -> dict:
+        """train_metrics.json of a completed run."""
+        return {
+            "domain": domain, "base_model": str(base), "status": "completed",
+            "steps": config.steps, "tokens": self.tokens, "tokens_per_s": self.tokens / max(self.train_time, 1e-9),
+            "train_time_s": self.train_time, "wall_time_s": wall_time_s,
+            "resumed_from_step": self.start or None, "timings": self.timings,
+            "corpus": {"documents": packed.num_documents, "blocks": len(packed), "tokens": packed.num_tokens},
+            "history": self.history, "settings": config.to_dict(), "family": units.family,
+            "made_from": made_from, "device": str(device),
+        }
+
+
+def _domain_importance(model: nn.Module, units: ModelUnits, tokenizer, packed: PackedCorpus, config: DASConfig,
+                       device: torch.device, run: RunState) -> UnitTensors:
+    """I(t): what the trained model needs for its domain (the MLM-loss pass on the domain's own blocks)."""
+    t0 = time.perf_counter()
+    batches = sample_batches(packed, config.importance_samples, config.importance_batch_size,
+                             step_seed(config.seed, config.steps, 5))
+    raw = domain_importance_raw(model, units, _to(batches, device), tokenizer, config.mlm_probability,
+                                step_seed(config.seed, config.steps, 6), precision=config.precision,
+                                embeddings=config.protect_embeddings)
+    importance = normalise(raw, config.negative_rule).to("cpu")
+    run.timings["domain_importance_s"] = time.perf_counter() - t0
+    return importance
+
+
+def _importance_in(model: nn.Module, units: ModelUnits, packed: PackedCorpus, config: DASConfig,
+                   prev_importance: str | Path | None, ckpt_dir: Path, device: torch.device,
+                   report: Callable[[Progress], None], run: RunState) -> UnitTensors | None:
+    """I(<=t-1): the previous version's cumulative importance, the one an interrupted run saved, or (the first
+    domain) I(0) from the general-importance pass. Plain MLM (softmask=False) trains against none: an
+    incoming one is only handed on."""
     saved_in = ckpt_dir / IMPORTANCE_IN
     incoming = None if prev_importance is None else _incoming(prev_importance, units, config)
     if not config.softmask:
@@ -226,99 +358,20 @@ def adapt(base: str | Path, corpus: str | Path | list[str], out_dir: str | Path,
         raw = general_importance_raw(model, units, _to(batches, device), precision=config.precision,
                                      embeddings=config.protect_embeddings)
         importance_in = normalise(raw, config.negative_rule).to("cpu")
-        timings["general_importance_s"] = time.perf_counter() - t0
+        run.timings["general_importance_s"] = time.perf_counter() - t0
     if importance_in is not None:
         importance_in.check_shapes(units)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    (ckpt_dir / MADE_FROM).write_text(json.dumps(made_from))
-    previous, softmask = None, None
-    if config.softmask:
-        importance_in.save(saved_in)
-        previous = importance_in.to(device)
-        softmask = SoftMask.build(units, previous, embeddings=config.protect_embeddings)
+    return importance_in
 
-    # --- optimizer, and resume from the latest checkpoint ---
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    start, history, done_tokens, train_time = 0, [], 0, 0.0
-    latest = latest_checkpoint(ckpt_dir)
-    if latest is not None:  # its settings and fingerprints were checked before loading the model
-        ckpt = load_checkpoint(latest, model, optimizer)
-        start, history = ckpt.step, ckpt.state["history"]
-        done_tokens, train_time = ckpt.state["tokens"], ckpt.state["train_time_s"]
-        timings.update(ckpt.state["timings"])
 
-    def checkpoint_state() -> dict:
-        return {"config": config.to_dict(), "made_from": made_from, "history": history, "tokens": done_tokens,
-                "train_time_s": train_time, "timings": timings}
-
-    # --- training loop ---
-    model.train()
-    for step in range(start, config.steps):
-        if stop():
-            if step > start:
-                save_checkpoint(ckpt_dir, step, model, optimizer, checkpoint_state())
-            return AdaptResult("cancelled", out_dir, step, {"history": history})
-        t0 = time.perf_counter()
-        for group in optimizer.param_groups:
-            group["lr"] = get_lr(config, step)
-        input_ids, attention_mask = get_batch(packed, config, step)
-        masked, labels = mask_tokens(input_ids, attention_mask, tokenizer, config.mlm_probability,
-                                     torch.Generator().manual_seed(step_seed(config.seed, step, 3)))
-        torch.manual_seed(step_seed(config.seed, step, 4))  # dropout
-        batch_tokens = int(attention_mask.sum())  # counted on the CPU copy: no device sync
-        input_ids, masked, attention_mask, labels = _to((input_ids, masked, attention_mask, labels), device)
-        loss, parts = das_loss(model, units, input_ids, masked, attention_mask, labels, previous, config)
-        loss.backward()
-        optimizer_step(model, optimizer, softmask, config)
-        parts = as_floats(parts)  # the step's one device sync, so the step time below is true
-
-        # log and report
-        train_time += time.perf_counter() - t0
-        done_tokens += batch_tokens
-        speed = done_tokens / max(train_time, 1e-9)
-        eta = (config.steps - step - 1) * train_time / (step + 1)  # train_time spans resumed runs too
-        if step % config.log_every == 0 or step == config.steps - 1:
-            history.append({"step": step + 1, "lr": get_lr(config, step), "tokens_per_s": speed, **parts})
-        report(Progress("train", step + 1, config.steps, parts, speed, eta))
-        if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
-            save_checkpoint(ckpt_dir, step + 1, model, optimizer, checkpoint_state())
-
-    # --- domain importance I(t) and EMax (plain MLM: the incoming importance, handed on) ---
-    domain_importance, cumulative = None, importance_in
-    if config.softmask:
-        report(Progress("domain-importance", config.steps, config.steps))
-        t0 = time.perf_counter()
-        batches = sample_batches(packed, config.importance_samples, config.importance_batch_size,
-                                 step_seed(config.seed, config.steps, 5))
-        raw = domain_importance_raw(model, units, _to(batches, device), tokenizer, config.mlm_probability,
-                                    step_seed(config.seed, config.steps, 6), precision=config.precision,
-                                    embeddings=config.protect_embeddings)
-        domain_importance = normalise(raw, config.negative_rule).to("cpu")
-        timings["domain_importance_s"] = time.perf_counter() - t0
-        cumulative = accumulate(importance_in, domain_importance)
-
-    # --- outputs ---
-    report(Progress("saving", config.steps, config.steps))
+def _save_model(out_dir: Path, model: nn.Module, tokenizer, base: str | Path,
+                importances: dict[str, UnitTensors | None]) -> None:
+    """The Hugging Face folder (the parent's tokenizer files kept) and the importance files that exist."""
     model.save_pretrained(out_dir)
     keep_parent_tokenizer_files(tokenizer.save_pretrained(out_dir), base)
-    for name, importance in ((IMPORTANCE_IN, importance_in), (DOMAIN_IMPORTANCE, domain_importance),
-                             (IMPORTANCE, cumulative)):
+    for name, importance in importances.items():
         if importance is not None:
             importance.save(out_dir / name)
-    metrics = {
-        "domain": domain, "base_model": str(base), "status": "completed",
-        "steps": config.steps, "tokens": done_tokens, "tokens_per_s": done_tokens / max(train_time, 1e-9),
-        "train_time_s": train_time, "wall_time_s": time.perf_counter() - wall_start,
-        "resumed_from_step": start or None, "timings": timings,
-        "corpus": {"documents": packed.num_documents, "blocks": len(packed), "tokens": packed.num_tokens},
-        "history": history, "settings": config.to_dict(), "family": units.family,
-        "made_from": made_from, "device": str(device),
-    }
-    (out_dir / METRICS).write_text(json.dumps(metrics, indent=2))
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
-    final = {k: v for k, v in (history[-1] if history else {}).items() if k in ("loss", "mlm", "contrastive")}
-    report(Progress("done", config.steps, config.steps, final))
-    return AdaptResult("completed", out_dir, config.steps, metrics)
 
 
 def keep_parent_tokenizer_files(written: tuple[str, ...], base: str | Path) -> None:

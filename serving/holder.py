@@ -111,7 +111,7 @@ class ModelHolder:
 
     @contextmanager
     def _alone(self) -> Iterator[None]:
-        with self._turnstile, _collector_paused():
+        with self._turnstile, self._model_lock, _collector_paused():
             yield
 
     def ensure(self, version: str) -> bool:
