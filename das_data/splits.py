@@ -9,13 +9,12 @@ labels (`cap_balanced`, which `das eval` uses too), and at most `MAX_CORPUS` doc
 
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from das_engine.corpus import MAX_DOCUMENT_CHARS
+from das_engine.corpus import MAX_DOCUMENT_CHARS, is_json_object
 
 from .domain_folder import MAX_TEST, MAX_TRAIN, DomainError
 from .text import clean, rank, words
@@ -180,11 +179,11 @@ def assemble(raw: Raw, seed: int = SEED, fraction: float = TEST_FRACTION, max_tr
                            seed, "train")
 
     seen: set[str] = set()
-    candidates = []
+    candidates = []  # a line that is a JSON object would make read_corpus take the corpus for JSONL: left out
     for doc in raw.docs:
         text = clean(doc.text)
         if (text and words(text) >= raw.min_corpus_words and len(text) <= MAX_DOCUMENT_CHARS and text not in seen
-                and not any(g in test_groups for g in doc.groups) and not _looks_like_json(text)):
+                and not any(g in test_groups for g in doc.groups) and not is_json_object(text)):
             seen.add(text)
             candidates.append(text)
     corpus, scrubbed = scrub_corpus(candidates, (i.text for i in test))
@@ -215,13 +214,3 @@ def assemble(raw: Raw, seed: int = SEED, fraction: float = TEST_FRACTION, max_tr
         },
     }
     return Built(corpus=corpus, train=train, test=test, labels=labels, notes=notes)
-
-
-def _looks_like_json(text: str) -> bool:
-    """A corpus line that is a JSON object would make read_corpus take the file for JSONL."""
-    if not text.startswith("{"):
-        return False
-    try:
-        return isinstance(json.loads(text), dict)
-    except json.JSONDecodeError:
-        return False

@@ -49,12 +49,15 @@ def _is_jsonl(path: Path, first: str) -> bool:
 
     A file meant as JSONL (either way) is then read strictly: a broken later line is an error with its number.
     """
-    if path.suffix.lower() in JSONL_SUFFIXES:
-        return True
-    if not first.startswith("{"):
+    return path.suffix.lower() in JSONL_SUFFIXES or is_json_object(first)
+
+
+def is_json_object(line: str) -> bool:
+    """Whether a line is a JSON object: as a text file's first line, it makes the file JSONL."""
+    if not line.startswith("{"):
         return False
     try:
-        return isinstance(json.loads(first), dict)
+        return isinstance(json.loads(line), dict)
     except json.JSONDecodeError:
         return False
 

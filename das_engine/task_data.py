@@ -20,7 +20,10 @@ MAX_SEED = 2**32 - 1
 
 @dataclass(frozen=True)
 class TaskSettings:
-    """How a task model is fitted. Probe: `l2`, `max_iter`; finetune: `lr`, `epochs`, `batch_size`."""
+    """How a task model is fitted. Probe: `l2`, `max_iter`; finetune: `lr`, `epochs`, `batch_size`.
+
+    The one home of the end-task defaults: `endtask.ProbeConfig`, `endtask.FinetuneConfig` and `das eval`'s
+    `ScoringSettings` take theirs from these fields."""
 
     max_length: int = field(default=128, metadata={"help": "finetune: tokens per text, specials included (a probe "
                                                    "reads texts as the service does: up to 512 tokens)",

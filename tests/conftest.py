@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -76,14 +77,29 @@ def corpus_file(tmp_path, legal_docs) -> Path:
     return path
 
 
+TEST_REDIS_URL_VARIABLE = "DAS_TEST_REDIS_URL"
+DEFAULT_TEST_REDIS_URL = "redis://127.0.0.1:6379/0"  # where .ci/run starts one if none answers
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> str:
-    """The real Redis on 127.0.0.1:6379 (.ci/run starts one if none answers)."""
+    """The real Redis the tests use: $DAS_TEST_REDIS_URL, by default redis://127.0.0.1:6379/0. No test
+    is skipped for want of it: if it does not answer, each test that needs it fails and says so."""
     import redis
 
-    url = "redis://127.0.0.1:6379/0"
-    redis.Redis.from_url(url).ping()
-    return url
+    url = os.environ.get(TEST_REDIS_URL_VARIABLE) or DEFAULT_TEST_REDIS_URL
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except (redis.RedisError, ValueError) as err:
+        refused = f"{type(err).__name__}: {err}"
+    else:
+        return url
+    pytest.fail(f"no Redis answers at {url} ({refused}); the tests need a real Redis: start one there "
+                f"or set {TEST_REDIS_URL_VARIABLE} to the URL of one they may use", pytrace=False)
 
 
 @pytest.fixture

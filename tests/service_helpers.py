@@ -26,6 +26,16 @@ def wait_for_job(client, job_id: str, timeout_s: float = 120.0, states=("succeed
     raise AssertionError(f"job {job_id} did not reach {states} in {timeout_s}s: {job}")
 
 
+def post_until_served(client, path: str, body: dict, timeout_s: float = 60.0):
+    """POST until the answer is 200 (the watcher has picked a new task model up); the deadline is a guard."""
+    deadline = time.time() + timeout_s
+    while True:
+        answer = client.post(path, json=body)
+        if answer.status_code == 200 or time.time() > deadline:
+            return answer
+        time.sleep(0.1)
+
+
 def wait_serving(client, version: str, timeout_s: float = 30.0) -> None:
     deadline = time.time() + timeout_s
     while time.time() < deadline:

@@ -145,10 +145,8 @@ def test_an_upload_over_a_limit_is_422_before_anything_is_stored(client, form, m
     service = client.app.state.service
     content = DOC + repr(form).encode() + b"\n"  # bytes of its own: nothing may store them
     before = [j["id"] for j in client.get("/v1/jobs").json()]
-    started = time.monotonic()
     response = _upload(client, content, **form)
     assert response.status_code == 422 and message in response.json()["detail"], response.text
-    assert time.monotonic() - started < 5
     assert not service.store.has_corpus(hashlib.sha256(content).hexdigest())
     assert [j["id"] for j in client.get("/v1/jobs").json()] == before
     uploads = service.settings.work_dir / "uploads"
@@ -180,9 +178,7 @@ def test_a_request_full_of_mask_tokens_is_refused_at_the_edge(service_settings, 
         batcher = c.app.state.service.batcher
         with monkeypatch.context() as m:
             m.setattr(batcher, "submit", lambda *a, **k: pytest.fail("the request reached the model"))
-            started = time.monotonic()
             response = c.post("/v1/fill-mask", json={"texts": texts, "top_k": 50})
-            assert time.monotonic() - started < 2
         assert response.status_code == 422 and "holds 36480 mask tokens" in response.text
         assert "the limit is 256 per request (DAS_MAX_MASKS_PER_REQUEST)" in response.text
         assert len(response.content) < 1000
@@ -278,19 +274,20 @@ def _recording_batcher(bert_dir, **kw):
 
 
 def test_under_load_a_batch_gathers_the_rest_of_the_burst_and_a_lone_client_never_waits(bert_dir):
+    """The gathering window is an hour here, so what is asserted does not depend on how fast the
+    machine is: a lone request that waited for it would not be answered at all (the result's timeout
+    is only a liveness guard), and a burst is gathered into one batch however slowly it arrives."""
     import threading
-    import time
 
-    batcher, passes = _recording_batcher(bert_dir, max_batch_size=64, max_wait_s=0.0, gather_s=0.5)
+    batcher, passes = _recording_batcher(bert_dir, max_batch_size=64, max_wait_s=0.0, gather_s=3600.0)
     try:
-        started = time.perf_counter()
-        batcher.submit("embed", ["a lone request"]).result(timeout=30)
-        assert time.perf_counter() - started < 0.4  # the last batch held no burst: no gathering wait
+        batcher.submit("embed", ["a lone request"]).result(timeout=60)  # the last batch held no burst: no wait
+        assert passes == [1]
         batcher.last_requests = 8  # as if the last batch had answered 8 clients, now sending again
 
         def later(i: int) -> None:
-            time.sleep(0.05 * i)  # the burst's requests arrive spread over 0.35 s
-            batcher.submit("embed", [f"request {i}"]).result(timeout=30)
+            time.sleep(0.05 * i)  # the burst's requests arrive spread out, in no particular hurry
+            batcher.submit("embed", [f"request {i}"]).result(timeout=60)
 
         passes.clear()
         threads = [threading.Thread(target=later, args=(i,)) for i in range(8)]

@@ -370,3 +370,19 @@ def test_bootstrap_is_deterministic_given_the_seed():
     assert paired_bootstrap_drop(y_true, old, new, 3, samples=300, seed=5) == first
     assert paired_bootstrap_drop(y_true, old, new, 3, samples=300, seed=6) != first
     assert first.low <= first.drop <= first.high
+
+
+def test_a_served_model_reads_what_its_position_embeddings_hold(bert_dir, roberta_dir):
+    """One definition of the tokens a model holds (das_engine.config.model_max_length) serves the API, the probes
+    and the job limits: BERT uses every position, the RoBERTa family reserves padding_idx + 1 of them."""
+    from transformers import AutoConfig
+
+    from das_engine.config import model_max_length
+    from das_engine.endtask import served_max_tokens
+
+    for folder in (bert_dir, roberta_dir):
+        config = AutoConfig.from_pretrained(folder)
+        assert served_max_tokens(config) == min(model_max_length(config.to_dict()), 512)
+    bert, roberta = AutoConfig.from_pretrained(bert_dir), AutoConfig.from_pretrained(roberta_dir)
+    assert served_max_tokens(bert) == min(bert.max_position_embeddings, 512)
+    assert served_max_tokens(roberta) == roberta.max_position_embeddings - roberta.pad_token_id - 1

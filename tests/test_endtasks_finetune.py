@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from fastapi.testclient import TestClient
-from service_helpers import upload, wait_for_job, wait_serving
+from service_helpers import post_until_served, upload, wait_for_job, wait_serving
 from task_sets import source_task, write_jsonl
 
 from das.app import build_app
@@ -24,11 +24,7 @@ def test_a_finetune_task_is_retuned_after_a_swap_and_says_when_it_is_stale(servi
         assert response.status_code == 202, response.text
         assert wait_for_job(client, response.json()["job_id"])["state"] == "succeeded"
         texts = [t for t, _ in sets["heldout"][:20]]
-        for _ in range(50):
-            answer = client.post("/v1/tasks/ft/predict", json={"texts": texts})
-            if answer.status_code == 200:
-                break
-            time.sleep(0.1)
+        answer = post_until_served(client, "/v1/tasks/ft/predict", {"texts": texts})
         body = answer.json()
         assert (body["version"], body["task_model"]["kind"], body["task_model"]["fitted_on"]) == ("v0001", "finetune",
                                                                                                    "v0001")

@@ -227,7 +227,7 @@ def finished(tmp_path_factory, domains, bert_dir) -> Finished:
     return Finished(out, first, done, resumed)
 
 
-def test_a_run_writes_a_complete_matrix_and_its_reports(finished, domains):
+def test_a_run_writes_a_complete_matrix_and_its_reports(finished, domains, bert_dir):
     finished = finished.out
     results = json.loads((finished / "results.json").read_text())
     methods = das_eval.split_methods(METHODS)
@@ -282,7 +282,13 @@ def test_a_run_writes_a_complete_matrix_and_its_reports(finished, domains):
     pngs = sorted(p.name for p in finished.glob("*.png"))
     assert "summary-probe-macro_f1.png" in pngs and "heatmap-probe-macro_f1-das.png" in pngs
     assert all((finished / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
-    assert results["commands"][0]["argv"][:2] == ["das", "eval"] and "--steps" in results["commands"][0]["argv"]
+    argv = results["commands"][0]["argv"]
+    assert argv[:4] == ["das", "eval", *map(str, domains)]
+    recorded = dict(zip(argv[4::2], argv[5::2], strict=True))  # each option with its value (as parsed: 5e-3 is 0.005)
+    given = {"--out": str(finished), "--methods": METHODS, "--seeds": "2", "--base": str(bert_dir),
+             **dict(zip(CLI_SMALL[::2], CLI_SMALL[1::2], strict=True))}
+    assert recorded.keys() == given.keys()  # the options given, none left at its default
+    assert all(recorded[k] == v or float(recorded[k]) == float(v) for k, v in given.items())
     assert results["machine"]["torch"] and results["settings"]["train"]["steps"] == 3
 
 

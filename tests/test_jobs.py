@@ -43,10 +43,11 @@ def test_earliest_pending_follows_acceptance_order(jobs):
 
 def test_a_lease_has_one_owner_until_it_lapses(jobs):
     job = jobs.create(AdaptRequest("d", "d" * 64, 1, {}))
-    assert jobs.claim(job.id, "worker-a", ttl_s=0.5)
-    assert jobs.claim(job.id, "worker-a", ttl_s=0.5)  # a heartbeat renews it
-    assert not jobs.claim(job.id, "worker-b", ttl_s=0.5)
-    time.sleep(0.7)  # worker-a died: its lease lapses
+    assert jobs.claim(job.id, "worker-a", ttl_s=60)  # a lease that cannot lapse during the test
+    assert jobs.claim(job.id, "worker-a", ttl_s=60)  # a heartbeat renews it
+    assert not jobs.claim(job.id, "worker-b", ttl_s=60)
+    assert jobs.claim(job.id, "worker-a", ttl_s=0.2)  # worker-a's last heartbeat, then it dies
+    time.sleep(0.5)  # its lease lapses (a sleep is never shorter than asked, however busy the machine)
     assert jobs.claim(job.id, "worker-b", ttl_s=5)
     jobs.release(job.id, "worker-a")  # not the owner: nothing happens
     assert not jobs.claim(job.id, "worker-a", ttl_s=5)

@@ -180,8 +180,8 @@ def test_file_lock_keeps_a_second_writer_out(tmp_path, store):
 
 def test_redis_lock_has_a_lease(redis_url):
     name = f"das:test-lock:{time.time_ns()}"
-    first = RedisLock(redis_url, name, lease_s=1.0, timeout_s=0.2)
-    second = RedisLock(redis_url, name, lease_s=1.0, timeout_s=0.2)
+    first = RedisLock(redis_url, name, lease_s=60.0, timeout_s=0.2)  # a lease that cannot lapse during the test
+    second = RedisLock(redis_url, name, lease_s=60.0, timeout_s=0.2)
     with first.hold():
         with pytest.raises(StoreLocked):
             with second.hold():

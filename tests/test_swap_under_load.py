@@ -46,38 +46,61 @@ def server(tmp_path, bert_dir, corpus_file, service_settings):
 
 
 def test_zero_failed_requests_while_versions_swap(server):
-    failures, answers, swapping = [], [], threading.Event()
+    """Each swap happens while requests flow (it waits for fresh answers first, not for a time), and
+    each client sees the versions in the order they were activated."""
+    failures, swapping = [], threading.Event()
+    seen: list[list[str]] = [[] for _ in range(4)]  # per client, the version of each answer in order
+    answered, more = [0], threading.Condition()  # answers so far, and their signal
     swapping.set()
 
-    def load(kind: str) -> None:
+    def load(client_no: int, kind: str) -> None:
         body = {"texts": ["the licence is [MASK] to everyone.", "free of [MASK]."], "top_k": 2}
         path = "/v1/fill-mask" if kind == "fill" else "/v1/embeddings"
         with httpx.Client(base_url=server, timeout=30) as client:
-            for _ in range(400):  # bounded
+            for _ in range(100_000):  # bounded: a guard only, the swaps end the loop
                 if not swapping.is_set():
                     return
                 response = client.post(path, json=body)
                 if response.status_code != 200:
                     failures.append((response.status_code, response.text))
                 else:
-                    answers.append(response.json()["version"])
+                    seen[client_no].append(response.json()["version"])
+                    with more:
+                        answered[0] += 1
+                        more.notify_all()
 
-    threads = [threading.Thread(target=load, args=(k,)) for k in ("fill", "fill", "embed", "embed")]
+    def fresh_answers(n: int = 20) -> None:
+        """Wait for n answers from now on (at most one per client began before)."""
+        with more:
+            target = answered[0] + n
+            assert more.wait_for(lambda: answered[0] >= target, timeout=60), "no more answers"  # a liveness guard
+
+    threads = [threading.Thread(target=load, args=(i, k)) for i, k in enumerate(("fill", "fill", "embed", "embed"))]
     for t in threads:
         t.start()
-    active_at_some_point = {"v0001"}
-    with httpx.Client(base_url=server, timeout=30) as admin:
-        for version in ("v0002", "v0001", "v0002"):
-            time.sleep(0.3)
-            assert admin.post(f"/v1/models/{version}/activate").status_code == 200
-            active_at_some_point.add(version)
-            deadline = time.time() + 30
-            while admin.get("/v1/models/current").json()["serving"] != version and time.time() < deadline:
-                time.sleep(0.05)
-        time.sleep(0.3)
-    swapping.clear()
-    for t in threads:
-        t.join()
+    order = ["v0001", "v0002", "v0001", "v0002"]
+    try:
+        with httpx.Client(base_url=server, timeout=30) as admin:
+            for version in order[1:]:
+                fresh_answers()  # requests are in flight when the swap starts
+                assert admin.post(f"/v1/models/{version}/activate").status_code == 200
+                deadline = time.time() + 60  # a liveness guard
+                while admin.get("/v1/models/current").json()["serving"] != version:
+                    assert time.time() < deadline, f"{version} was never served"
+                    time.sleep(0.05)
+            fresh_answers()
+    finally:
+        swapping.clear()
+        for t in threads:
+            t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads)
     assert failures == []
-    assert len(answers) > 50
-    assert set(answers) <= active_at_some_point and set(answers) == {"v0001", "v0002"}
+    for versions in seen:
+        runs = [v for i, v in enumerate(versions) if i == 0 or versions[i - 1] != v]
+        assert _is_subsequence(runs, order), versions  # never back to a version already swapped out
+    assert {v for versions in seen for v in versions} == {"v0001", "v0002"}
+
+
+def _is_subsequence(items: list[str], of: list[str]) -> bool:
+    rest = iter(of)
+    return all(item in rest for item in items)

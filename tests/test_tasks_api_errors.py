@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from fastapi.testclient import TestClient
-from service_helpers import upload, wait_for_job
+from service_helpers import post_until_served, upload, wait_for_job
 from task_sets import source_task, write_jsonl
 
 from das.app import build_app
@@ -91,11 +89,7 @@ def test_predict_unknown_task_is_404_and_a_task_being_fitted_is_409(client, tmp_
     assert "being fitted" in waiting.json()["detail"]
     assert client.delete(f"/v1/jobs/{blocker}").status_code == 200
     assert wait_for_job(client, job_id)["state"] == "succeeded"
-    for _ in range(100):  # the watcher picks the new task model up
-        answer = client.post("/v1/tasks/t/predict", json={"texts": ["permission is hereby granted"]})
-        if answer.status_code == 200:
-            break
-        time.sleep(0.1)
+    answer = post_until_served(client, "/v1/tasks/t/predict", {"texts": ["permission is hereby granted"]})
     assert answer.status_code == 200 and answer.json()["results"][0]["label"] in ("code", "licence")
 
 
