@@ -1,5 +1,6 @@
 """The plan of an evaluation: domain folders in order, methods, seeds, the base model, the training
-settings every method shares, and how each stage is scored (`ScoringSettings`)."""
+settings every method shares, how each stage is scored (`ScoringSettings`), and the stages (`Stage`:
+stage T of a method and seed is its model after T domains, stage 0 the base model)."""
 
 from __future__ import annotations
 
@@ -121,6 +122,8 @@ def make_plan(domains: Sequence[str | Path], methods: str | Sequence[str], seeds
 
 @dataclass(frozen=True)
 class Stage:
+    """One model of the plan: a method and seed after `index` domains, and where its folder is."""
+
     method: Method
     seed: int
     index: int  # T: domains learned; 0 = the base model
