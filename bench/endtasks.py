@@ -26,7 +26,7 @@ from das_data.base_models import resolve_base_model
 from das_data.domain_folder import read_domain
 from das_engine import endtask
 from das_engine.loading import load_masked_lm
-from das_engine.task_data import LabeledSet, label_ids
+from das_engine.task_data import LabeledSet, TaskSettings
 from das_settings import get_settings
 from model_store.tasks import TaskData, TaskDefinition, TaskModel
 from serving.model import LoadedModel
@@ -60,30 +60,25 @@ def bench_domain(folder: Path, base: str, epochs: int, max_length: int) -> dict:
     train = LabeledSet(tuple(e.text for e in domain.train), tuple(e.label for e in domain.train))
     test = LabeledSet(tuple(e.text for e in domain.test), tuple(e.label for e in domain.test))
     labels = list(train.label_names)
-    y_test = label_ids(test.labels, labels)
     row: dict = {"domain": domain.name, "labels": len(labels), "train": len(train), "test": len(test)}
 
     model, tokenizer = load_masked_lm(base)
     model.eval()
-    started = time.perf_counter()
     served_length = endtask.served_max_tokens(model.config)  # probes read texts as the service does
-    features = endtask.pooled_features(model, tokenizer, train.texts, max_length=served_length)
-    head = endtask.fit_probe(features, train.labels, labels, endtask.ProbeConfig())
-    row["probe_fit_s"] = time.perf_counter() - started
     test_x = endtask.pooled_features(model, tokenizer, test.texts, max_length=served_length)
-    scores = endtask.score(y_test, head(test_x).argmax(-1).tolist(), len(labels))
-    row |= {"probe_macro_f1": scores.macro_f1, "probe_accuracy": scores.accuracy}
-    probe = served(base, labels, "probe", max_length, head=head)
+    started = time.perf_counter()
+    features = endtask.pooled_features(model, tokenizer, train.texts, max_length=served_length)
+    fit = endtask.probe_task(features, train, labels, endtask.ProbeConfig(), test_x, test)  # the service's path
+    row["probe_fit_s"] = time.perf_counter() - started  # train features and the fit (and scoring, a matmul)
+    row |= {"probe_macro_f1": fit.scores.macro_f1, "probe_accuracy": fit.scores.accuracy}
+    probe = served(base, labels, "probe", max_length, head=fit.head)
     row["probe_texts_per_s"] = throughput(lambda batch: probe.predict(batch, ["t"]), list(test.texts))
 
     config = endtask.FinetuneConfig(epochs=epochs, max_length=max_length)
-    started = time.perf_counter()
-    classifier, ft_tokenizer = endtask.finetune(Path(base), train, config)
-    row["finetune_fit_s"] = time.perf_counter() - started
-    logits = endtask.classify_logits(classifier, ft_tokenizer, test.texts, max_length=max_length)
-    scores = endtask.score(y_test, logits.argmax(-1).tolist(), len(labels))
-    row |= {"finetune_macro_f1": scores.macro_f1, "finetune_accuracy": scores.accuracy}
-    tuned = served(base, labels, "finetune", max_length, classifier=classifier)
+    tuned_fit = endtask.finetune_task(Path(base), train, config, test)  # the service's path
+    row["finetune_fit_s"] = tuned_fit.fit_seconds
+    row |= {"finetune_macro_f1": tuned_fit.scores.macro_f1, "finetune_accuracy": tuned_fit.scores.accuracy}
+    tuned = served(base, labels, "finetune", max_length, classifier=tuned_fit.model)
     row["finetune_texts_per_s"] = throughput(lambda batch: tuned.predict(batch, ["t"]), list(test.texts))
     return row
 
@@ -92,8 +87,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("domains", nargs="+", type=Path)
     parser.add_argument("--base", default="embedded", help="model folder, or 'embedded'")
-    parser.add_argument("--epochs", type=int, default=3, help="finetune epochs (the paper's protocol)")
-    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=TaskSettings.epochs, help="finetune epochs (the paper's)")
+    parser.add_argument("--max-length", type=int, default=TaskSettings.max_length)
     parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
     args = parser.parse_args()
     hf_logging.set_verbosity_error()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -359,6 +360,7 @@ def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 class ProbeFit:
     head: ProbeHead
     scores: TaskScores | None  # on the eval set, with the predictions; None without one
+    fit_seconds: float  # the fit alone (not the features, not the scoring)
 
 
 def probe_task(train_x: torch.Tensor, train: LabeledSet, label_names: Sequence[str], config: ProbeConfig,
@@ -366,11 +368,13 @@ def probe_task(train_x: torch.Tensor, train: LabeledSet, label_names: Sequence[s
     """Fit a probe on the train features (N, D) and score it on the eval features (M, D), if given.
 
     Class i is label_names[i]; the features are the caller's (pooled_features, truncated as it serves)."""
+    started = time.perf_counter()
     head = fit_probe(train_x, train.labels, label_names, config)
+    seconds = time.perf_counter() - started
     if eval_x is None or evals is None:
-        return ProbeFit(head, None)
+        return ProbeFit(head, None, seconds)
     predictions = head(eval_x).argmax(-1).tolist()
-    return ProbeFit(head, score(label_ids(evals.labels, label_names), predictions, len(label_names)))
+    return ProbeFit(head, score(label_ids(evals.labels, label_names), predictions, len(label_names)), seconds)
 
 
 @dataclass
@@ -378,6 +382,7 @@ class FinetuneFit:
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     scores: TaskScores | None  # on the eval set, with the predictions; None without one
+    fit_seconds: float  # the fine-tuning alone (not the scoring)
 
 
 def finetune_task(backbone_folder: Path, train: LabeledSet, config: FinetuneConfig, evals: LabeledSet | None = None,
@@ -385,12 +390,14 @@ def finetune_task(backbone_folder: Path, train: LabeledSet, config: FinetuneConf
                   on_step: Callable[[int, int, float], None] | None = None) -> FinetuneFit:
     """Fine-tune every parameter on `train` (see `finetune`), and score the result on `evals`, if given.
     Class i is train.label_names[i]."""
+    started = time.perf_counter()
     model, tokenizer = finetune(backbone_folder, train, config, device=device, on_step=on_step)
+    seconds = time.perf_counter() - started
     if evals is None:
-        return FinetuneFit(model, tokenizer, None)
+        return FinetuneFit(model, tokenizer, None, seconds)
     predictions = classify_logits(model, tokenizer, evals.texts, max_length=config.max_length).argmax(-1).tolist()
     names = train.label_names
-    return FinetuneFit(model, tokenizer, score(label_ids(evals.labels, names), predictions, len(names)))
+    return FinetuneFit(model, tokenizer, score(label_ids(evals.labels, names), predictions, len(names)), seconds)
 
 
 # --- scores and the forgetting gate -----------------------------------------------------------

@@ -86,10 +86,11 @@ def fit_probe_on(backbone: Backbone, definition: TaskDefinition, train: LabeledS
     config = endtask.ProbeConfig.of(TaskSettings.from_dict(definition.settings))
     started = time.perf_counter()
     train_x = backbone.features(f"{definition.name}/train", train.texts)
+    features_seconds = time.perf_counter() - started
     eval_x = backbone.features(f"{definition.name}/eval", evals.texts) if evals is not None else None
     fit = endtask.probe_task(train_x, train, definition.labels, config, eval_x, evals)
     fit.head.save(out)
-    return _fitted(definition, out, fit.scores, time.perf_counter() - started)
+    return _fitted(definition, out, fit.scores, features_seconds + fit.fit_seconds)
 
 
 def fit_finetune_on(folder: Path, definition: TaskDefinition, train: LabeledSet,
@@ -97,11 +98,10 @@ def fit_finetune_on(folder: Path, definition: TaskDefinition, train: LabeledSet,
                     on_step: Callable[[int, int, float], None] | None = None) -> Fitted:
     """Fine-tune all parameters of the backbone in `folder` for the task; save the model into `out`."""
     config = endtask.FinetuneConfig.of(TaskSettings.from_dict(definition.settings))
-    started = time.perf_counter()
     fit = endtask.finetune_task(folder, train, config, evals, device=device, on_step=on_step)
     fit.model.save_pretrained(out)
     fit.tokenizer.save_pretrained(out)
-    return _fitted(definition, out, fit.scores, time.perf_counter() - started)
+    return _fitted(definition, out, fit.scores, fit.fit_seconds)
 
 
 def _fitted(definition: TaskDefinition, out: Path, scores: endtask.TaskScores | None, seconds: float) -> Fitted:
