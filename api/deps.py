@@ -1,5 +1,9 @@
 """Dependencies: the service, settings, and the two bearer tokens.
 
+Who may read what (docs/service.md): `api.main.create_app` includes every router with InferenceAuth but the
+open ones (liveness, readiness, metrics), so that no route is forgotten; the routes that change something add
+ManagementAuth.
+
 All are `async def`: they never block, and FastAPI would run a plain `def` dependency in its
 thread pool, a thread hop per dependency per request.
 """

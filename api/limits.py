@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -11,6 +13,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MULTIPART_OVERHEAD = 64 * 1024
+log = logging.getLogger(__name__)
 
 
 class BodyTooLarge(Exception):
@@ -81,3 +84,17 @@ async def invalid_request(request: Request, err: RequestValidationError) -> JSON
     JSON) could not echo back, so a body like {"top_k": NaN} was a 500."""
     errors = json.loads(json.dumps(jsonable_encoder(err.errors()), default=str), parse_constant=str)
     return JSONResponse({"detail": errors}, status_code=422)
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+async def disk_full(request: Request, err: OSError) -> JSONResponse:
+    """507 when a write ran out of disk (an upload streamed to the work folder, a corpus or task file copied into
+    the store, a record written): the writers remove their temporary files, so nothing half-written stays. Any
+    other OSError is a 500, as before."""
+    if err.errno not in DISK_FULL:
+        raise err
+    log.warning("%s %s: the disk is full: %s", request.method, request.url.path, err)
+    return JSONResponse({"detail": f"the server's disk is full ({err.strerror}): nothing of this request was kept; "
+                                   "retry once an operator has freed space"}, status_code=507)

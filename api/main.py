@@ -18,7 +18,8 @@ from kombu.exceptions import OperationalError
 from das_settings import Settings, package_version
 from model_store.locks import StoreLocked
 
-from .limits import BodyLimitMiddleware, invalid_request
+from .deps import InferenceAuth
+from .limits import BodyLimitMiddleware, disk_full, invalid_request
 from .metrics import Metrics, TimingMiddleware
 from .routes import corpora, health, inference, jobs, models, tasks
 from .service import Service
@@ -27,6 +28,10 @@ log = logging.getLogger(__name__)
 # the infrastructure is away or busy, not the request wrong: 503 and when to come back, never 500
 UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OperationalError, StoreLocked)
 RETRY_AFTER_S = 5
+# who may read what (docs/service.md): with tokens set, every router's routes need the inference or the
+# management token (the routes that change something add the management token), except these routers', which
+# say nothing of tasks, jobs or versions: /healthz, /readyz, /metrics. FastAPI's docs pages are open too.
+OPEN = (health,)
 
 
 async def unavailable(request: Request, err: Exception) -> JSONResponse:
@@ -54,10 +59,11 @@ def create_app(settings: Settings, service: Service) -> FastAPI:
                               "active version, with no domain id.")
     app.state.service, app.state.metrics = service, metrics
     for module in (corpora, jobs, models, tasks, inference, health):
-        app.include_router(module.router)
+        app.include_router(module.router, dependencies=[] if module in OPEN else [InferenceAuth])
     for error in UNAVAILABLE:
         app.add_exception_handler(error, unavailable)
     app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(OSError, disk_full)  # 507 for a full disk, whatever the route wrote
     app.add_middleware(BodyLimitMiddleware, max_json_bytes=settings.max_json_bytes,
                        uploads={"/v1/corpora": settings.max_upload_bytes,
                                 "/v1/tasks": 2 * settings.max_task_upload_bytes})  # train and eval

@@ -48,6 +48,10 @@ JobOut = schema_of(Job, "JobOut", {"progress": JobProgress})
 ModelOut = schema_of(Manifest, "ModelOut")
 
 
+class ActivatedOut(ModelOut):
+    fit_jobs: list[str] = Field(description="fit jobs queued for the end tasks that have no model on this version")
+
+
 class CurrentModel(ModelOut):
     serving: str | None = Field(description="the version this API process answers with right now")
     mask_token: str | None
@@ -90,11 +94,31 @@ class ServedTaskModel(BaseModel):
                                     "answers from its own weights until it is re-tuned)")
 
 
+class FitOut(BaseModel):
+    job_id: str
+    state: str = Field(description="queued, running, succeeded, failed, cancelled or rejected")
+    version: str | None = Field(description="the backbone version it fits on (None until it starts)")
+    error: str | None = None
+    note: str | None = None
+
+
+class TaskProblem(BaseModel):
+    generation: str
+    version: str | None
+    problem: str
+    at: str
+
+
 class TaskOut(schema_of(TaskDefinition, "TaskDefinitionOut")):
     generation: str = Field(description="digest of what defines the task; its models carry it")
     history: list[TaskModelOut] = Field(description="its models, one per backbone version, oldest first, "
                                                     "with their eval scores")
     serving: ServedTaskModel | None = Field(description="the model answering now in this API process")
+    damaged: str | None = Field(None, description="why its model cannot serve with the serving version (replace "
+                                                  "or delete the task)")
+    last_fit: FitOut | None = Field(None, description="the newest fit job of this registration: state and error")
+    problems: list[TaskProblem] = Field(default_factory=list, description="what went wrong with this registration "
+                                        "lately (a forgetting gate that could not score it, a fit that failed, ...)")
 
 
 class TaskAccepted(BaseModel):

@@ -183,10 +183,22 @@ def show(version: Annotated[str, typer.Argument(help="version id, e.g. v0002")],
 @app.command()
 def activate(version: Annotated[str, typer.Argument(help="version id to make active")],
              store: StoreOption = None) -> None:
-    """Make a version active; an older one is a rollback, and the importance chain continues from it."""
+    """Make a version active; an older one is a rollback, and the importance chain continues from it.
+
+    Every end task without a model on it gets a fit job in the store's job records: a running `das serve` or
+    `das worker` of this store runs it (an embedded server picks it up at its next start)."""
+    from worker.runtime import job_registry, submit_job
+    from worker.task_registry import queue_missing_fits
+
     with _clear_errors():
-        manifest = _open_store(store).activate(version)
+        model_store = _open_store(store)
+        manifest = model_store.activate(version)
+        settings = get_settings().model_copy(update={"store": store} if store else {})
+        jobs = job_registry(settings)
+        queued = queue_missing_fits(model_store, jobs, manifest.id, lambda job_id: submit_job(settings, jobs, job_id))
     console.print(f"{manifest.id} is active")
+    for job in queued:
+        console.print(f"  fit job {job.id} queued for task {job.task}")
 
 
 @app.command()
@@ -235,16 +247,19 @@ def repair(
     work_dir: Annotated[Path | None, typer.Option(help="whose uploads/ to clean (default: $DAS_WORK_DIR)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the findings as JSON")] = False,
 ) -> None:
-    """Find damaged versions, a missing or broken active pointer and temporary files of dead processes; mend them.
+    """Find damaged versions, task definitions and task models, a missing or broken active pointer and temporary
+    files of dead processes; mend them.
 
-    A damaged version is moved to STORE/damaged/ (nothing is deleted but temporary files untouched
-    for 10 minutes); ACTIVE is pointed at the newest healthy version. Exit code 0: nothing left to do;
+    A damaged version, task definition or task model is moved to STORE/damaged/ (nothing is deleted but temporary
+    files untouched for 10 minutes); ACTIVE is pointed at the newest healthy version. Exit code 0: nothing left to do;
     1: problems remain (with --dry-run: any problem found).
     """
     from api.service import clean_uploads
+    from model_store.tasks import TaskStore
 
     with _clear_errors():
-        found = _open_store(store).repair(dry_run=dry_run, verify=verify)
+        model_store = _open_store(store)
+        found = model_store.repair(dry_run=dry_run, verify=verify) + TaskStore(model_store).repair(dry_run=dry_run)
     found += [Finding(str(path), "a temporary upload of a process that died", "remove it", not dry_run)
               for path in clean_uploads(work_dir or get_settings().work_dir, dry_run=dry_run)]
     if as_json:

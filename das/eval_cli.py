@@ -7,7 +7,6 @@ the results of several runs of one evaluation into one report.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,9 +26,11 @@ from das_eval import (
     run_evaluation,
     write_reports,
 )
+from das_eval.files import read_json
+from das_eval.results import MAX_METHOD_FOLDER, RESULTS_FIX
 from das_settings import get_settings
 
-from .console import console, fail
+from .console import console, fail, os_problem
 
 S = ScoringSettings  # the option defaults below are the scoring settings' own
 
@@ -122,17 +123,29 @@ def eval_command(
         spec = base or config.base_model
         plan = make_plan(domains, methods, seeds, base=resolve_base_model(spec, config.models_dir), base_spec=spec,
                          train=train, scoring=scoring, device=device or config.device, prune_models=prune_models)
+        _check_folder_names(plan.methods)
         _quiet()
         results = run_evaluation(plan, out, command=command_line(ctx), on_stage=_print_stage,
                                  on_train=_print_training)
     except (EvalError, DomainError, CorpusError, BaseModelError, ValueError) as err:
         fail(str(err))
+    except OSError as err:
+        fail(os_problem(err, "check the path, its permissions and the free space, then rerun the same command "
+                             "(finished stages are kept)"))
     console.print(f"wrote {out / 'results.json'}, {out / 'results.md'} and plots")
     for spec_, summary in results["summary"].items():
         first = summary[results["families"][0]]
         fr = first["forgetting_rate"]["mean"]
         console.print(f"  {spec_}: final average {first['final_average']['mean']:.2f}, "
                       f"FR {'n/a' if fr is None else f'{fr:.2f}'} ({results['families'][0]})", highlight=False)
+
+
+def _check_folder_names(methods: list) -> None:
+    """Before any stage runs: a method whose folder name the file system would refuse (after a stage's work)."""
+    for method in methods:
+        if len(method.folder) > MAX_METHOD_FOLDER:
+            raise EvalError(f"method {method.spec!r}: its folder name would have {len(method.folder)} characters, "
+                            f"at most {MAX_METHOD_FOLDER}; give it fewer settings (put the shared ones in --set)")
 
 
 def _shared_training(settings: str | None, **options: Any) -> dict[str, Any]:
@@ -194,22 +207,17 @@ def merge_command(
     Step-cost ratios stay within each run: a ratio to `ncl` needs an `ncl` in the same run.
     """
     try:
-        parts = []
-        for path in results:
-            if not path.is_file():
-                raise EvalError(f"{path} is not a file; give the results.json of a `das eval` OUT folder")
-            try:
-                parts.append(json.loads(path.read_text(encoding="utf-8")))
-            except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                raise EvalError(f"{path} is not a results.json ({err})") from None
         if seeds is not None and seeds < 1:
             raise EvalError(f"--seeds must be >= 1, got {seeds}")
-        merged = merge_results(parts, seeds=None if seeds is None else range(seeds))
+        parts = [read_json(path, what="a results.json", fix=RESULTS_FIX) for path in results]
+        merged = merge_results(parts, seeds=None if seeds is None else range(seeds), names=[str(p) for p in results])
         if out.exists() and not out.is_dir():
             raise EvalError(f"{out} is a file; --out names a folder")
         out.mkdir(parents=True, exist_ok=True)
         write_reports(merged, out)
-    except (EvalError, KeyError) as err:
-        fail(f"{err}" if isinstance(err, EvalError) else f"a results.json lacks {err}: not written by `das eval`")
+    except EvalError as err:
+        fail(str(err))
+    except OSError as err:
+        fail(os_problem(err, f"--out {out} must be a folder you can write"))
     console.print(f"wrote {out / 'results.json'}, {out / 'results.md'} and plots "
                   f"({len(merged['methods'])} methods from {len(parts)} runs)")

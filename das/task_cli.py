@@ -13,9 +13,11 @@ from rich.table import Table
 
 from das_engine.task_data import TaskDataError, TaskSettings
 from das_settings import get_settings
+from model_store.locks import StoreLocked
+from model_store.store import StoreError
 from model_store.tasks import TaskExists, TaskNotFound, TaskStore
 from worker.runtime import open_store
-from worker.task_registry import read_task_sets, store_task_data
+from worker.task_registry import check_fit_work, read_task_sets, store_task_data
 
 from .config_options import config_options
 from .console import console, fail
@@ -55,6 +57,7 @@ def add(
         train_set, eval_set = read_task_sets(train, eval, max_examples=settings.max_task_examples,
                                              max_chars=settings.max_task_text_chars,
                                              names=(train.name, eval.name if eval else "eval"))
+        check_fit_work(kind, task_settings, len(train_set), settings.max_fit_examples_seen)
         model_store = open_store(location=store)
         ensure_initialised(model_store, settings)
         tasks = TaskStore(model_store)
@@ -69,7 +72,7 @@ def add(
         console.print(f"fitting {name} ({kind}, {len(train_set)} examples, labels {', '.join(definition.labels)}) "
                       f"on {active} ...")
         model = fit_task_model(model_store, definition, active, device=settings.device)
-    except (TaskDataError, TaskExists, ValueError) as err:
+    except (TaskDataError, StoreError, StoreLocked, ValueError, OSError) as err:
         fail(str(err))
     scores = ", ".join(f"{k} {v}" for k, v in model.scores.items()) or "no eval set"
     console.print(f"{name} on {model.version}: {scores}; fitted in {model.fit_seconds:.1f} s")

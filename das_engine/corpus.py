@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .texts import unicode_problem
+
 MAX_DOCUMENT_CHARS = 1_000_000
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
@@ -73,6 +75,9 @@ def _jsonl_documents(path: Path, lines: list[str]) -> list[str]:
             raise CorpusError(f"{path}: line {number} is not valid JSON ({err.msg})") from None
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
             raise CorpusError(f"{path}: line {number} has no string field 'text'")
+        problem = unicode_problem(record["text"])
+        if problem:
+            raise CorpusError(f"{path}: line {number}: 'text' {problem}")
         if record["text"].strip():
             docs.append(record["text"].strip())
     return docs

@@ -12,7 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .texts import unicode_problem
+
 FIELDS = ("text", "label")  # each JSONL line holds exactly these
+MAX_LABEL_CHARS = 200  # a label is repeated in every answer (a score per label per text): it stays short
+MAX_LABELS = 1000  # classes per task: every answer holds a score for each
 
 TaskKind = Literal["probe", "finetune"]
 MAX_SEED = 2**32 - 1
@@ -131,6 +135,9 @@ def check_task_sets(train: LabeledSet, eval: LabeledSet | None) -> None:
     if len(counts) < 2:
         raise TaskDataError(f"train holds {len(counts)} label(s) {_quoted(sorted(counts))}; "
                             "a task needs at least 2 labels")
+    if len(counts) > MAX_LABELS:
+        raise TaskDataError(f"train holds {len(counts)} distinct labels, more than the {MAX_LABELS} allowed (every "
+                            "answer holds a score for each); merge the rare ones")
     rare = sorted(label for label, count in counts.items() if count < 2)
     if rare:
         raise TaskDataError(f"train has fewer than 2 examples of label(s) {_quoted(rare)}; "
@@ -193,6 +200,9 @@ def _example_text(record: dict, name: str, number: int, max_chars: int) -> str:
     if len(text) > max_chars:
         raise TaskDataError(f'{name}: line {number}: "text" has {len(text)} characters, more than the '
                             f"{max_chars} allowed; shorten it")
+    problem = unicode_problem(text)  # the inference routes' rule: what a tokenizer cannot take is refused here
+    if problem:
+        raise TaskDataError(f'{name}: line {number}: "text" {problem}')
     return text
 
 
@@ -205,6 +215,12 @@ def _example_label(record: dict, name: str, number: int) -> str:
                             f"got {type(label).__name__}")
     if not label.strip():
         raise TaskDataError(f'{name}: line {number}: "label" is empty')
+    problem = unicode_problem(label)  # labels are keys of every answer: they must encode as UTF-8 too
+    if problem:
+        raise TaskDataError(f'{name}: line {number}: "label" {problem}')
+    if len(label.strip()) > MAX_LABEL_CHARS:
+        raise TaskDataError(f'{name}: line {number}: "label" has {len(label.strip())} characters, more than the '
+                            f"{MAX_LABEL_CHARS} allowed; shorten it")
     return label.strip()
 
 

@@ -1,4 +1,5 @@
-"""The names of an evaluation folder's files, and how they are written (by rename: never half a file)."""
+"""The names of an evaluation folder's files, how they are written (by rename: never half a file), and the one
+reader of its JSON files (run.json, the stages' scores.json, a results.json given to `das eval-merge`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from .methods import EvalError
 
 FORMAT = "das-eval"
 FORMAT_VERSION = 1
@@ -22,6 +25,42 @@ def write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
+
+
+def read_json(path: Path, *, what: str, fix: str) -> Any:
+    """A JSON file's content. Any problem (missing, a folder, unreadable, not UTF-8, not JSON) is an EvalError that
+    names the file, what it should be (`what`, e.g. "a results.json") and what to do (`fix`)."""
+    path = Path(path)
+    if not path.is_file():
+        kind = "a folder" if path.is_dir() else "not a file" if path.exists() else "missing"
+        raise EvalError(f"{path} is not a file ({kind}); {fix}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        reason = f"not UTF-8: byte {err.start}"
+    except json.JSONDecodeError as err:
+        reason = f"not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}"
+    except ValueError as err:  # an integer of more digits than Python converts
+        reason = f"not valid JSON: {err}"
+    except RecursionError:
+        reason = "not valid JSON: nested too deeply"
+    except OSError as err:
+        reason = f"cannot be read: {err.strerror or err}"
+    raise EvalError(f"{path} is not {what} ({reason}); {fix}")
+
+
+def read_run(out: Path) -> dict[str, Any]:
+    """OUT/run.json: the settings the folder was made with and the commands run into it."""
+    path = Path(out) / RUN_FILE
+    fix = (f"it records the settings {out} was made with: restore it, or choose another --out "
+           "(the stage folders cannot be checked without it)")
+    run = read_json(path, what=f"an evaluation's {RUN_FILE}", fix=fix)
+    problem = ("holds no JSON object" if not isinstance(run, dict) else
+               "lacks its 'settings' object" if not isinstance(run.get("settings"), dict) else
+               "lacks its 'commands' list" if not isinstance(run.get("commands"), list) else None)
+    if problem:
+        raise EvalError(f"{path} {problem}; {fix}")
+    return run
 
 
 def now() -> str:

@@ -22,11 +22,11 @@ from typing import Any, Literal
 
 from model_store.layout import IMPORTANCE, is_weight_file
 
-from .files import FORMAT, FORMAT_VERSION, RUN_FILE, SCORES_FILE, now, write_json
+from .files import FORMAT, FORMAT_VERSION, RUN_FILE, SCORES_FILE, now, read_run, write_json
 from .methods import EvalError, parse_method
 from .plan import EvalPlan, Stage
 from .reports import write_reports
-from .results import collect_results, comparable_settings, differences
+from .results import collect_results, comparable_settings, differences, read_stage_scores
 from .scoring import PreparedDomain, prepare_domain, score_model
 
 
@@ -102,8 +102,8 @@ def check_run_folder(out: Path, plan: EvalPlan, domains: list[PreparedDomain], c
              "methods": [m.spec for m in plan.methods], "seeds": plan.seeds, "base": plan.base_spec,
              "device": plan.device}
     if path.is_file():
-        recorded = json.loads(path.read_text(encoding="utf-8"))
-        differ = differences(comparable_settings(recorded.get("settings", {})), settings)
+        recorded = read_run(out)
+        differ = differences(comparable_settings(recorded["settings"]), settings)
         if differ:
             raise EvalError(f"{out} holds an evaluation made with other settings ({'; '.join(differ)}); "
                             "rerun with the same ones to resume, or choose another --out")
@@ -114,7 +114,11 @@ def check_run_folder(out: Path, plan: EvalPlan, domains: list[PreparedDomain], c
         raise EvalError(f"{out} is a file; --out names a folder")
     if out.is_dir() and any(out.iterdir()):
         raise EvalError(f"{out} is not empty and holds no {RUN_FILE}: not an evaluation folder; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise EvalError(f"cannot make the folder {out} ({err.strerror or err}: {err.filename}); "
+                        "choose another --out") from None
     write_json(path, {"settings": settings, "base": plan.base_spec, "commands": [entry]})
 
 
@@ -123,7 +127,7 @@ def run_base_stage(plan: EvalPlan, stage: Stage, domains: list[PreparedDomain], 
     first seed's are copied for the others."""
     first = Stage(stage.method, plan.seeds[0], 0, "base").folder(out) / SCORES_FILE
     if not plan.scoring.finetune and stage.seed != plan.seeds[0] and first.is_file():
-        record = json.loads(first.read_text(encoding="utf-8"))
+        record = read_stage_scores(first.parent, [d.name for d in domains], plan.scoring.kinds(), trained=False)
         record.update(seed=stage.seed, copied_from=str(first.relative_to(out)))
     else:
         started = time.perf_counter()
@@ -159,8 +163,13 @@ def run_training_stage(plan: EvalPlan, stage: Stage, domains: list[PreparedDomai
         if on_train:
             on_train(stage, p)
 
-    result = adapt(base, domain.training_documents, folder, config, prev_importance=prev_importance,
-                   domain=domain.name, device=plan.device, on_progress=progress)
+    try:
+        result = adapt(base, domain.training_documents, folder, config, prev_importance=prev_importance,
+                       domain=domain.name, device=plan.device, on_progress=progress)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:  # the trainer's own files in the stage folder
+        raise EvalError(f"{folder}: a file the trainer left there (train_metrics.json or a checkpoint's) is "
+                        f"damaged ({err}); remove {folder} and rerun the same command to recompute the stage"
+                        ) from None
     if result.status != "completed":
         raise EvalError(f"training {stage.label()} stopped at step {result.step}")
     metrics = result.metrics

@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     max_task_examples: int = Field(20000, ge=4, description="Largest train or eval set of an end task (examples).")
     max_task_text_chars: int = Field(100_000, ge=1, description="Longest text in an end task's train or eval set "
                                      "(each is truncated to the task's max_length tokens when fitted).")
+    max_fit_examples_seen: int = Field(100_000, ge=1, description="Most examples one finetune fit may pass "
+                                       "through the model (epochs x train examples), checked at registration: jobs "
+                                       "run one at a time, so one long fit holds every adaptation back.")
     max_task_upload_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest train or eval file of an "
                                        "end task.")
     poll_interval_s: float = Field(2.0, gt=0, description="How often API processes poll the active pointer.")

@@ -1,6 +1,7 @@
 """End tasks in the store: the registry of task definitions, and task models tied to backbone versions.
 
     tasks/NAME.json                         the definition (labels, kind, settings, data digests)
+    tasks/NAME.problems.json                what went wrong with it lately (a gate that could not score it, ...)
     corpora/SHA256                          its train and eval JSONL, content-addressed like corpora
     task_models/VERSION/NAME/GEN/model.json a task model fitted on backbone VERSION, written last
     task_models/VERSION/NAME/GEN/*          its files (safetensors and JSON only)
@@ -17,6 +18,8 @@ import hashlib
 import json
 import re
 import tempfile
+import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,12 +28,14 @@ from .backends import sha256_file
 from .layout import PICKLE_SUFFIXES, TASK_MODELS
 from .manifest import now_iso
 from .names import InvalidName, file_name, version_id
-from .store import ModelStore, StoreError
+from .store import DAMAGED, Finding, ModelStore, StoreError
 
 TaskKind = Literal["probe", "finetune"]
 TASK_KINDS: tuple[TaskKind, ...] = ("probe", "finetune")
 TASK_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 RECORD = "model.json"
+PROBLEMS = ".problems.json"  # tasks/NAME.problems.json: NAME holds no '.', so no definition has this name
+KEPT_PROBLEMS = 10
 
 
 class TaskNotFound(StoreError, KeyError):
@@ -129,14 +134,16 @@ class TaskStore:
                 continue
         return found
 
-    def damaged(self) -> list[str]:
-        """Definition files that cannot be read, with why."""
-        problems = []
+    def damaged(self) -> dict[str, str]:
+        """Registered tasks whose definition cannot be read: name -> why."""
+        problems = {}
         for name in self._names():
             try:
                 self.definition(name)
+            except TaskNotFound:  # deleted meanwhile
+                continue
             except StoreError as err:
-                problems.append(str(err))
+                problems[name] = str(err)
         return problems
 
     def exists(self, name: str) -> bool:
@@ -179,8 +186,34 @@ class TaskStore:
             if not self.exists(name):
                 raise TaskNotFound(f"no task {name!r}")
             self.backend.delete(_key(name))
+            if self.backend.exists(f"tasks/{name}{PROBLEMS}"):
+                self.backend.delete(f"tasks/{name}{PROBLEMS}")
             for version in self.backend.list_dir(TASK_MODELS):
                 self.backend.delete_prefix(f"{TASK_MODELS}/{version}/{name}")
+
+    def note_problem(self, definition: TaskDefinition, version: str | None, what: str) -> None:
+        """Record that something went wrong with this registration of the task (the newest KEPT_PROBLEMS stay):
+        what one task's data or model did is said on the task, while the rest of the service goes on."""
+        key = f"tasks/{task_name(definition.name)}{PROBLEMS}"
+        with self.store.lock.hold():
+            kept = self._read_problems(key)
+            kept.append({"generation": definition.generation, "version": version, "problem": what[:2000],
+                         "at": now_iso()})
+            self.backend.write_atomic(key, json.dumps(kept[-KEPT_PROBLEMS:], indent=2).encode())
+
+    def problems(self, definition: TaskDefinition) -> list[dict[str, Any]]:
+        """The recorded problems of this registration (generation) of the task, oldest first."""
+        found = self._read_problems(f"tasks/{task_name(definition.name)}{PROBLEMS}")
+        return [p for p in found if p.get("generation") == definition.generation]
+
+    def _read_problems(self, key: str) -> list[dict[str, Any]]:
+        try:
+            found = json.loads(self.backend.read_bytes(key))
+        except FileNotFoundError:
+            return []
+        except ValueError:  # a damaged notes file is only notes: start again
+            return []
+        return [p for p in found if isinstance(p, dict)] if isinstance(found, list) else []
 
     def put_task_data(self, path: Path, examples: int, filename: str = "") -> TaskData:
         """Store a task's train or eval JSONL (checked before), content-addressed beside the corpora."""
@@ -194,8 +227,11 @@ class TaskStore:
         """Publish a fitted task model (safetensors and JSON only); its record is written last."""
         version_id(model.version)
         task_name(model.task)
-        existing = self.model(model.version, model.task, model.generation)
-        if existing is not None:
+        try:
+            existing = self.model(model.version, model.task, model.generation)
+        except StoreError:  # a damaged record: this fit replaces it
+            existing = None
+        if existing is not None and self.model_problem(existing) is None:
             return existing
         files = {}
         for path in sorted(Path(folder).iterdir()):
@@ -208,6 +244,7 @@ class TaskStore:
             files[file_name(path.name)] = sha256_file(path)
         record = dataclasses.replace(model, files=files, created=model.created or now_iso())
         with self.store.lock.hold():
+            self.backend.delete_prefix(record.key)  # what a damaged model of this key left behind
             for name in files:
                 self.backend.put_file(Path(folder) / name, f"{record.key}/{name}")
             self.backend.write_atomic(f"{record.key}/{RECORD}", record.to_json().encode())
@@ -256,6 +293,18 @@ class TaskStore:
                 found.append(model)
         return found
 
+    def model_problem(self, model: TaskModel) -> str | None:
+        """Why a published task model cannot serve (a file missing or not matching its digest); None if sound."""
+        for name, expected in model.files.items():
+            key = f"{model.key}/{name}"
+            local = self.backend.local_path(key)
+            if local is not None:
+                if not local.is_file() or sha256_file(local) != expected:
+                    return f"{key} is missing or corrupted"
+            elif not self.backend.exists(key):
+                return f"{key} is missing"
+        return None
+
     def model_dir(self, model: TaskModel) -> Path:
         """A local folder with the task model's files, each checked against its digest."""
         local = self.backend.local_path(model.key)
@@ -272,6 +321,45 @@ class TaskStore:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 (Path(tmp) / "m").rename(target)
         return target
+
+    # ------------------------------------------------------------ repair
+    def repair(self, dry_run: bool = False) -> list[Finding]:
+        """Set aside (move to damaged/) every task definition that cannot be read and every task model whose
+        record or files are damaged; nothing healthy is touched. A task set aside is no longer registered; a
+        model set aside is fitted again by the next fit of its task."""
+        with nullcontext() if dry_run else self.store.lock.hold():
+            found = [self._set_aside(_key(name), f"task {name}", why, dry_run)
+                     for name, why in sorted(self.damaged().items())]
+            for key, why in self._damaged_models():
+                found.append(self._set_aside(key, f"task model {key}", why, dry_run))
+            return found
+
+    def _damaged_models(self) -> list[tuple[str, str]]:
+        """(key, why) of every published task model that cannot serve."""
+        found = []
+        for version in sorted(self.backend.list_dir(TASK_MODELS)):
+            for task in sorted(self.backend.list_dir(f"{TASK_MODELS}/{version}")):
+                for generation in sorted(self.backend.list_dir(f"{TASK_MODELS}/{version}/{task}")):
+                    key = f"{TASK_MODELS}/{version}/{task}/{generation}"
+                    if generation.startswith(".") or not self.backend.exists(f"{key}/{RECORD}"):
+                        continue  # a publication in progress (its record is written last)
+                    try:
+                        problem = self.model_problem(TaskModel.from_json(self.backend.read_bytes(f"{key}/{RECORD}")))
+                    except (ValueError, TypeError) as err:
+                        problem = f"{RECORD} cannot be read ({type(err).__name__}: {err})"
+                    if problem is not None:
+                        found.append((key, problem))
+        return found
+
+    def _set_aside(self, key: str, item: str, why: str, dry_run: bool) -> Finding:
+        path = self.backend.local_path(key)
+        if path is None:  # object storage has no rename
+            return Finding(item, why, f"by hand: delete {key} (the task, or its model, is then fitted anew)", False)
+        target = f"{DAMAGED}/{key}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        if not dry_run:
+            self.backend.local_path(target).parent.mkdir(parents=True, exist_ok=True)
+            path.rename(self.backend.local_path(target))
+        return Finding(item, why, f"move it to {target}", not dry_run)
 
     def _names(self) -> list[str]:
         return sorted(n[: -len(".json")] for n in self.backend.list_dir("tasks")

@@ -16,6 +16,7 @@ class NotReady(RuntimeError):
 class TaskNotServed(InputError):
     """A task named in a prediction has no model served with the current version (404, or 409 while it is fitted)."""
 
-    def __init__(self, message: str, pending: bool) -> None:
+    def __init__(self, message: str, pending: bool, damaged: bool = False) -> None:
         super().__init__(message)
-        self.pending = pending
+        self.pending = pending  # registered, no model for the serving version yet
+        self.damaged = damaged  # registered, its definition or model cannot be used

@@ -75,9 +75,12 @@ class LoadedModel:
         """TaskNotServed unless every task named has a model served with this version."""
         for name in names:
             if name not in self.tasks.tasks:
-                pending = name in self.tasks.pending
-                why = f"is still being fitted on {self.version}" if pending else "is not registered"
-                raise TaskNotServed(f"task {name!r} {why}", pending=pending)
+                problem = self.tasks.problem(name)
+                if problem is None:
+                    raise TaskNotServed(f"task {name!r} is not registered", pending=False)
+                if problem == "pending":
+                    raise TaskNotServed(f"task {name!r} has no model on {self.version} yet", pending=True)
+                raise TaskNotServed(f"task {name!r} is {problem}", pending=False, damaged=True)
 
     @property
     def mask_token(self) -> str:

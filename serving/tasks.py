@@ -17,6 +17,7 @@ from transformers import AutoModelForSequenceClassification
 from das_engine.endtask import ProbeHead
 from das_engine.loading import LOAD_LOCK
 from model_store import names
+from model_store.store import StoreError
 from model_store.tasks import TaskDefinition, TaskModel, TaskStore
 
 
@@ -36,47 +37,76 @@ class ServedTask:
 class TaskSet:
     tasks: dict[str, ServedTask] = field(default_factory=dict)
     pending: tuple[str, ...] = ()  # registered, with no model for this backbone yet
+    damaged: dict[str, str] = field(default_factory=dict)  # registered, but its definition or model is unusable: why
+    signature: tuple = ()  # what was found in the store: the same signature, the same set
 
-    @property
-    def signature(self) -> tuple:
-        return (tuple(sorted((n, t.record.version, t.record.generation) for n, t in self.tasks.items())),
-                self.pending)
+    def problem(self, name: str) -> str | None:
+        """Why a registered task does not answer with this backbone (None when it does, or is not registered)."""
+        if name in self.damaged:
+            return self.damaged[name]
+        if name in self.pending:
+            return "pending"
+        return None
+
+
+DAMAGED_FIX = "replace it (register it again with replace=true, which fits it anew) or delete it"
 
 
 def load_task_set(tasks: TaskStore, version: str, previous: TaskSet | None = None) -> TaskSet | None:
-    """The task models to serve with backbone `version`; None if they are those of `previous`."""
+    """The task models to serve with backbone `version`; None if they are those of `previous`.
+
+    One task's damage stays with that task: a definition that cannot be read, or a model whose record or
+    files are damaged, leaves the task in `damaged` with why; the backbone and every other task serve."""
+    found, pending, damaged = _find_models(tasks, version)
+    signature = (tuple(sorted((n, r.version, r.generation, r.created) for n, r in found.items())), tuple(pending),
+                 tuple(sorted(damaged.items())))
+    if previous is not None and previous.signature == signature:
+        return None
+    kept = previous.tasks if previous is not None else {}
+    definitions = {d.name: d for d in tasks.definitions()}
+    served = {}
+    for name, record in found.items():
+        same = kept.get(name)
+        if same is not None and same.record == record:
+            served[name] = same
+            continue
+        try:
+            served[name] = _load_task(tasks, definitions[name], record)
+        except (StoreError, ValueError, KeyError, OSError) as err:
+            damaged[name] = f"damaged: its model on {record.version} cannot be loaded ({err}); {DAMAGED_FIX}"
+    return TaskSet(served, tuple(pending), damaged, signature)
+
+
+def _find_models(tasks: TaskStore, version: str) -> tuple[dict[str, TaskModel], list[str], dict[str, str]]:
+    """Per registered task: the model record to serve with `version`, or pending, or why it is damaged."""
     older: list[str] | None = None  # read only for a finetune task not tuned on `version` (a scan of the store)
     found: dict[str, TaskModel] = {}
-    pending = []
-    definitions = {d.name: d for d in tasks.definitions()}
-    for definition in definitions.values():
-        record = tasks.model(version, definition.name, definition.generation)
-        if record is None and definition.kind == "finetune":
-            if older is None:
-                older = [v for v in tasks.store.ids() if names.version_number(v) < names.version_number(version)]
-            record = tasks.latest_model(definition, older)
+    pending: list[str] = []
+    damaged = {name: f"damaged: {why}" for name, why in tasks.damaged().items()}
+    for definition in tasks.definitions():
+        try:
+            record = tasks.model(version, definition.name, definition.generation)
+            if record is None and definition.kind == "finetune":
+                if older is None:
+                    older = [v for v in tasks.store.ids() if names.version_number(v) < names.version_number(version)]
+                record = tasks.latest_model(definition, older)
+        except StoreError as err:
+            damaged[definition.name] = f"damaged: {err}; {DAMAGED_FIX}"
+            continue
         if record is None:
             pending.append(definition.name)
         else:
             found[definition.name] = record
-    signature = (tuple(sorted((n, r.version, r.generation) for n, r in found.items())), tuple(pending))
-    if previous is not None and previous.signature == signature:
-        return None
-    kept = previous.tasks if previous is not None else {}
-    served = {}
-    for name, record in found.items():
-        same = kept.get(name)
-        if same is not None and (same.record.version, same.record.generation) == (record.version, record.generation):
-            served[name] = same
-            continue
-        folder = tasks.model_dir(record)
-        if record.kind == "probe":
-            served[name] = ServedTask(definitions[name], record, head=ProbeHead.load(folder).eval())
-        else:
-            with LOAD_LOCK:
-                classifier = AutoModelForSequenceClassification.from_pretrained(str(folder), use_safetensors=True)
-            served[name] = ServedTask(definitions[name], record, classifier=classifier.eval())
-    return TaskSet(served, tuple(pending))
+    return found, pending, damaged
+
+
+def _load_task(tasks: TaskStore, definition: TaskDefinition, record: TaskModel) -> ServedTask:
+    folder = tasks.model_dir(record)  # each file checked against its digest
+    if record.kind == "probe":
+        return ServedTask(definition, record, head=ProbeHead.load(folder).eval())
+    with LOAD_LOCK:
+        classifier = AutoModelForSequenceClassification.from_pretrained(str(folder), use_safetensors=True)
+    return ServedTask(definition, record, classifier=classifier.eval())
 
 
 def _truncated(input_ids: torch.Tensor, attention_mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:

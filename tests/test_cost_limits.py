@@ -144,11 +144,11 @@ def _upload(client, content: bytes = DOC, **form):
 def test_an_upload_over_a_limit_is_422_before_anything_is_stored(client, form, message):
     service = client.app.state.service
     content = DOC + repr(form).encode() + b"\n"  # bytes of its own: nothing may store them
-    before = [j["id"] for j in client.get("/v1/jobs").json()]
+    before = [j["id"] for j in client.get("/v1/jobs", headers=_auth()).json()]
     response = _upload(client, content, **form)
     assert response.status_code == 422 and message in response.json()["detail"], response.text
     assert not service.store.has_corpus(hashlib.sha256(content).hexdigest())
-    assert [j["id"] for j in client.get("/v1/jobs").json()] == before
+    assert [j["id"] for j in client.get("/v1/jobs", headers=_auth()).json()] == before
     uploads = service.settings.work_dir / "uploads"
     assert not uploads.exists() or not any(uploads.iterdir())
 

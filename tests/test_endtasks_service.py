@@ -136,3 +136,15 @@ def test_end_tasks_with_a_celery_worker(celery_worker, tmp_path, small_corpus):
         wait_serving(replica, "v0002")
         _, body = accuracy(replica, "topic", topic_task()["heldout"][:4])
         assert (body["version"], body["task_model"]["fitted_on"]) == ("v0002", "v0002")
+        # a task registered on v0002 only, then a rollback: the activation queues its fit on the Celery worker, and
+        # a client's retry ends (409 with Retry-After naming the job while it runs, then an answer)
+        late = register(client, tmp_path, "late", source_task(20, 10))
+        assert wait_for_job(client, late["job_id"])["state"] == "succeeded"
+        activated = client.post("/v1/models/v0001/activate").json()
+        [fit_job] = activated["fit_jobs"]
+        wait_serving(replica, "v0001")
+        waiting = replica.post("/v1/tasks/late/predict", json={"texts": ["hello"]})
+        if waiting.status_code == 409:
+            assert fit_job in waiting.json()["detail"] and waiting.headers["Retry-After"], waiting.text
+        assert wait_for_job(client, fit_job)["state"] == "succeeded"
+        wait_task(replica, "late", "v0001")

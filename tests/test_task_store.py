@@ -106,7 +106,7 @@ def test_a_damaged_definition_affects_only_its_task(store, tmp_path):
     tasks.put_definition(_definition(store, tmp_path, name="broken"))
     (Path(store.backend.local_path("tasks")) / "broken.json").write_text("{not json")
     assert [d.name for d in tasks.definitions()] == ["good"]
-    assert any("broken" in problem for problem in tasks.damaged())
+    assert any("broken" in problem for problem in tasks.damaged().values())
     with pytest.raises(StoreError, match="replace=true"):
         tasks.definition("broken")
     tasks.put_definition(_definition(store, tmp_path, name="broken"), replace=True)  # the stated fix works

@@ -86,7 +86,7 @@ def test_predict_unknown_task_is_404_and_a_task_being_fitted_is_409(client, tmp_
     job_id = registered.json()["job_id"]
     waiting = client.post("/v1/tasks/t/predict", json={"texts": ["hello"]})
     assert waiting.status_code == 409 and waiting.headers["Retry-After"], waiting.text
-    assert "being fitted" in waiting.json()["detail"]
+    assert f"fit job {job_id} is queued" in waiting.json()["detail"]  # the job it waits for, named
     assert client.delete(f"/v1/jobs/{blocker}").status_code == 200
     assert wait_for_job(client, job_id)["state"] == "succeeded"
     answer = post_until_served(client, "/v1/tasks/t/predict", {"texts": ["permission is hereby granted"]})

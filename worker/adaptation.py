@@ -22,15 +22,12 @@ from job_records import Job
 from model_store.manifest import CorpusInfo, Manifest
 from model_store.store import LineageError, ModelStore, PublishRequest, StoreError
 
-from .context import WorkerContext
-from .endtasks import ensure_probe_models, gate_candidate, publish_probes, retune_jobs
+from .context import JobStopped, WorkerContext
+from .endtasks import ensure_probe_models, gate_candidate, publish_probes
 from .progress import ProgressReporter
+from .task_registry import queue_missing_fits
 
 log = logging.getLogger(__name__)
-
-
-class JobStopped(Exception):
-    """The adaptation stopped at a checkpoint (cancel or shutdown) before it finished."""
 
 
 class GateRejected(Exception):
@@ -129,7 +126,7 @@ def run_adapt_job(job: Job, ctx: WorkerContext, reporter: ProgressReporter) -> s
                              documents=read_corpus(path), device=ctx.device, gate_max_drop=ctx.gate_max_drop,
                              force=force, on_progress=reporter, should_stop=reporter.should_stop, request_id=job.id)
     if manifest.status == "active":
-        retune_jobs(ctx, manifest.id)
+        queue_missing_fits(ctx.store, ctx.jobs, manifest.id, ctx.submit)  # finetune tasks, and any a gate missed
     else:
         active = ctx.store.active_id()
         ctx.jobs.update(job.id, note=f"published as a candidate: {active} became active while this job ran from "

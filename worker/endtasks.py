@@ -21,15 +21,16 @@ from typing import Any
 
 from das_engine import endtask
 from das_engine.loading import load_masked_lm
-from das_engine.task_data import LabeledSet, TaskSettings, label_ids, read_labeled_jsonl
+from das_engine.task_data import LabeledSet, TaskDataError, TaskSettings, label_ids, read_labeled_jsonl
 from das_engine.trainer import Progress
 from job_records import Job
-from model_store.store import ModelStore
-from model_store.tasks import TaskDefinition, TaskModel, TaskStore
+from model_store.locks import StoreLocked
+from model_store.store import ModelStore, StoreError
+from model_store.tasks import TaskDefinition, TaskModel, TaskNotFound, TaskStore
 
-from .context import WorkerContext
+from .context import JobStopped, Superseded, WorkerContext
 from .progress import ProgressReporter
-from .task_registry import fit_request
+from .task_registry import usable_model
 
 log = logging.getLogger(__name__)
 BOOTSTRAP_SAMPLES = 1000
@@ -128,7 +129,7 @@ def fit_task_model(store: ModelStore, definition: TaskDefinition, version: str, 
                    on_step: Callable[[int, int, float], None] | None = None) -> TaskModel:
     """Fit a registered task on one version of the store and publish it (idempotent per generation)."""
     tasks = TaskStore(store)
-    existing = tasks.model(version, definition.name, definition.generation)
+    existing = usable_model(tasks, version, definition)
     if existing is not None:
         return existing
     train, evals = read_sets(tasks, definition)
@@ -142,11 +143,37 @@ def fit_task_model(store: ModelStore, definition: TaskDefinition, version: str, 
 
 
 def ensure_probe_models(store: ModelStore, version: str, device: str = "cpu") -> list[TaskModel]:
-    """Fit every probe task that has no model on `version` yet (a published candidate whose worker died)."""
+    """Fit every probe task that has no model on `version` yet (a published candidate whose worker died).
+    A task that cannot be fitted is recorded on the task, and the others are fitted all the same."""
     tasks = TaskStore(store)
-    missing = [d for d in tasks.definitions()
-               if d.kind == "probe" and tasks.model(version, d.name, d.generation) is None]
-    return [fit_task_model(store, definition, version, device=device) for definition in missing]
+    fitted = []
+    for definition in tasks.definitions():
+        if definition.kind != "probe" or usable_model(tasks, version, definition) is not None:
+            continue
+        try:
+            fitted.append(fit_task_model(store, definition, version, device=device))
+        except ONE_TASK_PROBLEMS as err:
+            _task_failed(tasks, definition, version, f"its probe could not be fitted on {version}", err)
+    return fitted
+
+
+# failures that belong to one task's data or model, not to the store or the job: recorded on the task, while the
+# adaptation and the other tasks go on (a lost lock or connection is the job's, and retries it)
+ONE_TASK_PROBLEMS = (TaskDataError, StoreError, ValueError, TypeError, KeyError, IndexError, RuntimeError, OSError)
+NOT_ONE_TASKS = (StoreLocked, ConnectionError, TimeoutError, MemoryError)
+
+
+def _task_failed(tasks: TaskStore, definition: TaskDefinition, version: str | None, what: str,
+                 err: BaseException) -> str:
+    if isinstance(err, NOT_ONE_TASKS):
+        raise err
+    problem = f"{what}: {type(err).__name__}: {err}"
+    log.warning("task %s: %s", definition.name, problem)
+    try:
+        tasks.note_problem(definition, version, problem)
+    except StoreLocked:  # the note is for the user; the work goes on without it
+        log.warning("task %s: could not record the problem (the store is locked)", definition.name)
+    return problem
 
 
 # ------------------------------------------------------------------ the forgetting gate
@@ -161,72 +188,105 @@ class GateResult:
         return "; ".join(d.reason for d in self.rejected)
 
 
+@dataclass
+class _Backbones:
+    """The candidate and the parent, each loaded on first use."""
+
+    candidate_folder: Path
+    parent_folder: Callable[[], Path]
+    device: str
+    loaded: dict[str, Backbone] = field(default_factory=dict)
+
+    def candidate(self) -> Backbone:
+        if "candidate" not in self.loaded:
+            self.loaded["candidate"] = Backbone.load(self.candidate_folder, self.device)
+        return self.loaded["candidate"]
+
+    def parent(self) -> Backbone:
+        if "parent" not in self.loaded:
+            self.loaded["parent"] = Backbone.load(self.parent_folder(), self.device)
+        return self.loaded["parent"]
+
+
 def gate_candidate(store: ModelStore, candidate_folder: Path, parent: str, work: Path, *, max_drop: float,
                    device: str = "cpu", force: bool = False) -> GateResult:
     """Fit every probe task on the candidate; score each task with an eval set against `parent`.
 
     A task's drop counts only when it exceeds `max_drop` points of macro-F1 and the sampling noise
     of the eval set (paired bootstrap over its examples); `force` records the decision but never rejects.
+    A task that cannot be scored (its definition, data or fit fails) is never skipped in silence: it is
+    listed under the gate's `unscored`, with why, and recorded on the task; the others decide.
     """
     tasks = TaskStore(store)
     definitions = [d for d in tasks.definitions() if d.kind == "probe" or d.eval is not None]
-    if not definitions:
+    unscored = [{"task": name, "problem": why} for name, why in tasks.damaged().items()]
+    if not definitions and not unscored:
         return GateResult({}, [], [])
-    candidate = Backbone.load(candidate_folder, device)
-    active: Backbone | None = None
+    backbones = _Backbones(candidate_folder, lambda: store.model_dir(parent), device)
     probes, decisions, scores = [], [], {}
     for definition in definitions:
-        train, evals = read_sets(tasks, definition)
-        # finetune tasks are gated by a probe of their data: they are re-tuned in the background
-        probe_def = definition if definition.kind == "probe" else dataclasses.replace(definition, kind="probe")
-        fitted = fit_probe_on(candidate, probe_def, train, evals, work / definition.name)
+        try:
+            fitted, decision = _gate_task(tasks, definition, backbones, work, max_drop)
+        except ONE_TASK_PROBLEMS as err:
+            problem = _task_failed(tasks, definition, None, f"the forgetting gate could not score it on a "
+                                                            f"candidate built from {parent}", err)
+            unscored.append({"task": definition.name, "problem": problem})
+            continue
         if definition.kind == "probe":
             probes.append(fitted)
-        if evals is None:
-            continue
-        scores[definition.name] = {**fitted.scores, "kind": "probe", "generation": definition.generation}
-        if active is None:
-            active = Backbone.load(store.model_dir(parent), device)
-        before = fit_probe_on(active, probe_def, train, evals, work / f"{definition.name}-active")
-        decision = endtask.gate(definition.name, label_ids(evals.labels, definition.labels), before.predictions,
-                                fitted.predictions, len(definition.labels), max_drop, samples=BOOTSTRAP_SAMPLES)
-        decisions.append(decision)
+        if decision is not None:
+            scores[definition.name] = {**fitted.scores, "kind": "probe", "generation": definition.generation}
+            decisions.append(decision)
     rejected = [] if force else [d for d in decisions if d.rejected]
     gate = {"max_drop": max_drop, "forced": force, "rejected": bool(rejected), "against": parent,
-            "decisions": [dataclasses.asdict(d) for d in decisions]}
+            "decisions": [dataclasses.asdict(d) for d in decisions], "unscored": unscored}
     return GateResult({"tasks": scores, "gate": gate}, probes, rejected)
+
+
+def _gate_task(tasks: TaskStore, definition: TaskDefinition, backbones: _Backbones, work: Path,
+               max_drop: float) -> tuple[Fitted, endtask.GateDecision | None]:
+    """One task's probe on the candidate and, with an eval set, its gate decision against the parent."""
+    train, evals = read_sets(tasks, definition)
+    # finetune tasks are gated by a probe of their data: they are re-tuned in the background
+    probe_def = definition if definition.kind == "probe" else dataclasses.replace(definition, kind="probe")
+    fitted = fit_probe_on(backbones.candidate(), probe_def, train, evals, work / definition.name)
+    if evals is None:
+        return fitted, None
+    before = fit_probe_on(backbones.parent(), probe_def, train, evals, work / f"{definition.name}-active")
+    decision = endtask.gate(definition.name, label_ids(evals.labels, definition.labels), before.predictions,
+                            fitted.predictions, len(definition.labels), max_drop, samples=BOOTSTRAP_SAMPLES)
+    return fitted, decision
 
 
 def publish_probes(store: ModelStore, version: str, probes: list[Fitted]) -> None:
     tasks = TaskStore(store)
     for fitted in probes:
-        publish_fitted(store, tasks, version, fitted)
+        try:
+            publish_fitted(store, tasks, version, fitted)
+        except ONE_TASK_PROBLEMS as err:
+            _task_failed(tasks, fitted.definition, version, f"its probe could not be published on {version}", err)
 
 
 # ------------------------------------------------------------------ the fit job
 def run_fit_job(job: Job, ctx: WorkerContext, reporter: ProgressReporter) -> str:
-    """The `fit` kind of job: fit task `job.task` on version `job.parent` (fixed when it started)."""
-    definition = TaskStore(ctx.store).definition(job.task)
+    """The `fit` kind of job: fit task `job.task` on version `job.parent` (fixed when it started).
+
+    It stops at its next step when cancelled (or at a shutdown: JobStopped), and ends `cancelled` as Superseded
+    when the task was deleted or registered again meanwhile (the new registration has its own job)."""
+    try:
+        definition = TaskStore(ctx.store).definition(job.task)
+    except TaskNotFound:
+        raise Superseded(f"task {job.task!r} was deleted while this job waited") from None
     if definition.generation != job.generation:
-        raise ValueError(f"task {definition.name!r} was registered again while this job waited; "
+        raise Superseded(f"task {definition.name!r} was registered again while this job waited; "
                          "its new registration has its own job")
+    if reporter.should_stop():
+        raise JobStopped("stopped before the fit began")
 
     def on_step(step: int, total: int, loss: float) -> None:
         reporter(Progress(phase="train", step=step, total=total, losses={"loss": loss}))
+        if reporter.should_stop():
+            raise JobStopped(f"stopped at step {step} of {total}")
 
     fit_task_model(ctx.store, definition, job.parent, device=ctx.device, on_step=on_step)
     return job.parent
-
-
-def retune_jobs(ctx: WorkerContext, version: str) -> list[str]:
-    """After `version` became active: a background fit job for every finetune task not tuned on it."""
-    tasks = TaskStore(ctx.store)
-    created = []
-    for definition in tasks.definitions():
-        if definition.kind != "finetune" or tasks.model(version, definition.name, definition.generation):
-            continue
-        job = ctx.jobs.create(fit_request(definition))
-        ctx.jobs.update(job.id, parent=version)
-        ctx.submit(job.id)
-        created.append(job.id)
-    return created

@@ -20,8 +20,8 @@ from das_engine.corpus import CorpusError
 from job_records import TERMINAL, Job
 from model_store.locks import StoreLocked
 
-from .adaptation import GateRejected, JobStopped, finish_publication, run_adapt_job
-from .context import Outcome, WorkerContext
+from .adaptation import GateRejected, finish_publication, run_adapt_job
+from .context import JobStopped, Outcome, Superseded, WorkerContext
 from .endtasks import run_fit_job
 from .progress import ProgressReporter
 
@@ -99,6 +99,8 @@ def _run_claimed(job_id: str, ctx: WorkerContext) -> Outcome:
             return _end(ctx, job_id, "cancelled")
         ctx.jobs.update(job_id, state="queued", attempts=attempts - 1)
         return Outcome.RETRY
+    except Superseded as err:
+        return _end(ctx, job_id, "cancelled", str(err))
     except GateRejected as err:
         ctx.jobs.update(job_id, version=err.version)
         return _end(ctx, job_id, "rejected", str(err))

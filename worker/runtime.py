@@ -5,6 +5,7 @@ Torch-free: the API and the store commands of the CLI use it too.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from das_settings import Settings, get_settings
@@ -42,3 +43,13 @@ def build_worker_context(settings: Settings, *, store: ModelStore | None = None,
                          max_attempts=settings.max_attempts, device=settings.device,
                          gate_max_drop=settings.gate_max_drop,
                          on_published=on_published or (lambda version: announce(settings, version)), submit=submit)
+
+
+def submit_job(settings: Settings, jobs: JobRegistry, job_id: str) -> None:
+    """Hand a recorded job to the queue from outside a service (the CLI): Celery when a broker is set; in embedded
+    mode the record is the queue, and the server's worker runs pending jobs when it starts."""
+    if settings.broker_url:
+        from .queue import make_celery, send_job
+
+        jobs.update(job_id, dispatched=time.time())
+        send_job(make_celery(settings), settings, job_id)

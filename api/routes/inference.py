@@ -8,12 +8,13 @@ import json
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import Response
 
+from das_engine.texts import unicode_problem
 from serving.errors import InputError, NotReady, QueueFull
 
-from ..deps import InferenceAuth, ServiceDep
+from ..deps import ServiceDep
 from ..schemas import EmbeddingsOut, FillMaskIn, FillMaskOut, TextsIn
 
-router = APIRouter(prefix="/v1", tags=["inference"], dependencies=[InferenceAuth])
+router = APIRouter(prefix="/v1", tags=["inference"])  # the inference token: api.deps.read_auth, app-wide
 
 
 def _check_limits(service, kind: str, texts: list[str]) -> None:
@@ -26,11 +27,9 @@ def _check_limits(service, kind: str, texts: list[str]) -> None:
             raise HTTPException(422, f"text {i} is empty")
         if len(text) > settings.max_text_chars:
             raise HTTPException(422, f"text {i} has {len(text)} characters; the limit is {settings.max_text_chars}")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as err:  # a lone surrogate sent as a JSON escape
-            raise HTTPException(422, f"text {i} is not valid Unicode at character {err.start} "
-                                     "(a lone UTF-16 surrogate); send UTF-8 text") from None
+        problem = unicode_problem(text)  # a lone surrogate sent as a JSON escape
+        if problem:
+            raise HTTPException(422, f"text {i} {problem}")
     model = service.holder.current
     mask = getattr(model, "mask_token", None)
     if kind == "fill_mask" and mask:

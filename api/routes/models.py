@@ -15,9 +15,10 @@ from model_store import importance_history as history
 from model_store.manifest import Manifest
 from model_store.names import InvalidName
 from model_store.store import CorruptVersion, DamagedVersion, StoreError, VersionNotFound
+from worker.task_registry import queue_missing_fits
 
 from ..deps import ManagementAuth, ServiceDep
-from ..schemas import CurrentModel, ModelOut, schema_of
+from ..schemas import ActivatedOut, CurrentModel, ModelOut, schema_of
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 DamagedOut = schema_of(DamagedVersion, "DamagedOut")
@@ -91,13 +92,15 @@ async def get_importance(*, service: ServiceDep, version: str,
     return found.report()
 
 
-@router.post("/{version}/activate", response_model=ModelOut, dependencies=[ManagementAuth])
-def activate_model(*, service: ServiceDep, version: str) -> ModelOut:
-    """Make a version active (rollback); every API process swaps to it, and later jobs build on it."""
+@router.post("/{version}/activate", response_model=ActivatedOut, dependencies=[ManagementAuth])
+def activate_model(*, service: ServiceDep, version: str) -> ActivatedOut:
+    """Make a version active (rollback); every API process swaps to it, and later jobs build on it. Every end task
+    without a model on it gets a fit job (listed in `fit_jobs`), so its predictions answer once that job ends."""
     _manifest(service, version)
     try:
         manifest = service.store.activate(version)
     except StoreError as err:
         raise HTTPException(409, str(err)) from None
     service.activated(version)
-    return _out(manifest)
+    jobs = queue_missing_fits(service.store, service.jobs, version, service.submit)
+    return ActivatedOut(**dataclasses.asdict(manifest), fit_jobs=[job.id for job in jobs])

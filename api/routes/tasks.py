@@ -13,13 +13,22 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from das_engine.task_data import TaskDataError, TaskSettings
+from job_records import PENDING, Job
 from model_store.names import InvalidName
+from model_store.store import StoreError
 from model_store.tasks import TaskDefinition, TaskExists, TaskNotFound, TaskStore, task_name
 from serving.errors import InputError, NotReady, QueueFull, TaskNotServed
-from worker.task_registry import fit_request, read_task_sets, store_task_data
+from worker.task_registry import (
+    check_fit_work,
+    fit_jobs,
+    fit_request,
+    read_task_sets,
+    store_task_data,
+    usable_model,
+)
 
-from ..deps import InferenceAuth, ManagementAuth, ServiceDep
-from ..schemas import PredictIn, PredictOut, TaskAccepted, TaskOut, TaskPredictOut
+from ..deps import ManagementAuth, ServiceDep
+from ..schemas import FitOut, PredictIn, PredictOut, TaskAccepted, TaskOut, TaskPredictOut
 from ..service import UPLOADS
 from .corpora import CHUNK, safe_filename, setting_form_fields
 from .inference import _check_limits, _json
@@ -36,12 +45,15 @@ def _tasks(service) -> TaskStore:
 
 
 def _definition(service, name: str) -> TaskDefinition:
+    """The task's definition; 404 for no such task, 409 for one whose definition cannot be read."""
     try:
         return _tasks(service).definition(name)
     except InvalidName as err:
         raise HTTPException(422, str(err)) from None
     except TaskNotFound as err:
         raise HTTPException(404, str(err)) from None
+    except StoreError as err:  # damaged: only this task is affected, and DELETE still works
+        raise HTTPException(409, f"task {name!r} is damaged: {err}") from None
 
 
 async def _save_upload(service, upload: UploadFile, path: Path) -> Path:
@@ -98,6 +110,7 @@ async def register_task(
             train_set, eval_set = await run_in_threadpool(
                 read_task_sets, train_path, eval_path, max_examples=service.settings.max_task_examples,
                 max_chars=service.settings.max_task_text_chars, names=filenames)
+            check_fit_work(kind, settings, len(train_set), service.settings.max_fit_examples_seen)
         except TaskDataError as err:
             raise HTTPException(422, str(err)) from None
         await run_in_threadpool(service.jobs.ping)  # records away: 503 before anything is stored
@@ -111,29 +124,57 @@ async def register_task(
     except TaskExists as err:  # registered by a concurrent request meanwhile
         service.jobs.update(job.id, state="cancelled", error=str(err))
         raise HTTPException(409, str(err)) from None
+    _supersede_fits(service, name, stored.generation, job.id)
     queue_job(service, job.id, retry="register again later")
     service.tasks_changed()  # replicas list the task as pending now
     return TaskAccepted(job_id=job.id, task=_out(service, stored))
+
+
+def _supersede_fits(service, name: str, generation: str, by_job: str) -> None:
+    """Fits of an older registration of the task no longer stand: a queued one ends now, a running one at its next
+    step; both end `cancelled`, saying why."""
+    for job in fit_jobs(service.jobs, name):
+        if job.state in PENDING and job.generation != generation:
+            reason = f"superseded: task {name!r} was registered again (job {by_job} fits the new registration)"
+            fields = {"cancel_requested": True, "note": reason}
+            if job.state == "queued":
+                fields |= {"state": "cancelled", "error": reason}
+            service.jobs.update(job.id, **fields)
+
+
+def _latest_fit(service, definition: TaskDefinition) -> Job | None:
+    """The newest fit job of this registration of the task."""
+    return next((j for j in fit_jobs(service.jobs, definition.name) if j.generation == definition.generation), None)
 
 
 def _out(service, definition: TaskDefinition) -> TaskOut:
     tasks = _tasks(service)
     history = [dataclasses.asdict(m) for m in tasks.history(definition)]
     served = service.holder.current
-    serving = None
-    if served is not None and definition.name in served.tasks.tasks:
-        serving = served.tasks.tasks[definition.name].describe(served.version)
+    serving, problem = None, None
+    if served is not None:
+        if definition.name in served.tasks.tasks:
+            serving = served.tasks.tasks[definition.name].describe(served.version)
+        problem = served.tasks.problem(definition.name)
+    fit = _latest_fit(service, definition)
     return TaskOut(**dataclasses.asdict(definition), generation=definition.generation, history=history,
-                   serving=serving)
+                   serving=serving, damaged=problem if problem not in (None, "pending") else None,
+                   last_fit=FitOut(job_id=fit.id, state=fit.state, version=fit.parent, error=fit.error,
+                                   note=fit.note) if fit else None,
+                   problems=tasks.problems(definition))
 
 
-@router.get("/tasks", response_model=list[TaskOut], dependencies=[InferenceAuth])
-def list_tasks(*, service: ServiceDep) -> list[TaskOut]:
-    """Every registered task, with its scores on each backbone version it was fitted on."""
+@router.get("/tasks", response_model=list[TaskOut])
+def list_tasks(*, service: ServiceDep, response: Response) -> list[TaskOut]:
+    """Every registered task, with its scores on each backbone version it was fitted on. Tasks whose definition
+    cannot be read are named in the X-Damaged-Tasks header (GET or DELETE them by name)."""
+    damaged = _tasks(service).damaged()
+    if damaged:
+        response.headers["X-Damaged-Tasks"] = ",".join(sorted(damaged))
     return [_out(service, d) for d in _tasks(service).definitions()]
 
 
-@router.get("/tasks/{name}", response_model=TaskOut, dependencies=[InferenceAuth])
+@router.get("/tasks/{name}", response_model=TaskOut)
 def get_task(*, service: ServiceDep, name: str) -> TaskOut:
     """Labels, kind, settings, eval scores per backbone version (`history`), and the model serving it now."""
     return _out(service, _definition(service, name))
@@ -141,24 +182,54 @@ def get_task(*, service: ServiceDep, name: str) -> TaskOut:
 
 @router.delete("/tasks/{name}", status_code=204, dependencies=[ManagementAuth])
 def delete_task(*, service: ServiceDep, name: str) -> Response:
-    """Forget a task and all its models; predictions with it answer 404 from then on."""
-    _definition(service, name)
+    """Forget a task and all its models (a damaged one too); predictions with it answer 404 from then on."""
     try:
         _tasks(service).delete(name)
+    except InvalidName as err:
+        raise HTTPException(422, str(err)) from None
     except TaskNotFound as err:
         raise HTTPException(404, str(err)) from None
+    for job in fit_jobs(service.jobs, name):  # its queued fits end now, a running one at its next step
+        if job.state in PENDING:
+            reason = f"superseded: task {name!r} was deleted"
+            service.jobs.update(job.id, cancel_requested=True, note=reason,
+                                **({"state": "cancelled", "error": reason} if job.state == "queued" else {}))
     service.tasks_changed()
     return Response(status_code=204)
+
+
+def _not_served(service, name: str, current) -> HTTPException:
+    """Why a task has no model to answer with: 404 (no such task); 409 damaged; 409 with Retry-After only while a
+    fit for it is queued or running (named); otherwise 409 saying what happened and what to do."""
+    definition = _definition(service, name)
+    version = current.version if current is not None else None
+    problem = current.tasks.problem(name) if current is not None else None
+    if problem not in (None, "pending"):
+        return HTTPException(409, f"task {name!r} is {problem}")
+    fit = _latest_fit(service, definition)
+    retry = {"Retry-After": str(RETRY_FITTING_S)}
+    if fit is not None and fit.state in PENDING and fit.parent in (None, version):
+        return HTTPException(409, f"task {name!r} has no model on {version} yet: fit job {fit.id} is {fit.state}; "
+                                  f"retry when it ends (GET /v1/jobs/{fit.id})", headers=retry)
+    if fit is not None and fit.state == "succeeded" and fit.parent == version and version is not None:
+        if usable_model(_tasks(service), version, definition) is not None:
+            return HTTPException(409, f"task {name!r} was fitted on {version} by job {fit.id} and is being loaded; "
+                                      "retry shortly", headers=retry)
+        what = f"the model its last fit (job {fit.id}) made on {version} is gone (set aside by `das repair`?)"
+    elif fit is not None and fit.state in ("failed", "rejected", "cancelled"):
+        what = f"its last fit (job {fit.id}) ended {fit.state}: {fit.error or fit.note or 'no reason recorded'}"
+    else:
+        what = "no fit for it is queued or running"
+    return HTTPException(409, f"task {name!r} has no model on {version}: {what}; register it again (replace=true) "
+                              "to fit it on the active version, or delete it")
 
 
 async def _predict(service, texts: list[str], names: list[str]) -> tuple[str, dict[str, Any]]:
     _check_limits(service, "predict", texts)
     current = service.holder.current
     missing = [n for n in names if current is None or n not in current.tasks.tasks]
-    for name in missing:  # 404 for a task nobody registered; 409 while it is fitted
-        _definition(service, name)
-        raise HTTPException(409, f"task {name!r} has no model for the serving version yet: it is being fitted; "
-                                 f"retry shortly", headers={"Retry-After": str(RETRY_FITTING_S)})
+    for name in missing:
+        raise await run_in_threadpool(_not_served, service, name, current)
     try:
         future = service.batcher.submit("predict", texts, max_tokens=service.settings.max_request_tokens,
                                         tasks=tuple(names))
@@ -167,15 +238,15 @@ async def _predict(service, texts: list[str], names: list[str]) -> tuple[str, di
     try:
         return await asyncio.wrap_future(future)
     except TaskNotServed as err:  # the version swapped under the request, to one without that task's model
-        raise HTTPException(409 if err.pending else 404, str(err),
-                            headers={"Retry-After": str(RETRY_FITTING_S)} if err.pending else None) from None
+        raise (await run_in_threadpool(_not_served, service, names[0], service.holder.current)
+               if err.pending else HTTPException(409 if err.damaged else 404, str(err))) from None
     except InputError as err:
         raise HTTPException(422, str(err)) from None
     except NotReady as err:
         raise HTTPException(503, str(err), headers={"Retry-After": "2"}) from None
 
 
-@router.post("/tasks/{name}/predict", response_model=TaskPredictOut, dependencies=[InferenceAuth])
+@router.post("/tasks/{name}/predict", response_model=TaskPredictOut)
 async def predict_task(*, service: ServiceDep, name: str, body: PredictIn) -> Response:
     """One task's label and a score per label for each text, with the backbone version and task model that answered."""
     version, answers = await _predict(service, body.texts, [name])
@@ -183,7 +254,7 @@ async def predict_task(*, service: ServiceDep, name: str, body: PredictIn) -> Re
                   "results": [per_text[name] for per_text in answers["results"]]})
 
 
-@router.post("/predict", response_model=PredictOut, dependencies=[InferenceAuth])
+@router.post("/predict", response_model=PredictOut)
 async def predict_tasks(*, service: ServiceDep, body: PredictIn) -> Response:
     """Several tasks from one backbone pass (`tasks` omitted: every task served now)."""
     names = body.tasks
