@@ -62,6 +62,9 @@ def read_domain(folder: str | Path, *, max_examples: int | None = None, max_char
     The train and test files follow the end-task upload's rules and bounds (by default the service's
     DAS_MAX_TASK_EXAMPLES and DAS_MAX_TASK_TEXT_CHARS)."""
     folder = Path(folder)
+    if folder.is_file():
+        raise DomainError(f"{folder} is a file; give a domain folder (docs/domains.md: corpus.txt, train.jsonl, "
+                          "test.jsonl, domain.json)")
     if not folder.is_dir():
         raise DomainError(f"{folder}: no such domain folder")
     missing = [n for n in FILES if not (folder / n).is_file()]

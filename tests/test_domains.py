@@ -330,3 +330,10 @@ def test_built_domains_respect_caps_labels_and_the_split(two_builds):
         assert corpus.endswith(b"\n") and b"\r" not in corpus
         for example in domain.test:  # not as a line, nor inside one (texts of 8+ words; brute force)
             assert len(example.text.split()) < 8 or example.text.encode() not in corpus, (name, example.text[:80])
+
+
+def test_a_file_given_as_a_domain_folder_says_so(tmp_path):
+    path = tmp_path / "news.jsonl"
+    path.write_text("{}\n")
+    with pytest.raises(DomainError, match="is a file; give a domain folder"):
+        read_domain(path)
