@@ -274,7 +274,7 @@ def tiny_disk(tmp_path):
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()}); needs root")
     yield mount
-    subprocess.run(["umount", str(mount)], check=False)
+    subprocess.run(["umount", "--lazy", str(mount)], check=False)  # lazy: the job records may still be open
 
 
 def test_a_full_disk_is_a_507_that_leaves_nothing_behind(service_settings, tmp_path, tiny_disk):
