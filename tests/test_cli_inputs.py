@@ -114,7 +114,7 @@ def test_eval_merge_and_eval_refuse_their_paths_before_any_work(tmp_path):
     real = Path(__file__).resolve().parent.parent / "bench" / "results" / "eval-embedded-results.json"
     _refused(["eval-merge", real, "--out", blocker / "out"], f"{blocker / 'out'}: Not a directory")
     _refused(["eval-merge", tmp_path, "--out", tmp_path / "out"], f"{tmp_path} is not a file (a folder)")
-    _refused(["eval", blocker, "--out", tmp_path / "out"], f"{blocker}: no such domain folder")
+    _refused(["eval", blocker, "--out", tmp_path / "out"], f"{blocker} is a file; give a domain folder")
 
 
 @pytest.mark.parametrize("args,says", [
