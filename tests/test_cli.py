@@ -30,6 +30,7 @@ def test_every_command_has_help():
         assert result.exit_code == 0 and "Usage" in result.output
 
 
+@pytest.mark.slow  # ~30 s; the service tests adapt twice in a row too (tests/test_api_embedded.py)
 def test_two_domains_in_sequence(tmp_path, bert_dir, legal_docs, code_docs):
     legal, code = tmp_path / "legal.txt", tmp_path / "code.jsonl"
     legal.write_text("\n".join(legal_docs), encoding="utf-8")
@@ -77,6 +78,7 @@ def _das(*args: str) -> list[str]:
     return [sys.executable, "-c", "from das.cli import app; app()", *args]
 
 
+@pytest.mark.slow  # ~20 s; in-process: tests/test_trainer.py::test_cancel_then_resume_equals_an_unbroken_run
 def test_killed_run_resumes_to_the_same_result(tmp_path, roberta_dir, corpus_file):
     """SIGKILL a real `das adapt` process after a checkpoint; rerunning finishes identically."""
     common = ["--domain", "legal", "--base", str(roberta_dir), "--steps", "150", "--checkpoint-every", "10",
