@@ -18,12 +18,13 @@ from .job import (
     JobRegistry,
     JobRequest,
     State,
+    cancel_fields,
 )
 from .redis_jobs import RedisJobs
 from .sqlite_jobs import SqliteJobs
 
 __all__ = ["KINDS", "PENDING", "STATES", "TERMINAL", "AdaptRequest", "FitRequest", "Job", "JobKind", "JobRegistry",
-           "JobRequest", "State", "RedisJobs",
+           "JobRequest", "State", "RedisJobs", "cancel_fields",
            "SqliteJobs", "open_job_records", "sqlite_path"]
 
 

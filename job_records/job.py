@@ -129,6 +129,15 @@ def new_job(seq: int, request: JobRequest) -> Job:
                settings=dict(request.settings), **own)
 
 
+def cancel_fields(job: Job, reason: str | None = None) -> dict[str, Any]:
+    """What cancelling a pending job writes: a queued one ends now, a running one stops at its next step (its
+    worker reads `cancel_requested`); `reason`, when given, is said on the job."""
+    fields: dict[str, Any] = {"cancel_requested": True} | ({"note": reason} if reason else {})
+    if job.state == "queued":
+        fields |= {"state": "cancelled"} | ({"error": reason} if reason else {})
+    return fields
+
+
 def apply_fields(job: Job, fields: dict[str, Any]) -> Job:
     unknown = set(fields) - {f.name for f in dataclasses.fields(Job)}
     if unknown:

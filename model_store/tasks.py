@@ -124,27 +124,26 @@ class TaskStore:
         self.backend = store.backend
 
     # ------------------------------------------------------------ definitions
-    def definitions(self) -> list[TaskDefinition]:
-        """Every readable definition, by name (an unreadable one is skipped: see `damaged`)."""
-        found = []
+    def scan(self) -> tuple[list[TaskDefinition], dict[str, str]]:
+        """Every registered task, read once: the readable definitions by name, and name -> why for those whose
+        definition cannot be read."""
+        found, problems = [], {}
         for name in self._names():
             try:
                 found.append(self.definition(name))
-            except (TaskNotFound, StoreError):
-                continue
-        return found
-
-    def damaged(self) -> dict[str, str]:
-        """Registered tasks whose definition cannot be read: name -> why."""
-        problems = {}
-        for name in self._names():
-            try:
-                self.definition(name)
             except TaskNotFound:  # deleted meanwhile
                 continue
             except StoreError as err:
                 problems[name] = str(err)
-        return problems
+        return found, problems
+
+    def definitions(self) -> list[TaskDefinition]:
+        """Every readable definition, by name (an unreadable one is skipped: see `damaged`)."""
+        return self.scan()[0]
+
+    def damaged(self) -> dict[str, str]:
+        """Registered tasks whose definition cannot be read: name -> why."""
+        return self.scan()[1]
 
     def exists(self, name: str) -> bool:
         """A task of this name is registered (readable or not)."""
@@ -227,11 +226,8 @@ class TaskStore:
         """Publish a fitted task model (safetensors and JSON only); its record is written last."""
         version_id(model.version)
         task_name(model.task)
-        try:
-            existing = self.model(model.version, model.task, model.generation)
-        except StoreError:  # a damaged record: this fit replaces it
-            existing = None
-        if existing is not None and self.model_problem(existing) is None:
+        existing = self.sound_model(model.version, model.task, model.generation)
+        if existing is not None:  # a damaged one is replaced by this one
             return existing
         files = {}
         for path in sorted(Path(folder).iterdir()):
@@ -292,6 +288,17 @@ class TaskStore:
             if model is not None:
                 found.append(model)
         return found
+
+    def sound_model(self, version: str, task: str, generation: str) -> TaskModel | None:
+        """The model of this generation on `version` if its record and files are sound; a damaged one counts as
+        none, so that the next fit replaces it."""
+        try:
+            model = self.model(version, task, generation)
+        except StoreError:
+            return None
+        if model is None or self.model_problem(model) is not None:
+            return None
+        return model
 
     def model_problem(self, model: TaskModel) -> str | None:
         """Why a published task model cannot serve (a file missing or not matching its digest); None if sound."""

@@ -57,13 +57,12 @@ def load_task_set(tasks: TaskStore, version: str, previous: TaskSet | None = Non
 
     One task's damage stays with that task: a definition that cannot be read, or a model whose record or
     files are damaged, leaves the task in `damaged` with why; the backbone and every other task serve."""
-    found, pending, damaged = _find_models(tasks, version)
+    definitions, found, pending, damaged = _find_models(tasks, version)
     signature = (tuple(sorted((n, r.version, r.generation, r.created) for n, r in found.items())), tuple(pending),
                  tuple(sorted(damaged.items())))
     if previous is not None and previous.signature == signature:
         return None
     kept = previous.tasks if previous is not None else {}
-    definitions = {d.name: d for d in tasks.definitions()}
     served = {}
     for name, record in found.items():
         same = kept.get(name)
@@ -77,13 +76,16 @@ def load_task_set(tasks: TaskStore, version: str, previous: TaskSet | None = Non
     return TaskSet(served, tuple(pending), damaged, signature)
 
 
-def _find_models(tasks: TaskStore, version: str) -> tuple[dict[str, TaskModel], list[str], dict[str, str]]:
-    """Per registered task: the model record to serve with `version`, or pending, or why it is damaged."""
+def _find_models(tasks: TaskStore, version: str) -> tuple[dict[str, TaskDefinition], dict[str, TaskModel], list[str],
+                                                         dict[str, str]]:
+    """The registered tasks (read once) and, for each, the model record to serve with `version`, or pending, or
+    why it is damaged."""
     older: list[str] | None = None  # read only for a finetune task not tuned on `version` (a scan of the store)
     found: dict[str, TaskModel] = {}
     pending: list[str] = []
-    damaged = {name: f"damaged: {why}" for name, why in tasks.damaged().items()}
-    for definition in tasks.definitions():
+    registered, unreadable = tasks.scan()
+    damaged = {name: f"damaged: {why}" for name, why in unreadable.items()}
+    for definition in registered:
         try:
             record = tasks.model(version, definition.name, definition.generation)
             if record is None and definition.kind == "finetune":
@@ -97,7 +99,7 @@ def _find_models(tasks: TaskStore, version: str) -> tuple[dict[str, TaskModel], 
             pending.append(definition.name)
         else:
             found[definition.name] = record
-    return found, pending, damaged
+    return {d.name: d for d in registered}, found, pending, damaged
 
 
 def _load_task(tasks: TaskStore, definition: TaskDefinition, record: TaskModel) -> ServedTask:

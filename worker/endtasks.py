@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,6 @@ from model_store.tasks import TaskDefinition, TaskModel, TaskNotFound, TaskStore
 
 from .context import JobStopped, Superseded, WorkerContext
 from .progress import ProgressReporter
-from .task_registry import usable_model
 
 log = logging.getLogger(__name__)
 BOOTSTRAP_SAMPLES = 1000
@@ -129,7 +129,7 @@ def fit_task_model(store: ModelStore, definition: TaskDefinition, version: str, 
                    on_step: Callable[[int, int, float], None] | None = None) -> TaskModel:
     """Fit a registered task on one version of the store and publish it (idempotent per generation)."""
     tasks = TaskStore(store)
-    existing = usable_model(tasks, version, definition)
+    existing = tasks.sound_model(version, definition.name, definition.generation)
     if existing is not None:
         return existing
     train, evals = read_sets(tasks, definition)
@@ -148,7 +148,7 @@ def ensure_probe_models(store: ModelStore, version: str, device: str = "cpu") ->
     tasks = TaskStore(store)
     fitted = []
     for definition in tasks.definitions():
-        if definition.kind != "probe" or usable_model(tasks, version, definition) is not None:
+        if definition.kind != "probe" or tasks.sound_model(version, definition.name, definition.generation) is not None:
             continue
         try:
             fitted.append(fit_task_model(store, definition, version, device=device))
@@ -195,17 +195,14 @@ class _Backbones:
     candidate_folder: Path
     parent_folder: Callable[[], Path]
     device: str
-    loaded: dict[str, Backbone] = field(default_factory=dict)
 
+    @cached_property
     def candidate(self) -> Backbone:
-        if "candidate" not in self.loaded:
-            self.loaded["candidate"] = Backbone.load(self.candidate_folder, self.device)
-        return self.loaded["candidate"]
+        return Backbone.load(self.candidate_folder, self.device)
 
+    @cached_property
     def parent(self) -> Backbone:
-        if "parent" not in self.loaded:
-            self.loaded["parent"] = Backbone.load(self.parent_folder(), self.device)
-        return self.loaded["parent"]
+        return Backbone.load(self.parent_folder(), self.device)
 
 
 def gate_candidate(store: ModelStore, candidate_folder: Path, parent: str, work: Path, *, max_drop: float,
@@ -218,8 +215,9 @@ def gate_candidate(store: ModelStore, candidate_folder: Path, parent: str, work:
     listed under the gate's `unscored`, with why, and recorded on the task; the others decide.
     """
     tasks = TaskStore(store)
-    definitions = [d for d in tasks.definitions() if d.kind == "probe" or d.eval is not None]
-    unscored = [{"task": name, "problem": why} for name, why in tasks.damaged().items()]
+    registered, unreadable = tasks.scan()
+    definitions = [d for d in registered if d.kind == "probe" or d.eval is not None]
+    unscored = [{"task": name, "problem": why} for name, why in unreadable.items()]
     if not definitions and not unscored:
         return GateResult({}, [], [])
     backbones = _Backbones(candidate_folder, lambda: store.model_dir(parent), device)
@@ -249,10 +247,10 @@ def _gate_task(tasks: TaskStore, definition: TaskDefinition, backbones: _Backbon
     train, evals = read_sets(tasks, definition)
     # finetune tasks are gated by a probe of their data: they are re-tuned in the background
     probe_def = definition if definition.kind == "probe" else dataclasses.replace(definition, kind="probe")
-    fitted = fit_probe_on(backbones.candidate(), probe_def, train, evals, work / definition.name)
+    fitted = fit_probe_on(backbones.candidate, probe_def, train, evals, work / definition.name)
     if evals is None:
         return fitted, None
-    before = fit_probe_on(backbones.parent(), probe_def, train, evals, work / f"{definition.name}-active")
+    before = fit_probe_on(backbones.parent, probe_def, train, evals, work / f"{definition.name}-active")
     decision = endtask.gate(definition.name, label_ids(evals.labels, definition.labels), before.predictions,
                             fitted.predictions, len(definition.labels), max_drop, samples=BOOTSTRAP_SAMPLES)
     return fitted, decision

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from das_engine.task_data import LabeledSet, TaskDataError, TaskSettings, check_task_sets, read_labeled_jsonl
 from job_records import PENDING, FitRequest, Job, JobRegistry
-from model_store.store import ModelStore, StoreError
-from model_store.tasks import TaskData, TaskDefinition, TaskKind, TaskModel, TaskStore, task_name
+from model_store.store import ModelStore
+from model_store.tasks import TaskData, TaskDefinition, TaskKind, TaskStore, task_name
 
 RECENT_JOBS = 10_000  # how far back the job records are searched for a task's fits
 
@@ -65,21 +65,9 @@ def check_fit_work(kind: TaskKind, settings: TaskSettings, train_examples: int, 
                             "(DAS_MAX_FIT_EXAMPLES_SEEN); lower epochs or the train set")
 
 
-def usable_model(tasks: TaskStore, version: str, definition: TaskDefinition) -> TaskModel | None:
-    """The published model of this registration on `version` if its record and files are sound; a damaged one
-    counts as none, so the next fit replaces it."""
-    try:
-        model = tasks.model(version, definition.name, definition.generation)
-    except StoreError:
-        return None
-    if model is None or tasks.model_problem(model) is not None:
-        return None
-    return model
-
-
-def fit_jobs(jobs: JobRegistry, task: str) -> list[Job]:
-    """The task's fit jobs, newest first."""
-    return [j for j in jobs.list(limit=RECENT_JOBS) if j.kind == "fit" and j.task == task]
+def fit_jobs(jobs: JobRegistry, task: str | None = None) -> list[Job]:
+    """The fit jobs of one task (of every task when None), newest first."""
+    return [j for j in jobs.list(limit=RECENT_JOBS) if j.kind == "fit" and task in (None, j.task)]
 
 
 def queue_missing_fits(store: ModelStore, jobs: JobRegistry, version: str,
@@ -91,7 +79,8 @@ def queue_missing_fits(store: ModelStore, jobs: JobRegistry, version: str,
               if j.kind == "fit" and j.state in PENDING and j.parent in (None, version)}
     created = []
     for definition in tasks.definitions():
-        if (definition.name, definition.generation) in coming or usable_model(tasks, version, definition):
+        key = (definition.name, definition.generation)
+        if key in coming or tasks.sound_model(version, *key):
             continue
         job = jobs.update(jobs.create(fit_request(definition)).id, parent=version)
         submit(job.id)

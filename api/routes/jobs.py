@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
 
-from job_records import TERMINAL, Job
+from job_records import TERMINAL, Job, cancel_fields
 
 from ..deps import ManagementAuth, ServiceDep
 from ..schemas import JobOut
@@ -52,7 +52,4 @@ def cancel_job(*, service: ServiceDep, job_id: str) -> JobOut:
         raise HTTPException(404, f"no job {job_id}")
     if job.state in TERMINAL:
         raise HTTPException(409, f"job {job_id} already ended ({job.state})")
-    fields = {"cancel_requested": True}
-    if job.state == "queued":
-        fields["state"] = "cancelled"
-    return _out(service.jobs.update(job_id, **fields))
+    return _out(service.jobs.update(job_id, **cancel_fields(job)))

@@ -13,7 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from das_engine.task_data import TaskDataError, TaskSettings
-from job_records import PENDING, Job
+from job_records import PENDING, Job, cancel_fields
 from model_store.names import InvalidName
 from model_store.store import StoreError
 from model_store.tasks import TaskDefinition, TaskExists, TaskNotFound, TaskStore, task_name
@@ -24,7 +24,6 @@ from worker.task_registry import (
     fit_request,
     read_task_sets,
     store_task_data,
-    usable_model,
 )
 
 from ..deps import ManagementAuth, ServiceDep
@@ -124,30 +123,28 @@ async def register_task(
     except TaskExists as err:  # registered by a concurrent request meanwhile
         service.jobs.update(job.id, state="cancelled", error=str(err))
         raise HTTPException(409, str(err)) from None
-    _supersede_fits(service, name, stored.generation, job.id)
+    _supersede_fits(service, name, f"task {name!r} was registered again (job {job.id} fits the new registration)",
+                    keep=stored.generation)
     queue_job(service, job.id, retry="register again later")
     service.tasks_changed()  # replicas list the task as pending now
     return TaskAccepted(job_id=job.id, task=_out(service, stored))
 
 
-def _supersede_fits(service, name: str, generation: str, by_job: str) -> None:
-    """Fits of an older registration of the task no longer stand: a queued one ends now, a running one at its next
-    step; both end `cancelled`, saying why."""
+def _supersede_fits(service, name: str, why: str, keep: str | None = None) -> None:
+    """The task's pending fits (but those of generation `keep`) no longer stand: a queued one ends now, a running
+    one at its next step; both end `cancelled`, saying why."""
     for job in fit_jobs(service.jobs, name):
-        if job.state in PENDING and job.generation != generation:
-            reason = f"superseded: task {name!r} was registered again (job {by_job} fits the new registration)"
-            fields = {"cancel_requested": True, "note": reason}
-            if job.state == "queued":
-                fields |= {"state": "cancelled", "error": reason}
-            service.jobs.update(job.id, **fields)
+        if job.state in PENDING and job.generation != keep:
+            service.jobs.update(job.id, **cancel_fields(job, f"superseded: {why}"))
 
 
-def _latest_fit(service, definition: TaskDefinition) -> Job | None:
-    """The newest fit job of this registration of the task."""
-    return next((j for j in fit_jobs(service.jobs, definition.name) if j.generation == definition.generation), None)
+def _latest_fit(fits: list[Job], definition: TaskDefinition) -> Job | None:
+    """The newest fit job of this registration of the task, among fit jobs listed newest first."""
+    return next((j for j in fits if j.task == definition.name and j.generation == definition.generation), None)
 
 
-def _out(service, definition: TaskDefinition) -> TaskOut:
+def _out(service, definition: TaskDefinition, fits: list[Job] | None = None) -> TaskOut:
+    """A task as the API shows it; `fits`: the fit jobs, newest first (read here when not given)."""
     tasks = _tasks(service)
     history = [dataclasses.asdict(m) for m in tasks.history(definition)]
     served = service.holder.current
@@ -156,7 +153,7 @@ def _out(service, definition: TaskDefinition) -> TaskOut:
         if definition.name in served.tasks.tasks:
             serving = served.tasks.tasks[definition.name].describe(served.version)
         problem = served.tasks.problem(definition.name)
-    fit = _latest_fit(service, definition)
+    fit = _latest_fit(fit_jobs(service.jobs, definition.name) if fits is None else fits, definition)
     return TaskOut(**dataclasses.asdict(definition), generation=definition.generation, history=history,
                    serving=serving, damaged=problem if problem not in (None, "pending") else None,
                    last_fit=FitOut(job_id=fit.id, state=fit.state, version=fit.parent, error=fit.error,
@@ -168,10 +165,11 @@ def _out(service, definition: TaskDefinition) -> TaskOut:
 def list_tasks(*, service: ServiceDep, response: Response) -> list[TaskOut]:
     """Every registered task, with its scores on each backbone version it was fitted on. Tasks whose definition
     cannot be read are named in the X-Damaged-Tasks header (GET or DELETE them by name)."""
-    damaged = _tasks(service).damaged()
+    definitions, damaged = _tasks(service).scan()
     if damaged:
         response.headers["X-Damaged-Tasks"] = ",".join(sorted(damaged))
-    return [_out(service, d) for d in _tasks(service).definitions()]
+    fits = fit_jobs(service.jobs)  # one read of the job records for every task
+    return [_out(service, d, fits) for d in definitions]
 
 
 @router.get("/tasks/{name}", response_model=TaskOut)
@@ -189,11 +187,7 @@ def delete_task(*, service: ServiceDep, name: str) -> Response:
         raise HTTPException(422, str(err)) from None
     except TaskNotFound as err:
         raise HTTPException(404, str(err)) from None
-    for job in fit_jobs(service.jobs, name):  # its queued fits end now, a running one at its next step
-        if job.state in PENDING:
-            reason = f"superseded: task {name!r} was deleted"
-            service.jobs.update(job.id, cancel_requested=True, note=reason,
-                                **({"state": "cancelled", "error": reason} if job.state == "queued" else {}))
+    _supersede_fits(service, name, f"task {name!r} was deleted")
     service.tasks_changed()
     return Response(status_code=204)
 
@@ -206,13 +200,13 @@ def _not_served(service, name: str, current) -> HTTPException:
     problem = current.tasks.problem(name) if current is not None else None
     if problem not in (None, "pending"):
         return HTTPException(409, f"task {name!r} is {problem}")
-    fit = _latest_fit(service, definition)
+    fit = _latest_fit(fit_jobs(service.jobs, name), definition)
     retry = {"Retry-After": str(RETRY_FITTING_S)}
     if fit is not None and fit.state in PENDING and fit.parent in (None, version):
         return HTTPException(409, f"task {name!r} has no model on {version} yet: fit job {fit.id} is {fit.state}; "
                                   f"retry when it ends (GET /v1/jobs/{fit.id})", headers=retry)
     if fit is not None and fit.state == "succeeded" and fit.parent == version and version is not None:
-        if usable_model(_tasks(service), version, definition) is not None:
+        if _tasks(service).sound_model(version, name, definition.generation) is not None:
             return HTTPException(409, f"task {name!r} was fitted on {version} by job {fit.id} and is being loaded; "
                                       "retry shortly", headers=retry)
         what = f"the model its last fit (job {fit.id}) made on {version} is gone (set aside by `das repair`?)"
