@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 MaskMode = Literal["grad", "update"]
 NegativeRule = Literal["clamp", "abs"]
+MergeWeighting = Literal["uniform", "importance"]
 Precision = Literal["fp32", "bf16"]
 MAX_SEED = 2**32 - 1
 
@@ -66,6 +67,23 @@ class DASConfig:
     prev_pass_no_grad: bool = field(default=True, metadata={"help": "o_prev is a fixed negative"})
     contrastive_samples: int = field(default=0, metadata={"help": "the first k samples of each batch get the "
                                      "contrastive passes (a cheaper term, beyond the paper); 0: every sample"})
+    # --- what a version keeps: replay and merge (beyond the paper; docs/results.md has the evidence) ---
+    replay_fraction: float = field(default=0.0, metadata={"help": "share of each batch drawn from the corpora the "
+                                   "lineage learned before (0..0.9; nothing to draw from: 0); same steps, same "
+                                   "batch size"})
+    merge_alpha: float = field(default=1.0, metadata={"help": "the candidate keeps this share of what training "
+                               "changed: parent + a * (trained - parent); 1: the trained model, 0: the parent"})
+    merge_weighting: MergeWeighting = field(default="uniform", metadata={"help": "'importance' gives each unit the "
+                                            "share a * (1 - I(<=t-1)), so units the earlier domains need stay "
+                                            "nearer the parent (needs softmask or track_importance)"})
+    merge_auto: bool = field(default=False, metadata={"help": "choose a on the grid 0.25..1: the largest that drops "
+                             "no registered task and keeps the earlier domains' held-out loss within "
+                             "merge_max_rise (merge_alpha is then ignored)"})
+    merge_max_rise: float = field(default=0.05, metadata={"help": "merge_auto's bound on the earlier domains' mean "
+                                  "held-out MLM loss rise over the parent (nats)"})
+    track_importance: bool = field(default=False, metadata={"help": "with softmask=False, still compute and "
+                                   "accumulate the importance (the history a version serves), without using it "
+                                   "to mask"})
     # --- run control ---
     checkpoint_every: int = field(default=100, metadata={"help": "steps between checkpoints (0: none)"})
     log_every: int = field(default=10, metadata={"help": "steps between loss records in train_metrics"})
@@ -99,12 +117,34 @@ class DASConfig:
         if self.contrastive_samples != 0 and not 2 <= self.contrastive_samples <= self.batch_size:
             raise ValueError(f"DASConfig.contrastive_samples must be 0 (every sample) or within 2..batch_size "
                              f"({self.batch_size}), got {self.contrastive_samples}")
+        if not 0.0 <= self.replay_fraction <= 0.9:
+            raise ValueError(f"DASConfig.replay_fraction must be within 0..0.9, got {self.replay_fraction}")
+        if not 0.0 <= self.merge_alpha <= 1.0:
+            raise ValueError(f"DASConfig.merge_alpha must be within 0..1, got {self.merge_alpha}")
+        if self.merge_weighting not in ("uniform", "importance"):
+            raise ValueError(f"DASConfig.merge_weighting must be 'uniform' or 'importance', "
+                             f"got {self.merge_weighting!r}")
+        if self.merge_weighting == "importance" and not self.uses_importance:
+            raise ValueError("DASConfig.merge_weighting='importance' needs an importance: set softmask=True or "
+                             "track_importance=True")
+        if not 0.0 <= self.merge_max_rise <= 10.0:
+            raise ValueError(f"DASConfig.merge_max_rise must be within 0..10 nats, got {self.merge_max_rise}")
         if self.max_grad_norm is not None and not 0.0 < self.max_grad_norm < math.inf:
             raise ValueError(f"DASConfig.max_grad_norm must be a finite number > 0 or None, got {self.max_grad_norm}")
         if self.checkpoint_every < 0:
             raise ValueError(f"DASConfig.checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if not 0 <= self.seed <= MAX_SEED:
             raise ValueError(f"DASConfig.seed must be within 0..{MAX_SEED}, got {self.seed}")
+
+    @property
+    def uses_importance(self) -> bool:
+        """The run computes importance: to soft-mask with it, or only to keep the history (track_importance)."""
+        return self.softmask or self.track_importance
+
+    @property
+    def merges(self) -> bool:
+        """The candidate is not simply the trained model: a fixed share below 1, a weighted or a chosen one."""
+        return self.merge_auto or self.merge_alpha < 1.0 or self.merge_weighting == "importance"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

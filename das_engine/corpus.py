@@ -5,7 +5,9 @@ Pure Python (no torch), so the API can check an upload before it queues a job.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 from pathlib import Path
 
 from .texts import unicode_problem
@@ -81,3 +83,14 @@ def _jsonl_documents(path: Path, lines: list[str]) -> list[str]:
         if record["text"].strip():
             docs.append(record["text"].strip())
     return docs
+
+
+def split_by_hash(documents: list[str], salt: str, fraction: float, max_documents: int) -> tuple[list[str], list[str]]:
+    """(held out, the rest): the held-out documents are the first ceil(fraction * distinct) distinct texts (at most
+    max_documents, at least 1) in sha256(salt, text) order, a choice that does not depend on the corpus' order;
+    every copy of a held-out text leaves the rest. Both keep the corpus' order."""
+    distinct = list(dict.fromkeys(documents))
+    n = max(1, min(max_documents, math.ceil(fraction * len(distinct))))
+    ranked = sorted(distinct, key=lambda d: hashlib.sha256(f"{salt}\0{d}".encode()).hexdigest())
+    chosen = set(ranked[:n])
+    return [d for d in distinct if d in chosen], [d for d in documents if d not in chosen]

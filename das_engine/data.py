@@ -81,3 +81,36 @@ def mask_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer
 def _draw(sampler, shape: torch.Size, generator: torch.Generator, device: torch.device, **kwargs) -> torch.Tensor:
     """A draw on the generator's device (the CPU), moved to `device`."""
     return sampler(size=shape, generator=generator, device=generator.device, **kwargs).to(device)
+
+
+def step_seed(seed: int, step: int, stream: int) -> int:
+    """Every random draw of a step derives from (seed, step): resuming replays it exactly."""
+    return (seed * 1_000_003 + step * 97 + stream) % (2**63 - 1)
+
+
+DOMAIN_STREAM, REPLAY_STREAM = 1, 7  # step_seed streams of the two block orders
+
+
+def stream_rows(corpus: PackedCorpus, seed: int, stream: int, step: int,
+                size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows step*size .. (step+1)*size-1 of an endless stream of seeded permutations of the blocks."""
+    positions = torch.arange(step * size, (step + 1) * size)
+    epochs, offsets = positions // len(corpus), positions % len(corpus)
+    index = torch.empty_like(positions)
+    for epoch in epochs.unique().tolist():
+        perm = torch.randperm(len(corpus), generator=torch.Generator().manual_seed(step_seed(seed, epoch, stream)))
+        index[epochs == epoch] = perm[offsets[epochs == epoch]]
+    return corpus.input_ids[index], corpus.attention_mask[index]
+
+
+def get_batch(corpus: PackedCorpus, config, step: int, replay: PackedCorpus | None = None,
+              replay_rows: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch `step` (config: a DASConfig, for batch_size and seed): batch_size - replay_rows rows of the domain's
+    block stream, then replay_rows rows of the replay stream (its own seeded order). Each stream advances by its own
+    rows per step, so the same seed gives the same batches, and without replay the batches are the domain's alone."""
+    domain_rows = config.batch_size - replay_rows
+    ids, mask = stream_rows(corpus, config.seed, DOMAIN_STREAM, step, domain_rows)
+    if replay is None or replay_rows == 0:
+        return ids, mask
+    replay_ids, replay_mask = stream_rows(replay, config.seed, REPLAY_STREAM, step, replay_rows)
+    return torch.cat([ids, replay_ids]), torch.cat([mask, replay_mask])

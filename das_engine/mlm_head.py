@@ -22,9 +22,8 @@ import torch
 from torch import nn
 
 from .config import DASConfig
-from .data import PackedCorpus, mask_tokens, pack_corpus
+from .data import PackedCorpus, get_batch, mask_tokens, pack_corpus, step_seed
 from .mlm import hidden_states, masked_lm_loss
-from .trainer import get_batch, step_seed
 from .units import resolve_units
 
 

@@ -37,8 +37,8 @@ from model_store.layout import DOMAIN_IMPORTANCE, IMPORTANCE, IMPORTANCE_IN, MET
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import DASConfig
 from .contrastive import contrastive_loss
-from .corpus import read_corpus
-from .data import PackedCorpus, mask_tokens, pack_corpus
+from .corpus import read_corpus, split_by_hash
+from .data import PackedCorpus, get_batch, mask_tokens, pack_corpus, step_seed
 from .fingerprint import base_fingerprint, corpus_fingerprint
 from .importance import (
     accumulate,
@@ -48,6 +48,7 @@ from .importance import (
     sample_batches,
 )
 from .loading import load_masked_lm
+from .merge import TaskJudge, merge_candidate, parent_state
 from .mlm import hidden_states, masked_lm_loss, mean_pool
 from .precision import autocast, check_precision
 from .softmask import SoftMask
@@ -60,7 +61,7 @@ MADE_FROM = "made_from.json"  # in the checkpoints folder: the fingerprints its 
 
 @dataclass
 class Progress:
-    phase: Literal["general-importance", "train", "domain-importance", "saving", "done"]
+    phase: Literal["general-importance", "train", "domain-importance", "merge", "saving", "done"]
     step: int
     total: int
     losses: dict[str, float] = field(default_factory=dict)
@@ -76,28 +77,12 @@ class AdaptResult:
     metrics: dict
 
 
-def step_seed(seed: int, step: int, stream: int) -> int:
-    """Every random draw of a step derives from (seed, step): resuming replays it exactly."""
-    return (seed * 1_000_003 + step * 97 + stream) % (2**63 - 1)
-
-
 def get_lr(config: DASConfig, step: int) -> float:
     """Linear warm-up, then linear decay to 0 at the last step."""
     warmup = int(config.warmup_ratio * config.steps)
     if step < warmup:
         return config.lr * (step + 1) / warmup
     return config.lr * max(0.0, (config.steps - step) / max(1, config.steps - warmup))
-
-
-def get_batch(corpus: PackedCorpus, config: DASConfig, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batch `step` of an endless stream of seeded permutations of the blocks."""
-    positions = torch.arange(step * config.batch_size, (step + 1) * config.batch_size)
-    epochs, offsets = positions // len(corpus), positions % len(corpus)
-    index = torch.empty_like(positions)
-    for epoch in epochs.unique().tolist():
-        perm = torch.randperm(len(corpus), generator=torch.Generator().manual_seed(step_seed(config.seed, epoch, 1)))
-        index[epochs == epoch] = perm[offsets[epochs == epoch]]
-    return corpus.input_ids[index], corpus.attention_mask[index]
 
 
 def das_loss(model: nn.Module, units: ModelUnits, input_ids: torch.Tensor, masked: torch.Tensor,
@@ -175,12 +160,16 @@ def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, softmask:
 
 def adapt(base: str | Path, corpus: str | Path | list[str], out_dir: str | Path, config: DASConfig, *,
           prev_importance: str | Path | None = None, domain: str = "domain", device: str | torch.device = "cpu",
+          replay: dict[str, list[str]] | None = None, judge_tasks: TaskJudge | None = None,
           on_progress: Callable[[Progress], None] | None = None,
           should_stop: Callable[[], bool] | None = None) -> AdaptResult:
     """Run one continual DAS step; resumes from `out_dir/checkpoints` when a checkpoint is there.
 
     `corpus` is a corpus file (see corpus.read_corpus) or its documents, already read. `device` is
     where the model trains ("cpu", "cuda", "cuda:1"); the data is prepared on the CPU and moved.
+    `replay` holds the documents of each corpus the lineage learned before (name -> documents): what
+    `replay_fraction` draws from, and what `merge_auto` checks for forgetting. `judge_tasks` tells
+    `merge_auto` which registered tasks a candidate drops (the service's; none: held-out losses decide).
     """
     report = on_progress or (lambda p: None)
     stop = should_stop or (lambda: False)
@@ -188,7 +177,10 @@ def adapt(base: str | Path, corpus: str | Path | list[str], out_dir: str | Path,
     ckpt_dir = out_dir / CHECKPOINTS
     wall_start = time.perf_counter()
     documents = corpus if isinstance(corpus, list) else read_corpus(corpus)
-    made_from = {"corpus_sha256": corpus_fingerprint(documents), "base_sha256": base_fingerprint(base)}
+    replay = {name: docs for name, docs in (replay or {}).items() if docs}
+    made_from = {"corpus_sha256": corpus_fingerprint(documents), "base_sha256": base_fingerprint(base),
+                 **({"replay_sha256": corpus_fingerprint([d for docs in replay.values() for d in docs])}
+                    if replay else {})}
     finished = _finished_run(out_dir, config, made_from)
     if finished is not None:  # idempotent: a completed run is not trained again
         return finished
@@ -196,22 +188,24 @@ def adapt(base: str | Path, corpus: str | Path | list[str], out_dir: str | Path,
     device = torch.device(device)
     check_precision(config.precision, device)
 
-    # --- set-up: model, units, data ---
+    # --- set-up: model (and the parent a merge goes back toward), units, data ---
     torch.manual_seed(config.seed)
     model, tokenizer = load_masked_lm(base)
     model.to(device)
+    parent = parent_state(model) if config.merges else None
     units = resolve_units(model)
-    packed = pack_corpus(documents, tokenizer, config.max_length)
+    data = TrainingData.prepare(documents, replay, tokenizer, config)
     out_dir.mkdir(parents=True, exist_ok=True)
     run = RunState(timings={})
 
     # --- the importance this step trains against, I(<=t-1) (I(0) for the first domain), and its soft-mask ---
-    importance_in = _importance_in(model, units, packed, config, prev_importance, ckpt_dir, device, report, run)
+    importance_in = _importance_in(model, units, data.packed, config, prev_importance, ckpt_dir, device, report, run)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     (ckpt_dir / MADE_FROM).write_text(json.dumps(made_from))
     previous, softmask = None, None
-    if config.softmask:
+    if config.uses_importance:
         importance_in.save(ckpt_dir / IMPORTANCE_IN)
+    if config.softmask:
         previous = importance_in.to(device)
         softmask = SoftMask.build(units, previous, embeddings=config.protect_embeddings)
 
@@ -230,24 +224,29 @@ def adapt(base: str | Path, corpus: str | Path | list[str], out_dir: str | Path,
                 save_checkpoint(ckpt_dir, step, model, optimizer, run.checkpoint_state(config, made_from))
             return AdaptResult("cancelled", out_dir, step, {"history": run.history})
         t0 = time.perf_counter()
-        parts, batch_tokens = train_step(model, units, tokenizer, optimizer, softmask, previous, packed, config,
+        parts, batch_tokens = train_step(model, units, tokenizer, optimizer, softmask, previous, data, config,
                                          step, device)
         run.count(step, config, parts, batch_tokens, time.perf_counter() - t0, report)
         if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
             save_checkpoint(ckpt_dir, step + 1, model, optimizer, run.checkpoint_state(config, made_from))
 
-    # --- domain importance I(t) and EMax (plain MLM: the incoming importance, handed on) ---
+    # --- domain importance I(t) of the trained model, and EMax (plain MLM: the incoming importance, handed on) ---
     domain_importance, cumulative = None, importance_in
-    if config.softmask:
+    if config.uses_importance:
         report(Progress("domain-importance", config.steps, config.steps))
-        domain_importance = _domain_importance(model, units, tokenizer, packed, config, device, run)
+        domain_importance = _domain_importance(model, units, tokenizer, data.packed, config, device, run)
         cumulative = accumulate(importance_in, domain_importance)
+
+    # --- the candidate: the trained model, or its merge toward the parent ---
+    if parent is not None:
+        report(Progress("merge", config.steps, config.steps))
+        run.merge = merge_candidate(model, tokenizer, parent, units, importance_in, config, data, judge_tasks, run)
 
     # --- outputs ---
     report(Progress("saving", config.steps, config.steps))
     _save_model(out_dir, model, tokenizer, base, {IMPORTANCE_IN: importance_in, DOMAIN_IMPORTANCE: domain_importance,
                                                   IMPORTANCE: cumulative})
-    metrics = run.metrics(domain, base, config, packed, units, made_from, device, time.perf_counter() - wall_start)
+    metrics = run.metrics(domain, base, config, data, units, made_from, device, time.perf_counter() - wall_start)
     (out_dir / METRICS).write_text(json.dumps(metrics, indent=2))
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     final = {k: v for k, v in (run.history[-1] if run.history else {}).items() if k in ("loss", "mlm", "contrastive")}
@@ -255,14 +254,58 @@ def adapt(base: str | Path, corpus: str | Path | list[str], out_dir: str | Path,
     return AdaptResult("completed", out_dir, config.steps, metrics)
 
 
+VALIDATION_SALT, VALIDATION_FRACTION, VALIDATION_MAX = "das-merge-validation", 0.05, 100
+
+
+@dataclass
+class TrainingData:
+    """What a run trains on: the domain's blocks, the replay blocks (drawn `replay_rows` per batch), and, for
+    merge_auto, the validation documents kept out of both (the new domain's, and each earlier corpus')."""
+
+    packed: PackedCorpus
+    replay: PackedCorpus | None = None
+    replay_rows: int = 0
+    replay_documents: dict[str, int] = field(default_factory=dict)  # earlier corpus -> documents drawn from
+    validation_new: list[str] = field(default_factory=list)
+    validation_old: dict[str, list[str]] = field(default_factory=dict)
+
+    @classmethod
+    def prepare(cls, documents: list[str], replay: dict[str, list[str]], tokenizer, config: DASConfig) -> TrainingData:
+        validation_new, validation_old = [], {}
+        if config.merge_auto:  # the same documents are kept out by every run of a lineage (a hash, not an order)
+            if len(set(documents)) < 2:
+                raise ValueError("merge_auto keeps a validation slice of the corpus out of training: give at "
+                                 "least 2 distinct documents, or set merge_alpha instead")
+            validation_new, documents = split_by_hash(documents, VALIDATION_SALT, VALIDATION_FRACTION, VALIDATION_MAX)
+            split = {name: split_by_hash(docs, VALIDATION_SALT, VALIDATION_FRACTION, VALIDATION_MAX)
+                     for name, docs in replay.items()}
+            validation_old = {name: held for name, (held, _) in split.items()}
+            replay = {name: rest for name, (_, rest) in split.items() if rest}
+        rows = replay_rows(config, bool(replay))
+        packed_replay = pack_corpus([d for docs in replay.values() for d in docs], tokenizer, config.max_length) \
+            if rows else None
+        return cls(pack_corpus(documents, tokenizer, config.max_length), packed_replay, rows,
+                   {name: len(docs) for name, docs in replay.items()} if rows else {}, validation_new, validation_old)
+
+
+def replay_rows(config: DASConfig, available: bool) -> int:
+    """Rows of each batch drawn from the earlier corpora: round(replay_fraction * batch_size), leaving at least one
+    row of the new domain; 0 with nothing to draw from."""
+    if not available or config.replay_fraction == 0:
+        return 0
+    return min(config.batch_size - 1, round(config.replay_fraction * config.batch_size))
+
+
 def train_step(model: nn.Module, units: ModelUnits, tokenizer, optimizer: torch.optim.Optimizer,
-               softmask: SoftMask | None, previous: UnitTensors | None, packed: PackedCorpus, config: DASConfig,
-               step: int, device: torch.device) -> tuple[dict[str, float], int]:
-    """Step `step`: its lr, batch, masks and dropout (each drawn from (seed, step)), the DAS loss, backward and the
-    (soft-masked) optimizer step. Returns the loss parts and the batch's real tokens."""
+               softmask: SoftMask | None, previous: UnitTensors | None, data: TrainingData | PackedCorpus,
+               config: DASConfig, step: int, device: torch.device) -> tuple[dict[str, float], int]:
+    """Step `step`: its lr, batch (with its replay rows), masks and dropout (each drawn from (seed, step)), the DAS
+    loss, backward and the (soft-masked) optimizer step. Returns the loss parts and the batch's real tokens."""
     for group in optimizer.param_groups:
         group["lr"] = get_lr(config, step)
-    input_ids, attention_mask = get_batch(packed, config, step)
+    if isinstance(data, PackedCorpus):
+        data = TrainingData(data)
+    input_ids, attention_mask = get_batch(data.packed, config, step, data.replay, data.replay_rows)
     masked, labels = mask_tokens(input_ids, attention_mask, tokenizer, config.mlm_probability,
                                  torch.Generator().manual_seed(step_seed(config.seed, step, 3)))
     torch.manual_seed(step_seed(config.seed, step, 4))  # dropout
@@ -283,6 +326,7 @@ class RunState:
     history: list[dict] = field(default_factory=list)
     tokens: int = 0
     train_time: float = 0.0
+    merge: dict | None = None  # the merge toward the parent (merge.merge_candidate's record), if any
 
     def resume(self, step: int, state: dict) -> None:
         """Continue from a checkpoint's step and state."""
@@ -305,9 +349,10 @@ class RunState:
             self.history.append({"step": step + 1, "lr": get_lr(config, step), "tokens_per_s": speed, **parts})
         report(Progress("train", step + 1, config.steps, parts, speed, eta))
 
-    def metrics(self, domain: str, base: str | Path, config: DASConfig, packed: PackedCorpus, units: ModelUnits,
+    def metrics(self, domain: str, base: str | Path, config: DASConfig, data: TrainingData, units: ModelUnits,
                 made_from: dict[str, str], device: torch.device, wall_time_s: float) -> dict:
         """train_metrics.json of a completed run."""
+        packed = data.packed
         return {
             "domain": domain, "base_model": str(base), "status": "completed",
             "steps": config.steps, "tokens": self.tokens, "tokens_per_s": self.tokens / max(self.train_time, 1e-9),
@@ -316,6 +361,8 @@ class RunState:
             "corpus": {"documents": packed.num_documents, "blocks": len(packed), "tokens": packed.num_tokens},
             "history": self.history, "settings": config.to_dict(), "family": units.family,
             "made_from": made_from, "device": str(device),
+            "replay": {"rows_per_batch": data.replay_rows, "corpora": data.replay_documents},
+            "merge": self.merge,
         }
 
 
@@ -341,7 +388,7 @@ def _importance_in(model: nn.Module, units: ModelUnits, packed: PackedCorpus, co
     incoming one is only handed on."""
     saved_in = ckpt_dir / IMPORTANCE_IN
     incoming = None if prev_importance is None else _incoming(prev_importance, units, config)
-    if not config.softmask:
+    if not config.uses_importance:
         importance_in = incoming
     elif saved_in.is_file():
         importance_in = UnitTensors.load(saved_in)
@@ -391,7 +438,7 @@ def _incoming(path: str | Path, units: ModelUnits, config: DASConfig) -> UnitTen
     """The importance handed on by the previous version. With protect_embeddings and a file without
     word-embedding rows (its chain never protected them), the rows start at 0: nothing protected."""
     importance = UnitTensors.load(path)
-    if config.softmask and config.protect_embeddings and importance.embeddings is None:
+    if config.uses_importance and config.protect_embeddings and importance.embeddings is None:
         importance = importance.with_embeddings(torch.zeros(units.embeddings_shape()))
     return importance
 
@@ -430,8 +477,9 @@ def _check_checkpoints(ckpt_dir: Path, config: DASConfig, made_from: dict[str, s
 def _other_inputs(recorded: dict[str, str] | None, now: dict[str, str]) -> str:
     """'' when the recorded fingerprints are today's; else which input differs (none recorded: both)."""
     recorded = recorded or {}
-    names = {"corpus_sha256": "another corpus", "base_sha256": "another base model"}
-    return " and ".join(label for key, label in names.items() if recorded.get(key) != now[key])
+    names = {"corpus_sha256": "another corpus", "base_sha256": "another base model",
+             "replay_sha256": "other replay corpora"}
+    return " and ".join(label for key, label in names.items() if recorded.get(key) != now.get(key))
 
 
 def _to(tensors, device: torch.device | str):

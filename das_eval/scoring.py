@@ -8,7 +8,6 @@ End tasks are scored by the one path the service's forgetting gate takes too
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 
 from das_data.domain_folder import FILES, Domain, Example, read_domain
 from das_data.splits import cap_balanced
-from das_engine.corpus import read_corpus
+from das_engine.corpus import read_corpus, split_by_hash
 from das_engine.task_data import LabeledSet
 
 from .methods import EvalError
@@ -58,14 +57,8 @@ def _labeled(examples: list[Example]) -> LabeledSet:
 
 
 def heldout_split(documents: list[str], fraction: float, max_documents: int) -> tuple[list[str], list[str]]:
-    """(held-out, training): the held-out documents are the first ceil(fraction * distinct) distinct texts
-    (at most max_documents, at least 1) in sha256 order, a choice that does not depend on the corpus' order;
-    every copy of a held-out text leaves the training side. Both keep the corpus' order."""
-    distinct = list(dict.fromkeys(documents))
-    n = max(1, min(max_documents, math.ceil(fraction * len(distinct))))
-    chosen = set(sorted(distinct, key=lambda d: _rank(HELDOUT_SALT, d))[:n])
-    heldout = [d for d in distinct if d in chosen]
-    return heldout, [d for d in documents if d not in chosen]
+    """(held-out, training): the eval's held-out slice (das_engine.corpus.split_by_hash with the eval's salt)."""
+    return split_by_hash(documents, HELDOUT_SALT, fraction, max_documents)
 
 
 def folder_fingerprint(folder: Path) -> str:
@@ -73,10 +66,6 @@ def folder_fingerprint(folder: Path) -> str:
     for name in FILES:
         digest.update(name.encode() + b"\0" + hashlib.sha256((folder / name).read_bytes()).digest())
     return digest.hexdigest()
-
-
-def _rank(*parts: str) -> str:
-    return hashlib.sha256("\0".join(parts).encode("utf-8")).hexdigest()
 
 
 def score_model(folder: str | Path, domains: list[PreparedDomain], plan: EvalPlan, seed: int) -> dict[str, Any]:
