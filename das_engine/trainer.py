@@ -177,7 +177,8 @@ def adapt(base: str | Path, corpus: str | Path | list[str], out_dir: str | Path,
     ckpt_dir = out_dir / CHECKPOINTS
     wall_start = time.perf_counter()
     documents = corpus if isinstance(corpus, list) else read_corpus(corpus)
-    replay = {name: docs for name, docs in (replay or {}).items() if docs}
+    uses_replay = config.replay_fraction > 0 or config.merge_auto  # otherwise the run is the same without it
+    replay = {name: docs for name, docs in (replay or {}).items() if docs and uses_replay}
     made_from = {"corpus_sha256": corpus_fingerprint(documents), "base_sha256": base_fingerprint(base),
                  **({"replay_sha256": corpus_fingerprint([d for docs in replay.values() for d in docs])}
                     if replay else {})}

@@ -140,7 +140,8 @@ def run_base_stage(plan: EvalPlan, stage: Stage, domains: list[PreparedDomain], 
 def run_training_stage(plan: EvalPlan, stage: Stage, domains: list[PreparedDomain], out: Path,
                        on_train: Callable[[Stage, Any], None] | None) -> None:
     """Stage T: train from stage T-1's model (and its cumulative importance, if it wrote one) on domain T's
-    training documents, then score the new model on every domain. The trainer resumes from its own
+    training documents (the earlier domains' training documents are the lineage's corpora that replay and merge_auto
+    read), then score the new model on every domain. The trainer resumes from its own
     checkpoints and returns a run it already finished without training again."""
     from das_engine.trainer import adapt
 
@@ -165,7 +166,8 @@ def run_training_stage(plan: EvalPlan, stage: Stage, domains: list[PreparedDomai
 
     try:
         result = adapt(base, domain.training_documents, folder, config, prev_importance=prev_importance,
-                       domain=domain.name, device=plan.device, on_progress=progress)
+                       domain=domain.name, device=plan.device, on_progress=progress,
+                       replay={d.name: d.training_documents for d in domains[:stage.index - 1]})
     except (json.JSONDecodeError, UnicodeDecodeError) as err:  # the trainer's own files in the stage folder
         raise EvalError(f"{folder}: a file the trainer left there (train_metrics.json or a checkpoint's) is "
                         f"damaged ({err}); remove {folder} and rerun the same command to recompute the stage"
@@ -181,7 +183,8 @@ def run_training_stage(plan: EvalPlan, stage: Stage, domains: list[PreparedDomai
              "train_time_s": metrics["train_time_s"], "wall_time_s": metrics["wall_time_s"],
              "timings": metrics.get("timings", {}), "step_times_s": step_times,
              "median_step_s": statistics.median(step_times), "step_time_source": source,
-             "settings": config.to_dict(), "prev_importance": str(prev_importance) if prev_importance else None}
+             "settings": config.to_dict(), "prev_importance": str(prev_importance) if prev_importance else None,
+             "replay": metrics.get("replay"), "merge": metrics.get("merge")}
     started = time.perf_counter()
     scores = score_model(folder, domains, plan, stage.seed)
     record = {"stage": stage.index, "domain": domain.name, "method": stage.method.spec, "seed": stage.seed,

@@ -96,7 +96,15 @@ def probe_scores(model: Any, tokenizer: Any, domain: PreparedDomain, s: ScoringS
     test_x = pooled_features(model, tokenizer, domain.test.texts, max_length=s.max_length)
     fit = probe_task(train_x, domain.train, domain.domain.labels,
                      ProbeConfig(l2=s.probe_l2, max_iter=s.probe_max_iter), test_x, domain.test)
-    return {"macro_f1": fit.scores.macro_f1, "accuracy": fit.scores.accuracy, "n": fit.scores.n}
+    return {"macro_f1": fit.scores.macro_f1, "accuracy": fit.scores.accuracy, "n": fit.scores.n,
+            "correct": correct_string(fit.scores.predictions, domain)}
+
+
+def correct_string(predictions: list[int], domain: PreparedDomain) -> str:
+    """'1' where the test example was predicted right, '0' where wrong, in test order: per-example flips between
+    stages are read from it (das_eval.metrics.flips)."""
+    names = list(domain.domain.labels)
+    return "".join("1" if names[p] == label else "0" for p, label in zip(predictions, domain.test.labels, strict=True))
 
 
 def finetune_scores(folder: Path, domain: PreparedDomain, s: ScoringSettings, seed: int,
