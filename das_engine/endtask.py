@@ -429,9 +429,9 @@ class GateDecision:
     """
 
     task: str
-    active_f1: float  # macro-F1, points, of the active version's predictions
+    reference_f1: float  # macro-F1, points, of the reference version's predictions
     candidate_f1: float
-    drop: float  # active_f1 - candidate_f1
+    drop: float  # reference_f1 - candidate_f1
     noise: float
     low: float  # the 95% interval of the drop
     high: float
@@ -478,17 +478,18 @@ def paired_bootstrap_drop(y_true: Sequence[int], pred_old: Sequence[int], pred_n
     return BootstrapResult(drop, float(low), float(high), samples)
 
 
-def gate(task: str, y_true: Sequence[int], pred_active: Sequence[int], pred_candidate: Sequence[int],
+def gate(task: str, y_true: Sequence[int], pred_reference: Sequence[int], pred_candidate: Sequence[int],
          n_labels: int, max_drop: float, *, samples: int = 1000, seed: int = 0) -> GateDecision:
-    """Refuse the candidate when its macro-F1 on `task` fell by more than max_drop points and by
-    more than sampling noise (the bootstrap interval of the drop lies above 0)."""
-    boot = paired_bootstrap_drop(y_true, pred_active, pred_candidate, n_labels, samples=samples, seed=seed)
-    true, active = _label_arrays(y_true, pred_active, n_labels)
-    active_f1 = macro_f1(true, active, n_labels)
-    candidate_f1 = active_f1 - boot.drop
+    """Refuse the candidate when its macro-F1 on `task` fell below the reference's by more than max_drop points and
+    by more than sampling noise (the bootstrap interval of the drop lies above 0)."""
+    boot = paired_bootstrap_drop(y_true, pred_reference, pred_candidate, n_labels, samples=samples, seed=seed)
+    true, reference = _label_arrays(y_true, pred_reference, n_labels)
+    reference_f1 = macro_f1(true, reference, n_labels)
+    candidate_f1 = reference_f1 - boot.drop
     significant = boot.low > 0
     rejected = boot.drop > max_drop and significant
-    figures = (f"task {task!r}: macro-F1 {active_f1:.2f} -> {candidate_f1:.2f}, a drop of {boot.drop:.2f} points "
+    figures = (f"task {task!r}: macro-F1 {reference_f1:.2f} (reference) -> {candidate_f1:.2f}"
+               f", a drop of {boot.drop:.2f} points "
                f"(95% interval {boot.low:.2f} to {boot.high:.2f}; at most {max_drop:.2f} allowed)")
     if rejected:
         reason = f"{figures}: rejected, the drop exceeds the limit and the noise"
@@ -496,7 +497,7 @@ def gate(task: str, y_true: Sequence[int], pred_active: Sequence[int], pred_cand
         reason = f"{figures}: kept, the drop exceeds the limit but is within sampling noise"
     else:
         reason = f"{figures}: kept, the drop is within the limit"
-    return GateDecision(task, active_f1, candidate_f1, boot.drop, boot.drop - boot.low, boot.low, boot.high,
+    return GateDecision(task, reference_f1, candidate_f1, boot.drop, boot.drop - boot.low, boot.low, boot.high,
                         max_drop, rejected, reason)
 
 

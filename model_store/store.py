@@ -136,6 +136,22 @@ class ModelStore:
         """One version's manifest; VersionNotFound, or CorruptVersion if its manifest cannot be read."""
         return self._manifest(version_id, self.active_id())
 
+    def lineage(self, version_id: str) -> list[Manifest]:
+        """`version_id` and its ancestors, newest first, up to the root (the versions a model served from it learned
+        from). An ancestor whose manifest cannot be read ends the walk: what came before it is unknown."""
+        chain: list[Manifest] = []
+        current: str | None = version_id
+        while current is not None and len(chain) < 100_000:
+            try:
+                manifest = self.manifest(current)
+            except CorruptVersion:
+                if not chain:
+                    raise
+                break
+            chain.append(manifest)
+            current = manifest.parent
+        return chain
+
     def versions(self) -> list[Manifest]:
         """The healthy versions, oldest first; a version whose manifest cannot be read is in `damaged()`."""
         return self.scan()[0]

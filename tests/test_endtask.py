@@ -324,7 +324,7 @@ def test_identical_predictions_drop_nothing_and_pass():
     assert (boot.drop, boot.low, boot.high, boot.samples) == (0.0, 0.0, 0.0, 500)  # paired: every resample agrees
     decision = gate("topics", y_true, predicted, predicted, 3, max_drop=0.0)
     assert not decision.rejected and decision.drop == 0.0 and decision.noise == 0.0
-    assert decision.active_f1 == decision.candidate_f1 == macro_f1(y_true, predicted, 3)
+    assert decision.reference_f1 == decision.candidate_f1 == macro_f1(y_true, predicted, 3)
 
 
 def test_a_candidate_that_flips_most_correct_predictions_is_rejected():
@@ -332,7 +332,7 @@ def test_a_candidate_that_flips_most_correct_predictions_is_rejected():
     candidate = [1 - y if i % 5 else y for i, y in enumerate(y_true)]  # 80 of 100 now wrong
     decision = gate("licences", y_true, y_true, candidate, 2, max_drop=1.0)
     assert decision.rejected
-    assert decision.active_f1 == 100.0 and decision.drop == pytest.approx(100.0 - macro_f1(y_true, candidate, 2))
+    assert decision.reference_f1 == 100.0 and decision.drop == pytest.approx(100.0 - macro_f1(y_true, candidate, 2))
     assert decision.low > 0 and decision.noise < decision.drop
     assert "task 'licences'" in decision.reason and f"{decision.drop:.2f}" in decision.reason
     assert "rejected" in decision.reason

@@ -23,7 +23,7 @@ from model_store.manifest import CorpusInfo, Manifest
 from model_store.store import LineageError, ModelStore, PublishRequest, StoreError
 
 from .context import JobStopped, WorkerContext
-from .endtasks import ensure_probe_models, gate_candidate, publish_probes
+from .endtasks import CandidateJudge, ensure_probe_models, gate_candidate, publish_probes
 from .progress import ProgressReporter
 from .task_registry import queue_missing_fits
 
@@ -60,8 +60,10 @@ def adapt_version(store: ModelStore, parent: str, corpus: CorpusInfo, domain: st
                   should_stop: Callable[[], bool] | None = None, request_id: str | None = None) -> Manifest:
     """Adapt version `parent` on a stored corpus and publish the result; raise JobStopped if stopped.
 
-    Before the candidate is activated, every end task is fitted on it and the forgetting gate
-    scores it against `parent` (worker.endtasks): a rejected candidate is published with status
+    Replay and merge_auto read the corpora of the parent's lineage (`lineage_corpora`); merge_auto's choice judges
+    each share against the registered tasks' references (worker.endtasks.CandidateJudge). Before the candidate is
+    activated, every end task is fitted on it and the forgetting gate scores it against each task's best on the
+    lineage (worker.endtasks): a rejected candidate is published with status
     `rejected` and GateRejected is raised. The candidate, then its task models, are published, and
     only then is it activated, so a swap moves both together. If another version became active
     meanwhile, the result stays a candidate. The working folder is named by parent, corpus digest
@@ -71,8 +73,14 @@ def adapt_version(store: ModelStore, parent: str, corpus: CorpusInfo, domain: st
         documents = read_corpus(store.corpus_path(corpus.sha256))
     settings_digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()
     work = Path(work_dir) / f"{parent}-{corpus.sha256[:16]}-{settings_digest[:12]}"
-    result = adapt(store.model_dir(parent), documents, work, config, prev_importance=store.importance_file(parent),
-                   domain=domain, device=device, on_progress=on_progress, should_stop=should_stop)
+    replay = lineage_corpora(store, parent) if config.replay_fraction > 0 or config.merge_auto else None
+    Path(work_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=work_dir) as judging:
+        judge = CandidateJudge(store, parent, Path(judging), max_drop=gate_max_drop, device=device) \
+            if config.merge_auto else None
+        result = adapt(store.model_dir(parent), documents, work, config, prev_importance=store.importance_file(parent),
+                       domain=domain, device=device, replay=replay, judge_tasks=judge, on_progress=on_progress,
+                       should_stop=should_stop)
     if result.status != "completed":
         raise JobStopped(f"stopped at step {result.step}")
     with tempfile.TemporaryDirectory(dir=work_dir) as fits:
@@ -87,6 +95,20 @@ def adapt_version(store: ModelStore, parent: str, corpus: CorpusInfo, domain: st
     if gate.rejected:
         raise GateRejected(manifest.id, gate.reason)
     return finish_publication(store, manifest, activate)
+
+
+def lineage_corpora(store: ModelStore, version: str) -> dict[str, list[str]]:
+    """The documents of every corpus the lineage of `version` learned (itself and its ancestors; each corpus once),
+    by "DOMAIN (VERSION)": what replay draws from and merge_auto checks for forgetting. Only the lineage's own:
+    a sibling branch's corpus is never drawn. A corpus the store no longer holds is left out."""
+    found: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    for manifest in store.lineage(version):
+        if manifest.corpus is None or manifest.corpus.sha256 in seen or not store.has_corpus(manifest.corpus.sha256):
+            continue
+        seen.add(manifest.corpus.sha256)
+        found[f"{manifest.domain} ({manifest.id})"] = read_corpus(store.corpus_path(manifest.corpus.sha256))
+    return found
 
 
 def finish_publication(store: ModelStore, manifest: Manifest, activate: bool, device: str = "cpu") -> Manifest:

@@ -16,7 +16,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from das_engine.task_data import LabeledSet, TaskDataError, TaskSettings, label_
 from das_engine.trainer import Progress
 from job_records import Job
 from model_store.locks import StoreLocked
+from model_store.manifest import Manifest
 from model_store.store import ModelStore, StoreError
 from model_store.tasks import TaskDefinition, TaskModel, TaskNotFound, TaskStore
 
@@ -188,46 +188,104 @@ class GateResult:
         return "; ".join(d.reason for d in self.rejected)
 
 
+def task_reference(definition: TaskDefinition, lineage: list[Manifest]) -> tuple[str, float | None]:
+    """A task's reference: the version of `lineage` (the candidate's parent first, then its ancestors) where the task
+    scored best under its current generation (since it was registered, or registered again), and that score. With no
+    score recorded on the lineage, the parent, scored now."""
+    best: tuple[str, float | None] = (lineage[0].id, None)
+    for manifest in lineage:
+        entry = manifest.evaluation.get("tasks", {}).get(definition.name)
+        if not isinstance(entry, dict) or entry.get("generation") != definition.generation:
+            continue
+        score = entry.get("macro_f1")
+        if isinstance(score, int | float) and (best[1] is None or score > best[1]):
+            best = (manifest.id, float(score))
+    return best
+
+
 @dataclass
-class _Backbones:
-    """The candidate and the parent, each loaded on first use."""
+class Reference:
+    version: str
+    recorded_f1: float | None  # the score the version's manifest holds (None: the parent, never scored)
+    predictions: list[int]
 
-    candidate_folder: Path
-    parent_folder: Callable[[], Path]
-    device: str
 
-    @cached_property
-    def candidate(self) -> Backbone:
-        return Backbone.load(self.candidate_folder, self.device)
+class TaskReferences:
+    """The gated tasks of a store and, for each, its reference version's predictions on the eval set (each
+    reference version is loaded and each probe fitted once, however many candidates are judged against them)."""
 
-    @cached_property
-    def parent(self) -> Backbone:
-        return Backbone.load(self.parent_folder(), self.device)
+    def __init__(self, store: ModelStore, parent: str, work: Path, device: str = "cpu") -> None:
+        self.tasks = TaskStore(store)
+        self.store, self.work, self.device = store, work, device
+        self.lineage = store.lineage(parent)
+        registered, self.unreadable = self.tasks.scan()
+        self.definitions = [d for d in registered if d.kind == "probe" or d.eval is not None]
+        self._sets: dict[str, tuple[LabeledSet, LabeledSet | None]] = {}
+        self._backbones: dict[str, Backbone] = {}
+        self._references: dict[str, Reference] = {}
+
+    def sets(self, definition: TaskDefinition) -> tuple[LabeledSet, LabeledSet | None]:
+        if definition.name not in self._sets:
+            self._sets[definition.name] = read_sets(self.tasks, definition)
+        return self._sets[definition.name]
+
+    def reference(self, definition: TaskDefinition) -> Reference:
+        if definition.name not in self._references:
+            version, recorded = task_reference(definition, self.lineage)
+            if version not in self._backbones:
+                self._backbones[version] = Backbone.load(self.store.model_dir(version), self.device)
+            train, evals = self.sets(definition)
+            fitted = fit_probe_on(self._backbones[version], as_probe(definition), train, evals,
+                                  self.work / f"{definition.name}-reference")
+            self._references[definition.name] = Reference(version, recorded, fitted.predictions)
+        return self._references[definition.name]
+
+    def judge(self, candidate: Backbone, definition: TaskDefinition, out: Path,
+              max_drop: float) -> tuple[Fitted, dict[str, Any] | None, endtask.GateDecision | None]:
+        """The task's probe fitted on `candidate` and, with an eval set, its gate decision against the reference
+        (and the record the manifest keeps: the decision, the reference and where it came from)."""
+        train, evals = self.sets(definition)
+        fitted = fit_probe_on(candidate, as_probe(definition), train, evals, out)
+        if evals is None:
+            return fitted, None, None
+        reference = self.reference(definition)
+        decision = endtask.gate(definition.name, label_ids(evals.labels, definition.labels), reference.predictions,
+                                fitted.predictions, len(definition.labels), max_drop, samples=BOOTSTRAP_SAMPLES)
+        where = (f"the best macro-F1 of this registration on the active lineage ({reference.version})"
+                 if reference.recorded_f1 is not None else f"the parent {reference.version} (no score recorded)")
+        record = dataclasses.asdict(decision) | {"reference": {"version": reference.version,
+                                                              "recorded_f1": reference.recorded_f1, "source": where}}
+        return fitted, record, decision
+
+
+def as_probe(definition: TaskDefinition) -> TaskDefinition:
+    """Finetune tasks are gated by a probe of their data: they are re-tuned in the background."""
+    return definition if definition.kind == "probe" else dataclasses.replace(definition, kind="probe")
 
 
 def gate_candidate(store: ModelStore, candidate_folder: Path, parent: str, work: Path, *, max_drop: float,
                    device: str = "cpu", force: bool = False) -> GateResult:
-    """Fit every probe task on the candidate; score each task with an eval set against `parent`.
+    """Fit every probe task on the candidate; score each task with an eval set against its reference: the best score
+    it reached on the active lineage (`task_reference`), so a task cannot lose a little with every version.
 
     A task's drop counts only when it exceeds `max_drop` points of macro-F1 and the sampling noise
     of the eval set (paired bootstrap over its examples); `force` records the decision but never rejects.
     A task that cannot be scored (its definition, data or fit fails) is never skipped in silence: it is
     listed under the gate's `unscored`, with why, and recorded on the task; the others decide.
     """
-    tasks = TaskStore(store)
-    registered, unreadable = tasks.scan()
-    definitions = [d for d in registered if d.kind == "probe" or d.eval is not None]
-    unscored = [{"task": name, "problem": why} for name, why in unreadable.items()]
-    if not definitions and not unscored:
+    references = TaskReferences(store, parent, work, device)
+    unscored = [{"task": name, "problem": why} for name, why in references.unreadable.items()]
+    if not references.definitions and not unscored:
         return GateResult({}, [], [])
-    backbones = _Backbones(candidate_folder, lambda: store.model_dir(parent), device)
-    probes, decisions, scores = [], [], {}
-    for definition in definitions:
+    candidate: Backbone | None = None
+    probes, decisions, records, scores = [], [], [], {}
+    for definition in references.definitions:
         try:
-            fitted, decision = _gate_task(tasks, definition, backbones, work, max_drop)
+            candidate = candidate or Backbone.load(candidate_folder, device)
+            fitted, record, decision = references.judge(candidate, definition, work / definition.name, max_drop)
         except ONE_TASK_PROBLEMS as err:
-            problem = _task_failed(tasks, definition, None, f"the forgetting gate could not score it on a "
-                                                            f"candidate built from {parent}", err)
+            problem = _task_failed(references.tasks, definition, None, f"the forgetting gate could not score it on "
+                                                                       f"a candidate built from {parent}", err)
             unscored.append({"task": definition.name, "problem": problem})
             continue
         if definition.kind == "probe":
@@ -235,25 +293,38 @@ def gate_candidate(store: ModelStore, candidate_folder: Path, parent: str, work:
         if decision is not None:
             scores[definition.name] = {**fitted.scores, "kind": "probe", "generation": definition.generation}
             decisions.append(decision)
+            records.append(record)
     rejected = [] if force else [d for d in decisions if d.rejected]
-    gate = {"max_drop": max_drop, "forced": force, "rejected": bool(rejected), "against": parent,
-            "decisions": [dataclasses.asdict(d) for d in decisions], "unscored": unscored}
+    gate = {"max_drop": max_drop, "forced": force, "rejected": bool(rejected), "against": "best on the lineage",
+            "parent": parent, "decisions": records, "unscored": unscored}
     return GateResult({"tasks": scores, "gate": gate}, probes, rejected)
 
 
-def _gate_task(tasks: TaskStore, definition: TaskDefinition, backbones: _Backbones, work: Path,
-               max_drop: float) -> tuple[Fitted, endtask.GateDecision | None]:
-    """One task's probe on the candidate and, with an eval set, its gate decision against the parent."""
-    train, evals = read_sets(tasks, definition)
-    # finetune tasks are gated by a probe of their data: they are re-tuned in the background
-    probe_def = definition if definition.kind == "probe" else dataclasses.replace(definition, kind="probe")
-    fitted = fit_probe_on(backbones.candidate, probe_def, train, evals, work / definition.name)
-    if evals is None:
-        return fitted, None
-    before = fit_probe_on(backbones.parent, probe_def, train, evals, work / f"{definition.name}-active")
-    decision = endtask.gate(definition.name, label_ids(evals.labels, definition.labels), before.predictions,
-                            fitted.predictions, len(definition.labels), max_drop, samples=BOOTSTRAP_SAMPLES)
-    return fitted, decision
+class CandidateJudge:
+    """merge_auto's judge (das_engine.merge.TaskJudge): which registered tasks a candidate held in memory drops
+    beyond the gate's limit and noise, against the same references as the gate."""
+
+    def __init__(self, store: ModelStore, parent: str, work: Path, *, max_drop: float, device: str = "cpu") -> None:
+        self.references = TaskReferences(store, parent, work, device)
+        self.work, self.max_drop, self.device = work, max_drop, device
+
+    def __call__(self, model: Any, tokenizer: Any) -> tuple[dict[str, bool], dict[str, Any]]:
+        model.eval()
+        candidate = Backbone(self.work / "candidate", model, tokenizer, self.device)  # features cached per share
+        drops, details = {}, {}
+        for definition in self.references.definitions:
+            try:
+                fitted, record, decision = self.references.judge(candidate, definition, self.work / definition.name,
+                                                                 self.max_drop)
+            except ONE_TASK_PROBLEMS as err:  # the gate records it on the task; the choice goes on without it
+                details[definition.name] = {"problem": f"{type(err).__name__}: {err}"}
+                continue
+            if decision is not None:
+                drops[definition.name] = decision.rejected
+                details[definition.name] = {"macro_f1": fitted.scores["macro_f1"],
+                                            "reference_f1": decision.reference_f1, "drop": decision.drop,
+                                            "noise": decision.noise}
+        return drops, details
 
 
 def publish_probes(store: ModelStore, version: str, probes: list[Fitted]) -> None:
