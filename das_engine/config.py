@@ -158,6 +158,15 @@ class DASConfig:
         return cls(**values)
 
 
+def corpus_problem(config: DASConfig, documents: list[str]) -> str | None:
+    """Why these settings cannot train on this corpus (checked by the trainer and by an upload before it is queued);
+    None when they can."""
+    if config.merge_auto and len(set(documents)) < 2:
+        return (f"merge_auto keeps a validation slice of the corpus out of training, and the corpus has "
+                f"{len(set(documents))} distinct document(s): give at least 2, or set merge_alpha instead")
+    return None
+
+
 @dataclass(frozen=True)
 class SettingField:
     """One DASConfig field as an interface shows it: the CLI's options and the upload's form fields."""

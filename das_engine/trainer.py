@@ -35,7 +35,7 @@ from torch import nn
 from model_store.layout import DOMAIN_IMPORTANCE, IMPORTANCE, IMPORTANCE_IN, METRICS
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import DASConfig
+from .config import DASConfig, corpus_problem
 from .contrastive import contrastive_loss
 from .corpus import read_corpus, split_by_hash
 from .data import PackedCorpus, get_batch, mask_tokens, pack_corpus, step_seed
@@ -274,9 +274,9 @@ class TrainingData:
     def prepare(cls, documents: list[str], replay: dict[str, list[str]], tokenizer, config: DASConfig) -> TrainingData:
         validation_new, validation_old = [], {}
         if config.merge_auto:  # the same documents are kept out by every run of a lineage (a hash, not an order)
-            if len(set(documents)) < 2:
-                raise ValueError("merge_auto keeps a validation slice of the corpus out of training: give at "
-                                 "least 2 distinct documents, or set merge_alpha instead")
+            problem = corpus_problem(config, documents)
+            if problem:
+                raise ValueError(problem)
             validation_new, documents = split_by_hash(documents, VALIDATION_SALT, VALIDATION_FRACTION, VALIDATION_MAX)
             split = {name: split_by_hash(docs, VALIDATION_SALT, VALIDATION_FRACTION, VALIDATION_MAX)
                      for name, docs in replay.items()}

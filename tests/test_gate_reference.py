@@ -138,3 +138,13 @@ def test_the_gate_judges_against_the_best_not_the_parent(service_settings, tmp_p
         assert decision["reference"]["version"] == "v0001" and decision["reference"]["recorded_f1"] > 80
         assert decision["rejected"] and "reference" in decision["reason"]
 
+
+
+def test_merge_auto_on_a_one_document_corpus_is_refused_before_it_is_queued(service_settings, tmp_path):
+    corpus = tmp_path / "one.txt"
+    corpus.write_text("the only document, twice\nthe only document, twice\n")
+    with TestClient(build_app(service_settings)) as client, open(corpus, "rb") as f:
+        response = client.post("/v1/corpora", files={"file": (corpus.name, f, "text/plain")},
+                               data={"domain": "one", "merge_auto": "true"})
+        assert response.status_code == 422 and "merge_auto" in response.json()["detail"], response.text
+        assert client.get("/v1/jobs").json() == []

@@ -15,7 +15,15 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
-from das_engine.config import ConfigLimits, DASConfig, LimitError, check_limits, model_max_length, setting_fields
+from das_engine.config import (
+    ConfigLimits,
+    DASConfig,
+    LimitError,
+    check_limits,
+    corpus_problem,
+    model_max_length,
+    setting_fields,
+)
 from das_engine.corpus import CorpusError, read_corpus
 from job_records import PENDING, AdaptRequest
 from model_store.names import InvalidName, domain_name
@@ -102,6 +110,9 @@ async def upload_corpus(
             documents = await run_in_threadpool(read_corpus, path)
         except CorpusError as err:
             raise HTTPException(422, str(err).replace(str(path), filename)) from None
+        problem = corpus_problem(config, documents)
+        if problem:
+            raise HTTPException(422, problem)
         corpus_id = digest.hexdigest()
         await run_in_threadpool(service.jobs.ping)  # records away: 503 before anything is stored
         known = service.store.has_corpus(corpus_id)
