@@ -1,6 +1,7 @@
 """Metrics: pure functions of a score matrix a[T][j] (row T = after T domains, T = 0 the base model;
 column j = the j-th domain's task, in learning order), as SPEC-DAS defines them: final average,
-forgetting rate, plasticity; the held-out MLM-loss rise; mean and sample std over seeds.
+forgetting rate, plasticity; the held-out MLM-loss rise (forgetting) and gain (learning); per-example
+flips of the probe between stages; mean and sample std over seeds; the Pareto front of (learning, forgetting).
 
 Domain indices are 0-based: domain j is learned in stage j + 1, so the spec's a[i, i] (1-based) is
 `a[j + 1][j]`.
@@ -8,11 +9,14 @@ Domain indices are 0-based: domain j is learned in stage j + 1, so the spec's a[
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 from typing import Any
 
 Matrix = Sequence[Sequence[float]]
+CorrectMatrix = Sequence[Sequence[str | None]]  # per stage T, per domain j: '1'/'0' per test example, or None
+CORRECT = "probe/correct"  # the key of a seed's CorrectMatrix beside its score matrices (optional: older runs lack it)
 
 
 def _check(a: Matrix) -> int:
@@ -56,9 +60,58 @@ def loss_rise(losses: Matrix) -> list[float]:
     return [losses[n][j] - losses[j + 1][j] for j in range(n - 1)]
 
 
+def mlm_gain(losses: Matrix) -> list[float]:
+    """Per domain j: how much learning it lowered its own held-out MLM loss, L[j][j] - L[j + 1][j] (nats;
+    positive = the new domain was learned, higher = learned more). The loss counterpart of `plasticity`, and
+    the yardstick `loss_rise` (forgetting) is judged against: forgetting less only counts at equal gain."""
+    n = _check(losses)
+    return [losses[j][j] - losses[j + 1][j] for j in range(n)]
+
+
+def flips(correct: CorrectMatrix) -> dict[str, Any]:
+    """Per-example changes of the probe on the domains learned before the last, for one seed.
+
+    `correct[T][j]`: after stage T, domain j's test examples as '1' (predicted right) or '0' (wrong), or None
+    where not recorded. For each domain j < N - 1, in % of its test examples:
+    "right_to_wrong": right just after it was learned (stage j + 1) and wrong at the end (stage N), i.e.
+    forgotten examples; "wrong_to_right": wrong then, right at the end. An item is None where either string is
+    missing; each "_mean" is the mean over those domains, None unless every domain has a value (N < 2: none).
+    """
+    n = len(correct) - 1
+    if n < 1 or any(len(row) != n for row in correct):
+        raise ValueError(f"a correct matrix has N + 1 rows (stages 0..N) of N strings (domains); got "
+                         f"{[len(row) for row in correct]}")
+    result: dict[str, Any] = {"right_to_wrong": [], "wrong_to_right": []}
+    for j in range(n - 1):
+        learned, final = correct[j + 1][j], correct[n][j]
+        if learned is None or final is None:
+            result["right_to_wrong"].append(None)
+            result["wrong_to_right"].append(None)
+            continue
+        if len(learned) != len(final) or not learned:
+            raise ValueError(f"domain {j}: {len(learned)} example(s) after stage {j + 1}, {len(final)} at the end")
+        pairs = list(zip(learned, final, strict=True))
+        result["right_to_wrong"].append(100 * pairs.count(("1", "0")) / len(pairs))
+        result["wrong_to_right"].append(100 * pairs.count(("0", "1")) / len(pairs))
+    for key in ("right_to_wrong", "wrong_to_right"):
+        values = result[key]
+        result[f"{key}_mean"] = statistics.fmean(values) if values and None not in values else None
+    return result
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points (x = learning, higher is better; y = forgetting, lower is better) that no other
+    point dominates (at least as high an x and as low a y, and better in one), in increasing x (then y) order.
+    Equal points are all on the front."""
+    front = [i for i, (x, y) in enumerate(points)
+             if not any(ox >= x and oy <= y and (ox, oy) != (x, y) for ox, oy in points)]
+    return sorted(front, key=lambda i: (points[i][0], points[i][1]))
+
+
 def mean_std(values: Sequence[float | None]) -> dict[str, Any]:
-    """Mean and sample standard deviation (n - 1; 0 for one value) of the values that are not None."""
-    present = [float(v) for v in values if v is not None]
+    """Mean and sample standard deviation (n - 1; 0 for one value) of the finite values: None, NaN and
+    infinities are skipped, and "n" is the count of values used (mean and std are None when it is 0)."""
+    present = [float(v) for v in values if v is not None and math.isfinite(v)]
     if not present:
         return {"mean": None, "std": None, "n": 0}
     std = statistics.stdev(present) if len(present) > 1 else 0.0
@@ -95,20 +148,49 @@ def summarise(a_by_seed: Sequence[Matrix]) -> dict[str, Any]:
 
 
 def summarise_losses(l_by_seed: Sequence[Matrix]) -> dict[str, Any]:
-    """Held-out MLM loss of one method over seeds: the final mean loss, the rise (mean and per domain)."""
+    """Held-out MLM loss of one method over seeds (nats): the final mean loss; the rise (forgetting, mean over
+    the domains learned before the last, then over seeds; and per domain); the gain (learning: each domain's
+    loss drop when it was learned, mean over the domains, then over seeds; and per domain)."""
     rises = [loss_rise(m) for m in l_by_seed]
-    n = len(rises[0])
+    gains = [mlm_gain(m) for m in l_by_seed]
     return {
         "final_mean_loss": mean_std([final_average(m) for m in l_by_seed]),
         "rise": mean_std([statistics.fmean(r) if r else None for r in rises]),
-        "rise_per_domain": [mean_std([r[j] for r in rises]) for j in range(n)],
-        "per_seed": [{"final_mean_loss": final_average(m), "rise": r} for m, r in zip(l_by_seed, rises, strict=True)],
+        "rise_per_domain": [mean_std([r[j] for r in rises]) for j in range(len(rises[0]))],
+        "gain": mean_std([statistics.fmean(g) for g in gains]),
+        "gain_per_domain": [mean_std([g[j] for g in gains]) for j in range(len(gains[0]))],
+        "per_seed": [{"final_mean_loss": final_average(m), "rise": r, "gain": g}
+                     for m, r, g in zip(l_by_seed, rises, gains, strict=True)],
     }
 
 
-def summarise_method(seeds: Sequence[dict[str, Matrix]], families: Sequence[str]) -> dict[str, Any]:
-    """results.json's summary of one method, from its per-seed matrices (one dict of family -> a[T, i] per seed)."""
+def summarise_flips(correct_by_seed: Sequence[CorrectMatrix]) -> dict[str, Any]:
+    """The probe's per-example flips of one method over seeds (`flips`): right then wrong (forgotten examples)
+    and wrong then right, in % of a domain's test examples, each the mean over the domains learned before the
+    last, then mean and std over seeds; per domain too; and each seed's `flips`."""
+    per_seed = [flips(c) for c in correct_by_seed]
+    n = len(per_seed[0]["right_to_wrong"])
+    summary: dict[str, Any] = {}
+    for key in ("right_to_wrong", "wrong_to_right"):
+        summary[key] = mean_std([s[f"{key}_mean"] for s in per_seed])
+        summary[f"{key}_per_domain"] = [mean_std([s[key][j] for s in per_seed]) for j in range(n)]
+    summary["per_seed"] = per_seed
+    return summary
+
+
+def complete_correct(seeds: Sequence[dict[str, Any]]) -> bool:
+    """Whether every seed has its per-example strings (CORRECT) at every stage for every domain."""
+    return all(isinstance(s.get(CORRECT), list) and all(v is not None for row in s[CORRECT] for v in row)
+               for s in seeds)
+
+
+def summarise_method(seeds: Sequence[dict[str, Any]], families: Sequence[str]) -> dict[str, Any]:
+    """results.json's summary of one method, from its per-seed matrices (one dict of family -> a[T, i] per seed,
+    and "mlm_loss"). "flips" (`summarise_flips`) only where every seed has the probe's per-example strings at
+    every stage (CORRECT; runs scored before they were recorded lack them)."""
     summary: dict[str, Any] = {family: summarise([s[family] for s in seeds]) for family in families}
     summary["mlm_loss"] = summarise_losses([s["mlm_loss"] for s in seeds])
+    if complete_correct(seeds):
+        summary["flips"] = summarise_flips([s[CORRECT] for s in seeds])
     summary["mean_matrix"] = {key: mean_matrix([s[key] for s in seeds]) for key in [*families, "mlm_loss"]}
     return summary

@@ -1,4 +1,5 @@
-"""Reports of a results.json: results.md (tables) and the plots (a[T, i] heatmaps, final average and FR)."""
+"""Reports of a results.json: results.md (tables) and the plots (a[T, i] heatmaps, final average and FR, and the
+equal-learning Pareto plots: forgetting against learning)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 from .files import RESULTS_JSON, RESULTS_MD, write_json
 from .methods import method_folder
+from .metrics import pareto_front
 
 FAMILY_TITLES = {
     "probe/macro_f1": "End tasks, probe on frozen features: macro-F1 (points)",
@@ -15,6 +17,10 @@ FAMILY_TITLES = {
     "finetune/macro_f1": "End tasks, fine-tuned: macro-F1 (points)",
     "finetune/accuracy": "End tasks, fine-tuned: accuracy (points)",
 }
+
+PARETO_MLM_PNG = "pareto.png"
+PARETO_PROBE_PNG = "pareto-probe.png"
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
 
 
 def write_reports(results: dict[str, Any], out: Path) -> None:
@@ -24,6 +30,8 @@ def write_reports(results: dict[str, Any], out: Path) -> None:
         for spec in results["methods"]:
             heatmap_png(results, spec, family, out / f"heatmap-{family.replace('/', '-')}-{method_folder(spec)}.png")
         summary_png(results, family, out / f"summary-{family.replace('/', '-')}.png")
+    pareto_mlm_png(results, out / PARETO_MLM_PNG)
+    pareto_probe_png(results, out / PARETO_PROBE_PNG)
 
 
 def _pm(stat: dict[str, Any], digits: int = 2) -> str:
@@ -60,6 +68,7 @@ def results_markdown(results: dict[str, Any]) -> str:
         s = summary["mlm_loss"]
         lines.append(f"| `{spec}` | {_pm(s['final_mean_loss'], 3)} | {_pm(s['rise'], 3)} | "
                      + " | ".join(_pm(r, 3) for r in s["rise_per_domain"]) + " |")
+    lines += equal_learning_lines(results)
     lines += ["", "## Cost", "", "| method | median step (s) | × ncl step | stage wall time (s) |",
               "|---|---:|---:|---:|"]
     for spec, cost in results["cost"].items():
@@ -79,6 +88,112 @@ def results_markdown(results: dict[str, Any]) -> str:
     lines += ["## Commands", ""] + [f"- `{' '.join(c['argv'])}` ({c['date']})" for c in results["commands"]
                                     if c.get("argv")]
     return "\n".join(lines) + "\n"
+
+
+def probe_family(results: dict[str, Any]) -> str:
+    """The probe score family the equal-learning table and plot read: macro-F1 when scored."""
+    return "probe/macro_f1" if "probe/macro_f1" in results["families"] else results["families"][0]
+
+
+def _ratio(rise: dict[str, Any], gain: dict[str, Any] | None) -> str:
+    """Mean rise / mean gain: nats forgotten on earlier domains per nat learned on the new one (n/a unless the
+    method learned, i.e. a positive mean gain)."""
+    if gain is None or gain["mean"] is None or rise["mean"] is None or gain["mean"] <= 0:
+        return "n/a"
+    return f"{rise['mean'] / gain['mean']:.2f}"
+
+
+def equal_learning_lines(results: dict[str, Any]) -> list[str]:
+    """results.md's "Equal learning" table: per method what it learned next to what it forgot, so that a method
+    is only said to forget less at matched learning; and the two Pareto plots."""
+    family = probe_family(results)
+    lines = ["", "## Equal learning", "",
+             "A method forgets less only if it learned as much: compare forgetting at matched gain. "
+             "New-domain gain: held-out MLM loss of domain i just before its stage minus just after it (nats, "
+             "higher = learned more). Probe gain: plasticity, and FR: forgetting rate, of "
+             f"{family} (points). Forgetting: the MLM-loss rise (nats, lower = forgot less); rise / gain: nats "
+             "forgotten per nat learned. Right→wrong: % of an earlier domain's test examples the probe got right "
+             "just after the domain was learned and wrong at the end (mean over those domains; n/a for runs "
+             "scored before per-example results were recorded). × ncl step: the step cost ratio to `ncl`.", "",
+             "| method | new-domain gain (nats) | probe gain | forgetting: MLM rise (nats) | rise / gain | FR | "
+             "right→wrong (%) | final probe average | × ncl step |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for spec, summary in results["summary"].items():
+        losses, probe = summary["mlm_loss"], summary[family]
+        gain = losses.get("gain")  # absent from results.json files written before it was recorded
+        flipped = summary.get("flips")
+        ratio = results["cost"].get(spec, {}).get("ratio_to_ncl")
+        lines.append(f"| `{spec}` | {_pm(gain, 3) if gain else 'n/a'} | {_pm(probe['plasticity'])} | "
+                     f"{_pm(losses['rise'], 3)} | {_ratio(losses['rise'], gain)} | "
+                     f"{_pm(probe['forgetting_rate'])} | {_pm(flipped['right_to_wrong']) if flipped else 'n/a'} | "
+                     f"{_pm(probe['final_average'])} | {'n/a' if ratio is None else f'{ratio:.2f}'} |")
+    lines += ["", f"![Forgetting against learning, held-out MLM loss]({PARETO_MLM_PNG}) "
+                  f"![Forgetting against learning, {family}]({PARETO_PROBE_PNG})", "",
+              f"Pareto plots: [MLM loss]({PARETO_MLM_PNG}), [probe]({PARETO_PROBE_PNG}); one point per trained "
+              "method (std over seeds as error bars); the dashed line joins the methods no other both learns more "
+              "and forgets less than (filled markers)."]
+    return lines
+
+
+def _pareto_points(results: dict[str, Any], x_of: Any, y_of: Any) -> list[tuple[str, dict, dict]]:
+    """(spec, x stat, y stat) of every trained method whose summary has both means."""
+    points = []
+    for spec, summary in results["summary"].items():
+        if results["methods"][spec]["kind"] == "base":
+            continue
+        x, y = x_of(summary), y_of(summary)
+        if x is not None and y is not None and x["mean"] is not None and y["mean"] is not None:
+            points.append((spec, x, y))
+    return points
+
+
+def pareto_mlm_png(results: dict[str, Any], path: Path) -> Path:
+    """Forgetting (MLM-loss rise) against learning (new-domain MLM gain), one point per trained method."""
+    points = _pareto_points(results, lambda s: s["mlm_loss"].get("gain"), lambda s: s["mlm_loss"]["rise"])
+    return pareto_png(points, path, title="Equal learning, held-out MLM loss",
+                      xlabel="new-domain gain: MLM loss drop when learned (nats; → higher = learned more)",
+                      ylabel="forgetting: MLM loss rise on earlier domains (nats; ↓ lower = forgot less)")
+
+
+def pareto_probe_png(results: dict[str, Any], path: Path) -> Path:
+    """Probe forgetting rate against probe plasticity, one point per trained method."""
+    family = probe_family(results)
+    points = _pareto_points(results, lambda s: s[family]["plasticity"], lambda s: s[family]["forgetting_rate"])
+    return pareto_png(points, path, title=f"Equal learning, probe {family.split('/')[1]}",
+                      xlabel=f"probe gain: plasticity, {family} (points; → higher = learned more)",
+                      ylabel=f"forgetting: FR, {family} (points; ↓ lower = forgot less)")
+
+
+def _label(spec: str, limit: int = 28) -> str:
+    return spec if len(spec) <= limit else spec[:limit - 1] + "…"
+
+
+def pareto_png(points: list[tuple[str, dict, dict]], path: Path, *, title: str, xlabel: str, ylabel: str) -> Path:
+    """Points (spec, x stat, y stat) with std error bars, each its own marker and labelled; the Pareto front
+    (higher x and lower y) filled and joined by a dashed line; readable in black and white."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8.5, 5.0), layout="constrained")
+    ax = fig.subplots()
+    front = pareto_front([(x["mean"], y["mean"]) for _, x, y in points])
+    for i, (spec, x, y) in enumerate(points):
+        ax.errorbar(x["mean"], y["mean"], xerr=x["std"], yerr=y["std"], fmt="none", ecolor="grey", elinewidth=1,
+                    capsize=3)
+        ax.plot(x["mean"], y["mean"], MARKERS[i % len(MARKERS)], color="black", markersize=8,
+                fillstyle="full" if i in front else "none", label=spec)
+        ax.annotate(_label(spec), (x["mean"], y["mean"]), textcoords="offset points", fontsize=8,
+                    xytext=(6, 6) if i % 2 == 0 else (6, -14))  # alternating sides: close points stay legible
+    if front:
+        ax.plot([points[i][1]["mean"] for i in front], [points[i][2]["mean"] for i in front], "k--",
+                linewidth=1, label="Pareto front")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=7, frameon=False)
+    else:
+        ax.text(0.5, 0.5, "no trained method with both values", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.set_ylabel(ylabel, fontsize=9)
+    ax.set_title(f"{title} (better: right and down; filled = on the Pareto front)", fontsize=10)
+    fig.savefig(path, dpi=110)
+    return path
 
 
 def heatmap_png(results: dict[str, Any], spec: str, family: str, path: Path) -> Path:

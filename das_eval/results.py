@@ -16,7 +16,7 @@ from das_engine.config import DASConfig, setting_fields
 
 from .files import FORMAT, FORMAT_VERSION, SCORES_FILE, now, read_json, read_run
 from .methods import METHOD_KINDS, EvalError, method_folder, parse_method
-from .metrics import mean_std, step_costs, summarise_method
+from .metrics import CORRECT, mean_std, step_costs, summarise_method
 from .plan import KINDS, EvalPlan, ScoringSettings, Stage
 from .scoring import PreparedDomain
 
@@ -51,6 +51,9 @@ def collect_results(plan: EvalPlan, domains: list[PreparedDomain], out: Path) ->
                 records *= n + 1  # the base model at every stage
             entry = {family: _matrix(records, names, family) for family in families}
             entry["mlm_loss"] = [[r["scores"][d]["mlm_loss"] for d in names] for r in records]
+            correct = [[r["scores"][d]["probe"].get("correct") for d in names] for r in records]
+            if any(c is not None for row in correct for c in row):  # stages scored before it was recorded lack it
+                entry[CORRECT] = correct
             by_seed[str(seed)] = entry
             if method.trains:
                 for r in records[1:]:
@@ -112,6 +115,8 @@ def _check_stage_record(record: Any, names: Sequence[str], kinds: Sequence[str],
             metrics = _get(entry, kind, f"scores.{name}", dict)
             for metric in SCORE_METRICS:
                 _number(_get(metrics, metric, f"scores.{name}.{kind}"), f"scores.{name}.{kind}.{metric}", 0, 100)
+        if "correct" in entry["probe"]:  # optional: stages scored before it was recorded lack it
+            _correct(entry["probe"]["correct"], f"scores.{name}.probe.correct")
     if trained:
         train = _get(record, "train", "", dict)
         times = _get(train, "step_times_s", "train", list)
@@ -413,7 +418,8 @@ def _check_run(r: dict[str, Any]) -> None:
         _keys(container, list(methods), key, "methods")
     for spec, by_seed in scores.items():
         _check_scores(by_seed, f"scores.{spec}", len(domains), families, seeds, base=methods[spec]["kind"] == "base")
-        found = _difference(summary[spec], summarise_method(list(by_seed.values()), families), f"summary.{spec}")
+        expected = _as_written(summary[spec], summarise_method(list(by_seed.values()), families))
+        found = _difference(summary[spec], expected, f"summary.{spec}")
         if found:
             raise _Bad(found[0], f"{found[1]}: the summary does not match the scores (the file was edited or damaged)")
     _check_cost(_get(r, "cost", "", dict), [s for s, m in methods.items() if m["kind"] != "base"])
@@ -464,10 +470,14 @@ def _check_method(spec: str, method: Any, train: dict[str, Any], seeds: list[int
 
 
 def _check_scores(by_seed: Any, where: str, n: int, families: list[str], seeds: list[int], *, base: bool) -> None:
-    """Per seed, per family and the MLM loss: an (N + 1) x N matrix (row T: after T domains; a[T][j]: domain j)."""
+    """Per seed, per family and the MLM loss: an (N + 1) x N matrix (row T: after T domains; a[T][j]: domain j);
+    and, optional (runs scored before it was recorded lack it), the probe's per-example strings (CORRECT)."""
     _keys(_of(by_seed, where, dict), [str(s) for s in seeds], where, "seeds")
     for seed, entry in by_seed.items():
-        _keys(_of(entry, f"{where}.{seed}", dict), [*families, "mlm_loss"], f"{where}.{seed}", "keys")
+        keys = [*families, "mlm_loss"] + ([CORRECT] if isinstance(entry, dict) and CORRECT in entry else [])
+        _keys(_of(entry, f"{where}.{seed}", dict), keys, f"{where}.{seed}", "keys")
+        if CORRECT in entry:
+            _check_correct_matrix(entry[CORRECT], f"{where}.{seed}.{CORRECT}", n, base=base)
         for key in [*families, "mlm_loss"]:
             at = f"{where}.{seed}.{key}"
             matrix = _of(entry[key], at, list)
@@ -481,6 +491,33 @@ def _check_scores(by_seed: Any, where: str, n: int, families: list[str], seeds: 
                     _number(value, f"{at} row {t} value {j}", 0, MAX_MLM_LOSS if key == "mlm_loss" else 100)
             if base and any(row != matrix[0] for row in matrix):
                 raise _Bad(at, "has rows that differ, but the base model is not trained: every stage is stage 0")
+
+
+def _correct(value: Any, where: str) -> str:
+    """A probe's per-example string: '1' (right) or '0' (wrong) per test example, at least one."""
+    if not _of(value, where, str) or set(value) - {"0", "1"}:
+        raise _Bad(where, f"is {_short(value)}, expected a non-empty string of '0' and '1' (one per test example)")
+    return value
+
+
+def _check_correct_matrix(matrix: Any, where: str, n: int, *, base: bool) -> None:
+    """(N + 1) x N per-example strings (or null where a stage did not record them); a domain's strings are of one
+    length (its test examples) at every stage."""
+    if len(_of(matrix, where, list)) != n + 1:
+        raise _Bad(where, f"has {len(matrix)} row(s), expected {n + 1} (stage 0, the base model, and one per domain)")
+    for t, row in enumerate(matrix):
+        if len(_of(row, f"{where} row {t}", list)) != n:
+            raise _Bad(f"{where} row {t}", f"has {len(row)} value(s), expected {n} (one per domain)")
+        for j, value in enumerate(row):
+            if value is not None:
+                _correct(value, f"{where} row {t} value {j}")
+    for j in range(n):
+        lengths = {len(row[j]) for row in matrix if row[j] is not None}
+        if len(lengths) > 1:
+            raise _Bad(where, f"has strings of lengths {sorted(lengths)} for domain {j}, expected one length (its "
+                              "test examples)")
+    if base and any(row != matrix[0] for row in matrix):
+        raise _Bad(where, "has rows that differ, but the base model is not trained: every stage is stage 0")
 
 
 def _check_cost(cost: dict[str, Any], trained: list[str]) -> None:
@@ -503,6 +540,21 @@ def _check_cost(cost: dict[str, Any], trained: list[str]) -> None:
                 raise _Bad(f"{where}.stage_wall_time_s.{key}", f"is {_kind(value)} with n = {count}")
             if value is not None:
                 _number(value, f"{where}.stage_wall_time_s.{key}", 0)
+
+
+def _as_written(stored: Any, expected: dict[str, Any]) -> dict[str, Any]:
+    """The recomputed summary less the MLM gain where the stored one lacks it, as written before it existed
+    (mlm_loss.gain, gain_per_domain and each per_seed gain: all absent, or all present and matching the scores).
+    "flips" needs no such leave: it is recomputed only from per-example strings (CORRECT), which such files lack."""
+    losses = stored.get("mlm_loss") if isinstance(stored, dict) else None
+    if not isinstance(losses, dict) or "gain" in losses or "gain_per_domain" in losses:
+        return expected
+    per_seed = losses.get("per_seed")
+    if any(isinstance(s, dict) and "gain" in s for s in (per_seed if isinstance(per_seed, list) else [])):
+        return expected
+    old = {k: v for k, v in expected["mlm_loss"].items() if k not in ("gain", "gain_per_domain")}
+    old["per_seed"] = [{k: v for k, v in s.items() if k != "gain"} for s in old["per_seed"]]
+    return {**expected, "mlm_loss": old}
 
 
 def _difference(stored: Any, expected: Any, where: str) -> tuple[str, str] | None:
