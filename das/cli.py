@@ -20,7 +20,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from das_data.base_models import BaseModelError, ensure_initialised, resolve_base_model
-from das_engine.config import DASConfig
+from das_engine.config import DASConfig, upload_config
 from das_engine.corpus import CorpusError
 from das_settings import get_settings
 from model_store.locks import StoreLocked
@@ -121,7 +121,7 @@ def adapt(
         fail(f"--prev-importance {prev_importance}: no such file")
     device = device or get_settings().device
     with _clear_errors():
-        config = DASConfig(**config_values)
+        config = upload_config(config_values)
         _apply_threads()
         _quiet_transformers()
         if store is not None:
@@ -285,7 +285,7 @@ def demo(
 
     _apply_threads()
     _quiet_transformers()
-    config = DASConfig(steps=steps, checkpoint_every=0, lr=5e-4, importance_samples=128)
+    config = upload_config({"steps": steps, "checkpoint_every": 0, "lr": 5e-4, "importance_samples": 128})
     with _clear_errors():
         model_store = _open_store(str(out / "store"))
         for domain, corpus in write_demo_corpora(out / "corpora").items():

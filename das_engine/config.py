@@ -158,6 +158,23 @@ class DASConfig:
         return cls(**values)
 
 
+# What an upload, `das adapt` and `das demo` get for each setting they do not give: DASConfig's defaults, changed where
+# the evidence says so (docs/results.md, "Adaptation that pays"). DASConfig() itself stays the reference point that
+# every evaluation method is defined from (DAS as the spec has it, the options beyond it at their neutral values), so
+# runs and evaluations made before stay comparable.
+UPLOAD_DEFAULTS: dict[str, Any] = {
+    "softmask": False,  # plain MLM steps: 1.0x a plain step (DAS's soft-mask and contrastive term: softmask=true)
+    "track_importance": True,  # the importance is still computed, accumulated and served as history
+    "replay_fraction": 0.25,
+    "merge_alpha": 0.75,
+}
+
+
+def upload_config(values: dict[str, Any]) -> DASConfig:
+    """The settings of an upload or a CLI run: UPLOAD_DEFAULTS under the values given."""
+    return DASConfig.from_dict({**UPLOAD_DEFAULTS, **values})
+
+
 def corpus_problem(config: DASConfig, documents: list[str]) -> str | None:
     """Why these settings cannot train on this corpus (checked by the trainer and by an upload before it is queued);
     None when they can."""
@@ -181,8 +198,10 @@ class SettingField:
 
 def setting_fields(settings_class: type | None = None) -> list[SettingField]:
     """Every field of a settings dataclass (DASConfig unless told), in order: one source for the
-    engine, the CLI and the API. Each field has metadata["help"]."""
+    engine, the CLI and the API. Each field has metadata["help"]. DASConfig's defaults are an upload's
+    (UPLOAD_DEFAULTS over the dataclass's)."""
     settings_class = settings_class or DASConfig
+    defaults = UPLOAD_DEFAULTS if settings_class is DASConfig else {}
     hints = typing.get_type_hints(settings_class)
     found = []
     for f in dataclasses.fields(settings_class):
@@ -191,7 +210,7 @@ def setting_fields(settings_class: type | None = None) -> list[SettingField]:
             kind, optional = next(a for a in typing.get_args(kind) if a is not type(None)), True
         if typing.get_origin(kind) is Literal:
             choices, kind = tuple(typing.get_args(kind)), str
-        found.append(SettingField(f.name, kind, f.default, f.metadata["help"], choices, optional))
+        found.append(SettingField(f.name, kind, defaults.get(f.name, f.default), f.metadata["help"], choices, optional))
     return found
 
 

@@ -1,6 +1,7 @@
 """Methods of an evaluation: `base` (the original model, never trained), `ncl` (plain continual MLM: no
-soft-mask, no importance, no contrastive term), `das` (the defaults) and variants named by their
-settings, `das:mask_mode=grad,negative_rule=abs`. `parse_method` turns a name into DASConfig overrides.
+soft-mask, no importance, no contrastive term), `das` (DASConfig's defaults: DAS as the spec has it), `default`
+(what an upload gets: das_engine.config.UPLOAD_DEFAULTS) and variants named by their settings,
+`das:mask_mode=grad,negative_rule=abs`. `parse_method` turns a name into DASConfig overrides.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from das_engine.config import DASConfig, SettingField, setting_fields
+from das_engine.config import UPLOAD_DEFAULTS, DASConfig, SettingField, setting_fields
 
 
 class EvalError(ValueError):
@@ -20,13 +21,14 @@ METHOD_KINDS: dict[str, dict[str, Any]] = {
     "base": {},  # never trained: a[T, i] = a[0, i]
     "ncl": {"softmask": False},  # plain continual MLM: no soft-mask, no importance, no contrastive term
     "das": {},  # DAS with DASConfig's defaults
+    "default": dict(UPLOAD_DEFAULTS),  # what an upload gets for the settings it does not give
 }
 
 
 @dataclass(frozen=True)
 class Method:
     spec: str  # as given, e.g. "das:mask_mode=grad"
-    kind: Literal["base", "ncl", "das"]
+    kind: Literal["base", "ncl", "das", "default"]
     overrides: dict[str, Any]  # DASConfig fields this method sets (the kind's own and the spec's)
 
     @property

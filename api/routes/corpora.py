@@ -17,12 +17,12 @@ from fastapi.concurrency import run_in_threadpool
 
 from das_engine.config import (
     ConfigLimits,
-    DASConfig,
     LimitError,
     check_limits,
     corpus_problem,
     model_max_length,
     setting_fields,
+    upload_config,
 )
 from das_engine.corpus import CorpusError, read_corpus
 from job_records import PENDING, AdaptRequest
@@ -79,11 +79,12 @@ async def upload_corpus(
 ) -> CorpusAccepted:
     """Check the corpus, store it by digest, queue an adaptation job; answer only once it is queued.
 
-    Every other form field is a training setting (a DASConfig field); those not sent keep their defaults.
+    Every other form field is a training setting (a DASConfig field); those not sent take an upload's defaults
+    (das_engine.config.UPLOAD_DEFAULTS over DASConfig's).
     """
     try:
         domain_name(domain)
-        config = DASConfig(**overrides)
+        config = upload_config(overrides)
     except (InvalidName, ValueError) as err:
         raise HTTPException(422, str(err)) from None
     limits = await run_in_threadpool(job_limits, service)
