@@ -175,13 +175,18 @@ def test_a_rollback_queues_a_fit_and_the_409_names_it(service_settings, tmp_path
         assert client.post("/v1/models/v0001/activate").json()["fit_jobs"] == []
 
 
-def test_after_a_failed_fit_the_answer_says_what_happened_without_retry_after(service_settings, tmp_path):
+def test_after_a_failed_fit_the_answer_says_what_happened_without_retry_after(service_settings, tmp_path,
+                                                                             small_corpus):
     with TestClient(build_app(service_settings)) as client:
+        # the one worker is busy with a long adaptation, so the fit waits behind it whatever the machine's load
+        busy = upload(client, small_corpus, **{**SMALL_JOB, "steps": "5000"})["job_id"]
+        assert wait_for_job(client, busy, states=("running",))["state"] == "running"
         response = register(client, tmp_path, "t", rows(), kind="finetune", epochs="1")
         assert response.status_code == 202
         store = ModelStore.open(service_settings.store)
         tasks = TaskStore(store)
         tasks.data_path(tasks.definition("t").train).write_bytes(b"\xff")  # its data breaks before the fit runs
+        assert client.delete(f"/v1/jobs/{busy}").status_code == 200
         job = wait_for_job(client, response.json()["job_id"])
         assert job["state"] in ("failed", "rejected"), job
         answer = predict(client, "t")
