@@ -67,9 +67,10 @@ def eval_command(
     domains: Annotated[list[Path], typer.Argument(help="domain folders (docs/domains.md), in the order they are "
                                                        "learned")],
     out: Annotated[Path, typer.Option(help="output folder; rerunning the same command resumes it")],
-    methods: Annotated[str, typer.Option(help="comma-separated: base, ncl, das, and variants by their DASConfig "
-                                              "settings, e.g. 'das:mask_mode=grad', 'das:negative_rule=abs', "
-                                              "'das:contrastive_weight=0', 'das:protect_embeddings=true'")
+    methods: Annotated[str, typer.Option(help="comma-separated: base, ncl, das, default (what an upload gets), "
+                                              "and variants by their DASConfig settings, e.g. 'das:mask_mode=grad', "
+                                              "'ncl:replay_fraction=0.25,merge_alpha=0.75', "
+                                              "'ncl:replay_fraction=0.25,merge_auto=true'")
                        ] = "base,ncl,das",
     seeds: Annotated[int, typer.Option(help="seeds 0..K-1 per method (training, and fine-tuning if on)")] = 3,
     steps: Annotated[int, typer.Option(help="training steps per domain")] = 300,
