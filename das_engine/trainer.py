@@ -298,14 +298,12 @@ def replay_rows(config: DASConfig, available: bool) -> int:
 
 
 def train_step(model: nn.Module, units: ModelUnits, tokenizer, optimizer: torch.optim.Optimizer,
-               softmask: SoftMask | None, previous: UnitTensors | None, data: TrainingData | PackedCorpus,
+               softmask: SoftMask | None, previous: UnitTensors | None, data: TrainingData,
                config: DASConfig, step: int, device: torch.device) -> tuple[dict[str, float], int]:
     """Step `step`: its lr, batch (with its replay rows), masks and dropout (each drawn from (seed, step)), the DAS
     loss, backward and the (soft-masked) optimizer step. Returns the loss parts and the batch's real tokens."""
     for group in optimizer.param_groups:
         group["lr"] = get_lr(config, step)
-    if isinstance(data, PackedCorpus):
-        data = TrainingData(data)
     input_ids, attention_mask = get_batch(data.packed, config, step, data.replay, data.replay_rows)
     masked, labels = mask_tokens(input_ids, attention_mask, tokenizer, config.mlm_probability,
                                  torch.Generator().manual_seed(step_seed(config.seed, step, 3)))
