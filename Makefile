@@ -1,22 +1,32 @@
 # The two commands a newcomer needs: `make run` and `make test`. Both create or reuse .venv.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+# `make run` installs what serving needs (the package and its client); `make test` adds the test, lint and s3 tools.
+SERVE_STAMP := $(VENV)/.serve-stamp
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run demo test bench gpu-check fuzz base-model
+.PHONY: run demo test bench gpu-check fuzz base-model serve-model
 
-$(STAMP): pyproject.toml
+$(SERVE_STAMP): pyproject.toml client/pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PIP) -e . -e ./client
+	touch $(SERVE_STAMP)
+
+$(STAMP): $(SERVE_STAMP) pyproject.toml client/pyproject.toml
+	$(PIP) -e '.[dev]' -e ./client
 	touch $(STAMP)
+
+serve-model: $(SERVE_STAMP)
+	$(VENV)/bin/das fetch-base
 
 base-model: $(STAMP)
 	$(VENV)/bin/das fetch-base
 
-run: base-model
+run: serve-model
 	$(VENV)/bin/das serve
 
-demo: base-model
+demo: serve-model
 	$(VENV)/bin/das demo
 
 test: base-model

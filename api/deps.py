@@ -4,6 +4,11 @@ Who may read what (docs/service.md): `api.main.create_app` includes every router
 open ones (liveness, readiness, metrics), so that no route is forgotten; the routes that change something add
 ManagementAuth.
 
+The token arrives through FastAPI's HTTPBearer scheme (`bearer`), so the OpenAPI schema names it: /docs shows an
+Authorize button, and every route that needs a token carries `security`. The scheme never answers by itself
+(auto_error=False): `_check` decides, with the same 401 for a missing and a wrong token, and no check at all while
+no token is set.
+
 All are `async def`: they never block, and FastAPI would run a plain `def` dependency in its
 thread pool, a thread hop per dependency per request.
 """
@@ -13,7 +18,8 @@ from __future__ import annotations
 import hmac
 from typing import Annotated
 
-from fastapi import Depends, Header, HTTPException, Request
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from das_settings import Settings
 
@@ -34,12 +40,19 @@ async def get_settings_dep(service: ServiceDep) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 
 
-def _check(settings: Settings, authorization: str | None, allowed: list[str | None]) -> None:
+bearer = HTTPBearer(auto_error=False, scheme_name="bearer",
+                    description="DAS_INFERENCE_TOKEN (reading and inference) or DAS_MANAGEMENT_TOKEN (everything); "
+                                "needed only when either is set")
+# the Authorization header as HTTPBearer reads it: None unless it is `Bearer <token>` (the scheme in any case,
+# RFC 7235; a bare token has no scheme and is refused), the token stripped
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+
+def _check(settings: Settings, credentials: HTTPAuthorizationCredentials | None, allowed: list[str | None]) -> None:
     if not (settings.management_token or settings.inference_token):
         return  # auth off: `das serve` then binds loopback only
-    scheme, _, token = (authorization or "").strip().partition(" ")
-    token = token.strip()  # RFC 7235: the scheme is case-insensitive; a bare token has no scheme and is refused
-    if scheme.lower() != "bearer" or not token or not any(a and _same(token, a) for a in allowed):
+    token = credentials.credentials if credentials is not None else ""
+    if not token or not any(a and _same(token, a) for a in allowed):
         raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
 
@@ -48,12 +61,12 @@ def _same(sent: str, expected: str) -> bool:
     return hmac.compare_digest(sent.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape"))
 
 
-async def management_auth(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:
-    _check(settings, authorization, [settings.management_token])
+async def management_auth(settings: SettingsDep, credentials: Credentials) -> None:
+    _check(settings, credentials, [settings.management_token])
 
 
-async def inference_auth(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:
-    _check(settings, authorization, [settings.inference_token, settings.management_token])
+async def inference_auth(settings: SettingsDep, credentials: Credentials) -> None:
+    _check(settings, credentials, [settings.inference_token, settings.management_token])
 
 
 ManagementAuth = Depends(management_auth)

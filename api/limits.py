@@ -12,6 +12,8 @@ from fastapi.responses import JSONResponse
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .strict import explain_unknown_fields
+
 MULTIPART_OVERHEAD = 64 * 1024
 log = logging.getLogger(__name__)
 
@@ -82,7 +84,12 @@ async def _too_large(send: Send, limit: int, is_upload: bool) -> None:
 async def invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
     """FastAPI's 422, safe for any input: Python's JSON parser reads NaN and Infinity, which the answer (strict
     JSON) could not echo back, so a body like {"top_k": NaN} was a 500."""
-    errors = json.loads(json.dumps(jsonable_encoder(err.errors()), default=str), parse_constant=str)
+    errors = json.loads(json.dumps(jsonable_encoder(explain_unknown_fields(err.errors(), request)), default=str),
+                        parse_constant=str)
+    reason = "; ".join(f"{'.'.join(str(part) for part in e.get('loc', ()))}: {e.get('msg')}" for e in errors)
+    log.info("refused %s %s: 422 %s", request.method, request.url.path, reason,
+             extra={"event": "refused", "method": request.method, "path": request.url.path, "status": 422,
+                    "detail": reason})
     return JSONResponse({"detail": errors}, status_code=422)
 
 

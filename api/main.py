@@ -11,9 +11,11 @@ from contextlib import asynccontextmanager
 import redis.exceptions
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from kombu.exceptions import OperationalError
+from starlette.exceptions import HTTPException
 
 from das_settings import Settings, package_version
 from model_store.locks import StoreLocked
@@ -21,8 +23,10 @@ from model_store.locks import StoreLocked
 from .deps import InferenceAuth
 from .limits import BodyLimitMiddleware, disk_full, invalid_request
 from .metrics import Metrics, TimingMiddleware
-from .routes import corpora, health, inference, jobs, models, tasks
+from .routes import aliases, batch, corpora, health, inference, jobs, models, tasks
+from .schemas import error_responses
 from .service import Service
+from .strict import StrictInputs
 
 log = logging.getLogger(__name__)
 # the infrastructure is away or busy, not the request wrong: 503 and when to come back, never 500
@@ -32,6 +36,11 @@ RETRY_AFTER_S = 5
 # management token (the routes that change something add the management token), except these routers', which
 # say nothing of tasks, jobs or versions: /healthz, /readyz, /metrics. FastAPI's docs pages are open too.
 OPEN = (health,)
+# the error answers each router's routes can give besides 401 (a token) and 503 (a backing service), declared in the
+# OpenAPI schema with their body (api.schemas.ErrorOut); 413 wherever a body is read, 507 wherever one is written
+ROUTER_ERRORS = {corpora: (413, 422, 507), jobs: (404, 409, 422), models: (404, 409, 422, 507),
+                 tasks: (404, 409, 413, 422, 507), inference: (404, 409, 413, 422), batch: (404, 409, 413, 422, 507),
+                 aliases: (404, 409, 413, 422, 507)}
 
 
 async def unavailable(request: Request, err: Exception) -> JSONResponse:
@@ -41,9 +50,19 @@ async def unavailable(request: Request, err: Exception) -> JSONResponse:
                         status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
+async def refused(request: Request, err: HTTPException) -> Response:
+    """Log a refused request with its reason (4xx at INFO, a 5xx at WARNING), then answer exactly as FastAPI does."""
+    log.log(logging.INFO if err.status_code < 500 else logging.WARNING, "refused %s %s: %d %s", request.method,
+            request.url.path, err.status_code, err.detail,
+            extra={"event": "refused", "method": request.method, "path": request.url.path,
+                   "status": err.status_code, "detail": err.detail})
+    return await http_exception_handler(request, err)
+
+
 def create_app(settings: Settings, service: Service) -> FastAPI:
     metrics = Metrics(service)
     service.batcher.on_batch = metrics.observe_batch
+    service.holder.on_swap = metrics.observe_swap
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -58,14 +77,19 @@ def create_app(settings: Settings, service: Service) -> FastAPI:
                               "soft-masking; fill-mask, embeddings and registered end tasks answer any text with the "
                               "active version, with no domain id.")
     app.state.service, app.state.metrics = service, metrics
-    for module in (corpora, jobs, models, tasks, inference, health):
-        app.include_router(module.router, dependencies=[] if module in OPEN else [InferenceAuth])
+    for module in (corpora, jobs, models, aliases, tasks, inference, batch, health):
+        # StrictInputs: a query parameter or form field the route does not declare is a 422 (api.strict)
+        checks = [StrictInputs] if module in OPEN else [InferenceAuth, StrictInputs]
+        errors = () if module in OPEN else (401, 503, *ROUTER_ERRORS.get(module, (422,)))
+        app.include_router(module.router, dependencies=checks, responses=error_responses(*sorted(errors)))
     for error in UNAVAILABLE:
         app.add_exception_handler(error, unavailable)
     app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(HTTPException, refused)  # FastAPI's HTTPException too, and unknown routes' 404
     app.add_exception_handler(OSError, disk_full)  # 507 for a full disk, whatever the route wrote
     app.add_middleware(BodyLimitMiddleware, max_json_bytes=settings.max_json_bytes,
                        uploads={"/v1/corpora": settings.max_upload_bytes,
+                                "/v1/batch-predictions": settings.max_upload_bytes,
                                 "/v1/tasks": 2 * settings.max_task_upload_bytes})  # train and eval
     app.add_middleware(TimingMiddleware, metrics=metrics)
     return app

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model, model_validator
 
 from job_records import Job
 from model_store.manifest import Manifest
@@ -42,10 +43,22 @@ def schema_of(record: type, name: str, overrides: dict[str, Any] | None = None) 
     return create_model(name, **fields)
 
 
-JobOut = schema_of(Job, "JobOut", {"progress": JobProgress})
+def iso_utc(value: float | str | None) -> str | None:
+    """An epoch time (as the job records keep it) as ISO-8601 UTC with milliseconds; a string or None as it is."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, UTC).isoformat(timespec="milliseconds")
+    return value
 
 
-ModelOut = schema_of(Manifest, "ModelOut")
+IsoTime = Annotated[str, BeforeValidator(iso_utc), Field(description="ISO-8601, UTC")]
+IsoTimeOrNone = Annotated[str | None, BeforeValidator(iso_utc), Field(description="ISO-8601, UTC; null: not yet")]
+JobOut = schema_of(Job, "JobOut", {"progress": JobProgress, "created": IsoTime, "started": IsoTimeOrNone,
+                                   "finished": IsoTimeOrNone, "dispatched": IsoTimeOrNone})
+
+
+class ModelOut(schema_of(Manifest, "ManifestOut")):
+    aliases: list[str] = Field(default_factory=list, description="the aliases that name this version "
+                               "(production: it is the active one); GET /v1/aliases lists them all")
 
 
 class ActivatedOut(ModelOut):
@@ -55,10 +68,19 @@ class ActivatedOut(ModelOut):
 class CurrentModel(ModelOut):
     serving: str | None = Field(description="the version this API process answers with right now")
     mask_token: str | None
+    loaded: list[str] = Field(default_factory=list, description="the other versions this API process keeps loaded "
+                              "for requests that name a version (DAS_MAX_LOADED_VERSIONS), least recently used first")
 
 
 class TextsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown key is a 422 naming the nearest field (api.strict)
+
     texts: list[str] = Field(min_length=1, description="no domain id needed: any text")
+    truncate: bool = Field(False, description="cut a text longer than the model's maximum sequence to it (the "
+                           "answer's `truncated` says which were cut); false: such a text is a 422, unless the "
+                           "service runs with DAS_AUTO_TRUNCATE=true")
+    version: str | None = Field(None, description="the version to answer with: a version id or an alias (the same "
+                                "as ?version=); omitted: the active one")
 
 
 class FillMaskIn(TextsIn):
@@ -74,12 +96,68 @@ class Candidate(BaseModel):
 class FillMaskOut(BaseModel):
     version: str
     results: list[list[list[Candidate]]] = Field(description="per text, per mask token, the top_k candidates")
+    truncated: list[bool] = Field(description="per text: it was cut to the model's maximum sequence")
 
 
 class EmbeddingsOut(BaseModel):
     version: str
     dimensions: int
     embeddings: list[list[float]]
+    truncated: list[bool] = Field(description="per text: it was cut to the model's maximum sequence")
+
+
+class EmbeddingsIn(TextsIn):
+    """This API's {"texts": [...]} or OpenAI's {"input": ..., "model": ...}: exactly one of texts and input."""
+
+    texts: list[str] | None = Field(None, min_length=1, description="no domain id needed: any text")
+    input: str | list[str] | None = Field(None, description="OpenAI's form: one text or a list of texts; the "
+                                          "answer then has OpenAI's shape (object, data, model, usage)")
+    model: str | None = Field(None, description="OpenAI's name for `version`: the version to answer with, an id "
+                              "or an alias (omitted: the active one)")
+    encoding_format: Literal["float", "base64"] | None = Field(None, description="OpenAI's: a list of floats "
+                                                              "(float, the default) or base64 of little-endian "
+                                                              "float32 (what OpenAI's clients ask for by default)")
+
+    @model_validator(mode="after")
+    def _texts_or_input(self) -> EmbeddingsIn:
+        if (self.texts is None) == (self.input is None):
+            raise ValueError("send exactly one of `texts` (this API's form) or `input` (OpenAI's form)")
+        if self.input == []:
+            raise ValueError("`input` holds no text")
+        return self
+
+    @property
+    def openai(self) -> bool:
+        return self.input is not None
+
+    @property
+    def items(self) -> list[str]:
+        """The texts, in either form."""
+        if self.texts is not None:
+            return self.texts
+        return [self.input] if isinstance(self.input, str) else list(self.input or [])
+
+
+class OpenAIEmbedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str = Field(description="floats, or base64 of little-endian float32")
+
+
+class OpenAIUsage(BaseModel):
+    prompt_tokens: int = Field(description="tokens the model read, all texts, specials included")
+    total_tokens: int
+
+
+class OpenAIEmbeddingsOut(BaseModel):
+    """The answer to a request in OpenAI's form (`input`)."""
+
+    object: Literal["list"] = "list"
+    data: list[OpenAIEmbedding]
+    model: str = Field(description="the version that answered")
+    usage: OpenAIUsage
+    version: str
+    truncated: list[bool] = Field(description="per text: it was cut to the model's maximum sequence")
 
 
 TaskModelOut = schema_of(TaskModel, "TaskModelOut")
@@ -141,9 +219,52 @@ class TaskPredictOut(BaseModel):
     task: str
     task_model: ServedTaskModel
     results: list[TaskAnswer]
+    truncated: list[bool] = Field(description="per text: it was cut to the model's maximum sequence")
 
 
 class PredictOut(BaseModel):
     version: str = Field(description="the backbone version that answered")
     results: list[dict[str, TaskAnswer]] = Field(description="per text: each task's answer")
     task_models: dict[str, ServedTaskModel]
+    truncated: list[bool] = Field(description="per text: it was cut to the model's maximum sequence")
+
+
+# ------------------------------------------------------------------ errors, as the OpenAPI schema declares them
+class ErrorOut(BaseModel):
+    """Every error but a request FastAPI could not parse: what went wrong and what to do."""
+
+    detail: str = Field(description="what went wrong, and how to fix it")
+
+
+class InvalidOut(BaseModel):
+    detail: str | list[dict[str, Any]] = Field(description="what to fix: a sentence, or FastAPI's list of "
+                                                           "validation errors (loc, msg, type) for a request it "
+                                                           "could not parse")
+
+
+ERRORS: dict[int, str] = {
+    401: "a bearer token is needed, or the one sent is wrong (only when DAS_INFERENCE_TOKEN or "
+         "DAS_MANAGEMENT_TOKEN is set; the routes that change something need the management token)",
+    404: "no such job, version, task or output",
+    409: "what is asked conflicts with the resource's state (ended, damaged, not fitted yet, ...); detail says why",
+    413: "the body or the uploaded file exceeds its limit",
+    422: "the request is invalid; detail says what to fix",
+    503: "a backing service (Redis, the store's lock, the model, the inference queue) is unavailable; "
+         "retry after Retry-After seconds",
+    507: "the server's disk is full; nothing of the request was kept",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a router: each error code it can answer, with its schema and meaning."""
+    return {code: {"model": InvalidOut if code == 422 else ErrorOut, "description": ERRORS[code]} for code in codes}
+
+
+class BatchAccepted(BaseModel):
+    job_id: str = Field(description="watch it at GET /v1/jobs/{job_id}; its answers at GET /v1/jobs/{job_id}/output")
+    lines: int = Field(description="lines to answer (blank lines are skipped)")
+    kind: str = Field(description="what each line gets: predict (end-task labels), embed or fill_mask")
+    tasks: list[str] = Field(description="kind predict: the end tasks each line is answered by")
+    input_sha256: str = Field(description="sha256 of the uploaded file, as the store keeps it")
+    truncate: bool = Field(description="a line longer than the model's maximum sequence is cut (its answer says "
+                           "`truncated`); false: it gets an error (the form's truncate, or DAS_AUTO_TRUNCATE)")

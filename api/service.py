@@ -23,6 +23,7 @@ from job_records import JobRegistry
 from model_store.store import STALE_S, ModelStore
 from serving.batcher import MicroBatcher
 from serving.holder import ModelHolder, Servable
+from serving.pinned import PinnedVersions
 from serving.watch import ActiveVersionWatcher
 from worker.context import RunJob
 from worker.embedded import EmbeddedWorker
@@ -51,6 +52,7 @@ class Service:
     batcher: MicroBatcher
     watcher: ActiveVersionWatcher
     runtime: ModelRuntime
+    pinned: PinnedVersions  # other versions kept loaded for requests that name one (DAS_MAX_LOADED_VERSIONS)
     embedded: EmbeddedWorker | None = None
 
     @property
@@ -146,11 +148,24 @@ def build_service(settings: Settings, runtime: ModelRuntime) -> Service:
                          load_tasks=lambda version, current: runtime.load_tasks(store, version, current))
     batcher = MicroBatcher(holder, settings.max_batch_size, settings.max_wait_ms / 1000, settings.inference_queue_size,
                            gather_s=settings.batch_gather_ms / 1000)
-    watcher = ActiveVersionWatcher(store.active_id, holder.ensure, settings.poll_interval_s,
+    pinned = PinnedVersions(holder, settings.max_loaded_versions)
+    watcher = ActiveVersionWatcher(store.active_id, _follow(holder, pinned), settings.poll_interval_s,
                                    redis_url=settings.broker_url, channel=settings.active_channel)
-    service = Service(settings, store, jobs, holder, batcher, watcher, runtime)
+    service = Service(settings, store, jobs, holder, batcher, watcher, runtime, pinned)
     if not settings.broker_url:
         ctx = build_worker_context(settings, store=store, jobs=jobs, on_published=lambda version: watcher.poke())
         service.embedded = EmbeddedWorker(ctx, runtime.run_job)
         ctx.submit = service.embedded.submit
     return service
+
+
+def _follow(holder: ModelHolder, pinned: PinnedVersions) -> Callable[[str], bool]:
+    """What the watcher does at each check of the active pointer: swap to it (or re-read its task models), drop it
+    from the pinned versions (the holder serves it), and re-read the pinned versions' task models."""
+    def follow(version: str) -> bool:
+        swapped = holder.ensure(version)
+        pinned.discard(version)
+        pinned.refresh_tasks()
+        return swapped
+
+    return follow

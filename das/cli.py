@@ -28,18 +28,22 @@ from model_store.names import InvalidName
 from model_store.store import Finding, StoreError
 from worker.runtime import open_store
 
+from .alias_cli import alias_app
 from .base_cli import base_app
 from .config_options import config_options
 from .console import console, fail
 from .data_cli import data_app
 from .eval_cli import eval_command, merge_command
+from .remote_cli import ServerSwitch, server_options
 from .task_cli import task_app
 
 app = typer.Typer(help="Continual domain-adaptive pre-training (DAS) of masked language models.",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=False, cls=ServerSwitch)  # --url: das/remote_cli.py
+app.callback()(server_options)
 app.add_typer(task_app, name="task")
 app.add_typer(data_app, name="data")
 app.add_typer(base_app, name="base")
+app.add_typer(alias_app, name="alias")
 app.command("eval")(eval_command)
 app.command("eval-merge")(merge_command)
 StoreOption = Annotated[str | None, typer.Option("--store", help="store folder or s3:// URL (default: $DAS_STORE)")]
@@ -178,6 +182,15 @@ def show(version: Annotated[str, typer.Argument(help="version id, e.g. v0002")],
     """Print one version's manifest (JSON)."""
     with _clear_errors():
         typer.echo(_open_store(store).manifest(version).to_json())
+
+
+@app.command()
+def card(version: Annotated[str, typer.Argument(help="version id, e.g. v0002")], store: StoreOption = None) -> None:
+    """Print one version's model card (the README.md of its folder, Markdown with YAML front matter)."""
+    from model_store.card import version_card
+
+    with _clear_errors():
+        typer.echo(version_card(_open_store(store), version), nl=False)
 
 
 @app.command()
@@ -322,14 +335,22 @@ def serve(
     if settings.host not in LOOPBACK and not (settings.management_token and settings.inference_token):
         fail(f"refusing to bind {settings.host} without auth: set DAS_MANAGEMENT_TOKEN and DAS_INFERENCE_TOKEN, "
               "or bind 127.0.0.1")
+    from das_settings.logs import configure_logging
+
+    configure_logging(settings)  # before anything logs; uvicorn's loggers write through the same handler
+    import os
+
+    from das_settings.environment import warn_unknown_variables
+
+    warn_unknown_variables(os.environ)  # a mistyped DAS_ variable is named (WARNING), not ignored in silence
     _apply_threads()
     _quiet_transformers()
     from .app import build_app
 
     with _clear_errors():
-        # no access log: a log line per request cost ~10% of the event loop under load; /metrics counts requests
+        # the access log is opt-in (DAS_ACCESS_LOG): a line per request cost ~10% of the event loop under load
         uvicorn.run(build_app(settings), host=settings.host, port=settings.port, timeout_graceful_shutdown=30,
-                    access_log=False, log_level="info")
+                    log_config=None, access_log=settings.access_log, log_level=settings.log_level.lower())
 
 
 @app.command()

@@ -6,8 +6,9 @@ The bottom layer: every other package may import it, it imports none of them.
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -17,6 +18,11 @@ def package_version() -> str:
         return version("das-continual")
     except PackageNotFoundError:  # running from a source tree that was not installed
         return "0.0.0+source"
+
+
+def _upper(value: object) -> object:
+    """A log level in any case."""
+    return value.upper() if isinstance(value, str) else value
 
 
 class Settings(BaseSettings):
@@ -42,10 +48,13 @@ class Settings(BaseSettings):
     redis_prefix: str = Field("das:", description="Namespace of this deployment's keys, queue and channel in Redis.")
     management_token: str | None = Field(None, description="Bearer token for uploads, activation and cancel.")
     inference_token: str | None = Field(None, description="Bearer token for inference (the management one works too).")
-    max_upload_bytes: int = Field(50 * 2**20, ge=1, description="Largest corpus upload.")
+    max_upload_bytes: int = Field(50 * 2**20, ge=1, description="Largest corpus or batch-prediction upload.")
     max_json_bytes: int = Field(2**20, ge=1, description="Largest JSON request body.")
     max_texts: int = Field(64, ge=1, description="Most texts in one inference request.")
-    max_text_chars: int = Field(4000, ge=1, description="Longest text in an inference request.")
+    max_text_chars: int = Field(4000, ge=1, description="Longest text in an inference request (and in a line of "
+                                "a batch prediction).")
+    max_batch_prediction_lines: int = Field(100_000, ge=1, le=10_000_000, description="Most lines of one batch "
+                                            "prediction's JSONL (POST /v1/batch-predictions); each is one text.")
     max_batch_size: int = Field(32, ge=1, description="Most texts the micro-batcher runs in one forward pass.")
     batch_gather_ms: float = Field(3.0, ge=0, le=1000, description="Under load (the last batch held several "
                                    "requests), how long a batch waits for more once the queue is empty while it "
@@ -53,10 +62,17 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(0.0, ge=0, description="How long the micro-batcher waits to fill a batch; 0 takes "
                                "what is queued (under load, requests queue while the model runs).")
     inference_queue_size: int = Field(256, ge=1, description="Requests waiting for the model; more get 503.")
+    max_loaded_versions: int = Field(2, ge=0, le=16, description="Versions other than the active one that an API "
+                                     "process keeps loaded for requests that name a version or alias (least "
+                                     "recently used evicted first); 0 refuses such requests for a non-active "
+                                     "version (409).")
     max_request_tokens: int = Field(16384, ge=1, description="Most tokens in one inference request, all texts "
                                     "together, as the model sees them (specials included, after truncation).")
     max_masks_per_request: int = Field(256, ge=1, description="Most mask tokens in one fill-mask request, all "
                                        "texts together (the answer holds top_k candidates for each).")
+    auto_truncate: bool = Field(False, description="Cut an inference text longer than the model's maximum "
+                                "sequence to it, as if every request sent truncate=true (TEI's --auto-truncate); "
+                                "false: such a text is a 422 unless its request sends truncate=true.")
     # --- what one adaptation job may ask for (checked at upload, before anything is stored) ---
     max_steps: int = Field(100_000, ge=1, description="Most optimizer steps of one job (also the longest "
                            "checkpoint_every and log_every).")
@@ -86,6 +102,14 @@ class Settings(BaseSettings):
                                        "end task.")
     poll_interval_s: float = Field(2.0, gt=0, description="How often API processes poll the active pointer.")
     device: str = Field("cpu", description="Where workers train and the API serves: cpu, cuda, cuda:1, ...")
+    # --- logs ---
+    log_level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(_upper)] = Field(
+        "INFO", description="Least level of the log lines `das serve` and `das worker` write (any case).")
+    log_format: Literal["text", "json"] = Field("text", description="Log lines as text (time, level, logger, "
+                                                "message) or as one JSON object per line (ts, level, logger, "
+                                                "message and the event's fields).")
+    access_log: bool = Field(False, description="One log line per HTTP request (uvicorn's access log); off by "
+                             "default: it costs ~10% of the event loop under load, and /metrics counts requests.")
 
     @property
     def queue_name(self) -> str:

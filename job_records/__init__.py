@@ -14,6 +14,7 @@ from .job import (
     AdaptRequest,
     FitRequest,
     Job,
+    JobFilter,
     JobKind,
     JobRegistry,
     JobRequest,
@@ -23,8 +24,8 @@ from .job import (
 from .redis_jobs import RedisJobs
 from .sqlite_jobs import SqliteJobs
 
-__all__ = ["KINDS", "PENDING", "STATES", "TERMINAL", "AdaptRequest", "FitRequest", "Job", "JobKind", "JobRegistry",
-           "JobRequest", "State", "RedisJobs", "cancel_fields",
+__all__ = ["KINDS", "PENDING", "STATES", "TERMINAL", "AdaptRequest", "FitRequest", "Job", "JobFilter", "JobKind",
+           "JobRegistry", "JobRequest", "State", "RedisJobs", "cancel_fields",
            "SqliteJobs", "open_job_records", "sqlite_path"]
 
 

@@ -4,9 +4,10 @@ A job's record is the truth about it (Celery's guidance: a task killed by the OO
 no trace in the broker). Jobs are numbered in the order they were accepted (`seq`); only the
 earliest pending job may run, and only by the worker that holds its lease. `kind` names what a
 worker does with it, and each kind has fields of its own (None for the other kinds):
-`adapt` (a stored domain corpus -> a new version: `domain`, `corpus_id`, ...) or `fit` (an end-task
-model on a version: `task`, `generation`, `data_sha256`, ...). A request for one is an `AdaptRequest`
-or a `FitRequest`.
+`adapt` (a stored domain corpus -> a new version: `domain`, `corpus_id`, ...), `fit` (an end-task
+model on a version: `task`, `generation`, `data_sha256`, ...) or `predict` (a stored JSONL answered line by line
+with a version: `input_sha256`, `answer_kind`, `tasks`, ... and then `output_sha256`). A request for one is an
+`AdaptRequest`, a `FitRequest` or a `PredictRequest`.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ State = Literal["queued", "running", "succeeded", "failed", "cancelled", "reject
 STATES: tuple[State, ...] = ("queued", "running", "succeeded", "failed", "cancelled", "rejected")
 PENDING: tuple[State, ...] = ("queued", "running")
 TERMINAL: tuple[State, ...] = ("succeeded", "failed", "cancelled", "rejected")
-JobKind = Literal["adapt", "fit"]
-KINDS: tuple[JobKind, ...] = ("adapt", "fit")
+JobKind = Literal["adapt", "fit", "predict"]
+KINDS: tuple[JobKind, ...] = ("adapt", "fit", "predict")
+AnswerKind = Literal["predict", "embed", "fill_mask"]  # what a predict job answers for each line
+ANSWER_KINDS: tuple[AnswerKind, ...] = ("predict", "embed", "fill_mask")
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,26 @@ class FitRequest:
         return {}  # a fit's settings are its task's (TaskDefinition.settings)
 
 
-JobRequest = AdaptRequest | FitRequest
+@dataclass(frozen=True)
+class PredictRequest:
+    """Answer every line of a stored JSONL file (its sha256) with the version active when the job starts:
+    the end tasks' labels (`answer_kind` predict, with `tasks`), embeddings (embed) or fill-mask (fill_mask, top_k)."""
+
+    input_sha256: str
+    lines: int
+    answer_kind: AnswerKind = "predict"
+    tasks: tuple[str, ...] = ()
+    top_k: int = 5
+    input_filename: str = ""
+    truncate: bool = False  # cut a text over the model's maximum sequence (False: that line gets an error)
+    kind: JobKind = "predict"
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return {}  # what it answers is in its own fields
+
+
+JobRequest = AdaptRequest | FitRequest | PredictRequest
 
 
 @dataclass
@@ -76,11 +98,21 @@ class Job:
     data_sha256: str | None = None
     examples: int | None = None
     data_filename: str | None = None
+    # kind "predict": the stored JSONL it answers line by line, how, and the stored JSONL of the answers
+    input_sha256: str | None = None
+    lines: int | None = None
+    answer_kind: AnswerKind | None = None
+    tasks: list[str] | None = None
+    top_k: int | None = None
+    input_filename: str | None = None
+    truncate: bool | None = None  # None: another kind, or a predict record from before the field (those cut texts)
+    output_sha256: str | None = None  # set once every line is answered
     # every kind: how it runs
     started: float | None = None
     finished: float | None = None
     progress: dict[str, Any] = field(default_factory=dict)
-    parent: str | None = None  # the version the job builds on (adapt) or fits on (fit), fixed when it first starts
+    # the version the job builds on (adapt), fits on (fit) or answers with (predict), fixed when it first starts
+    parent: str | None = None
     version: str | None = None
     error: str | None = None
     attempts: int = 0
@@ -108,10 +140,36 @@ def _current_fields(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+@dataclass(frozen=True)
+class JobFilter:
+    """Which jobs a listing keeps (None: any): a state, a kind, an adapt job's domain, a fit job's task."""
+
+    state: State | None = None
+    kind: JobKind | None = None
+    domain: str | None = None
+    task: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.state is not None and self.state not in STATES:
+            raise ValueError(f"unknown state {self.state!r}; allowed: {', '.join(STATES)}")
+        if self.kind is not None and self.kind not in KINDS:
+            raise ValueError(f"unknown kind {self.kind!r}; allowed: {', '.join(KINDS)}")
+
+    @property
+    def empty(self) -> bool:
+        return self.state is self.kind is self.domain is self.task is None
+
+    def matches(self, job: Job) -> bool:
+        return ((self.state is None or job.state == self.state) and (self.kind is None or job.kind == self.kind)
+                and (self.domain is None or (job.kind == "adapt" and job.domain == self.domain))
+                and (self.task is None or job.task == self.task))
+
+
 class JobRegistry(Protocol):
     def create(self, request: JobRequest) -> Job: ...
     def get(self, job_id: str) -> Job | None: ...
-    def list(self, limit: int = 100) -> list[Job]: ...
+    def list(self, limit: int = 100, *, where: JobFilter | None = None, before_seq: int | None = None
+             ) -> list[Job]: ...  # newest first (by seq); only those `where` keeps, and older than `before_seq`
     def update(self, job_id: str, **fields: Any) -> Job: ...
     def earliest_pending(self) -> Job | None: ...
     def claim(self, job_id: str, owner: str, ttl_s: float) -> bool: ...

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from .job import TERMINAL, Job, JobRequest, apply_fields, new_job
+from .job import TERMINAL, Job, JobFilter, JobRequest, apply_fields, new_job
 
 _EXTEND_IF_OWNER = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
                     "return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0")
 _DELETE_IF_OWNER = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+LIST_BATCH = 500  # records read per round trip while a filtered listing looks for matches
 
 
 class RedisJobs:
@@ -37,10 +38,21 @@ class RedisJobs:
         raw = self.r.get(self._key(job_id))
         return Job.from_json(raw) if raw else None
 
-    def list(self, limit: int = 100) -> list[Job]:
-        ids = self.r.zrevrange(f"{self.PREFIX}jobs", 0, limit - 1)
-        raws = self.r.mget([self._key(i.decode()) for i in ids]) if ids else []
-        return [Job.from_json(r) for r in raws if r]
+    def list(self, limit: int = 100, *, where: JobFilter | None = None, before_seq: int | None = None) -> list[Job]:
+        """Walk the sorted set down from `before_seq`, a batch at a time, keeping the records `where` matches; each
+        batch starts below the last seq read, so jobs accepted meanwhile neither repeat nor shift the walk."""
+        where = where or JobFilter()
+        batch = limit if where.empty else max(limit, LIST_BATCH)
+        top: str = "+inf" if before_seq is None else f"({before_seq}"
+        found: list[Job] = []
+        while len(found) < limit:
+            entries = self.r.zrevrangebyscore(f"{self.PREFIX}jobs", top, "-inf", start=0, num=batch, withscores=True)
+            if not entries:
+                break
+            raws = self.r.mget([self._key(i.decode()) for i, _ in entries])
+            found += [job for job in (Job.from_json(r) for r in raws if r) if where.matches(job)]
+            top = f"({int(entries[-1][1])}"
+        return found[:limit]
 
     def update(self, job_id: str, **fields: Any) -> Job:
         key = self._key(job_id)

@@ -8,9 +8,33 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .job import PENDING, Job, JobRequest, apply_fields, new_job
+from .job import PENDING, Job, JobFilter, JobRequest, apply_fields, new_job
 
 _PENDING_SQL = ", ".join(f"'{state}'" for state in PENDING)
+# a record's kind, domain and task as Job.from_json reads them: records written before the kinds had fields of
+# their own have no `kind` (an adapt job) and, for a fit job, its task in `domain`
+_KIND_SQL = "COALESCE(json_extract(data, '$.kind'), 'adapt')"
+_FILTER_SQL = {
+    "state": "state = ?",
+    "kind": f"{_KIND_SQL} = ?",
+    "domain": f"({_KIND_SQL} = 'adapt' AND json_extract(data, '$.domain') = ?)",
+    "task": ("COALESCE(json_extract(data, '$.task'), CASE WHEN json_extract(data, '$.kind') = 'fit' "
+             "THEN json_extract(data, '$.domain') END) = ?"),
+}
+
+
+def _where(where: JobFilter, before_seq: int | None) -> tuple[str, list[Any]]:
+    """The WHERE clause (or "") and its parameters for a listing."""
+    clauses, params = [], []
+    for name, sql in _FILTER_SQL.items():
+        value = getattr(where, name)
+        if value is not None:
+            clauses.append(sql)
+            params.append(value)
+    if before_seq is not None:
+        clauses.append("seq < ?")
+        params.append(before_seq)
+    return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params
 
 
 class SqliteJobs:
@@ -37,9 +61,11 @@ class SqliteJobs:
             row = self._db.execute("SELECT data FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return Job.from_json(row[0]) if row else None
 
-    def list(self, limit: int = 100) -> list[Job]:
+    def list(self, limit: int = 100, *, where: JobFilter | None = None, before_seq: int | None = None) -> list[Job]:
+        clause, params = _where(where or JobFilter(), before_seq)
         with self._mutex:
-            rows = self._db.execute("SELECT data FROM jobs ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
+            rows = self._db.execute(f"SELECT data FROM jobs {clause} ORDER BY seq DESC LIMIT ?",
+                                    (*params, limit)).fetchall()
         return [Job.from_json(r[0]) for r in rows]
 
     def update(self, job_id: str, **fields: Any) -> Job:

@@ -8,8 +8,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-Status = Literal["candidate", "active", "rejected", "archived"]
-STORED_STATUSES = ("candidate", "rejected", "archived")  # 'active' is derived from the pointer
+# candidate: published, never active; active: the pointer names it; retired: was active, the pointer moved on (it
+# can be activated again); rejected: refused by the forgetting gate; archived: gc removed its weights
+Status = Literal["candidate", "active", "retired", "rejected", "archived"]
+STATUSES: tuple[Status, ...] = ("candidate", "active", "retired", "rejected", "archived")
+STORED_STATUSES = ("candidate", "retired", "rejected", "archived")  # 'active' is derived from the pointer
 
 
 @dataclass

@@ -31,6 +31,7 @@ from das_settings import package_version
 
 from . import names
 from .backends import Backend, FsspecBackend, LocalBackend, open_backend, sha256_file
+from .card import CARD, folder_importance, render_card
 from .layout import IMPORTANCE_FILES, MANIFEST, PICKLE_SUFFIXES, TASK_MODELS, is_weight_file
 from .locks import FileLock, RedisLock, WriterLock
 from .manifest import CorpusInfo, Manifest, Status, now_iso
@@ -345,11 +346,12 @@ class ModelStore:
             manifest = self.manifest(version_id)
             if manifest.status == "archived":
                 raise StoreError(f"{version_id} is archived (gc removed its weights) and cannot be activated")
-            self.backend.write_atomic(POINTER, json.dumps({"version": version_id, "updated": now_iso()}).encode())
+            self._move_pointer(version_id)
             return manifest.with_status("active")
 
     def set_status(self, version_id: str, status: str) -> Manifest:
-        """Mark a non-active version 'rejected' or 'candidate' (the only change a version ever sees)."""
+        """Mark a non-active version 'rejected' or 'candidate' by hand (moving the pointer sets 'retired', gc
+        'archived')."""
         if status not in ("candidate", "rejected"):
             raise StoreError(f"status {status!r} cannot be set directly")
         with self.lock.hold():
@@ -368,15 +370,18 @@ class ModelStore:
             return self._write_manifest(dataclasses.replace(manifest, evaluation=evaluation))
 
     def gc(self, keep: int) -> list[str]:
-        """Remove the weights of all but the newest `keep` versions and the active one.
+        """Remove the weights of all but the newest `keep` versions, the active one and those an alias names.
 
         Manifests and importance files are kept, so the history and the importance chain survive.
         """
+        from .aliases import AliasStore  # it builds on this module
+
         if keep < 1:
             raise StoreError("gc --keep must be at least 1")
         with self.lock.hold():
             manifests = self.versions()
-            protected = {m.id for m in manifests[-keep:]} | {m.id for m in manifests if m.status == "active"}
+            protected = ({m.id for m in manifests[-keep:]} | {m.id for m in manifests if m.status == "active"}
+                         | set(AliasStore(self).stored().values()))
             archived = []
             for manifest in manifests:
                 version_id = manifest.id
@@ -440,7 +445,7 @@ class ModelStore:
             return Finding(POINTER, problem, "none: no healthy version may be active; restore one from a backup",
                            False)
         if not dry_run:
-            self.backend.write_atomic(POINTER, json.dumps({"version": usable[-1], "updated": now_iso()}).encode())
+            self._move_pointer(usable[-1])
         return Finding(POINTER, problem, f"point it at {usable[-1]}, the newest healthy version", not dry_run)
 
     def _leftovers(self, older_than_s: float) -> list[str]:
@@ -475,12 +480,33 @@ class ModelStore:
             metrics=request.metrics or {}, evaluation=request.evaluation or {}, package_version=package_version(),
             request_id=request.request_id)
         with tempfile.TemporaryDirectory() as tmp:
+            # manifest.files is `files`: the card's digest is written with the manifest
+            files[CARD] = self._write_card(manifest, activate, Path(request.folder), Path(tmp) / CARD)
             (Path(tmp) / MANIFEST).write_text(manifest.to_json())
             staging = _overlay(Path(request.folder), Path(tmp), files)
             self.backend.publish_dir(staging, f"versions/{version_id}", {**files, MANIFEST: ""}, last=MANIFEST)
         if activate and request.status != "rejected":
-            self.backend.write_atomic(POINTER, json.dumps({"version": version_id, "updated": now_iso()}).encode())
+            self._move_pointer(version_id)
         return self.manifest(version_id)
+
+    def _write_card(self, manifest: Manifest, activate: bool, folder: Path, path: Path) -> str:
+        """Render the new version's model card (README.md, replacing one the folder holds) into `path`; its sha256.
+        It says what is known now: the status it is published with (active when it is activated at once)."""
+        shown = manifest.with_status("active") if activate and manifest.status != "rejected" else manifest
+        lineage = self.lineage(manifest.parent) if manifest.parent else []
+        path.write_text(render_card(shown, lineage, folder_importance(folder)), encoding="utf-8")
+        return sha256_file(path)
+
+    def _move_pointer(self, version_id: str) -> None:
+        """Point ACTIVE at `version_id` (the lock held). The version it named before is marked `retired` first, so a
+        crash between the two writes leaves that one still active (the pointer decides) rather than unmarked."""
+        previous = self.active_id()
+        if previous is not None and previous != version_id:
+            try:
+                self._write_manifest(self.manifest(previous).with_status("retired"))
+            except StoreError:  # missing or damaged (what repair repoints away from): nothing to mark
+                pass
+        self.backend.write_atomic(POINTER, json.dumps({"version": version_id, "updated": now_iso()}).encode())
 
     def _files_of(self, folder: Path) -> dict[str, str]:
         if not (folder / "config.json").is_file():
@@ -544,7 +570,9 @@ class ModelStore:
 
 
 def _overlay(folder: Path, extra: Path, files: dict[str, str]) -> Path:
-    """A staging view: the model folder's files plus the manifest, as symlinks in `extra`."""
+    """A staging view: the model folder's files, as symlinks in `extra`, beside what `extra` holds (the manifest,
+    the card: those replace the folder's own)."""
     for name in files:
-        (extra / name).symlink_to((folder / name).resolve())
+        if not (extra / name).exists():
+            (extra / name).symlink_to((folder / name).resolve())
     return extra

@@ -26,6 +26,16 @@ from .holder import ModelHolder, Servable
 log = logging.getLogger(__name__)
 
 
+class Answer(Future):
+    """A request's future; before it resolves, the batcher records per text whether it was cut to the model's
+    maximum sequence (`truncated`) and the tokens the model read, all texts (`tokens`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.truncated: list[bool] = []
+        self.tokens = 0
+
+
 @dataclass
 class _Request:
     kind: str  # "fill_mask" | "embed" | "predict"
@@ -34,8 +44,10 @@ class _Request:
     tasks: tuple[str, ...] = ()  # predict: the end tasks to answer
     max_tokens: int | None = None  # all texts together, as the model sees them
     max_masks: int | None = None  # fill-mask: mask tokens, all texts together
-    future: Future = field(default_factory=Future)
+    future: Answer = field(default_factory=Answer)
     encoded: Encoded | None = None  # tokenised once, by the check, for the forward pass too
+    truncate: bool = True  # False: a text longer than the model's maximum sequence is refused, not cut
+    model: Servable | None = None  # the version the request names (serving/pinned.py); None: the one serving
 
 
 class MicroBatcher:
@@ -59,14 +71,19 @@ class MicroBatcher:
         return self.queue.qsize()
 
     def submit(self, kind: str, texts: list[str], top_k: int = 5, *, max_tokens: int | None = None,
-               max_masks: int | None = None, tasks: tuple[str, ...] = ()) -> Future:
+               max_masks: int | None = None, tasks: tuple[str, ...] = (), truncate: bool = True,
+               model: Servable | None = None) -> Answer:
         """Queue a request; its future resolves to (version, answers) or raises InputError/NotReady.
 
         `max_tokens` and `max_masks` bound the request (InputError over them); None: no bound.
         A predict request's answers are {"results": per text {task: answer}, "task_models": {...}};
         its tasks are answered from the same backbone pass as every other predict request of the batch.
+        `truncate`: a text longer than the model's maximum sequence is cut to it (False: an InputError naming
+        the text); the future's `truncated` says which were.
+        `model`: the loaded version that must answer (a request that names a version); None: the one serving
+        when the batch runs. A batch runs each version's requests apart: it never mixes versions.
         """
-        request = _Request(kind, texts, top_k, tasks, max_tokens, max_masks)
+        request = _Request(kind, texts, top_k, tasks, max_tokens, max_masks, truncate=truncate, model=model)
         try:
             self.queue.put_nowait(request)
         except queue.Full:
@@ -119,7 +136,9 @@ class MicroBatcher:
 
     def _run(self, batch: list[_Request]) -> None:
         with self.holder.turn():  # a swap builds the next version between batches, not beside one
-            self._run_on(self.holder.current, batch)  # one version for the whole batch
+            current = self.holder.current  # one reference for the requests that name no version
+            for model, requests in _by_model(batch, current):  # never two versions in one forward pass
+                self._run_on(model, requests)
 
     def _run_on(self, model: Servable | None, batch: list[_Request]) -> None:
         if model is None:
@@ -184,6 +203,8 @@ class MicroBatcher:
         try:
             if request.encoded is None:
                 request.encoded = model.encode(request.texts)
+            if not request.truncate:
+                _refuse_truncated(request.encoded)
             tokens, masks = request.encoded.tokens, request.encoded.count(model.mask_token_id)
             if request.max_tokens is not None and tokens > request.max_tokens:
                 raise InputError(f"the request holds {tokens} tokens; the limit is {request.max_tokens} "
@@ -195,6 +216,7 @@ class MicroBatcher:
                 model.check_fill_mask(request.texts, request.encoded)
             if kind == "predict":
                 model.check_tasks(list(request.tasks))  # the version this batch runs on serves them
+            request.future.truncated, request.future.tokens = request.encoded.truncated, tokens
             return True
         except InputError as err:
             request.future.set_exception(err)
@@ -205,3 +227,21 @@ class MicroBatcher:
         if kind == "fill_mask":
             return model.fill_mask(texts, top_k)
         return model.predict(texts, tasks) if kind == "predict" else model.embed(texts)
+
+
+def _refuse_truncated(encoded: Encoded) -> None:
+    """InputError for the first text longer than the model's maximum sequence (a cut text holds exactly that many
+    ids), with what to do about it."""
+    for i, (whole, ids) in enumerate(zip(encoded.lengths, encoded.ids, strict=True)):
+        if whole > len(ids):
+            raise InputError(f"text {i} has {whole} tokens; the model reads at most {len(ids)} (specials included): "
+                             f"shorten it, or send truncate: true to have it cut to the first {len(ids)}")
+
+
+def _by_model(batch: list[_Request], current: Servable | None) -> list[tuple[Servable | None, list[_Request]]]:
+    """The batch's requests grouped by the model that answers them (its own, else `current`), in arrival order."""
+    groups: dict[int, tuple[Servable | None, list[_Request]]] = {}
+    for request in batch:
+        model = request.model if request.model is not None else current
+        groups.setdefault(id(model), (model, []))[1].append(request)
+    return list(groups.values())

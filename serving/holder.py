@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -96,6 +97,8 @@ class ModelHolder:
         # go next instead of racing the batcher for the lock between two batches.
         self._model_lock = threading.Lock()
         self._turnstile = threading.Lock()
+        # called after each swap to a new version with (version, seconds to load and warm it): the API's metrics
+        self.on_swap: Callable[[str, float], None] | None = None
 
     @contextmanager
     def turn(self) -> Iterator[None]:
@@ -110,6 +113,13 @@ class ModelHolder:
             yield
 
     @contextmanager
+    def building(self) -> Iterator[None]:
+        """One build at a time, shared with the loads of pinned versions (serving/pinned.py): a swap waits for
+        such a load here, before it takes the batcher's turn, so it never holds the turn while a build runs."""
+        with self._lock:
+            yield
+
+    @contextmanager
     def _alone(self) -> Iterator[None]:
         with self._turnstile, self._model_lock, _collector_paused():
             yield
@@ -117,7 +127,7 @@ class ModelHolder:
     def ensure(self, version: str) -> bool:
         """Load, warm and swap in `version` (with its task models) unless it is already current; a
         current version whose task models changed gets them, in a new object. True if it swapped."""
-        with self._lock:
+        with self.building():
             current = self.current
             if current is not None and current.version == version:
                 tasks = self.load_tasks(version, current.tasks) if self.load_tasks else None
@@ -128,10 +138,19 @@ class ModelHolder:
                 return True
             folder = at_low_priority(lambda: self.resolve(version))
             with self._alone():
+                started = time.perf_counter()
                 loaded = self.load(version, folder, current)
                 if self.load_tasks is not None:
                     loaded = loaded.with_tasks(self.load_tasks(version, None))
                 loaded.warm()
                 self.current = loaded  # the flip: one reference assignment
-            log.info("serving %s", version)
+                seconds = time.perf_counter() - started
+            previous = current.version if current is not None else None
+            log.info("serving %s (was %s): loaded and warmed in %.3f s", version, previous or "nothing", seconds,
+                     extra={"event": "swap", "version": version, "previous": previous, "seconds": round(seconds, 4)})
+            if self.on_swap is not None:
+                try:
+                    self.on_swap(version, seconds)
+                except Exception:  # noqa: BLE001 - a metric must never undo a swap
+                    log.exception("on_swap failed for %s", version)
             return True

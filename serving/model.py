@@ -8,13 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
+from das_engine.answers import fill_mask_candidates, pooled
 from das_engine.endtask import served_max_tokens
 from das_engine.loading import load_masked_lm
-from das_engine.mlm import mean_pool
 from das_engine.units import resolve_units
 
 from .encoded import Encoded
@@ -110,12 +109,20 @@ class LoadedModel:
         return self.tokenizer.mask_token_id
 
     def encode(self, texts: list[str]) -> Encoded:
-        """Token ids per text (specials in, truncated); a text the tokenizer refuses is an InputError."""
+        """Token ids per text (specials in, cut to max_tokens) and each text's whole length (the tokenizer's own
+        count, specials in); a text the tokenizer refuses is an InputError. A text over max_tokens is tokenised
+        again with the tokenizer's truncation, so the cut is the tokenizer's (specials kept), not ours."""
         try:
-            ids = self.tokenizer(texts, truncation=True, max_length=self.max_tokens)["input_ids"]
+            whole = self.tokenizer(texts, truncation=False, verbose=False)["input_ids"]
+            long = [i for i, row in enumerate(whole) if len(row) > self.max_tokens]
+            cut = self.tokenizer([texts[i] for i in long], truncation=True,
+                                 max_length=self.max_tokens)["input_ids"] if long else []
         except Exception as err:  # noqa: BLE001 - the tokenizer's errors differ by kind; all are the texts' fault
             raise InputError(f"a text cannot be tokenised ({type(err).__name__}: {err})"[:300]) from None
-        return Encoded(tuple(tuple(row) for row in ids))
+        ids = list(whole)
+        for i, row in zip(long, cut, strict=True):
+            ids[i] = row
+        return Encoded(tuple(tuple(row) for row in ids), tuple(len(row) for row in whole))
 
     def check_fill_mask(self, texts: list[str], encoded: Encoded) -> None:
         """Raise InputError unless each text holds a mask token that survives truncation."""
@@ -154,16 +161,7 @@ class LoadedModel:
 
     def _fill_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, top_k: int) -> list[list[list[dict]]]:
         hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        where = input_ids == self.mask_token_id  # (B, T)
-        logits = self.mlm_head(hidden[where])  # hidden (B, T, D); only the masked positions: (N, V)
-        top = logits.topk(top_k, dim=-1)  # the softmax of the top k only: exp(logit - logsumexp)
-        probabilities = (top.values - logits.logsumexp(-1, keepdim=True)).exp()
-        answers: list[list[list[dict]]] = [[] for _ in range(input_ids.shape[0])]
-        rows = where.nonzero()[:, 0].tolist()
-        for row, values, ids in zip(rows, probabilities.tolist(), top.indices.tolist(), strict=True):
-            answers[row].append([{"token": self.token_text(i), "token_id": i, "score": round(v, 6)}
-                                 for v, i in zip(values, ids, strict=True)])
-        return answers
+        return fill_mask_candidates(hidden, input_ids, self.mask_token_id, self.mlm_head, top_k, self.token_text)
 
     @torch.inference_mode()
     def embed(self, texts: list[str] | Encoded) -> list[list[float]]:
@@ -178,5 +176,5 @@ class LoadedModel:
 
     def _pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return F.normalize(mean_pool(hidden, attention_mask), dim=-1)  # hidden: (B, T, D) -> (B, D)
+        return pooled(hidden, attention_mask)  # hidden: (B, T, D) -> (B, D)
 

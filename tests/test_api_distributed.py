@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import datetime
 
 import pytest
 from fastapi.testclient import TestClient
@@ -52,7 +53,7 @@ def test_same_scenario_with_celery_workers(distributed, small_corpus, code_docs,
         a, b = wait_for_job(client, first["job_id"]), wait_for_job(client, second["job_id"])
         assert (a["state"], a["version"], a["parent"]) == ("succeeded", "v0002", "v0001"), a
         assert (b["state"], b["version"], b["parent"]) == ("succeeded", "v0003", "v0002"), b
-        assert a["finished"] <= b["started"]
+        assert datetime.fromisoformat(a["finished"]) <= datetime.fromisoformat(b["started"])  # ISO-8601 times
         for api in (client, replica):  # both replicas converge on the new version
             wait_serving(api, "v0003")
             assert api.post("/v1/fill-mask", json=PROBE).json()["version"] == "v0003"

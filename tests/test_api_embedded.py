@@ -1,6 +1,7 @@
 """The service in embedded mode: the in-process worker, hot swap, rollback, graceful shutdown."""
 
 import time
+from datetime import datetime
 
 from fastapi.testclient import TestClient
 from service_helpers import upload, wait_for_job, wait_serving
@@ -23,7 +24,7 @@ def test_upload_adapt_swap_rollback_and_upload_again(service_settings, small_cor
         after = client.post("/v1/fill-mask", json=PROBE).json()
         assert after["version"] == "v0002" and after["results"] != before["results"]
         models = client.get("/v1/models").json()
-        assert [(m["id"], m["status"]) for m in models] == [("v0001", "candidate"), ("v0002", "active")]
+        assert [(m["id"], m["status"]) for m in models] == [("v0001", "retired"), ("v0002", "active")]
         assert models[1]["corpus"]["sha256"] == accepted["corpus_id"]
         # roll back, then learn another corpus on top of v0001
         assert client.post("/v1/models/v0001/activate").json()["status"] == "active"
@@ -58,7 +59,7 @@ def test_cancel_and_jobs_run_in_order(service_settings, small_corpus):
         assert client.delete(f"/v1/jobs/{third['job_id']}").status_code == 409
         a, b = wait_for_job(client, first["job_id"]), wait_for_job(client, second["job_id"])
         assert (a["version"], b["version"], b["parent"]) == ("v0002", "v0003", "v0002")  # a chain, in order
-        assert a["finished"] <= b["started"]  # never two at once
+        assert datetime.fromisoformat(a["finished"]) <= datetime.fromisoformat(b["started"])  # never two at once
         assert client.get(f"/v1/jobs/{third['job_id']}").json()["state"] == "cancelled"
         assert [m["id"] for m in client.get("/v1/models").json()] == ["v0001", "v0002", "v0003"]
 

@@ -46,7 +46,7 @@ def test_publish_activate_and_rollback(store, tmp_path, corpus_file, code_file):
     assert base.id == "v0001" and base.parent is None and base.status == "active" and base.domain is None
     v2 = _adapt(store, corpus_file, "legal", tmp_path)
     assert (v2.id, v2.parent, v2.status, v2.domain) == ("v0002", "v0001", "active", "legal")
-    assert store.manifest("v0001").status == "candidate"
+    assert store.manifest("v0001").status == "retired"  # it was active; the pointer moved on
     assert v2.corpus.sha256 and v2.corpus.documents > 0 and v2.corpus.size == corpus_file.stat().st_size
     assert store.corpus_path(v2.corpus.sha256).read_bytes() == corpus_file.read_bytes()
     assert v2.settings["steps"] == 4 and v2.metrics["steps"] == 4 and v2.package_version
@@ -66,7 +66,7 @@ def test_publish_activate_and_rollback(store, tmp_path, corpus_file, code_file):
     trained_against = load_file(str(store.importance_file("v0004", "importance_in")))
     assert all(torch.equal(handed_on[k], trained_against[k]) for k in handed_on)
     assert [m.id for m in store.versions()] == ["v0001", "v0002", "v0003", "v0004"]
-    assert [m.status for m in store.versions()] == ["candidate", "candidate", "candidate", "active"]
+    assert [m.status for m in store.versions()] == ["retired", "retired", "retired", "active"]  # each was active
 
 
 def test_candidate_publish_keeps_the_active_version(store, tmp_path, corpus_file):

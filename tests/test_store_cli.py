@@ -33,7 +33,7 @@ def test_versions_and_show(cli_store):
     _, store = cli_store
     listed = json.loads(_ok(["versions", "--store", store, "--json"]))
     assert [(v["id"], v["parent"], v["status"], v["domain"]) for v in listed] == [
-        ("v0001", None, "candidate", None), ("v0002", "v0001", "candidate", "legal"),
+        ("v0001", None, "retired", None), ("v0002", "v0001", "retired", "legal"),
         ("v0003", "v0002", "active", "code")]
     assert "v0003" in _ok(["versions", "--store", store])
     shown = json.loads(_ok(["show", "v0002", "--store", store]))

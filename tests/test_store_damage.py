@@ -180,7 +180,7 @@ def test_a_missing_pointer_answers_503_saying_why_until_repair(store, service_se
         assert "ACTIVE is missing" in ready.json()["problem"] and "das repair" in ready.json()["problem"]
         current = client.get("/v1/models/current")
         assert current.status_code == 503 and "ACTIVE is missing" in current.json()["detail"]
-        assert [m["status"] for m in client.get("/v1/models").json()] == ["candidate"] * 3
+        assert [m["status"] for m in client.get("/v1/models").json()] == ["retired", "retired", "candidate"]
         assert store.ids() == ["v0001", "v0002", "v0003"]  # start-up created no new base
         code, found = _repair("--store", str(store.backend.root), "--work-dir", str(service_settings.work_dir))
         assert code == 0 and found["ACTIVE"]["fix"].startswith("point it at v0003") and found["ACTIVE"]["fixed"]

@@ -45,7 +45,7 @@ def test_s3_store_publish_activate_rollback_and_integrity(s3_endpoint, redis_url
     with pytest.raises(LineageError):
         other.publish(PublishRequest(folder=roberta_dir, parent="v0001", domain="late", base_model="tiny-roberta"))
     other.activate("v0001")
-    assert store.active_id() == "v0001" and store.manifest("v0002").status == "candidate"
+    assert store.active_id() == "v0001" and store.manifest("v0002").status == "retired"
     # a writer that died mid-upload left objects without a manifest: invisible, then cleaned up
     store.backend.write_atomic("versions/v0003/model.safetensors", b"partial")
     assert store.ids() == ["v0001", "v0002"]

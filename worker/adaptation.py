@@ -90,6 +90,9 @@ def adapt_version(store: ModelStore, parent: str, corpus: CorpusInfo, domain: st
                                  metrics=training_summary(result.metrics), request_id=request_id,
                                  status="rejected" if gate.rejected else "candidate", evaluation=gate.evaluation)
         manifest = store.publish(request, activate=False)
+        log.info("published %s from %s (domain %s, %d steps) as %s", manifest.id, parent, domain, config.steps,
+                 manifest.status, extra={"event": "publish", "version": manifest.id, "parent": parent,
+                                         "domain": domain, "status": manifest.status, "job_id": request_id})
         publish_probes(store, manifest.id, gate.probes)
     shutil.rmtree(work, ignore_errors=True)
     if gate.rejected:
@@ -118,7 +121,10 @@ def finish_publication(store: ModelStore, manifest: Manifest, activate: bool, de
     if not activate or manifest.status == "rejected":
         return store.manifest(manifest.id)
     try:
-        return store.activate(manifest.id, expected_active=manifest.parent)
+        activated = store.activate(manifest.id, expected_active=manifest.parent)
+        log.info("activated %s", manifest.id, extra={"event": "activate", "version": manifest.id,
+                                                     "parent": manifest.parent})
+        return activated
     except LineageError as err:
         log.warning("published %s as a candidate: %s", manifest.id, err)
         return store.manifest(manifest.id)

@@ -6,12 +6,15 @@ Start it with `das worker --broker redis://...`; the task runs worker.jobs.run_j
 from __future__ import annotations
 
 import logging
+import os
 import time
 from functools import lru_cache
 
 from celery import signals
 
 from das_settings import get_settings
+from das_settings.environment import warn_unknown_variables
+from das_settings.logs import configure_logging
 
 from .context import Outcome
 from .jobs import run_job
@@ -43,6 +46,19 @@ def _context():
         send_job(celery, settings, job_id)
 
     return build_worker_context(settings, submit=submit)
+
+
+@signals.setup_logging.connect
+def _configure_logging(**_) -> None:
+    """Our handler and format (DAS_LOG_LEVEL, DAS_LOG_FORMAT) instead of Celery's: connecting this signal keeps
+    Celery from configuring logging itself, and its own loggers write through the same handler."""
+    configure_logging(get_settings())
+
+
+@signals.worker_ready.connect
+def _report_unknown_variables(**_) -> None:
+    """A mistyped DAS_ variable is named (a WARNING with the nearest setting), not ignored in silence."""
+    warn_unknown_variables(os.environ)
 
 
 @signals.worker_ready.connect

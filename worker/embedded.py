@@ -26,6 +26,8 @@ class EmbeddedWorker:
         pending = [j for j in reversed(self.ctx.jobs.list(limit=10_000)) if j.state in PENDING]
         for job in pending:  # oldest first: a job interrupted by a shutdown resumes from its checkpoint
             self.queue.put(job.id)
+        log.info("embedded worker started; %d pending jobs resume", len(pending),
+                 extra={"event": "worker_start", "pending": len(pending)})
         self.thread.start()
 
     def submit(self, job_id: str) -> None:

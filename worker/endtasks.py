@@ -122,6 +122,11 @@ def publish_fitted(store: ModelStore, tasks: TaskStore, version: str, fitted: Fi
     if fitted.scores:
         store.record_task_score(version, definition.name, {**fitted.scores, "kind": definition.kind,
                                                            "generation": definition.generation})
+    score = fitted.scores.get("macro_f1")
+    log.info("fitted task %s (%s) on %s in %.1f s: macro-F1 %s", definition.name, definition.kind, version,
+             fitted.fit_seconds, score if score is not None else "- (no eval set)",
+             extra={"event": "fit", "task": definition.name, "task_kind": definition.kind, "version": version,
+                    "seconds": round(fitted.fit_seconds, 3), "macro_f1": score})
     return record
 
 
@@ -294,10 +299,28 @@ def gate_candidate(store: ModelStore, candidate_folder: Path, parent: str, work:
             scores[definition.name] = {**fitted.scores, "kind": "probe", "generation": definition.generation}
             decisions.append(decision)
             records.append(record)
+            _log_decision(parent, decision, record["reference"]["version"], force)
     rejected = [] if force else [d for d in decisions if d.rejected]
     gate = {"max_drop": max_drop, "forced": force, "rejected": bool(rejected), "against": "best on the lineage",
             "parent": parent, "decisions": records, "unscored": unscored}
+    log.info("forgetting gate on a candidate from %s: %s (%d tasks scored, %d unscored%s)", parent,
+             "rejected" if rejected else "accepted", len(decisions), len(unscored), ", forced" if force else "",
+             extra={"event": "gate", "parent": parent, "rejected": bool(rejected), "forced": force,
+                    "scored": len(decisions), "unscored": len(unscored)})
     return GateResult({"tasks": scores, "gate": gate}, probes, rejected)
+
+
+def _log_decision(parent: str, decision: endtask.GateDecision, reference: str, force: bool) -> None:
+    """One task's gate decision, with the scores that made it (macro-F1 in points)."""
+    outcome = "rejected" if decision.rejected else "accepted"
+    log.info("forgetting gate on a candidate from %s: task %s %s%s: macro-F1 %.1f on the candidate, %.1f on the "
+             "reference %s (drop %.1f, noise %.1f, limit %.1f)", parent, decision.task, outcome,
+             " (overridden by force)" if force and decision.rejected else "", decision.candidate_f1,
+             decision.reference_f1, reference, decision.drop, decision.noise, decision.max_drop,
+             extra={"event": "gate_decision", "parent": parent, "task": decision.task, "decision": outcome,
+                    "forced": force, "reference": reference, "reference_f1": round(decision.reference_f1, 3),
+                    "candidate_f1": round(decision.candidate_f1, 3), "drop": round(decision.drop, 3),
+                    "noise": round(decision.noise, 3), "max_drop": decision.max_drop})
 
 
 class CandidateJudge:

@@ -21,15 +21,17 @@ from job_records import TERMINAL, Job
 from model_store.locks import StoreLocked
 
 from .adaptation import GateRejected, finish_publication, run_adapt_job
+from .batch_predict import run_predict_job
 from .context import JobStopped, Outcome, Superseded, WorkerContext
 from .endtasks import run_fit_job
 from .progress import ProgressReporter
 
 log = logging.getLogger(__name__)
 
-# kind -> the work itself: returns the version it published, or raises JobStopped
+# kind -> the work itself: returns the version it published (fitted on, answered with), or raises JobStopped
 JOB_KINDS: dict[str, Callable[[Job, WorkerContext, ProgressReporter], str]] = {"adapt": run_adapt_job,
-                                                                              "fit": run_fit_job}
+                                                                              "fit": run_fit_job,
+                                                                              "predict": run_predict_job}
 # failures worth another attempt: the world may be different next time
 TRANSIENT = (StoreLocked, ConnectionError, TimeoutError, redis.exceptions.ConnectionError,
              redis.exceptions.TimeoutError)
@@ -40,17 +42,18 @@ INVALID_INPUT = (CorpusError, ValueError)
 def run_job(job_id: str, ctx: WorkerContext) -> Outcome:
     job = ctx.jobs.get(job_id)
     if job is None or job.state in TERMINAL:
+        if job is not None:  # say, cancelled while it was queued: the cancel route ended it, nothing to run
+            log.info("job %s is %s already: not run", job_id, job.state, extra=_fields(job, "job_skipped"))
         return Outcome.DONE
     if job.cancel_requested:
-        ctx.jobs.update(job_id, state="cancelled", finished=time.time())
-        return Outcome.DONE
+        return _end(ctx, job_id, "cancelled")
     published = ctx.store.find_by_request(job_id) if job.kind == "adapt" else None
     if published is not None:  # it published, then its worker died before it finished: finish, once
         if published.status == "rejected":
             return _end(ctx, job_id, "rejected", str(GateRejected(published.id, "see its manifest's evaluation")))
         finish_publication(ctx.store, published, activate=True, device=ctx.device)
-        ctx.jobs.update(job_id, state="succeeded", version=published.id, parent=published.parent,
-                        finished=time.time())
+        _log_end(ctx.jobs.update(job_id, state="succeeded", version=published.id, parent=published.parent,
+                                 finished=time.time()))
         ctx.on_published(published.id)
         return Outcome.DONE
     first = ctx.jobs.earliest_pending()
@@ -91,13 +94,19 @@ def _run_claimed(job_id: str, ctx: WorkerContext) -> Outcome:
         return Outcome.WAIT
     job = ctx.jobs.update(job_id, state="running", attempts=attempts, started=job.started or time.time(),
                           parent=parent)
+    log.info("job %s started: %s %s on %s (attempt %d of %d)", job_id, job.kind, _subject(job), parent, attempts,
+             ctx.max_attempts, extra=_fields(job, "job_start", attempt=attempts))
+    attempt_started = time.monotonic()
     reporter = ProgressReporter(ctx, job_id)
     try:
         version = work(job, ctx, reporter)
     except JobStopped:  # by the user, or by a shutdown that leaves it resumable
         if reporter.cancelled:
             return _end(ctx, job_id, "cancelled")
-        ctx.jobs.update(job_id, state="queued", attempts=attempts - 1)
+        job = ctx.jobs.update(job_id, state="queued", attempts=attempts - 1)
+        seconds = time.monotonic() - attempt_started
+        log.info("job %s stopped by a shutdown after %.1f s: back in the queue, it resumes from its checkpoint",
+                 job_id, seconds, extra=_fields(job, "job_requeued", seconds=round(seconds, 3)))
         return Outcome.RETRY
     except Superseded as err:
         return _end(ctx, job_id, "cancelled", str(err))
@@ -113,7 +122,7 @@ def _run_claimed(job_id: str, ctx: WorkerContext) -> Outcome:
     except Exception as err:  # noqa: BLE001 - deterministic: another attempt would fail the same way
         log.exception("job %s failed", job_id)
         return _end(ctx, job_id, "failed", f"{type(err).__name__}: {err}")
-    ctx.jobs.update(job_id, state="succeeded", version=version, finished=time.time(), error=None)
+    _log_end(ctx.jobs.update(job_id, state="succeeded", version=version, finished=time.time(), error=None))
     ctx.on_published(version)
     return Outcome.DONE
 
@@ -122,5 +131,26 @@ def _end(ctx: WorkerContext, job_id: str, state: str, error: str | None = None) 
     fields = {"state": state, "finished": time.time()}
     if error is not None:
         fields["error"] = error
-    ctx.jobs.update(job_id, **fields)
+    _log_end(ctx.jobs.update(job_id, **fields))
     return Outcome.DONE
+
+
+def _subject(job: Job) -> str | None:
+    """What a job works on: the domain of an adaptation, the task of a fit."""
+    return job.domain if job.kind == "adapt" else job.task
+
+
+def _fields(job: Job, event: str, **more: object) -> dict[str, object]:
+    """The structured fields of a job's log lines (JSON logs carry them; see das_settings.logs)."""
+    return {"event": event, "job_id": job.id, "kind": job.kind, "domain": job.domain, "task": job.task,
+            "parent": job.parent, "version": job.version, "state": job.state, **more}
+
+
+def _log_end(job: Job) -> None:
+    """A job ended: how, on what, and how long it took since it first started (its record's started..finished)."""
+    seconds = job.finished - job.started if job.started is not None and job.finished is not None else None
+    took = f" in {seconds:.1f} s" if seconds is not None else " before it started"
+    log.info("job %s %s: %s %s on %s -> %s%s%s", job.id, job.state, job.kind, _subject(job), job.parent, job.version,
+             took, f": {job.error}" if job.error and job.state != "succeeded" else "",
+             extra=_fields(job, "job_end", seconds=round(seconds, 3) if seconds is not None else None,
+                           error=job.error))

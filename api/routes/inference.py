@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import struct
 
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import Response
@@ -12,7 +14,8 @@ from das_engine.texts import unicode_problem
 from serving.errors import InputError, NotReady, QueueFull
 
 from ..deps import ServiceDep
-from ..schemas import EmbeddingsOut, FillMaskIn, FillMaskOut, TextsIn
+from ..schemas import EmbeddingsIn, EmbeddingsOut, FillMaskIn, FillMaskOut, OpenAIEmbeddingsOut
+from .aliases import VersionQuery, served_version
 
 router = APIRouter(prefix="/v1", tags=["inference"])  # the inference token: api.deps.read_auth, app-wide
 
@@ -39,20 +42,24 @@ def _check_limits(service, kind: str, texts: list[str]) -> None:
                                      f"{settings.max_masks_per_request} per request (DAS_MAX_MASKS_PER_REQUEST)")
 
 
-async def _answer(service, kind: str, texts: list[str], top_k: int = 5):
+async def _answer(service, kind: str, texts: list[str], top_k: int = 5, truncate: bool = False, model=None):
+    """(version, answers, the batcher's Answer: `truncated` per text and `tokens`); a text over the model's
+    maximum sequence is a 422 unless `truncate` or DAS_AUTO_TRUNCATE."""
     _check_limits(service, kind, texts)
     settings = service.settings
     try:
         future = service.batcher.submit(kind, texts, top_k, max_tokens=settings.max_request_tokens,
-                                        max_masks=settings.max_masks_per_request)
+                                        max_masks=settings.max_masks_per_request,
+                                        truncate=truncate or settings.auto_truncate, model=model)
     except QueueFull:
         raise HTTPException(503, "too many requests are waiting; retry shortly", headers={"Retry-After": "1"}) from None
     try:
-        return await asyncio.wrap_future(future)
+        version, answers = await asyncio.wrap_future(future)
     except InputError as err:
         raise HTTPException(422, str(err)) from None
     except NotReady as err:
         raise HTTPException(503, str(err), headers={"Retry-After": "2"}) from None
+    return version, answers, future
 
 
 def _json(body: dict) -> Response:
@@ -62,14 +69,36 @@ def _json(body: dict) -> Response:
 
 
 @router.post("/fill-mask", response_model=FillMaskOut)
-async def fill_mask(*, service: ServiceDep, body: FillMaskIn) -> Response:
+async def fill_mask(*, service: ServiceDep, body: FillMaskIn, version: VersionQuery = None) -> Response:
     """Top-k tokens for every mask token in each text (use the model's mask token, see /v1/models/current)."""
-    version, results = await _answer(service, "fill_mask", body.texts, body.top_k)
-    return _json({"version": version, "results": results})
+    model = await served_version(service, version, body.version)
+    version, results, seen = await _answer(service, "fill_mask", body.texts, body.top_k, body.truncate, model)
+    return _json({"version": version, "results": results, "truncated": seen.truncated})
 
 
-@router.post("/embeddings", response_model=EmbeddingsOut)
-async def embeddings(*, service: ServiceDep, body: TextsIn) -> Response:
-    """Mean-pooled, L2-normalised last hidden states."""
-    version, vectors = await _answer(service, "embed", body.texts)
-    return _json({"version": version, "dimensions": len(vectors[0]), "embeddings": vectors})
+@router.post("/embeddings", response_model=EmbeddingsOut | OpenAIEmbeddingsOut)
+async def embeddings(*, service: ServiceDep, body: EmbeddingsIn, version: VersionQuery = None) -> Response:
+    """Mean-pooled, L2-normalised last hidden states. Sent OpenAI's form ({"input", "model"}), the answer has
+    OpenAI's shape ({"object": "list", "data", "model", "usage"}) plus `version` and `truncated`."""
+    model = await served_version(service, version, _named_in_body(body))
+    version, vectors, seen = await _answer(service, "embed", body.items, truncate=body.truncate, model=model)
+    if not body.openai:
+        return _json({"version": version, "dimensions": len(vectors[0]), "embeddings": vectors,
+                      "truncated": seen.truncated})
+    return _json({"object": "list", "model": version, "version": version, "truncated": seen.truncated,
+                  "data": [{"object": "embedding", "index": i,
+                            "embedding": _base64_floats(v) if body.encoding_format == "base64" else v}
+                           for i, v in enumerate(vectors)],
+                  "usage": {"prompt_tokens": seen.tokens, "total_tokens": seen.tokens}})
+
+
+def _base64_floats(vector: list[float]) -> str:
+    """OpenAI's base64 embedding: the vector as little-endian float32 bytes."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+
+
+def _named_in_body(body: EmbeddingsIn) -> str | None:
+    """The version the body names: OpenAI's `model` means what `version` means (an id or an alias)."""
+    if body.model is not None and body.version is not None and body.model != body.version:
+        raise HTTPException(422, f"model {body.model!r} and version {body.version!r} differ; send one of them")
+    return body.model if body.model is not None else body.version

@@ -7,25 +7,28 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from model_store import importance_history as history
-from model_store.manifest import Manifest
-from model_store.names import InvalidName
+from model_store.aliases import AliasStore
+from model_store.manifest import STATUSES, Manifest
+from model_store.names import InvalidName, domain_name, version_number
 from model_store.store import CorruptVersion, DamagedVersion, StoreError, VersionNotFound
 from worker.task_registry import queue_missing_fits
 
 from ..deps import ManagementAuth, ServiceDep
 from ..schemas import ActivatedOut, CurrentModel, ModelOut, schema_of
+from .jobs import Cursor, Limit, decode_cursor, page
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 DamagedOut = schema_of(DamagedVersion, "DamagedOut")
 
 
-def _out(manifest: Manifest) -> ModelOut:
-    return ModelOut(**dataclasses.asdict(manifest))
+def _out(manifest: Manifest, aliases: dict[str, list[str]]) -> ModelOut:
+    """A version as the API shows it; `aliases`: version id -> its aliases (AliasStore.by_version, read once)."""
+    return ModelOut(**dataclasses.asdict(manifest), aliases=aliases.get(manifest.id, []))
 
 
 def _manifest(service, version: str) -> Manifest:
@@ -40,13 +43,28 @@ def _manifest(service, version: str) -> Manifest:
 
 
 @router.get("", response_model=list[ModelOut])
-def list_models(*, service: ServiceDep, response: Response) -> list[ModelOut]:
-    """Every healthy version, oldest first, with parent and status; damaged ones are named in the
+def list_models(
+    *, service: ServiceDep, request: Request, response: Response, limit: Limit = 100, cursor: Cursor = None,
+    status: Annotated[str | None, Query(description=f"only versions with this status: {', '.join(STATUSES)}")] = None,
+    domain: Annotated[str | None, Query(description="only versions adapted to this domain")] = None,
+) -> list[ModelOut]:
+    """Healthy versions, oldest first, with parent and status, filtered before paging; the next page's cursor is
+    in X-Next-Cursor, its URL in Link (rel="next"), both absent on the last page. Damaged ones are named in the
     X-Damaged-Versions header and described by GET /v1/models/damaged."""
+    if status is not None and status not in STATUSES:
+        raise HTTPException(422, f"unknown status {status!r}; allowed: {', '.join(STATUSES)}")
+    try:
+        domain = domain_name(domain) if domain is not None else None
+    except InvalidName as err:
+        raise HTTPException(422, str(err)) from None
+    after = decode_cursor(cursor, "models", version_number) if cursor is not None else 0
     healthy, damaged = service.store.scan()
     if damaged:
         response.headers["X-Damaged-Versions"] = ",".join(d.id for d in damaged)
-    return [_out(m) for m in healthy]
+    kept = [m for m in healthy if version_number(m.id) > after and (status is None or m.status == status)
+            and (domain is None or m.domain == domain)]
+    aliases = AliasStore(service.store).by_version()
+    return [_out(m, aliases) for m in page(request, response, "models", kept[:limit + 1], limit, lambda m: m.id)]
 
 
 @router.get("/damaged", response_model=list[DamagedOut])
@@ -67,13 +85,15 @@ def current_model(*, service: ServiceDep) -> CurrentModel:
         raise HTTPException(503, service.store.pointer_problem() or "the store has no active version yet")
     serving = service.holder.current
     return CurrentModel(**dataclasses.asdict(active), serving=serving.version if serving else None,
-                        mask_token=serving.mask_token if serving else None)
+                        mask_token=serving.mask_token if serving else None,
+                        aliases=AliasStore(service.store).by_version().get(active.id, []),
+                        loaded=service.pinned.loaded())
 
 
 @router.get("/{version}", response_model=ModelOut)
 def get_model(*, service: ServiceDep, version: str) -> ModelOut:
-    """One version's manifest."""
-    return _out(_manifest(service, version))
+    """One version's manifest, with its aliases."""
+    return _out(_manifest(service, version), AliasStore(service.store).by_version())
 
 
 @router.get("/{version}/importance", responses={200: {"content": {"image/png": {}}}})
@@ -103,4 +123,5 @@ def activate_model(*, service: ServiceDep, version: str) -> ActivatedOut:
         raise HTTPException(409, str(err)) from None
     service.activated(version)
     jobs = queue_missing_fits(service.store, service.jobs, version, service.submit)
-    return ActivatedOut(**dataclasses.asdict(manifest), fit_jobs=[job.id for job in jobs])
+    return ActivatedOut(**dataclasses.asdict(manifest), fit_jobs=[job.id for job in jobs],
+                        aliases=AliasStore(service.store).by_version().get(version, []))

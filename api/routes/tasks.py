@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Form, HTTPException, Request, UploadFile
+from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
@@ -16,7 +16,7 @@ from das_engine.task_data import TaskDataError, TaskSettings
 from job_records import PENDING, Job, cancel_fields
 from model_store.names import InvalidName
 from model_store.store import StoreError
-from model_store.tasks import TaskDefinition, TaskExists, TaskNotFound, TaskStore, task_name
+from model_store.tasks import TASK_KINDS, TaskDefinition, TaskExists, TaskNotFound, TaskStore, task_name
 from serving.errors import InputError, NotReady, QueueFull, TaskNotServed
 from worker.task_registry import (
     check_fit_work,
@@ -29,9 +29,10 @@ from worker.task_registry import (
 from ..deps import ManagementAuth, ServiceDep
 from ..schemas import FitOut, PredictIn, PredictOut, TaskAccepted, TaskOut, TaskPredictOut
 from ..service import UPLOADS
+from .aliases import VersionQuery, served_version
 from .corpora import CHUNK, safe_filename, setting_form_fields
 from .inference import _check_limits, _json
-from .jobs import queue_job
+from .jobs import Cursor, Limit, decode_cursor, page, queue_job
 
 router = APIRouter(prefix="/v1", tags=["tasks"])
 SETTING_FIELDS = [f.name for f in dataclasses.fields(TaskSettings)]
@@ -162,14 +163,23 @@ def _out(service, definition: TaskDefinition, fits: list[Job] | None = None) -> 
 
 
 @router.get("/tasks", response_model=list[TaskOut])
-def list_tasks(*, service: ServiceDep, response: Response) -> list[TaskOut]:
-    """Every registered task, with its scores on each backbone version it was fitted on. Tasks whose definition
-    cannot be read are named in the X-Damaged-Tasks header (GET or DELETE them by name)."""
+def list_tasks(
+    *, service: ServiceDep, request: Request, response: Response, limit: Limit = 100, cursor: Cursor = None,
+    kind: Annotated[str | None, Query(description=f"only tasks of this kind: {', '.join(TASK_KINDS)}")] = None,
+) -> list[TaskOut]:
+    """Registered tasks by name, with their scores on each backbone version they were fitted on, filtered before
+    paging; the next page's cursor is in X-Next-Cursor, its URL in Link (rel="next"), both absent on the last page.
+    Tasks whose definition cannot be read are named in the X-Damaged-Tasks header (GET or DELETE them by name)."""
+    if kind is not None and kind not in TASK_KINDS:
+        raise HTTPException(422, f"unknown kind {kind!r}; allowed: {', '.join(TASK_KINDS)}")
+    after = decode_cursor(cursor, "tasks", task_name) if cursor is not None else ""
     definitions, damaged = _tasks(service).scan()
     if damaged:
         response.headers["X-Damaged-Tasks"] = ",".join(sorted(damaged))
+    kept = [d for d in definitions if d.name > after and (kind is None or d.kind == kind)]
+    kept = page(request, response, "tasks", kept[:limit + 1], limit, lambda d: d.name)
     fits = fit_jobs(service.jobs)  # one read of the job records for every task
-    return [_out(service, d, fits) for d in definitions]
+    return [_out(service, d, fits) for d in kept]
 
 
 @router.get("/tasks/{name}", response_model=TaskOut)
@@ -218,21 +228,28 @@ def _not_served(service, name: str, current) -> HTTPException:
                               "to fit it on the active version, or delete it")
 
 
-async def _predict(service, texts: list[str], names: list[str]) -> tuple[str, dict[str, Any]]:
+async def _predict(service, texts: list[str], names: list[str], truncate: bool = False,
+                   model=None) -> tuple[str, dict[str, Any]]:
+    """(version, {"results", "task_models", "truncated"}); a text over the model's maximum sequence is a 422 unless
+    `truncate` or DAS_AUTO_TRUNCATE. `model`: the version the request names (aliases.served_version), with its own
+    task models; None: the one serving."""
     _check_limits(service, "predict", texts)
-    current = service.holder.current
+    current = model if model is not None else service.holder.current
     missing = [n for n in names if current is None or n not in current.tasks.tasks]
     for name in missing:
         raise await run_in_threadpool(_not_served, service, name, current)
     try:
         future = service.batcher.submit("predict", texts, max_tokens=service.settings.max_request_tokens,
-                                        tasks=tuple(names))
+                                        tasks=tuple(names), truncate=truncate or service.settings.auto_truncate,
+                                        model=model)
     except QueueFull:
         raise HTTPException(503, "too many requests are waiting; retry shortly", headers={"Retry-After": "1"}) from None
     try:
-        return await asyncio.wrap_future(future)
+        version, answers = await asyncio.wrap_future(future)
+        return version, {**answers, "truncated": future.truncated}
     except TaskNotServed as err:  # the version swapped under the request, to one without that task's model
-        raise (await run_in_threadpool(_not_served, service, names[0], service.holder.current)
+        raise (await run_in_threadpool(_not_served, service, names[0],
+                                       model if model is not None else service.holder.current)
                if err.pending else HTTPException(409 if err.damaged else 404, str(err))) from None
     except InputError as err:
         raise HTTPException(422, str(err)) from None
@@ -241,22 +258,24 @@ async def _predict(service, texts: list[str], names: list[str]) -> tuple[str, di
 
 
 @router.post("/tasks/{name}/predict", response_model=TaskPredictOut)
-async def predict_task(*, service: ServiceDep, name: str, body: PredictIn) -> Response:
+async def predict_task(*, service: ServiceDep, name: str, body: PredictIn, version: VersionQuery = None) -> Response:
     """One task's label and a score per label for each text, with the backbone version and task model that answered."""
-    version, answers = await _predict(service, body.texts, [name])
+    model = await served_version(service, version, body.version)
+    version, answers = await _predict(service, body.texts, [name], body.truncate, model)
     return _json({"version": version, "task": name, "task_model": answers["task_models"][name],
-                  "results": [per_text[name] for per_text in answers["results"]]})
+                  "results": [per_text[name] for per_text in answers["results"]], "truncated": answers["truncated"]})
 
 
 @router.post("/predict", response_model=PredictOut)
-async def predict_tasks(*, service: ServiceDep, body: PredictIn) -> Response:
+async def predict_tasks(*, service: ServiceDep, body: PredictIn, version: VersionQuery = None) -> Response:
     """Several tasks from one backbone pass (`tasks` omitted: every task served now)."""
+    model = await served_version(service, version, body.version)
     names = body.tasks
     if names is None:
-        current = service.holder.current
+        current = model if model is not None else service.holder.current
         names = sorted(current.tasks.tasks) if current is not None else []
         if not names:
             raise HTTPException(409, "no end task is served yet; register one with POST /v1/tasks",
                                 headers={"Retry-After": str(RETRY_FITTING_S)})
-    version, answers = await _predict(service, body.texts, list(dict.fromkeys(names)))
+    version, answers = await _predict(service, body.texts, list(dict.fromkeys(names)), body.truncate, model)
     return _json({"version": version, **answers})

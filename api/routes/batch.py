@@ -1,0 +1,137 @@
+"""Batch predictions: a JSONL file too large for one request, answered line by line by a job.
+
+The inference token suffices (app-wide, api.main): a batch answers texts exactly as POST /v1/predict,
+/v1/embeddings and /v1/fill-mask do, changes no version or task, and stores only its own input and answers.
+The same token cancels it (DELETE here; DELETE /v1/jobs/{id} needs the management token, being for any job).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, HTTPException, UploadFile
+from fastapi.concurrency import run_in_threadpool
+
+from das_engine.batch_input import BatchInputError, BatchLine, read_batch_input
+from job_records import TERMINAL, cancel_fields
+from job_records.job import AnswerKind, PredictRequest
+from model_store.names import InvalidName
+from model_store.tasks import TaskStore, task_name
+
+from ..deps import ServiceDep
+from ..schemas import BatchAccepted, JobOut
+from ..service import UPLOADS
+from .corpora import CHUNK, safe_filename
+from .jobs import queue_job
+
+router = APIRouter(prefix="/v1/batch-predictions", tags=["batch predictions"])
+
+
+@router.post("", status_code=202, response_model=BatchAccepted)
+async def create_batch_prediction(
+    *, service: ServiceDep,
+    file: Annotated[UploadFile, File(description='UTF-8 JSONL, one {"text": ..., "id": ...} object per line '
+                                                 '("id" is optional: the line number by default)')],
+    kind: Annotated[AnswerKind, Form(description="what each line gets: predict (end-task labels), embed (an "
+                                                 "embedding) or fill_mask (top_k tokens per mask)")] = "predict",
+    tasks: Annotated[str | None, Form(description="kind predict: the end tasks to answer, comma separated "
+                                                  "(omitted: every task served now)")] = None,
+    top_k: Annotated[int, Form(ge=1, le=50, description="kind fill_mask: candidates per mask token")] = 5,
+    truncate: Annotated[bool, Form(description="cut a text longer than the model's maximum sequence to it (its "
+                                               "answer says `truncated`); false: such a line gets an error instead "
+                                               "of an answer, unless the service runs with DAS_AUTO_TRUNCATE=true")
+                        ] = False,
+) -> BatchAccepted:
+    """Check the whole file, store it, and queue a job that answers every line with the version active when the job
+    starts; nothing is stored or queued unless every line is valid (a 422 names the first bad one)."""
+    names = await run_in_threadpool(_task_names, service, kind, tasks)
+    with tempfile.TemporaryDirectory(dir=_tmp_root(service)) as tmp:
+        path = await _save(service, file, Path(tmp) / "input.jsonl")
+        try:
+            lines = await run_in_threadpool(read_batch_input, path.read_bytes(),
+                                            max_lines=service.settings.max_batch_prediction_lines,
+                                            max_chars=service.settings.max_text_chars)
+        except BatchInputError as err:
+            raise HTTPException(422, f"{safe_filename(file.filename or 'the file')}: {err}") from None
+        if kind == "fill_mask":
+            _check_masks(service, lines)
+        await run_in_threadpool(service.jobs.ping)  # records away: 503 before anything is stored
+        sha = await run_in_threadpool(service.store.put_blob, path)
+    cut = truncate or service.settings.auto_truncate  # decided now: the job answers as its upload was told
+    job = service.jobs.create(PredictRequest(sha, len(lines), kind, tuple(names), top_k,
+                                             safe_filename(file.filename or "input.jsonl"), truncate=cut))
+    queue_job(service, job.id, retry="upload the file again later")
+    return BatchAccepted(job_id=job.id, lines=len(lines), kind=kind, tasks=names, input_sha256=sha, truncate=cut)
+
+
+@router.delete("/{job_id}", response_model=JobOut)
+def cancel_batch_prediction(*, service: ServiceDep, job_id: str) -> JobOut:
+    """Cancel a batch prediction: a queued one at once, a running one after its current batch of lines."""
+    job = service.jobs.get(job_id)
+    if job is None:
+        raise HTTPException(404, f"no job {job_id}")
+    if job.kind != "predict":
+        raise HTTPException(409, f"job {job_id} is a {job.kind} job, not a batch prediction; cancel it with "
+                                 f"DELETE /v1/jobs/{job_id} (management token)")
+    if job.state in TERMINAL:
+        raise HTTPException(409, f"job {job_id} already ended ({job.state})")
+    return JobOut(**dataclasses.asdict(service.jobs.update(job_id, **cancel_fields(job))))
+
+
+def _task_names(service, kind: str, tasks: str | None) -> list[str]:
+    """The tasks a predict batch answers: those named (each registered), or every task served now."""
+    if kind != "predict":
+        if tasks is not None:
+            raise HTTPException(422, f"tasks apply to kind predict only, not {kind}; leave the field out")
+        return []
+    if tasks is None:
+        current = service.holder.current
+        names = sorted(current.tasks.tasks) if current is not None else []
+        if not names:
+            raise HTTPException(409, "no end task is served yet; register one with POST /v1/tasks, or name the "
+                                     "tasks to answer", headers={"Retry-After": "5"})
+        return names
+    names = list(dict.fromkeys(t.strip() for t in tasks.split(",") if t.strip()))
+    if not names:
+        raise HTTPException(422, "tasks names no task; give task names separated by commas, or leave the field out")
+    store = TaskStore(service.store)
+    for name in names:
+        try:
+            registered = store.exists(task_name(name))
+        except InvalidName as err:
+            raise HTTPException(422, f"tasks: {err}") from None
+        if not registered:
+            raise HTTPException(422, f"tasks: no task {name!r} is registered (GET /v1/tasks lists them)")
+    return names
+
+
+def _check_masks(service, lines: list[BatchLine]) -> None:
+    """Kind fill_mask: every line holds the mask token of the version serving now."""
+    current = service.holder.current
+    if current is None:
+        raise HTTPException(503, "no version is loaded yet, so the mask token is unknown; retry shortly",
+                            headers={"Retry-After": "2"})
+    for line in lines:
+        if current.mask_token not in line.text:
+            raise HTTPException(422, f'line {line.number}: "text" holds no mask token {current.mask_token!r}')
+
+
+async def _save(service, upload: UploadFile, path: Path) -> Path:
+    """Stream the upload to disk, bounded by DAS_MAX_UPLOAD_BYTES."""
+    size, limit = 0, service.settings.max_upload_bytes
+    with open(path, "wb") as out:
+        while chunk := await upload.read(CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise HTTPException(413, f"the file exceeds the upload limit of {limit} bytes (DAS_MAX_UPLOAD_BYTES)")
+            out.write(chunk)
+    return path
+
+
+def _tmp_root(service) -> str:
+    root = Path(service.settings.work_dir) / UPLOADS
+    root.mkdir(parents=True, exist_ok=True)
+    return str(root)

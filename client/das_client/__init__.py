@@ -1,0 +1,45 @@
+"""A typed Python client of the DAS continual pre-training service (REST API v1); it needs httpx only."""
+
+from .client import Client
+from .errors import (
+    Conflict,
+    DasClientError,
+    DasError,
+    Forbidden,
+    InvalidRequest,
+    JobFailed,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    Unavailable,
+    Unreachable,
+    WaitTimeout,
+)
+from .models import (
+    Activation,
+    AliasChange,
+    Candidate,
+    CorpusInfo,
+    CurrentVersion,
+    Embeddings,
+    FillMask,
+    FitInfo,
+    Job,
+    JobProgress,
+    Prediction,
+    Predictions,
+    ServedTaskModel,
+    TaskAnswer,
+    TaskData,
+    TaskInfo,
+    TaskModelInfo,
+    Version,
+)
+from .progress import ProgressBar, progress_line
+
+__version__ = "0.1.0"
+__all__ = ["Activation", "AliasChange", "Candidate", "Client", "Conflict", "CorpusInfo", "CurrentVersion",
+           "DasClientError", "DasError", "Embeddings", "FillMask", "FitInfo", "Forbidden", "InvalidRequest", "Job",
+           "JobFailed", "JobProgress", "NotFound", "PayloadTooLarge", "Prediction", "Predictions", "ProgressBar",
+           "ServedTaskModel", "TaskAnswer", "TaskData", "TaskInfo", "TaskModelInfo", "Unauthorized", "Unavailable",
+           "Unreachable", "Version", "WaitTimeout", "progress_line"]

@@ -1,0 +1,237 @@
+"""`das --url URL ...`: the CLI against a running server, through `das_client` (no HTTP here).
+
+With --url (or $DAS_URL) the commands in `REMOTE_COMMANDS` ask that server; activate and versions, which also
+work on a local store, switch to their server form; every other command works locally as always, and is refused
+when --url is given on the command line (it would not do what the URL suggests).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from typer.core import TyperCommand, TyperGroup
+
+from .config_options import config_options
+from .console import console, fail, os_problem
+
+if TYPE_CHECKING:  # das_client (httpx) is imported when a command talks to a server, not for every `das` command
+    from das_client import Client, Job, Version
+
+REMOTE_COMMANDS = ("submit", "watch", "predict", "activate", "versions")
+SWITCHED = ("activate", "versions")  # also local commands: --url switches them to the server
+URL_HELP = ("talk to the DAS server at URL (e.g. http://127.0.0.1:8000): submit, watch, predict, activate and "
+            "versions then ask it instead of a local store")
+GROUP_EPILOG = ("With --url URL (or $DAS_URL), submit, watch, predict, activate and versions talk to that server "
+                "(token: --token or $DAS_TOKEN); see `das --url URL COMMAND --help`. Without it, every command "
+                "works on a local store.")
+
+remote_app = typer.Typer(add_completion=False)
+
+
+def server_options(
+    url: Annotated[str | None, typer.Option("--url", envvar="DAS_URL", help=URL_HELP, show_envvar=True)] = None,
+    token: Annotated[str | None, typer.Option(
+        "--token", envvar="DAS_TOKEN", show_envvar=True, show_default=False,
+        help="bearer token for the server (the management token to submit or activate)")] = None,
+) -> None:
+    """The `das` callback: checks --url; `ServerSwitch` has read it already to pick the commands."""
+    if url is not None and not url.startswith(("http://", "https://")):
+        fail(f"--url {url!r}: give the server's address with its scheme, e.g. http://127.0.0.1:8000")
+
+
+class ServerSwitch(TyperGroup):
+    """The `das` group: a command named with --url/$DAS_URL set comes from `remote_app` when it has one."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.epilog = self.epilog or GROUP_EPILOG
+        for name in SWITCHED:
+            if name in self.commands:
+                self.commands[name].epilog = (f"With `das --url URL {name}` (or $DAS_URL) it asks the server "
+                                              f"instead: see `das --url URL {name} --help`.")
+
+    def list_commands(self, ctx: typer.Context) -> list[str]:
+        own = super().list_commands(ctx)
+        return own + [name for name in REMOTE_COMMANDS if name not in own]
+
+    def get_command(self, ctx: typer.Context, cmd_name: str) -> TyperCommand | TyperGroup | None:
+        url = ctx.params.get("url")
+        remote = remote_commands().get(cmd_name)
+        if remote is not None and (url or cmd_name not in self.commands):
+            return remote
+        local = super().get_command(ctx, cmd_name)
+        if local is not None and url and _source(ctx, "url") == "COMMANDLINE":
+            return _refused(cmd_name)
+        return local
+
+
+def _source(ctx: typer.Context, name: str) -> str | None:
+    """Where a parameter's value came from: COMMANDLINE, ENVIRONMENT, DEFAULT, ... (None: not parsed yet)."""
+    source = ctx.get_parameter_source(name)
+    return source.name if source is not None else None
+
+
+@lru_cache(maxsize=1)
+def remote_commands() -> dict[str, TyperCommand]:
+    return dict(typer.main.get_command(remote_app).commands)
+
+
+def _refused(name: str) -> TyperCommand:
+    def refuse() -> None:
+        fail(f"`das {name}` works on a local store and has no server form; with --url: "
+             f"{', '.join(REMOTE_COMMANDS)} (drop --url to run `das {name}` here)")
+
+    return TyperCommand(name, callback=refuse, add_help_option=False,
+                        context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+
+
+# ------------------------------------------------------------------------------------------------ the client
+@contextmanager
+def connected(ctx: typer.Context) -> Iterator[Client]:
+    """A client of the server named by `das --url` / $DAS_URL; its errors become one red line and exit code 2."""
+    from das_client import Client, DasClientError, Unauthorized
+
+    root = ctx.find_root().params
+    if not root.get("url"):
+        fail(f"`das {ctx.info_name}` talks to a server: give its address as `das --url URL {ctx.info_name} ...` "
+             "or set DAS_URL")
+    try:
+        with Client(root["url"], token=root.get("token")) as client:
+            yield client
+    except Unauthorized as err:
+        fail(f"{err} (pass --token or set DAS_TOKEN)")
+    except OSError as err:  # the corpus file
+        fail(os_problem(err, "check the path"))
+    except (DasClientError, ValueError) as err:
+        fail(str(err))
+
+
+def _finish(job: Job, as_json: bool) -> None:
+    """Say how a job ended; exit code 1 unless it succeeded."""
+    if as_json:
+        typer.echo(json.dumps(job.raw, indent=2))
+    if job.succeeded:
+        made = f": {job.version} (parent {job.parent})" if job.version else ""
+        console.print(f"job {job.id} succeeded{made}", soft_wrap=True)
+        return
+    console.print(f"[bold red]job {job.id} ended {job.state}:[/] {job.error or job.note or 'no reason recorded'}",
+                  soft_wrap=True)
+    raise typer.Exit(1)
+
+
+# ------------------------------------------------------------------------------------------------ commands
+@remote_app.command()
+@config_options
+def submit(
+    ctx: typer.Context,
+    corpus: Annotated[Path, typer.Argument(help="UTF-8 text (one document per line) or JSONL with 'text'")],
+    domain: Annotated[str, typer.Option(help="name of the domain")],
+    force: Annotated[bool, typer.Option("--force", help="activate the new version even if the forgetting gate "
+                                                        "rejects it (the decision is recorded)")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="follow the job until it ends (as `das watch`)")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="with --watch: print the job's last record as JSON")] = False,
+    *, config_values: dict,
+) -> None:
+    """Upload a corpus to the server (--url) and queue its adaptation; prints the job id.
+
+    Every training setting below is a form field of POST /v1/corpora; only those given are sent, the server's
+    upload defaults apply to the rest."""
+    given = {name: value for name, value in config_values.items() if _source(ctx, name) not in (None, "DEFAULT")}
+    with connected(ctx) as client:
+        job = client.upload_corpus(corpus, domain, force=force, **given)
+        typer.echo(job.id)
+        if watch:
+            job = client.wait(job, progress=True, raise_on_failure=False)
+    if watch:
+        _finish(job, as_json)
+
+
+@remote_app.command()
+def watch(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(help="the job's id (as `das submit` printed it)")],
+    timeout: Annotated[float | None, typer.Option(help="give up after this many seconds (the job goes on)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the job's last record as JSON")] = False,
+) -> None:
+    """Follow a job on the server (--url) with a progress bar (phase, step/total, loss, ETA) until it ends.
+
+    Exit code 0 if it succeeded, 1 if it failed, was rejected or cancelled, 2 for an error (an unknown job...)."""
+    with connected(ctx) as client:
+        job = client.wait(job_id, progress=True, timeout=timeout, raise_on_failure=False)
+    _finish(job, as_json)
+
+
+@remote_app.command()
+def predict(
+    ctx: typer.Context,
+    texts: Annotated[list[str], typer.Argument(help="the texts to answer (any text, no domain id)")],
+    task: Annotated[list[str] | None, typer.Option(
+        "--task", help="an end task to answer (repeat for several; none: every task the server serves)")] = None,
+    version: Annotated[str | None, typer.Option(
+        "--version", help="the version to answer with: an id (v0003) or an alias (none: the active one)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the server's answer as JSON")] = False,
+) -> None:
+    """Answer texts with registered end tasks on the server (--url): a label and its score per task and text."""
+    with connected(ctx) as client:
+        if task and len(task) == 1:
+            one = client.predict(task[0], texts, version=version)
+            version, rows = one.version, [{task[0]: answer} for answer in one.results]
+            raw = one.raw
+        else:
+            many = client.predict_all(texts, tasks=task or None, version=version)
+            version, rows, raw = many.version, many.results, many.raw
+    if as_json:
+        typer.echo(json.dumps(raw, indent=2))
+        return
+    table = Table("text", "task", "label", "score", title=f"answered by {version}")
+    for text, answers in zip(texts, rows, strict=True):
+        for name, answer in answers.items():
+            table.add_row(text if len(text) <= 60 else text[:57] + "...", name, answer.label,
+                          f"{answer.scores.get(answer.label, 0.0):.3f}")
+    Console(width=max(Console().width, 120)).print(table)
+
+
+@remote_app.command()
+def activate(ctx: typer.Context,
+             version: Annotated[str, typer.Argument(help="version id to make active, e.g. v0001")]) -> None:
+    """Make a version active on the server (--url): a rollback for an older one; every API process swaps to it.
+
+    Every end task without a model on it gets a fit job on the server."""
+    with connected(ctx) as client:
+        activated = client.activate(version)
+    console.print(f"{activated.id} is active")
+    for job_id in activated.fit_jobs:
+        console.print(f"  fit job {job_id} queued")
+
+
+@remote_app.command()
+def versions(ctx: typer.Context,
+             as_json: Annotated[bool, typer.Option("--json", help="print JSON manifests")] = False) -> None:
+    """List the server's (--url) versions with their lineage and status."""
+    with connected(ctx) as client:
+        found = client.versions()
+    if as_json:
+        typer.echo(json.dumps([v.raw for v in found], indent=2))
+        return
+    table = Table("version", "status", "parent", "domain", "created", "documents", "steps", "final loss")
+    for v in found:
+        table.add_row(*_version_row(v))
+    Console(width=max(Console().width, 120)).print(table)
+
+
+def _version_row(v: Version) -> list[str]:
+    final = v.metrics.get("final", {})
+    return [v.id, v.status, v.parent or "-", v.domain or "(base)", v.created,
+            str(v.corpus.documents) if v.corpus else "-", str(v.metrics.get("steps", "-")),
+            f"{final['loss']:.3f}" if "loss" in final else "-"]
+
+
+__all__ = ["REMOTE_COMMANDS", "ServerSwitch", "remote_app", "server_options"]

@@ -1,0 +1,36 @@
+"""The service's answers from a masked LM's last hidden states: embeddings and fill-mask candidates.
+
+The service (serving.model) and the batch-prediction job (worker.batch_predict) both answer with these, so a
+line of a batch gets exactly the answer POST /v1/embeddings or /v1/fill-mask gives the same text on the same version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .mlm import mean_pool
+
+
+def pooled(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of the last hidden states over real tokens (the pooling the contrastive loss trains), L2-normalised:
+    hidden (B, T, D), attention_mask (B, T) -> (B, D)."""
+    return F.normalize(mean_pool(hidden, attention_mask), dim=-1)
+
+
+def fill_mask_candidates(hidden: torch.Tensor, input_ids: torch.Tensor, mask_token_id: int, mlm_head: torch.nn.Module,
+                         top_k: int, token_text: Callable[[int], str]) -> list[list[list[dict]]]:
+    """Per row, per mask token: the top_k tokens with their probabilities. The MLM head runs at the masked
+    positions only; `token_text` shows a token id as an answer does."""
+    where = input_ids == mask_token_id  # (B, T)
+    logits = mlm_head(hidden[where])  # hidden (B, T, D); only the masked positions: (N, V)
+    top = logits.topk(top_k, dim=-1)  # the softmax of the top k only: exp(logit - logsumexp)
+    probabilities = (top.values - logits.logsumexp(-1, keepdim=True)).exp()
+    answers: list[list[list[dict]]] = [[] for _ in range(input_ids.shape[0])]
+    rows = where.nonzero()[:, 0].tolist()
+    for row, values, ids in zip(rows, probabilities.tolist(), top.indices.tolist(), strict=True):
+        answers[row].append([{"token": token_text(i), "token_id": i, "score": round(v, 6)}
+                             for v, i in zip(values, ids, strict=True)])
+    return answers

@@ -1,0 +1,64 @@
+"""The log lines of `das serve` and `das worker`: one handler on the root logger, as text or as JSON lines.
+
+Standard library logging only. Every logger of the project (and uvicorn's, and Celery's) propagates to
+the root, so one handler there writes them all. The JSON form writes one object per line: `ts`
+(ISO-8601, UTC), `level`, `logger`, `message`, then any fields the call passed with `extra=`
+(`log.info("...", extra={"job_id": ..., "seconds": ...})`), so a log shipper can filter on them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import TextIO
+
+from . import Settings
+
+# the attributes every LogRecord has; anything else on a record came from `extra=`
+_RECORD_FIELDS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime",
+                                                                                       "taskName", "color_message"}
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def extra_fields(record: logging.LogRecord) -> dict[str, object]:
+    """The fields a log call passed with `extra=` (uvicorn's `color_message` copy of the message left out)."""
+    return {k: v for k, v in record.__dict__.items() if k not in _RECORD_FIELDS and not k.startswith("_")}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, message, the `extra=` fields, and `exception` if any."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname, "logger": record.name, "message": record.getMessage()}
+        for key, value in extra_fields(record).items():
+            line.setdefault(key, value)  # a field named like one of the four never hides it
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            line["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(line, default=str, ensure_ascii=False)
+
+
+def make_formatter(log_format: str) -> logging.Formatter:
+    if log_format == "json":
+        return JsonFormatter()
+    return logging.Formatter(TEXT_FORMAT)
+
+
+def configure_logging(settings: Settings, stream: TextIO | None = None) -> logging.Handler:
+    """Write every log line of this process at `settings.log_level` or above to `stream` (stderr by default), in
+    `settings.log_format`. Called again, it replaces the handler it installed before; other handlers stay."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "das_handler", False)]:
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.das_handler = True  # type: ignore[attr-defined]
+    handler.setFormatter(make_formatter(settings.log_format))
+    root.addHandler(handler)
+    root.setLevel(settings.log_level)
+    logging.captureWarnings(True)  # warnings.warn(...) lines go through the same handler
+    return handler

@@ -1,0 +1,212 @@
+"""The model card of a version: the README.md of its folder, which Hugging Face shows `from_pretrained` users.
+
+Rendered from the manifest, the lineage and the version's importance files (numpy, no torch), when the version
+is published, so its digest is in `manifest.files` like every file's. It says what was known then: the
+forgetting gate's scores are (the gate runs before publish), but end-task scores recorded later (fits on the
+version once it is active) and the status the version has now are in manifest.json (`das show`,
+GET /v1/models/VERSION).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .layout import DOMAIN_IMPORTANCE, GROUPS, IMPORTANCE, IMPORTANCE_IN
+from .manifest import Manifest
+
+if TYPE_CHECKING:
+    from .store import ModelStore
+
+CARD = "README.md"
+TAGS = ("das", "continual-pretraining", "domain-adaptive-pretraining", "masked-lm")
+GROUP_NAMES = {"head": "attention heads", "intermediate": "FFN intermediate neurons", "output": "FFN output neurons"}
+
+
+def render_card(manifest: Manifest, lineage: list[Manifest], importance: dict[str, Any] | None) -> str:
+    """The card of `manifest`'s version; `lineage`: its ancestors, parent first; `importance`: `importance_report`
+    of its files (None for the base version)."""
+    sections = [_front_matter(manifest), f"# {manifest.id}\n", _summary(manifest), _lineage(manifest, lineage),
+                _corpus(manifest), _settings(manifest), _gate(manifest), _metrics(manifest),
+                _importance(importance), _loading(manifest)]
+    return "\n".join(sections)
+
+
+def version_card(store: ModelStore, version_id: str) -> str:
+    """A published version's card: its README.md, or, for a version published before cards were written, one
+    rendered now from its manifest (with its status now) and the store."""
+    manifest = store.manifest(version_id)
+    if CARD in manifest.files:
+        return store.backend.read_bytes(f"versions/{version_id}/{CARD}").decode()
+    lineage = store.lineage(manifest.parent) if manifest.parent else []
+    files = {kind: store.importance_file(version_id, kind) for kind in ("importance", "importance_in",
+                                                                        "domain_importance")}
+    return render_card(manifest, lineage, importance_report(files["importance"], files["importance_in"],
+                                                            files["domain_importance"]))
+
+
+def folder_importance(folder: Path) -> dict[str, Any] | None:
+    """`importance_report` of the importance files in a version folder (None: it has none, the base)."""
+    def found(name: str) -> Path | None:
+        return folder / name if (folder / name).is_file() else None
+
+    return importance_report(found(IMPORTANCE), found(IMPORTANCE_IN), found(DOMAIN_IMPORTANCE))
+
+
+def importance_report(cumulative: Path | None, trained_against: Path | None, domain: Path | None
+                      ) -> dict[str, Any] | None:
+    """Per-layer summaries (importance_history.summarise) of what a version hands on (`cumulative`), what it added
+    to what it trained against (`added`) and what its domain needed (`domain`); None without a cumulative file."""
+    if cumulative is None:
+        return None
+    from . import importance_history as history  # numpy and safetensors: only for a version with importance
+    handed_on = history.load_importance(cumulative)
+    before = history.load_importance(trained_against) if trained_against is not None else None
+    report = {"cumulative": history.summarise(handed_on), "added": history.summarise(history.added(handed_on, before))}
+    if domain is not None:
+        report["domain"] = history.summarise(history.load_importance(domain))
+    return report
+
+
+def _yaml(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a YAML scalar, quoted and escaped
+
+
+def _front_matter(manifest: Manifest) -> str:
+    tags = [*TAGS, *([f"domain:{manifest.domain}"] if manifest.domain else [])]
+    return "\n".join(["---", "library_name: transformers", f"base_model: {_yaml(manifest.base_model)}",
+                      "pipeline_tag: fill-mask", "tags:", *[f"- {_yaml(t)}" for t in tags], "---", ""])
+
+
+def _summary(manifest: Manifest) -> str:
+    what = (f"adapted from {manifest.parent} to the domain `{manifest.domain}`" if manifest.parent
+            else "the base model as given, the root of the store's lineage")
+    return "\n".join([
+        f"Version `{manifest.id}` of a DAS continual pre-training store: {what}.", "",
+        "| | |", "|---|---|",
+        f"| version | `{manifest.id}` |",
+        f"| created | {manifest.created} |",
+        f"| status when published | {manifest.status} |",
+        f"| base model | `{manifest.base_model}` |",
+        f"| parent | {f'`{manifest.parent}`' if manifest.parent else '- (base)'} |",
+        f"| published by job | {f'`{manifest.request_id}`' if manifest.request_id else '-'} |",
+        f"| package version | {manifest.package_version or '-'} |", "",
+        "This card was written when the version was published; its status now, and end-task scores recorded "
+        "later, are in `manifest.json`.", ""])
+
+
+def _lineage(manifest: Manifest, lineage: list[Manifest]) -> str:
+    rows = [f"| `{m.id}` | {m.domain or '(base)'} | {m.created} |" for m in [manifest, *lineage]]
+    complete = not lineage or lineage[-1].parent is None
+    return "\n".join(["## Lineage", "", "This version, then each parent down to the base: every domain it learned "
+                      "from, newest first.", "", "| version | domain | created |", "|---|---|---|", *rows,
+                      *([] if complete else ["", f"(the chain ends at {lineage[-1].id}: the manifest of its parent "
+                                                 f"{lineage[-1].parent} could not be read)"]), ""])
+
+
+def _corpus(manifest: Manifest) -> str:
+    if manifest.corpus is None:
+        return "## Domain and corpus\n\nNone: the base model was not adapted here.\n"
+    c = manifest.corpus
+    return "\n".join(["## Domain and corpus", "", "| | |", "|---|---|", f"| domain | `{manifest.domain}` |",
+                      f"| corpus sha256 | `{c.sha256}` |", f"| documents | {c.documents} |", f"| bytes | {c.size} |",
+                      f"| file name | {c.filename or '-'} |", ""])
+
+
+def _settings(manifest: Manifest) -> str:
+    if not manifest.settings:
+        return "## Training settings\n\nNone: no training.\n"
+    rows = [f"| `{k}` | {_cell(v)} |" for k, v in sorted(manifest.settings.items())]
+    return "\n".join(["## Training settings", "", "| setting | value |", "|---|---|", *rows, ""])
+
+
+def _gate(manifest: Manifest) -> str:
+    lines = ["## Forgetting gate", ""]
+    gate, scores = manifest.evaluation.get("gate"), manifest.evaluation.get("tasks", {})
+    if gate is None:
+        lines.append("No gate ran: " + ("the base version is not judged." if manifest.parent is None else
+                                        "no end task was registered when this version was published."))
+        return "\n".join([*lines, ""])
+    decision = "rejected" if gate.get("rejected") else "accepted"
+    lines += [f"**{decision}**{' (forced: the decision was recorded, not applied)' if gate.get('forced') else ''}: "
+              f"each task with an eval set against {gate.get('against', 'its reference')}, built from "
+              f"`{gate.get('parent')}`; a task's drop counts when it exceeds {gate.get('max_drop')} points of "
+              "macro-F1 and its sampling noise.", ""]
+    if gate.get("decisions"):
+        lines += ["| task | reference | reference macro-F1 | macro-F1 | drop | noise | rejected |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {d.get('task')} | `{d.get('reference', {}).get('version')}` | {_num(d.get('reference_f1'))} | "
+                  f"{_num(d.get('candidate_f1'))} | {_num(d.get('drop'))} | {_num(d.get('noise'))} | "
+                  f"{'yes' if d.get('rejected') else 'no'} |" for d in gate["decisions"]]
+        lines.append("")
+    lines += [f"- unscored: {u.get('task')}: {u.get('problem')}" for u in gate.get("unscored", [])]
+    if scores:
+        lines += ["", "End-task scores on this version (its eval sets):", "", "| task | macro-F1 | accuracy | n |",
+                  "|---|---|---|---|"]
+        lines += [f"| {task} | {_num(s.get('macro_f1'))} | {_num(s.get('accuracy'))} | {s.get('n', '-')} |"
+                  for task, s in sorted(scores.items())]
+    return "\n".join([*lines, ""])
+
+
+def _metrics(manifest: Manifest) -> str:
+    # settings: in their own section; history: per step; base_model: the parent's local folder when it trained
+    flat = _flatten({k: v for k, v in manifest.metrics.items() if k not in ("settings", "history", "base_model")})
+    if not flat:
+        return "## Metrics\n\nNone: no training.\n"
+    rows = [f"| `{k}` | {_cell(v)} |" for k, v in flat]
+    return "\n".join(["## Metrics", "", "Of the training run (the per-step history is in `train_metrics.json`).", "",
+                      "| metric | value |", "|---|---|", *rows, ""])
+
+
+def _importance(report: dict[str, Any] | None) -> str:
+    lines = ["## Importance", ""]
+    if report is None:
+        lines.append("None: the first adaptation computes the general-knowledge importance from this version.")
+        return "\n".join([*lines, ""])
+    lines += ["How important each unit is to what the lineage learned (0-1): the cumulative importance this version "
+              "hands on, what its domain needed, and what it added. Per layer: the mean; overall: the mean and the "
+              "share of units above 0.5. Files: `importance.safetensors`, `domain_importance.safetensors`, "
+              "`importance_in.safetensors`.", "",
+              "| importance | units | overall mean | share above 0.5 | mean per layer |", "|---|---|---|---|---|"]
+    for kind in ("cumulative", "domain", "added"):
+        for group in GROUPS:
+            s = report.get(kind, {}).get(group)
+            if s is not None:
+                lines.append(f"| {kind} | {GROUP_NAMES[group]} ({s['units_per_layer']} a layer) | "
+                             f"{s['overall_mean']:.4f} | {s['overall_share_above_half']:.4f} | "
+                             f"{' '.join(f'{x:.3f}' for x in s['mean'])} |")
+    return "\n".join([*lines, ""])
+
+
+def _loading(manifest: Manifest) -> str:
+    return "\n".join(["## Use", "", "```python", "from transformers import AutoModelForMaskedLM, AutoTokenizer", "",
+                      f'folder = "STORE/versions/{manifest.id}"',
+                      "model = AutoModelForMaskedLM.from_pretrained(folder)",
+                      "tokenizer = AutoTokenizer.from_pretrained(folder)", "```", ""])
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    rows = []
+    for key, value in sorted(data.items()):
+        if isinstance(value, dict) and value:
+            rows += _flatten(value, f"{prefix}{key}.")
+        else:
+            rows.append((f"{prefix}{key}", value))
+    return rows
+
+
+def _num(value: Any) -> str:
+    return f"{value:.2f}" if isinstance(value, int | float) and not isinstance(value, bool) else "-"
+
+
+def _cell(value: Any) -> str:
+    """A value as one table cell: numbers rounded, anything else as compact JSON, no pipes or newlines."""
+    if isinstance(value, float):
+        text = f"{value:.6g}"
+    elif isinstance(value, str):
+        text = value
+    else:
+        text = json.dumps(value, sort_keys=True)
+    text = text.replace("|", "\\|").replace("\n", " ")
+    return text if len(text) <= 200 else text[:199] + "…"
