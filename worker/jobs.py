@@ -136,7 +136,10 @@ def _end(ctx: WorkerContext, job_id: str, state: str, error: str | None = None) 
 
 
 def _subject(job: Job) -> str | None:
-    """What a job works on: the domain of an adaptation, the task of a fit."""
+    """What a job works on: the domain of an adaptation, the task of a fit, what a batch prediction answers."""
+    if job.kind == "predict":
+        asked = f"{job.answer_kind}" + (f" {','.join(job.tasks)}" if job.tasks else "")
+        return asked + (f" ({job.lines} lines)" if job.lines else "")
     return job.domain if job.kind == "adapt" else job.task
 
 
