@@ -23,7 +23,7 @@ from model_store.locks import StoreLocked
 from .deps import InferenceAuth
 from .limits import BodyLimitMiddleware, disk_full, invalid_request
 from .metrics import Metrics, TimingMiddleware
-from .routes import aliases, batch, corpora, health, inference, jobs, models, tasks
+from .routes import aliases, batch, corpora, health, inference, jobs, models, tasks, ui
 from .schemas import error_responses
 from .service import Service
 from .strict import StrictInputs
@@ -34,8 +34,9 @@ UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, 
 RETRY_AFTER_S = 5
 # who may read what (docs/service.md): with tokens set, every router's routes need the inference or the
 # management token (the routes that change something add the management token), except these routers', which
-# say nothing of tasks, jobs or versions: /healthz, /readyz, /metrics. FastAPI's docs pages are open too.
-OPEN = (health,)
+# say nothing of tasks, jobs or versions: /healthz, /readyz, /metrics, and the /ui page's static files (the page
+# holds no data; its API calls carry the token pasted into it). FastAPI's docs pages are open too.
+OPEN = (health, ui)
 # the error answers each router's routes can give besides 401 (a token) and 503 (a backing service), declared in the
 # OpenAPI schema with their body (api.schemas.ErrorOut); 413 wherever a body is read, 507 wherever one is written
 ROUTER_ERRORS = {corpora: (413, 422, 507), jobs: (404, 409, 422), models: (404, 409, 422, 507),
@@ -77,7 +78,7 @@ def create_app(settings: Settings, service: Service) -> FastAPI:
                               "soft-masking; fill-mask, embeddings and registered end tasks answer any text with the "
                               "active version, with no domain id.")
     app.state.service, app.state.metrics = service, metrics
-    for module in (corpora, jobs, models, aliases, tasks, inference, batch, health):
+    for module in (corpora, jobs, models, aliases, tasks, inference, batch, health, ui):
         # StrictInputs: a query parameter or form field the route does not declare is a 422 (api.strict)
         checks = [StrictInputs] if module in OPEN else [InferenceAuth, StrictInputs]
         errors = () if module in OPEN else (401, 503, *ROUTER_ERRORS.get(module, (422,)))

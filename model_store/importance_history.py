@@ -30,6 +30,11 @@ def summarise(importance: dict[str, np.ndarray]) -> dict[str, Any]:
             for g, t in importance.items()}
 
 
+def unit_values(importance: dict[str, np.ndarray]) -> dict[str, list[list[float]]]:
+    """Per group: layers x units, each value rounded to 4 decimals (JSON for drawing, not for computing)."""
+    return {g: np.round(t.astype(np.float64), 4).tolist() for g, t in importance.items()}
+
+
 def added(cumulative: dict[str, np.ndarray], previous: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
     """What a version added to the cumulative importance: I(<=t) - I(<=t-1) (>= 0 under EMax)."""
     if previous is None:
@@ -64,10 +69,16 @@ class VersionImportance:
     def added(self) -> dict[str, np.ndarray]:
         return added(self.cumulative, self.trained_against)
 
-    def report(self) -> dict[str, Any]:
+    def report(self, units: bool = False) -> dict[str, Any]:
+        """Summaries per layer; with `units`, also every unit's value under "units" (what a page draws heatmaps of)."""
         result = {"version": self.version, "cumulative": summarise(self.cumulative), "added": summarise(self.added)}
         if self.domain is not None:
             result["domain"] = summarise(self.domain)
+        if units:
+            kinds = {"cumulative": self.cumulative, "added": self.added}
+            if self.domain is not None:
+                kinds["domain"] = self.domain
+            result["units"] = {kind: unit_values(imp) for kind, imp in kinds.items()}
         return result
 
     def heatmap(self, path: Path) -> Path:

@@ -98,7 +98,10 @@ def get_model(*, service: ServiceDep, version: str) -> ModelOut:
 
 @router.get("/{version}/importance", responses={200: {"content": {"image/png": {}}}})
 async def get_importance(*, service: ServiceDep, version: str,
-                         format: Annotated[Literal["json", "png"], Query()] = "json"):
+                         format: Annotated[Literal["json", "png"], Query()] = "json",
+                         units: Annotated[bool, Query(description="JSON only: also every unit's value, layers x "
+                                                      "units per group, under `units` (the /ui page draws them)")]
+                         = False):
     """Per-layer importance summaries (cumulative and added), or heatmaps with ?format=png."""
     _manifest(service, version)
     found = history.version_importance(service.store, version)
@@ -109,7 +112,7 @@ async def get_importance(*, service: ServiceDep, version: str,
             with tempfile.TemporaryDirectory() as tmp:
                 return found.heatmap(Path(tmp) / "importance.png").read_bytes()
         return Response(await run_in_threadpool(draw), media_type="image/png")
-    return found.report()
+    return found.report(units=units)
 
 
 @router.post("/{version}/activate", response_model=ActivatedOut, dependencies=[ManagementAuth])
