@@ -23,7 +23,7 @@ from model_store.locks import StoreLocked
 from .deps import InferenceAuth
 from .limits import BodyLimitMiddleware, disk_full, invalid_request
 from .metrics import Metrics, TimingMiddleware
-from .routes import aliases, batch, corpora, health, inference, jobs, models, tasks, ui
+from .routes import aliases, batch, corpora, evaluations, health, inference, jobs, models, tasks, ui
 from .schemas import error_responses
 from .service import Service
 from .strict import StrictInputs
@@ -41,7 +41,7 @@ OPEN = (health, ui)
 # OpenAPI schema with their body (api.schemas.ErrorOut); 413 wherever a body is read, 507 wherever one is written
 ROUTER_ERRORS = {corpora: (413, 422, 507), jobs: (404, 409, 422), models: (404, 409, 422, 507),
                  tasks: (404, 409, 413, 422, 507), inference: (404, 409, 413, 422), batch: (404, 409, 413, 422, 507),
-                 aliases: (404, 409, 413, 422, 507)}
+                 aliases: (404, 409, 413, 422, 507), evaluations: (404, 422)}
 
 
 async def unavailable(request: Request, err: Exception) -> JSONResponse:
@@ -61,6 +61,8 @@ async def refused(request: Request, err: HTTPException) -> Response:
 
 
 def create_app(settings: Settings, service: Service) -> FastAPI:
+    # read and checked before anything starts: a bad --eval-results file is an error naming it (a ValueError)
+    loaded_evaluations = evaluations.load_evaluations(settings.eval_results)
     metrics = Metrics(service)
     service.batcher.on_batch = metrics.observe_batch
     service.holder.on_swap = metrics.observe_swap
@@ -78,7 +80,8 @@ def create_app(settings: Settings, service: Service) -> FastAPI:
                               "soft-masking; fill-mask, embeddings and registered end tasks answer any text with the "
                               "active version, with no domain id.")
     app.state.service, app.state.metrics = service, metrics
-    for module in (corpora, jobs, models, aliases, tasks, inference, batch, health, ui):
+    app.state.evaluations = loaded_evaluations
+    for module in (corpora, jobs, models, aliases, tasks, inference, batch, evaluations, health, ui):
         # StrictInputs: a query parameter or form field the route does not declare is a 422 (api.strict)
         checks = [StrictInputs] if module in OPEN else [InferenceAuth, StrictInputs]
         errors = () if module in OPEN else (401, 503, *ROUTER_ERRORS.get(module, (422,)))

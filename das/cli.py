@@ -326,11 +326,15 @@ def serve(
     port: Annotated[int | None, typer.Option(help="port (default: $DAS_PORT, 8000)")] = None,
     broker: Annotated[str | None, typer.Option(
         help="Celery broker, e.g. redis://127.0.0.1:6379/0 (default: $DAS_BROKER_URL; none = embedded worker)")] = None,
+    eval_results: Annotated[list[Path] | None, typer.Option(
+        "--eval-results", help="a results.json of `das eval` for the /ui page's Evaluation section and "
+                               "/v1/evaluations (repeatable; default: $DAS_EVAL_RESULTS, a JSON list)")] = None,
 ) -> None:
     """Run the API. Without a broker it runs its own worker in-process (embedded mode)."""
     import uvicorn
 
-    overrides = {k: v for k, v in dict(store=store, host=host, port=port, broker_url=broker).items() if v is not None}
+    overrides = {k: v for k, v in dict(store=store, host=host, port=port, broker_url=broker,
+                                       eval_results=eval_results or None).items() if v is not None}
     settings = get_settings().model_copy(update=overrides)
     if settings.host not in LOOPBACK and not (settings.management_token and settings.inference_token):
         fail(f"refusing to bind {settings.host} without auth: set DAS_MANAGEMENT_TOKEN and DAS_INFERENCE_TOKEN, "

@@ -110,6 +110,11 @@ class Settings(BaseSettings):
                                                 "message and the event's fields).")
     access_log: bool = Field(False, description="One log line per HTTP request (uvicorn's access log); off by "
                              "default: it costs ~10% of the event loop under load, and /metrics counts requests.")
+    # --- the /ui page ---
+    eval_results: list[Path] = Field(default_factory=list, max_length=32, description="results.json files of "
+                                     "`das eval` that the API lists at /v1/evaluations and the /ui page draws "
+                                     "(a[T, i] matrices, Pareto plots); a JSON list in DAS_EVAL_RESULTS; each is "
+                                     "read and checked at start-up.")
 
     @property
     def queue_name(self) -> str:

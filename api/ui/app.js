@@ -1,6 +1,7 @@
 // The page: reads the public API with the pasted token and draws versions, importance, end tasks and jobs.
 import { ApiError, get, listAll, setToken, token } from "./api.js";
 import { h, replace } from "./dom.js";
+import { renderEvaluation } from "./evaluation.js";
 import { renderImportance } from "./importance.js";
 import { pollJobs, renderJobs } from "./jobs.js";
 import { renderTasks } from "./tasks.js";
@@ -41,6 +42,7 @@ async function refresh() {
   await Promise.all([
     loadTasks().catch((err) => failed("tasks-body", err)),
     renderImportance(state).catch((err) => failed("importance-body", err)),
+    renderEvaluation(state).catch((err) => failed("evaluation-body", err)),
   ]);
   message(`updated ${new Date().toLocaleTimeString()}` + (token() ? "" : " (no token set)"));
 }
