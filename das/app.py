@@ -34,6 +34,10 @@ def torch_runtime(settings: Settings) -> ModelRuntime:
         return load_task_set(TaskStore(store), version, current)
 
     def run_job(job_id: str, ctx: WorkerContext) -> Outcome:
+        if settings.job_isolation == "process":
+            from worker.job_process import run_in_child
+
+            return run_in_child(job_id, ctx, settings)
         from worker.jobs import run_job as run
 
         return run(job_id, ctx)

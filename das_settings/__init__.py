@@ -88,6 +88,10 @@ class Settings(BaseSettings):
     redeliver_after_s: float = Field(30.0, ge=1, description="A pending job that no worker holds is sent to the "
                                      "queue again after this long (a worker killed mid-job resumes within about "
                                      "3 heartbeats + this, whatever the broker's visibility timeout).")
+    job_isolation: Literal["process", "thread"] = Field(
+        "process", description="Embedded mode: `process` runs each job in a child process (forked from a server "
+        "that imported torch once), so training memory is returned when the job ends and a crash or an "
+        "out-of-memory kill fails only the job; `thread` runs jobs inside the API process (no isolation).")
     max_attempts: int = Field(3, ge=1, description="Attempts of a job that fails (a resumed job counts one).")
     gate_max_drop: float = Field(1.0, ge=0, le=100, description="The forgetting gate: a new version is rejected "
                                  "if an end task's macro-F1 on its eval set falls by more than this many points "

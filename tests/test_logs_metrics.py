@@ -51,6 +51,15 @@ def events(stream: io.StringIO, event: str, **fields) -> list[dict]:
             if line.get("event") == event and all(line.get(k) == v for k, v in fields.items())]
 
 
+def logged(stream: io.StringIO, event: str, timeout_s: float = 30.0, **fields) -> list[dict]:
+    """The lines of `event` once there is one: a job's own lines come from its process a moment after its record
+    says it ended (the deadline is a guard, not a measurement)."""
+    deadline = time.monotonic() + timeout_s
+    while not (found := events(stream, event, **fields)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
+
+
 def metric(text: str, name: str, **labels) -> float | None:
     """The value of one sample of the Prometheus text `text` (labels in any order), None if absent."""
     for line in text.splitlines():
@@ -114,11 +123,11 @@ def test_a_fit_and_an_adaptation_are_logged_and_counted(service_settings, small_
         # a fit job: its start, its end with seconds, the fit with its score
         fit_id = register_topic(client, tmp_path)
         assert wait_for_job(client, fit_id)["state"] == "succeeded"
-        [start] = events(log_stream, "job_start", job_id=fit_id)
+        [start] = logged(log_stream, "job_start", job_id=fit_id)
         assert (start["kind"], start["task"], start["parent"], start["attempt"]) == ("fit", "topic", "v0001", 1)
-        [end] = events(log_stream, "job_end", job_id=fit_id)
+        [end] = logged(log_stream, "job_end", job_id=fit_id)
         assert (end["state"], end["kind"], end["task"]) == ("succeeded", "fit", "topic") and end["seconds"] > 0
-        [fit] = events(log_stream, "fit", task="topic", version="v0001")
+        [fit] = logged(log_stream, "fit", task="topic", version="v0001")
         assert fit["seconds"] > 0 and 0 <= fit["macro_f1"] <= 100
 
         # a real adaptation: start, the gate's decision with its scores, the end, the swap
@@ -126,17 +135,17 @@ def test_a_fit_and_an_adaptation_are_logged_and_counted(service_settings, small_
         job = wait_for_job(client, job_id, timeout_s=240)
         assert (job["state"], job["version"]) == ("succeeded", "v0002"), job
         wait_serving(client, "v0002")
-        [start] = events(log_stream, "job_start", job_id=job_id)
+        [start] = logged(log_stream, "job_start", job_id=job_id)
         assert (start["kind"], start["domain"], start["parent"]) == ("adapt", "legal", "v0001")
-        [decision] = events(log_stream, "gate_decision", task="topic", parent="v0001")
+        [decision] = logged(log_stream, "gate_decision", task="topic", parent="v0001")
         assert decision["decision"] == "accepted" and decision["reference"] == "v0001"
         assert abs(decision["reference_f1"] - decision["candidate_f1"] - decision["drop"]) < 0.01
         assert "macro-F1" in decision["message"] and "topic accepted" in decision["message"]
-        [end] = events(log_stream, "job_end", job_id=job_id)
+        [end] = logged(log_stream, "job_end", job_id=job_id)
         assert (end["state"], end["version"], end["domain"]) == ("succeeded", "v0002", "legal")
         assert end["seconds"] > 0
         assert f"job {job_id} succeeded" in end["message"]
-        [swap] = events(log_stream, "swap", version="v0002")
+        [swap] = logged(log_stream, "swap", version="v0002")
         assert swap["previous"] == "v0001" and swap["seconds"] > 0
         assert events(log_stream, "swap", version="v0001"), "the first version loaded is logged too"
 
