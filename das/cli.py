@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,6 +38,8 @@ from .data_cli import data_app
 from .eval_cli import eval_command, merge_command
 from .remote_cli import ServerSwitch, server_options
 from .task_cli import task_app
+
+MAX_NPROC = 256  # das adapt --nproc
 
 app = typer.Typer(help="Continual domain-adaptive pre-training (DAS) of masked language models.",
                   no_args_is_help=True, add_completion=False, cls=ServerSwitch)  # --url: das/remote_cli.py
@@ -111,12 +115,25 @@ def adapt(
     prev_importance: Annotated[Path | None, typer.Option(
         help="cumulative importance of the previous version; none = first domain")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, ... (default: $DAS_DEVICE, cpu)")] = None,
+    nproc: Annotated[int, typer.Option(min=1, max=MAX_NPROC, help="train on N processes of this machine with "
+                                       "torch.distributed (torchrun; gloo on the CPU, nccl on GPUs, one GPU per "
+                                       "rank): the same run as one process, --batch-size the global batch; with "
+                                       "--out")] = 1,
     *, config_values: dict,
 ) -> None:
     """Adapt a masked LM to one domain corpus with DAS: into --out, or as a new version of --store.
 
-    Every training setting below is a field of DASConfig (das_engine/config.py).
+    Every training setting below is a field of DASConfig (das_engine/config.py). Under torchrun (several
+    machines: docs/distributed.md) each rank runs this same command.
     """
+    from das_engine.distributed import launched_world
+
+    if nproc > 1 and launched_world() == 1:
+        if store is not None:
+            fail("--nproc trains into --out; a store's workers train on several processes with DAS_TRAIN_PROCS")
+        raise typer.Exit(_under_torchrun(nproc))
+    if store is not None and launched_world() > 1:
+        fail("under torchrun, adapt into --out (rank 0 writes it)")
     if (out is None) == (store is None):
         fail("give exactly one of --out (a model folder) and --store (publish a new version)")
     if store is not None and (base is not None or prev_importance is not None):
@@ -133,15 +150,41 @@ def adapt(
                                          get_settings().work_dir, force)
             console.print(f"published {manifest.id} ({manifest.status}), parent {manifest.parent}")
             return
+        from das_engine import distributed
         from das_engine.trainer import adapt as run_adapt
 
         base_dir = resolve_base_model(base or get_settings().base_model, get_settings().models_dir)
-        result = _with_progress(domain, config.steps, lambda cb: run_adapt(
-            base_dir, corpus, out, config, prev_importance=prev_importance, domain=domain, device=device,
-            on_progress=cb))
+        ranks, device = distributed.init_from_environment(device)
+        def train(on_progress: Callable | None) -> object:
+            return run_adapt(base_dir, corpus, out, config, prev_importance=prev_importance, domain=domain,
+                             device=device, on_progress=on_progress)
+
+        try:
+            result = _with_progress(domain, config.steps, train) if ranks.main else train(None)
+        finally:
+            distributed.finish()
+        if not ranks.main:
+            return
     metrics = result.metrics
     console.print(f"wrote {out}: {metrics['steps']} steps, {metrics['tokens_per_s']:,.0f} tokens/s, "
                   f"{metrics['wall_time_s']:.1f}s")
+
+
+def _under_torchrun(nproc: int) -> int:
+    """Run this same command again as `nproc` ranks under torchrun (one machine) and return its exit status. Each
+    rank gets an equal share of the CPU threads unless OMP_NUM_THREADS says otherwise."""
+    args, skip = [], False
+    for arg in sys.argv[1:]:  # this command's own arguments, less --nproc
+        if skip or arg == "--nproc":
+            skip = not skip
+            continue
+        if not arg.startswith("--nproc="):
+            args.append(arg)
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "das.cli", *args]
+    return subprocess.call(command, env=env)
 
 
 def _adapt_into_store(model_store, corpus: Path, domain: str, config: DASConfig, device: str, activate: bool,

@@ -23,6 +23,7 @@ from torch import nn
 
 from .config import Precision
 from .data import PackedCorpus, mask_tokens
+from .distributed import current
 from .mlm import hidden_states, masked_lm_loss
 from .precision import autocast
 from .unit_scales import scales_applied
@@ -60,8 +61,9 @@ def scale_gradients(units: ModelUnits, loss_fn: Callable[[Batch], torch.Tensor],
         row_total = torch.zeros(weight.shape[0], dtype=torch.float32, device=device)
         seen = torch.zeros(weight.shape[0], dtype=torch.bool, device=device)
     count = 0
+    ranks = current()  # on a rank of a distributed run: every world-th batch, summed over the ranks below
     with scales_applied(units, scales):
-        for batch in batches:
+        for batch in list(batches)[ranks.rank::ranks.world]:
             with autocast(device, precision):
                 loss = loss_fn(batch)
             grads = torch.autograd.grad(loss, inputs)
@@ -70,9 +72,19 @@ def scale_gradients(units: ModelUnits, loss_fn: Callable[[Batch], torch.Tensor],
                 acc += grad.abs()
             if row_grad is not None:
                 row_total += row_grad.abs().float().mean(-1)
-                input_ids, attention_mask = batch
+                input_ids, attention_mask = batch[0], batch[1]
                 seen[input_ids.to(device)[attention_mask.to(device).bool()]] = True
             count += 1
+    if ranks.distributed:
+        counted = torch.tensor([float(count)], device=device)
+        sums = [acc for _, acc in total.items()] + [counted]
+        if embeddings:
+            seen_count = seen.float()
+            sums += [row_total, seen_count]
+        ranks.all_reduce_sum(sums)
+        count = int(counted.item())
+        if embeddings:
+            seen = seen_count > 0
     if count == 0:
         raise ValueError("importance needs at least one batch")
     raw = total.map(lambda t: t / count)
@@ -171,16 +183,19 @@ def domain_importance_raw(model: nn.Module, units: ModelUnits, batches: list[Bat
 
     `embeddings=True` adds the word-embedding row importance."""
     generator = torch.Generator().manual_seed(seed)  # on the CPU: the same masks on every device
+    # every batch's masks, drawn in order first: a rank of a distributed run scores some of the batches only
+    masked_batches = [(input_ids, attention_mask,
+                       *mask_tokens(input_ids, attention_mask, tokenizer, mlm_probability, generator))
+                      for input_ids, attention_mask in batches]
 
-    def loss(batch: Batch) -> torch.Tensor:
-        input_ids, attention_mask = batch
-        masked, labels = mask_tokens(input_ids, attention_mask, tokenizer, mlm_probability, generator)
+    def loss(batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        _, attention_mask, masked, labels = batch
         return masked_lm_loss(units, hidden_states(model, masked, attention_mask), labels)
 
     was_training = model.training
     model.eval()
     try:
-        return scale_gradients(units, loss, batches, precision, embeddings)
+        return scale_gradients(units, loss, masked_batches, precision, embeddings)
     finally:
         model.train(was_training)
 

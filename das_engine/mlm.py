@@ -18,11 +18,15 @@ def hidden_states(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     return model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
 
-def masked_lm_loss(units: ModelUnits, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the MLM head evaluated at the masked positions only."""
+def masked_lm_loss(units: ModelUnits, hidden: torch.Tensor, labels: torch.Tensor,
+                   total: int | None = None) -> torch.Tensor:
+    """Cross-entropy of the MLM head evaluated at the masked positions only: their mean, or with `total` their sum
+    divided by it (a rank's share of a global batch's mean: `total` is the global batch's masked tokens)."""
     picked = labels != -100  # (B, T)
     logits = units.mlm_head(hidden[picked])  # (N_masked, V)
-    return F.cross_entropy(logits, labels[picked])
+    if total is None:
+        return F.cross_entropy(logits, labels[picked])
+    return F.cross_entropy(logits, labels[picked], reduction="sum") / total
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -39,6 +39,7 @@ from .config import DASConfig, corpus_problem
 from .contrastive import contrastive_loss
 from .corpus import read_corpus, split_by_hash
 from .data import PackedCorpus, get_batch, mask_tokens, pack_corpus, step_seed
+from .distributed import LossShares, Ranks, check_divisible, current, gather_rows
 from .fingerprint import base_fingerprint, corpus_fingerprint
 from .importance import (
     accumulate,
@@ -87,7 +88,7 @@ def get_lr(config: DASConfig, step: int) -> float:
 
 def das_loss(model: nn.Module, units: ModelUnits, input_ids: torch.Tensor, masked: torch.Tensor,
              attention_mask: torch.Tensor, labels: torch.Tensor, previous: UnitTensors | None,
-             config: DASConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+             config: DASConfig, shares: LossShares | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """MLM loss + lambda * InfoNCE(o_full, o_full+, negatives o_prev), passes concatenated on the batch axis.
 
     With `contrastive_samples=k` only the batch's first k samples get the positive and o_prev passes
@@ -97,17 +98,24 @@ def das_loss(model: nn.Module, units: ModelUnits, input_ids: torch.Tensor, maske
     "contrastive") are detached 0-dim tensors: reading them costs a device sync, so the caller
     reads them once per step (see `as_floats`). With `contrastive_weight=0` or `softmask=False`
     it is the MLM loss alone (one pass; `previous` is not read and may be None).
+
+    On a rank of a distributed run (`shares`), the inputs are the rank's rows of the global batch and the loss is
+    its share of the global batch's loss (the shares sum to it): the MLM sum over its masked tokens divided by the
+    global count, and the InfoNCE over its anchors against every rank's positives and o_prev passes.
     """
     device = units.device
+    ranks = shares.ranks if shares is not None else Ranks()
+    mlm_total = shares.masked_tokens if shares is not None else None
     if config.contrastive_weight == 0 or not config.softmask:
         with autocast(device, config.precision):
-            mlm = masked_lm_loss(units, hidden_states(model, masked, attention_mask), labels)
+            mlm = masked_lm_loss(units, hidden_states(model, masked, attention_mask), labels, mlm_total)
         return mlm, {"loss": mlm.detach(), "mlm": mlm.detach()}
     # the o_prev scales (units only) must sit beside the activations they scale
     previous = previous.units_only().to(device)
     with autocast(device, config.precision):
         batch = input_ids.shape[0]
-        k = min(config.contrastive_samples or batch, batch)  # the samples that get the contrastive passes
+        # the samples that get the contrastive passes (this rank's share of them)
+        k = min(config.contrastive_samples // ranks.world or batch, batch)
         anchor_ids = masked[:k] if config.mlm_pass_as_anchor else input_ids[:k]
         views = [masked, masked[:k]] if config.mlm_pass_as_anchor else [masked, input_ids[:k], input_ids[:k]]
         with_prev = not config.prev_pass_no_grad
@@ -123,7 +131,7 @@ def das_loss(model: nn.Module, units: ModelUnits, input_ids: torch.Tensor, maske
             scale_ctx = scales_applied(units, scales)
         with scale_ctx:
             hidden = hidden_states(model, torch.cat(views), mask)  # (rows, T, D)
-        mlm = masked_lm_loss(units, hidden[:batch], labels)
+        mlm = masked_lm_loss(units, hidden[:batch], labels, mlm_total)
         pooled = mean_pool(hidden, mask).split(sizes)  # one (n, D) per view
         anchor, positive = (pooled[0][:k], pooled[1]) if config.mlm_pass_as_anchor else (pooled[1], pooled[2])
         if with_prev:
@@ -131,7 +139,12 @@ def das_loss(model: nn.Module, units: ModelUnits, input_ids: torch.Tensor, maske
         else:
             with torch.no_grad(), scales_applied(units, previous):
                 prev = mean_pool(hidden_states(model, anchor_ids, attention_mask[:k]), attention_mask[:k])
-        contrast = contrastive_loss(anchor, positive, prev, config.temperature)
+        if ranks.distributed:  # every rank's positives and o_prev passes are columns of each anchor's row
+            positive, prev = gather_rows(positive, ranks, grad=True), gather_rows(prev, ranks, grad=with_prev)
+            contrast = contrastive_loss(anchor, positive, prev, config.temperature, first_target=ranks.rank * k,
+                                        reduction="sum") / (k * ranks.world)
+        else:
+            contrast = contrastive_loss(anchor, positive, prev, config.temperature)
     loss = mlm + config.contrastive_weight * contrast
     return loss, {"loss": loss.detach(), "mlm": mlm.detach(), "contrastive": contrast.detach()}
 
@@ -171,7 +184,9 @@ def adapt(base: str | Path, corpus: str | Path | list[str], out_dir: str | Path,
     `replay_fraction` draws from, and what `merge_auto` checks for forgetting. `judge_tasks` tells
     `merge_auto` which registered tasks a candidate drops (the service's; none: held-out losses decide).
     """
-    report = on_progress or (lambda p: None)
+    ranks = current()  # 0 of 1, or a rank of a torch.distributed run (see distributed.py)
+    check_divisible(config.batch_size, config.contrastive_samples, ranks.world)
+    report = on_progress if on_progress is not None and ranks.main else (lambda p: None)
     stop = should_stop or (lambda: False)
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / CHECKPOINTS
@@ -202,10 +217,11 @@ def adapt(base: str | Path, corpus: str | Path | list[str], out_dir: str | Path,
     # --- the importance this step trains against, I(<=t-1) (I(0) for the first domain), and its soft-mask ---
     importance_in = _importance_in(model, units, data.packed, config, prev_importance, ckpt_dir, device, report, run)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    (ckpt_dir / MADE_FROM).write_text(json.dumps(made_from))
+    if ranks.main:  # rank 0 writes the checkpoints folder; the others read it when they resume
+        (ckpt_dir / MADE_FROM).write_text(json.dumps(made_from))
+        if config.uses_importance:
+            importance_in.save(ckpt_dir / IMPORTANCE_IN)
     previous, softmask = None, None
-    if config.uses_importance:
-        importance_in.save(ckpt_dir / IMPORTANCE_IN)
     if config.softmask:
         previous = importance_in.to(device)
         softmask = SoftMask.build(units, previous, embeddings=config.protect_embeddings)
@@ -216,19 +232,21 @@ def adapt(base: str | Path, corpus: str | Path | list[str], out_dir: str | Path,
     if latest is not None:  # its settings and fingerprints were checked before loading the model
         ckpt = load_checkpoint(latest, model, optimizer)
         run.resume(ckpt.step, ckpt.state)
+    wrapped = _data_parallel(StepLoss(model, units, previous, config), device) if ranks.distributed else None
 
     # --- training loop ---
     model.train()
     for step in range(run.start, config.steps):
-        if stop():
-            if step > run.start:
+        if ranks.any(stop(), device):  # a stop asked on rank 0 stops every rank at this step
+            if step > run.start and ranks.main:
                 save_checkpoint(ckpt_dir, step, model, optimizer, run.checkpoint_state(config, made_from))
             return AdaptResult("cancelled", out_dir, step, {"history": run.history})
         t0 = time.perf_counter()
         parts, batch_tokens = train_step(model, units, tokenizer, optimizer, softmask, previous, data, config,
-                                         step, device)
+                                         step, device, ranks, wrapped)
         run.count(step, config, parts, batch_tokens, time.perf_counter() - t0, report)
-        if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
+        if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps \
+                and ranks.main:
             save_checkpoint(ckpt_dir, step + 1, model, optimizer, run.checkpoint_state(config, made_from))
 
     # --- domain importance I(t) of the trained model, and EMax (plain MLM: the incoming importance, handed on) ---
@@ -237,6 +255,8 @@ def adapt(base: str | Path, corpus: str | Path | list[str], out_dir: str | Path,
         report(Progress("domain-importance", config.steps, config.steps))
         domain_importance = _domain_importance(model, units, tokenizer, data.packed, config, device, run)
         cumulative = accumulate(importance_in, domain_importance)
+    if not ranks.main:  # rank 0 merges and writes the outputs
+        return AdaptResult("completed", out_dir, config.steps, {})
 
     # --- the candidate: the trained model, or its merge toward the parent ---
     if parent is not None:
@@ -297,21 +317,48 @@ def replay_rows(config: DASConfig, available: bool) -> int:
     return min(config.batch_size - 1, round(config.replay_fraction * config.batch_size))
 
 
+class StepLoss(nn.Module):
+    """das_loss as a module: what DistributedDataParallel wraps on a rank, so that the whole step's forward runs
+    through it and its hooks all-reduce every parameter's gradient during backward."""
+
+    def __init__(self, model: nn.Module, units: ModelUnits, previous: UnitTensors | None, config: DASConfig) -> None:
+        super().__init__()
+        self.model, self.units, self.previous, self.config = model, units, previous, config
+
+    def forward(self, input_ids: torch.Tensor, masked: torch.Tensor, attention_mask: torch.Tensor,
+                labels: torch.Tensor, shares: LossShares) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return das_loss(self.model, self.units, input_ids, masked, attention_mask, labels, self.previous,
+                        self.config, shares)
+
+
 def train_step(model: nn.Module, units: ModelUnits, tokenizer, optimizer: torch.optim.Optimizer,
                softmask: SoftMask | None, previous: UnitTensors | None, data: TrainingData,
-               config: DASConfig, step: int, device: torch.device) -> tuple[dict[str, float], int]:
+               config: DASConfig, step: int, device: torch.device, ranks: Ranks = Ranks(),
+               wrapped: nn.Module | None = None) -> tuple[dict[str, float], int]:
     """Step `step`: its lr, batch (with its replay rows), masks and dropout (each drawn from (seed, step)), the DAS
-    loss, backward and the (soft-masked) optimizer step. Returns the loss parts and the batch's real tokens."""
+    loss, backward and the (soft-masked) optimizer step. Returns the loss parts and the batch's real tokens.
+
+    On a rank of a distributed run, `wrapped` is the DistributedDataParallel StepLoss: the rank builds and masks the
+    whole global batch, trains on its rows, and the loss parts it returns are the global batch's (summed shares)."""
     for group in optimizer.param_groups:
         group["lr"] = get_lr(config, step)
     input_ids, attention_mask = get_batch(data.packed, config, step, data.replay, data.replay_rows)
     masked, labels = mask_tokens(input_ids, attention_mask, tokenizer, config.mlm_probability,
                                  torch.Generator().manual_seed(step_seed(config.seed, step, 3)))
-    torch.manual_seed(step_seed(config.seed, step, 4))  # dropout
-    batch_tokens = int(attention_mask.sum())  # counted on the CPU copy: no device sync
-    input_ids, masked, attention_mask, labels = _to((input_ids, masked, attention_mask, labels), device)
-    loss, parts = das_loss(model, units, input_ids, masked, attention_mask, labels, previous, config)
-    loss.backward()
+    torch.manual_seed(step_seed(config.seed, step, 4) + ranks.rank)  # dropout, each rank its own
+    batch_tokens = int(attention_mask.sum())  # the global batch's, counted on the CPU copy: no device sync
+    if not ranks.distributed:
+        input_ids, masked, attention_mask, labels = _to((input_ids, masked, attention_mask, labels), device)
+        loss, parts = das_loss(model, units, input_ids, masked, attention_mask, labels, previous, config)
+        loss.backward()
+    else:
+        shares = LossShares(ranks, int((labels != -100).sum()))
+        rows = _to(tuple(ranks.rows(t) for t in (input_ids, masked, attention_mask, labels)), device)
+        loss, parts = wrapped(*rows, shares)
+        (loss * ranks.world).backward()  # DDP averages the ranks' gradients; the shares sum to the global loss
+        summed = torch.stack(list(parts.values()))
+        ranks.all_reduce_sum([summed])
+        parts = dict(zip(parts, summed, strict=True))
     optimizer_step(model, optimizer, softmask, config)
     return as_floats(parts), batch_tokens  # as_floats: the step's one device sync, so its time is true
 
@@ -479,6 +526,13 @@ def _other_inputs(recorded: dict[str, str] | None, now: dict[str, str]) -> str:
     names = {"corpus_sha256": "another corpus", "base_sha256": "another base model",
              "replay_sha256": "other replay corpora"}
     return " and ".join(label for key, label in names.items() if recorded.get(key) != now.get(key))
+
+
+def _data_parallel(step_loss: StepLoss, device: torch.device) -> nn.Module:
+    """The step's loss under DistributedDataParallel (gloo on the CPU, nccl on a GPU: the process group's)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(step_loss, device_ids=[device.index or 0] if device.type == "cuda" else None)
 
 
 def _to(tensors, device: torch.device | str):

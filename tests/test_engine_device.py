@@ -29,9 +29,10 @@ from das_engine.units import UnitTensors, resolve_units
 META = torch.device("meta")
 
 
-def _full_vocabulary_loss(units, hidden, labels):
+def _full_vocabulary_loss(units, hidden, labels, total=None):
     """The MLM loss over every position. The engine's loss runs the head at masked positions only,
     a data-dependent shape the meta device cannot compute; this one creates no tensor either."""
+    assert total is None, "one process: the mean over the batch's masked tokens"
     logits = units.mlm_head(hidden)  # (B, T, V)
     return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
 

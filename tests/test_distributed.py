@@ -1,0 +1,103 @@
+"""Training on 2 ranks (torchrun, gloo on the CPU) is the run of one process: the same weights within float
+tolerance, for the plain step and for DAS with a given importance, and a run resumed on 2 ranks from a one-process
+checkpoint ends where the uninterrupted run does. Dropout is off: its draws are per rank."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForMaskedLM
+
+from das_engine.config import upload_config
+from das_engine.trainer import adapt
+from das_engine.units import UnitTensors, resolve_units
+
+SETTINGS = {"steps": 6, "batch_size": 4, "max_length": 32, "lr": 1e-3, "warmup_ratio": 0.0, "checkpoint_every": 3,
+            "importance_samples": 8, "importance_batch_size": 4}
+
+
+def _flags(values: dict) -> list[str]:
+    flags = []
+    for name, value in values.items():
+        flag = "--" + name.replace("_", "-")
+        flags += [flag if value else "--no-" + flag[2:]] if isinstance(value, bool) else [flag, str(value)]
+    return flags
+
+
+@pytest.fixture(scope="module")
+def still_roberta(roberta_dir, tmp_path_factory) -> Path:
+    """The tiny RoBERTa with every dropout at 0."""
+    folder = tmp_path_factory.mktemp("roberta-no-dropout")
+    shutil.copytree(roberta_dir, folder, dirs_exist_ok=True)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def given_importance(still_roberta, tmp_path_factory) -> Path:
+    """A cumulative importance in [0, 1) with a spread, as a previous version would hand on."""
+    units = resolve_units(AutoModelForMaskedLM.from_pretrained(still_roberta))
+    generator = torch.Generator().manual_seed(3)
+    importance = UnitTensors.full(units, 0.0).map(lambda t: torch.rand(t.shape, generator=generator) * 0.99)
+    path = tmp_path_factory.mktemp("importance") / "importance.safetensors"
+    importance.save(path)
+    return path
+
+
+def _two_ranks(model: Path, corpus: Path, out: Path, importance: Path, values: dict) -> None:
+    command = [sys.executable, "-m", "das.cli", "adapt", str(corpus), "--domain", "legal", "--out", str(out),
+               "--base", str(model), "--prev-importance", str(importance), "--nproc", "2", *_flags(values)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def _assert_same_weights(one: Path, two: Path) -> None:
+    a, b = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
+    assert a.keys() == b.keys()
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < 1e-4, f"weights differ by up to {worst}"
+    moved = max(float((a[k] - c).abs().max()) for k, c in load_file(one.parent / "start.safetensors").items()
+                if k in a)
+    assert moved > 1e-3, "training moved the weights (else equality would say nothing)"
+    for name in ("importance.safetensors", "domain_importance.safetensors"):
+        if (one / name).is_file():
+            x, y = UnitTensors.load(one / name), UnitTensors.load(two / name)
+            assert all(torch.allclose(p, q, atol=1e-4) for (_, p), (_, q) in zip(x.items(), y.items(), strict=True))
+
+
+@pytest.mark.parametrize("softmask", [False, True], ids=["plain", "das"])
+def test_two_ranks_train_the_weights_of_one_process(still_roberta, given_importance, corpus_file, tmp_path, softmask):
+    values = {**SETTINGS, "softmask": softmask}
+    shutil.copyfile(still_roberta / "model.safetensors", tmp_path / "start.safetensors")
+    adapt(still_roberta, corpus_file, tmp_path / "one", upload_config(values), prev_importance=given_importance)
+    _two_ranks(still_roberta, corpus_file, tmp_path / "two", given_importance, values)
+    _assert_same_weights(tmp_path / "one", tmp_path / "two")
+    assert (tmp_path / "two" / "domain_importance.safetensors").is_file() == softmask or not softmask
+    metrics = json.loads((tmp_path / "two" / "train_metrics.json").read_text())
+    single = json.loads((tmp_path / "one" / "train_metrics.json").read_text())
+    assert metrics["tokens"] == single["tokens"], "the global batch's tokens are counted, not one rank's"
+    assert metrics["history"][-1]["loss"] == pytest.approx(single["history"][-1]["loss"], rel=1e-4)
+
+
+def test_a_run_resumed_on_two_ranks_ends_with_the_uninterrupted_weights(still_roberta, given_importance,
+                                                                        corpus_file, tmp_path):
+    values = {**SETTINGS, "softmask": True}
+    shutil.copyfile(still_roberta / "model.safetensors", tmp_path / "start.safetensors")
+    adapt(still_roberta, corpus_file, tmp_path / "one", upload_config(values), prev_importance=given_importance)
+    steps = []
+    stopped = adapt(still_roberta, corpus_file, tmp_path / "two", upload_config(values),
+                    prev_importance=given_importance, on_progress=lambda p: steps.append(p.step),
+                    should_stop=lambda: len(steps) >= 3)
+    assert (stopped.status, stopped.step) == ("cancelled", 3)
+    assert (tmp_path / "two" / "checkpoints").is_dir()
+    _two_ranks(still_roberta, corpus_file, tmp_path / "two", given_importance, values)
+    metrics = json.loads((tmp_path / "two" / "train_metrics.json").read_text())
+    assert metrics["resumed_from_step"] == 3
+    _assert_same_weights(tmp_path / "one", tmp_path / "two")
