@@ -175,6 +175,20 @@ def upload_config(values: dict[str, Any]) -> DASConfig:
     return DASConfig.from_dict({**UPLOAD_DEFAULTS, **values})
 
 
+def ranks_problem(config: DASConfig, ranks: int) -> str | None:
+    """Why these settings cannot train on `ranks` processes (each takes the same number of rows of the global batch,
+    and of its contrastive anchors); None when they can."""
+    if ranks <= 1:
+        return None
+    if config.batch_size % ranks:
+        return (f"batch_size {config.batch_size} does not divide over the {ranks} training processes: give a "
+                f"multiple of {ranks} (it is the global batch)")
+    if config.contrastive_samples % ranks:
+        return (f"contrastive_samples {config.contrastive_samples} does not divide over the {ranks} training "
+                f"processes: give 0 or a multiple of {ranks}")
+    return None
+
+
 def corpus_problem(config: DASConfig, documents: list[str]) -> str | None:
     """Why these settings cannot train on this corpus (checked by the trainer and by an upload before it is queued);
     None when they can."""

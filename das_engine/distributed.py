@@ -16,9 +16,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+# how long a rank waits in a collective: the others wait at the end while rank 0 merges (merge_auto scores
+# candidates against the end tasks) and writes the outputs
+TIMEOUT = timedelta(hours=6)
 
 
 @dataclass(frozen=True)
@@ -92,8 +97,14 @@ def init_from_environment(device: str) -> tuple[Ranks, str]:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
+        dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=TIMEOUT)
     return current(), device
+
+
+def leave() -> None:
+    """Leave the process group at once (a failing rank: the others are stopped by their launcher)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def finish() -> None:
@@ -101,18 +112,6 @@ def finish() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
-
-
-def check_divisible(batch_size: int, contrastive_samples: int, world: int) -> None:
-    """Every rank takes the same number of rows, and of contrastive anchors: both must divide by the ranks."""
-    if world <= 1:
-        return
-    if batch_size % world:
-        raise ValueError(f"batch_size {batch_size} does not divide over {world} ranks: give a multiple of {world} "
-                         "(it is the global batch)")
-    if contrastive_samples % world:
-        raise ValueError(f"contrastive_samples {contrastive_samples} does not divide over {world} ranks: give 0 "
-                         f"or a multiple of {world}")
 
 
 def gather_rows(tensor: torch.Tensor, ranks: Ranks, *, grad: bool) -> torch.Tensor:

@@ -35,11 +35,11 @@ from torch import nn
 from model_store.layout import DOMAIN_IMPORTANCE, IMPORTANCE, IMPORTANCE_IN, METRICS
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import DASConfig, corpus_problem
+from .config import DASConfig, corpus_problem, ranks_problem
 from .contrastive import contrastive_loss
 from .corpus import read_corpus, split_by_hash
 from .data import PackedCorpus, get_batch, mask_tokens, pack_corpus, step_seed
-from .distributed import LossShares, Ranks, check_divisible, current, gather_rows
+from .distributed import LossShares, Ranks, current, gather_rows
 from .fingerprint import base_fingerprint, corpus_fingerprint
 from .importance import (
     accumulate,
@@ -185,7 +185,9 @@ def adapt(base: str | Path, corpus: str | Path | list[str], out_dir: str | Path,
     `merge_auto` which registered tasks a candidate drops (the service's; none: held-out losses decide).
     """
     ranks = current()  # 0 of 1, or a rank of a torch.distributed run (see distributed.py)
-    check_divisible(config.batch_size, config.contrastive_samples, ranks.world)
+    problem = ranks_problem(config, ranks.world)
+    if problem:
+        raise ValueError(problem)
     report = on_progress if on_progress is not None and ranks.main else (lambda p: None)
     stop = should_stop or (lambda: False)
     out_dir = Path(out_dir)
@@ -212,7 +214,7 @@ def adapt(base: str | Path, corpus: str | Path | list[str], out_dir: str | Path,
     units = resolve_units(model)
     data = TrainingData.prepare(documents, replay, tokenizer, config)
     out_dir.mkdir(parents=True, exist_ok=True)
-    run = RunState(timings={})
+    run = RunState(timings={}, ranks=ranks.world)
 
     # --- the importance this step trains against, I(<=t-1) (I(0) for the first domain), and its soft-mask ---
     importance_in = _importance_in(model, units, data.packed, config, prev_importance, ckpt_dir, device, report, run)
@@ -373,6 +375,7 @@ class RunState:
     tokens: int = 0
     train_time: float = 0.0
     merge: dict | None = None  # the merge toward the parent (merge.merge_candidate's record), if any
+    ranks: int = 1  # the processes it trained on (torch.distributed)
 
     def resume(self, step: int, state: dict) -> None:
         """Continue from a checkpoint's step and state."""
@@ -406,7 +409,7 @@ class RunState:
             "resumed_from_step": self.start or None, "timings": self.timings,
             "corpus": {"documents": packed.num_documents, "blocks": len(packed), "tokens": packed.num_tokens},
             "history": self.history, "settings": config.to_dict(), "family": units.family,
-            "made_from": made_from, "device": str(device),
+            "made_from": made_from, "device": str(device), "ranks": self.ranks,
             "replay": {"rows_per_batch": data.replay_rows, "corpora": data.replay_documents},
             "merge": self.merge,
         }

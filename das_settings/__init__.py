@@ -92,6 +92,9 @@ class Settings(BaseSettings):
         "process", description="Embedded mode: `process` runs each job in a child process (forked from a server "
         "that imported torch once), so training memory is returned when the job ends and a crash or an "
         "out-of-memory kill fails only the job; `thread` runs jobs inside the API process (no isolation).")
+    train_procs: int = Field(1, ge=1, le=256, description="Processes an adaptation trains on (torch.distributed: "
+                             "gloo on the CPU, nccl with one GPU per process): the worker is rank 0 and starts the "
+                             "others. An upload's batch_size must divide by it.")
     max_attempts: int = Field(3, ge=1, description="Attempts of a job that fails (a resumed job counts one).")
     gate_max_drop: float = Field(1.0, ge=0, le=100, description="The forgetting gate: a new version is rejected "
                                  "if an end task's macro-F1 on its eval set falls by more than this many points "

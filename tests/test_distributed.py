@@ -101,3 +101,23 @@ def test_a_run_resumed_on_two_ranks_ends_with_the_uninterrupted_weights(still_ro
     metrics = json.loads((tmp_path / "two" / "train_metrics.json").read_text())
     assert metrics["resumed_from_step"] == 3
     _assert_same_weights(tmp_path / "one", tmp_path / "two")
+
+
+def test_a_service_adaptation_trains_on_two_ranks(service_settings, small_corpus):
+    """DAS_TRAIN_PROCS=2: the job's process is rank 0 and starts rank 1; an upload whose batch does not divide over
+    the ranks is refused before anything is stored."""
+    from fastapi.testclient import TestClient
+    from service_helpers import JOB_FORM, upload, wait_for_job
+
+    from das.app import build_app
+
+    with TestClient(build_app(service_settings.model_copy(update={"train_procs": 2}))) as client:
+        with small_corpus.open("rb") as f:
+            odd = client.post("/v1/corpora", files={"file": ("c.txt", f, "text/plain")},
+                              data={**JOB_FORM, "batch_size": "3"})
+        assert odd.status_code == 422 and "divide over the 2 training processes" in odd.text
+        assert "DAS_TRAIN_PROCS=2" in odd.text and client.get("/v1/jobs").json() == []
+        job = wait_for_job(client, upload(client, small_corpus)["job_id"], timeout_s=300)
+        assert (job["state"], job["version"]) == ("succeeded", "v0002"), job
+        manifest = client.get("/v1/models/v0002").json()
+        assert manifest["metrics"]["ranks"] == 2 and manifest["metrics"]["steps"] == 12

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from das_engine.config import DASConfig
 from das_engine.corpus import read_corpus
-from das_engine.trainer import Progress, adapt
+from das_engine.spawn_ranks import adapt_on_ranks
+from das_engine.trainer import Progress
 from job_records import Job
 from model_store.manifest import CorpusInfo, Manifest
 from model_store.store import LineageError, ModelStore, PublishRequest, StoreError
@@ -57,7 +58,8 @@ def adapt_version(store: ModelStore, parent: str, corpus: CorpusInfo, domain: st
                   work_dir: Path, documents: list[str] | None = None, device: str = "cpu", activate: bool = True,
                   gate_max_drop: float = 1.0, force: bool = False,
                   on_progress: Callable[[Progress], None] | None = None,
-                  should_stop: Callable[[], bool] | None = None, request_id: str | None = None) -> Manifest:
+                  should_stop: Callable[[], bool] | None = None, request_id: str | None = None,
+                  train_procs: int = 1) -> Manifest:
     """Adapt version `parent` on a stored corpus and publish the result; raise JobStopped if stopped.
 
     Replay and merge_auto read the corpora of the parent's lineage (`lineage_corpora`); merge_auto's choice judges
@@ -78,9 +80,9 @@ def adapt_version(store: ModelStore, parent: str, corpus: CorpusInfo, domain: st
     with tempfile.TemporaryDirectory(dir=work_dir) as judging:
         judge = CandidateJudge(store, parent, Path(judging), max_drop=gate_max_drop, device=device) \
             if config.merge_auto else None
-        result = adapt(store.model_dir(parent), documents, work, config, prev_importance=store.importance_file(parent),
-                       domain=domain, device=device, replay=replay, judge_tasks=judge, on_progress=on_progress,
-                       should_stop=should_stop)
+        result = adapt_on_ranks(train_procs, store.model_dir(parent), documents, work, config,
+                                prev_importance=store.importance_file(parent), domain=domain, device=device,
+                                replay=replay, judge_tasks=judge, on_progress=on_progress, should_stop=should_stop)
     if result.status != "completed":
         raise JobStopped(f"stopped at step {result.step}")
     with tempfile.TemporaryDirectory(dir=work_dir) as fits:
@@ -152,7 +154,8 @@ def run_adapt_job(job: Job, ctx: WorkerContext, reporter: ProgressReporter) -> s
                         filename=job.corpus_filename)
     manifest = adapt_version(ctx.store, job.parent, corpus, job.domain, config, work_dir=ctx.work_dir,
                              documents=read_corpus(path), device=ctx.device, gate_max_drop=ctx.gate_max_drop,
-                             force=force, on_progress=reporter, should_stop=reporter.should_stop, request_id=job.id)
+                             force=force, on_progress=reporter, should_stop=reporter.should_stop, request_id=job.id,
+                             train_procs=ctx.train_procs)
     if manifest.status == "active":
         queue_missing_fits(ctx.store, ctx.jobs, manifest.id, ctx.submit)  # finetune tasks, and any a gate missed
     else:

@@ -41,7 +41,7 @@ def build_worker_context(settings: Settings, *, store: ModelStore | None = None,
     return WorkerContext(store=store or open_store(settings), jobs=jobs or job_registry(settings),
                          work_dir=settings.work_dir, heartbeat_s=settings.heartbeat_s,
                          max_attempts=settings.max_attempts, device=settings.device,
-                         gate_max_drop=settings.gate_max_drop,
+                         gate_max_drop=settings.gate_max_drop, train_procs=settings.train_procs,
                          on_published=on_published or (lambda version: announce(settings, version)), submit=submit)
 
 

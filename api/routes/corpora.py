@@ -21,6 +21,7 @@ from das_engine.config import (
     check_limits,
     corpus_problem,
     model_max_length,
+    ranks_problem,
     setting_fields,
     upload_config,
 )
@@ -92,6 +93,9 @@ async def upload_corpus(
         check_limits(config, limits)
     except LimitError as err:
         raise HTTPException(422, f"{err} (set by {LIMIT_SETTINGS[err.limit_name]})") from None
+    problem = ranks_problem(config, service.settings.train_procs)
+    if problem:
+        raise HTTPException(422, f"{problem} (DAS_TRAIN_PROCS={service.settings.train_procs})")
     settings = config.to_dict() | ({"force": True} if force else {})  # worker.adaptation.job_config reads it
     filename = safe_filename(file.filename or "")
     limit = service.settings.max_upload_bytes

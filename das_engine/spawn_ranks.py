@@ -1,0 +1,110 @@
+"""`adapt` on several processes of this machine, with this process as rank 0 (a worker's DAS_TRAIN_PROCS).
+
+Rank 0 keeps what only one process can hold: the progress callback, the stop check (passed on to every rank at each
+step), the merge's task judge and the outputs. The other ranks are started as `python -m das_engine.spawn_ranks
+SPEC` with the environment torchrun would give them (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), read
+the same inputs from SPEC, and train their rows of each batch. A rank that fails makes the collectives of the others
+fail, so the job fails with it; the helpers are killed when rank 0 leaves early.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from . import distributed
+from .trainer import AdaptResult, adapt
+
+HELPER_EXIT_WAIT_S = 60.0
+
+
+def adapt_on_ranks(procs: int, base: str | Path, corpus: str | Path | list[str], out_dir: str | Path, config,
+                   *, device: str = "cpu", **kwargs: Any) -> AdaptResult:
+    """trainer.adapt as `procs` ranks (one: in this process, as it is). kwargs: adapt's own; the callbacks
+    (on_progress, should_stop, judge_tasks) stay on rank 0."""
+    if procs <= 1:
+        return adapt(base, corpus, out_dir, config, device=device, **kwargs)
+    shared = {k: v for k, v in kwargs.items() if k in ("prev_importance", "domain", "replay")}
+    port = _free_port()
+    with tempfile.TemporaryDirectory(prefix="das-ranks-") as folder:
+        spec = Path(folder) / "spec.pickle"
+        spec.write_bytes(pickle.dumps({"base": base, "corpus": corpus, "out_dir": out_dir, "config": config,
+                                       "device": device, **shared}))
+        helpers = [_start_helper(rank, procs, port, spec) for rank in range(1, procs)]
+        try:
+            _join(0, procs, port, device)
+            result = adapt(base, corpus, out_dir, config, device=_rank_device(device, 0), **kwargs)
+            distributed.finish()  # the helpers wait there for rank 0's outputs
+        except BaseException:
+            for helper in helpers:  # they may wait in a collective rank 0 never reaches
+                helper.kill()
+            distributed.leave()
+            raise
+        finally:
+            failed = _wait(helpers)
+    if failed:
+        raise RuntimeError(f"training rank(s) {failed} of {procs} failed; see their log lines")
+    return result
+
+
+def _start_helper(rank: int, world: int, port: int, spec: Path) -> subprocess.Popen:
+    env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // world)))
+    return subprocess.Popen([sys.executable, "-m", "das_engine.spawn_ranks", str(spec)], env=env)
+
+
+def _join(rank: int, world: int, port: int, device: str) -> None:
+    import torch
+    import torch.distributed as dist
+
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.set_device(_rank_device(device, rank))
+    dist.init_process_group(backend="nccl" if cuda else "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world, timeout=distributed.TIMEOUT)
+
+
+def _rank_device(device: str, rank: int) -> str:
+    """One GPU per rank (cuda:RANK); the CPU for all."""
+    return f"cuda:{rank}" if device.startswith("cuda") else device
+
+
+def _wait(helpers: list[subprocess.Popen]) -> list[int]:
+    """Wait for the helper ranks (killing any still running after a while); the ranks that failed."""
+    failed = []
+    for rank, helper in enumerate(helpers, start=1):
+        try:
+            code = helper.wait(HELPER_EXIT_WAIT_S)
+        except subprocess.TimeoutExpired:
+            helper.kill()
+            code = helper.wait()
+        if code != 0:
+            failed.append(rank)
+    return failed
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def main(spec_path: str) -> None:
+    """A helper rank: the spec's adapt call, as rank RANK of WORLD_SIZE."""
+    spec = pickle.loads(Path(spec_path).read_bytes())
+    _, device = distributed.init_from_environment(spec.pop("device"))
+    try:
+        adapt(spec.pop("base"), spec.pop("corpus"), spec.pop("out_dir"), spec.pop("config"), device=device, **spec)
+    finally:
+        distributed.finish()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
