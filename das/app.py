@@ -26,7 +26,7 @@ def torch_runtime(settings: Settings) -> ModelRuntime:
         from serving.model import LoadedModel
 
         _freeze_imported_objects()
-        return LoadedModel.load(version, folder, current, device=settings.device)
+        return LoadedModel.load(version, folder, current, device=settings.device, int8=settings.serve_int8)
 
     def load_tasks(store: ModelStore, version: str, current):
         from serving.tasks import load_task_set

@@ -8,7 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -109,6 +109,9 @@ class Settings(BaseSettings):
                                        "end task.")
     poll_interval_s: float = Field(2.0, gt=0, description="How often API processes poll the active pointer.")
     device: str = Field("cpu", description="Where workers train and the API serves: cpu, cuda, cuda:1, ...")
+    serve_int8: bool = Field(False, description="Serve the encoder's Linear layers as dynamic int8 (CPU only): "
+                             "faster inference, embeddings and task answers slightly changed (docs/performance.md); "
+                             "training and the stored versions stay fp32.")
     # --- logs ---
     log_level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(_upper)] = Field(
         "INFO", description="Least level of the log lines `das serve` and `das worker` write (any case).")
@@ -122,6 +125,12 @@ class Settings(BaseSettings):
                                      "`das eval` that the API lists at /v1/evaluations and the /ui page draws "
                                      "(a[T, i] matrices, Pareto plots); a JSON list in DAS_EVAL_RESULTS; each is "
                                      "read and checked at start-up.")
+
+    @model_validator(mode="after")
+    def _int8_on_the_cpu(self) -> "Settings":
+        if self.serve_int8 and not self.device.startswith("cpu"):
+            raise ValueError(f"DAS_SERVE_INT8 serves on the CPU only (DAS_DEVICE={self.device}): unset one of them")
+        return self
 
     @property
     def queue_name(self) -> str:

@@ -41,6 +41,18 @@ def same_tokenizer_files(tokenizer, a: Path, b: Path) -> bool:
     return names(a) == names(b)
 
 
+def int8_encoder(encoder: torch.nn.Module) -> torch.nn.Module:
+    """The encoder with its Linear layers as dynamic int8 ones (int8 weights; activations quantised per batch).
+    Embeddings, LayerNorms and the MLM head stay fp32."""
+    import warnings
+
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():  # torch.ao's deprecation notices, once per load
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(encoder, {torch.nn.Linear}, dtype=torch.qint8)
+
+
 @dataclass
 class LoadedModel:
     version: str
@@ -54,15 +66,20 @@ class LoadedModel:
     tasks: TaskSet = field(default_factory=TaskSet)  # the end-task models served with this version
 
     @classmethod
-    def load(cls, version: str, folder: Path, previous: LoadedModel | None = None, device: str = "cpu") -> LoadedModel:
+    def load(cls, version: str, folder: Path, previous: LoadedModel | None = None, device: str = "cpu",
+             int8: bool = False) -> LoadedModel:
         """Load a version; `previous` (the one serving now) lends its tokenizer when the folders' tokenizer
         files are identical and their configs name the same tokenizer (`same_tokenizer_files`), as between
         versions of one lineage: building a tokenizer holds the GIL ~20 ms, a pause for every request.
-        Sharing is safe because only the batcher thread tokenises (warm() does not)."""
+        Sharing is safe because only the batcher thread tokenises (warm() does not).
+
+        `int8` (CPU only, DAS_SERVE_INT8) serves the encoder's Linear layers as dynamic int8 (docs/performance.md)."""
         reuse = previous is not None and same_tokenizer_files(previous.tokenizer, folder, previous.folder)
         shared = previous.tokenizer if reuse else None
         model, tokenizer = load_masked_lm(folder, tokenizer=shared)
         model.eval().to(device)
+        if int8:
+            model.base_model.encoder = int8_encoder(model.base_model.encoder)
         max_tokens = served_max_tokens(model.config)
         return cls(version, folder, model, tokenizer, resolve_units(model).mlm_head, max_tokens, torch.device(device))
 
