@@ -41,6 +41,7 @@ class ModelRuntime:
     load_tasks: Callable[[ModelStore, str, object | None], object | None]  # serving.tasks.load_task_set
     run_job: RunJob  # worker.jobs.run_job
     initialise_store: Callable[[ModelStore, Settings], object]  # das_data.base_models.ensure_initialised
+    prepare_jobs: Callable[[], None] = lambda: None  # run by the embedded worker before its first job
 
 
 @dataclass
@@ -154,7 +155,7 @@ def build_service(settings: Settings, runtime: ModelRuntime) -> Service:
     service = Service(settings, store, jobs, holder, batcher, watcher, runtime, pinned)
     if not settings.broker_url:
         ctx = build_worker_context(settings, store=store, jobs=jobs, on_published=lambda version: watcher.poke())
-        service.embedded = EmbeddedWorker(ctx, runtime.run_job)
+        service.embedded = EmbeddedWorker(ctx, runtime.run_job, prepare=runtime.prepare_jobs)
         ctx.submit = service.embedded.submit
     return service
 

@@ -42,8 +42,14 @@ def torch_runtime(settings: Settings) -> ModelRuntime:
 
         return run(job_id, ctx)
 
+    def prepare_jobs() -> None:
+        if settings.job_isolation == "process":
+            from worker.job_process import start_fork_server
+
+            start_fork_server()
+
     return ModelRuntime(load_version=load_version, load_tasks=load_tasks, run_job=run_job,
-                        initialise_store=ensure_initialised)
+                        initialise_store=ensure_initialised, prepare_jobs=prepare_jobs)
 
 
 def build_app(settings: Settings | None = None) -> FastAPI:

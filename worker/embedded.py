@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 
 from job_records import PENDING
 
@@ -16,9 +17,10 @@ log = logging.getLogger(__name__)
 class EmbeddedWorker:
     """Runs jobs one at a time in the order they were submitted; pending jobs resume on start."""
 
-    def __init__(self, ctx: WorkerContext, run_job: RunJob) -> None:
+    def __init__(self, ctx: WorkerContext, run_job: RunJob, prepare: Callable[[], None] = lambda: None) -> None:
         self.ctx = ctx
         self.run_job = run_job  # worker.jobs.run_job, passed in so that this module imports no torch
+        self.prepare = prepare  # e.g. start the job processes' fork server, on this thread, before the first job
         self.queue: queue.Queue[str | None] = queue.Queue()
         self.thread = threading.Thread(target=self._loop, name="das-embedded-worker", daemon=True)
 
@@ -40,6 +42,10 @@ class EmbeddedWorker:
         self.thread.join(timeout_s)
 
     def _loop(self) -> None:
+        try:
+            self.prepare()
+        except Exception:  # noqa: BLE001 - the first job will try again and say what is wrong
+            log.exception("preparing to run jobs failed")
         while not self.ctx.stop.is_set():
             job_id = self.queue.get()
             if job_id is None:

@@ -49,6 +49,14 @@ def _fork_server() -> BaseContext:
     return context
 
 
+def start_fork_server() -> None:
+    """Start the fork server now (it imports torch and the job code once), so the first job does not wait for it."""
+    from multiprocessing import forkserver
+
+    _fork_server()
+    forkserver.ensure_running()
+
+
 def run_in_child(job_id: str, ctx: WorkerContext, settings: Settings) -> Outcome:
     """Run job `job_id` in a child process and return its outcome; a child that died fails the job (DONE)."""
     job = ctx.jobs.get(job_id)
