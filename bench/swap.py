@@ -1,6 +1,6 @@
 """A hot swap under steady load: errors, p99 during swaps against the steady p99, resident memory.
 
-    python bench/swap.py [--seconds 30] [--concurrency 8] [--swaps 4]
+    python bench/swap.py [--seconds 30] [--concurrency 8] [--swaps 4] [--base DIR --adapt-steps N]
 
 Builds a store with two versions of the embedded model (v0002 adapted for a few steps), starts
 `das serve` on loopback, runs closed-loop fill-mask load, and activates v0002 / v0001 in turn.
@@ -68,19 +68,25 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--swaps", type=int, default=4)
+    parser.add_argument("--base", default=None, help="base model folder (default: $DAS_BASE_MODEL, 'embedded'); "
+                        "e.g. models/roberta-base-shape (bench/production_shape.py builds it)")
+    parser.add_argument("--adapt-steps", type=int, default=20, help="steps of the adaptation that makes v0002")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="das-swap-"))
-    settings = get_settings().model_copy(update={"store": str(tmp / "store"), "work_dir": tmp / "work"})
+    update = {"store": str(tmp / "store"), "work_dir": tmp / "work"} | ({"base_model": args.base} if args.base else {})
+    settings = get_settings().model_copy(update=update)
     store = open_store(settings)
     ensure_initialised(store, settings)
     corpus = tmp / "legal.txt"
     corpus.write_text("\n".join(licence_documents()[:200]), encoding="utf-8")
-    adapt_active(store, corpus, "legal", DASConfig(steps=20, importance_samples=32, checkpoint_every=0),
+    adapt_active(store, corpus, "legal", DASConfig(steps=args.adapt_steps, importance_samples=32, checkpoint_every=0,
+                                                   batch_size=4 if args.base else 16),
                  work_dir=tmp / "work", activate=False)
     store.activate("v0001")
     port = free_port()
     server = start([sys.executable, "-c", "from das.cli import app; app()", "serve", "--port", str(port),
-                    "--store", str(tmp / "store")], port, {"DAS_WORK_DIR": str(tmp / "work")})
+                    "--store", str(tmp / "store")], port, {"DAS_WORK_DIR": str(tmp / "work"),
+                                                           "DAS_BASE_MODEL": settings.base_model})
     rss: list[tuple[float, float]] = []
     done = threading.Event()
 
