@@ -37,7 +37,7 @@ class BodyLimitMiddleware:
         shown = upload_limit if is_upload else self.max_json  # the setting, not the framing allowance
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _too_large(send, shown, is_upload)
+            await _too_large(send, scope, shown, is_upload)
             return
         # A body without a Content-Length (chunked transfer encoding) is counted as it arrives. Whoever
         # reads it may wrap the error (FastAPI turns any error of its body parsing into a 400), so the
@@ -58,7 +58,7 @@ class BodyLimitMiddleware:
             nonlocal started, replaced
             if exceeded and not started:  # whatever the app answers to a body over the limit: 413
                 started = replaced = True
-                await _too_large(send, shown, is_upload)
+                await _too_large(send, scope, shown, is_upload)
             if replaced:
                 return  # the app's own answer is dropped
             started = started or message["type"] == "http.response.start"
@@ -70,12 +70,16 @@ class BodyLimitMiddleware:
             if not exceeded:
                 raise
             if not started:
-                await _too_large(send, shown, is_upload)
+                await _too_large(send, scope, shown, is_upload)
 
 
-async def _too_large(send: Send, limit: int, is_upload: bool) -> None:
+async def _too_large(send: Send, scope: Scope, limit: int, is_upload: bool) -> None:
     what = "upload" if is_upload else "request body"
-    body = json.dumps({"detail": f"the {what} exceeds the limit of {limit} bytes"}).encode()
+    detail = f"the {what} exceeds the limit of {limit} bytes"
+    log.info("refused %s %s: 413 %s", scope["method"], scope["path"], detail,
+             extra={"event": "refused", "method": scope["method"], "path": scope["path"], "status": 413,
+                    "detail": detail})
+    body = json.dumps({"detail": detail}).encode()
     await send({"type": "http.response.start", "status": 413,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})

@@ -159,6 +159,11 @@ def test_a_fit_and_an_adaptation_are_logged_and_counted(service_settings, small_
         assert invalid.status_code == 422 and invalid.json()["detail"][0]["loc"] == ["body", "top_k"]
         [refused] = events(log_stream, "refused", path="/v1/fill-mask", status=422)
         assert "body.top_k" in refused["detail"] and refused["method"] == "POST"
+        too_large = client.post("/v1/embeddings", content=b"x" * (service_settings.max_json_bytes + 1),
+                                headers={"content-type": "application/json"})
+        assert too_large.status_code == 413
+        [refused] = events(log_stream, "refused", path="/v1/embeddings", status=413)
+        assert refused["detail"] == too_large.json()["detail"] and refused["method"] == "POST"
 
         # /metrics: swaps and their seconds, the served version, fit seconds, the gate, the queue by kind
         text = client.get("/metrics").text
