@@ -14,7 +14,7 @@ sequences/s of the encoder at `--batch` over the test texts, fp32 and int8 alter
 from __future__ import annotations
 
 import argparse
-import json
+import copy
 import statistics
 import sys
 import time
@@ -23,21 +23,21 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from das_engine.endtask import ProbeConfig, pooled_features, probe_task, score
-from das_engine.loading import load_masked_lm
-from das_engine.task_data import label_ids
-from das_eval.plan import ScoringSettings
-from das_eval.scoring import prepare_domain
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import emit  # noqa: E402
+
+from das_engine.endtask import ProbeConfig, pooled_features, probe_task, score  # noqa: E402
+from das_engine.loading import load_masked_lm  # noqa: E402
+from das_engine.task_data import label_ids  # noqa: E402
+from das_eval.plan import ScoringSettings  # noqa: E402
+from das_eval.scoring import prepare_domain  # noqa: E402
+from serving.model import int8_encoder  # noqa: E402
 
 
 def quantised(model: nn.Module) -> nn.Module:
-    """A copy of `model` whose encoder Linear layers are dynamic int8."""
-    import copy
-
-    from torch.ao.quantization import quantize_dynamic
-
+    """A copy of `model` whose encoder is the one DAS_SERVE_INT8 serves (serving.model.int8_encoder)."""
     clone = copy.deepcopy(model).eval()
-    clone.base_model.encoder = quantize_dynamic(clone.base_model.encoder, {nn.Linear}, dtype=torch.qint8)
+    clone.base_model.encoder = int8_encoder(clone.base_model.encoder)
     return clone
 
 
@@ -95,15 +95,10 @@ def main() -> None:
             rates["fp32"].append(speed(model, tokenizer, texts_for_speed, args.batch, args.max_length))
             rates["int8"].append(speed(int8, tokenizer, texts_for_speed, args.batch, args.max_length))
     fp32, q = statistics.median(rates["fp32"]), statistics.median(rates["int8"])
-    result = {"date": time.strftime("%Y-%m-%d"), "command": "python " + " ".join(sys.argv), "model": args.model,
-              "threads": torch.get_num_threads(), "tasks": tasks,
+    emit({"model": args.model, "threads": torch.get_num_threads(), "tasks": tasks,
               "speed": {"sequences_per_s_fp32": round(fp32, 1), "sequences_per_s_int8": round(q, 1),
                         "ratio": round(q / fp32, 2), "runs_fp32": [round(r, 1) for r in rates["fp32"]],
-                        "runs_int8": [round(r, 1) for r in rates["int8"]]}}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+                        "runs_int8": [round(r, 1) for r in rates["int8"]]}}, args.out)
 
 
 if __name__ == "__main__":

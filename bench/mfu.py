@@ -20,7 +20,6 @@ and the positive pass of the contrastive samples with backward (3x forward), and
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -30,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from production_shape import build_shape  # noqa: E402
+from report import emit  # noqa: E402
 
 from das_data.local_corpora import licence_documents  # noqa: E402
 from das_engine.config import DASConfig  # noqa: E402
@@ -97,8 +97,7 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peak = args.peak_tflops or next((p[args.precision] for key, p in PEAKS.items() if key in name), None)
     masked = round(0.15 * args.batch_size * (args.max_length - 2))
-    result = {"date": time.strftime("%Y-%m-%d"), "command": "python " + " ".join(sys.argv), "device": name,
-              "precision": args.precision, "batch": [args.batch_size, args.max_length],
+    result = {"device": name, "precision": args.precision, "batch": [args.batch_size, args.max_length],
               "parameters": sum(p.numel() for p in model.parameters()), "peak_tflops": peak, "steps": {}}
     for kind, values in times.items():
         seconds = statistics.median(values)
@@ -109,10 +108,7 @@ def main() -> None:
                                  "mfu": round(flops / seconds / (peak * 1e12), 4) if peak else None,
                                  "tokens_per_s": round(args.batch_size * args.max_length / seconds, 1)}
     result["das_over_plain_time"] = round(result["steps"]["das"]["median_s"] / result["steps"]["plain"]["median_s"], 2)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ Writes the figures as JSON to stdout (and --out).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -28,6 +27,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from infer import free_port, probe_texts, start  # noqa: E402
+from report import emit  # noqa: E402
+from swap import rss_mib  # noqa: E402
 
 from das_data.base_models import resolve_base_model  # noqa: E402
 from das_data.local_corpora import licence_documents  # noqa: E402
@@ -50,13 +51,6 @@ def build_shape(folder: Path) -> Path:
     RobertaForMaskedLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def descendants(pid: int) -> list[int]:
@@ -208,14 +202,7 @@ def main() -> None:
     args = parser.parse_args()
     model = build_shape(args.model)
     runs = [one_run(model, isolation, args) for isolation in args.isolation.split(",")]
-    result = {"date": time.strftime("%Y-%m-%d"), "model": str(model), "shape": SHAPE,
-              "command": "python " + " ".join(sys.argv), "settings": vars(args) | {"model": str(args.model),
-                                                                                    "out": str(args.out)},
-              "runs": runs}
-    text = json.dumps(result, indent=2, default=str)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit({"model": str(model), "shape": SHAPE, "settings": vars(args), "runs": runs}, args.out)
 
 
 if __name__ == "__main__":

@@ -180,8 +180,10 @@ def _under_torchrun(nproc: int) -> int:
             continue
         if not arg.startswith("--nproc="):
             args.append(arg)
+    from das_engine.distributed import threads_per_rank
+
     env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    env.setdefault("OMP_NUM_THREADS", threads_per_rank(nproc))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "das.cli", *args]
     return subprocess.call(command, env=env)

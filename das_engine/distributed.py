@@ -4,8 +4,9 @@ A run of N ranks (torchrun, or `das adapt --nproc N`) trains the same model as o
 - every rank builds the whole global batch of a step from (seed, step) and masks it with the step's generator, as
   one process does, then takes its own rows (`Ranks.rows`: rows rank, rank + N, ...). So 1 and N ranks see the
   same batches and the same masks, and `batch_size` stays the global batch;
-- the model is wrapped in DistributedDataParallel for the step, whose loss is scaled so that the averaged gradient
-  is the one-process gradient (`loss_scale`); the InfoNCE term gathers every rank's positives and o_prev passes;
+- the model is wrapped in DistributedDataParallel for the step; each rank's loss is its share of the global
+  batch's (`LossShares`), scaled by N before backward, so the averaged gradient is the one-process gradient
+  (trainer.train_step); the InfoNCE term gathers every rank's positives and o_prev passes;
 - the soft-mask then acts on the all-reduced gradients (or on the update), the same on every rank;
 - the importance passes take every N-th batch on each rank and sum over the ranks (`all_reduce_sum`);
 - rank 0 writes checkpoints and the outputs; every rank reads the same checkpoint to resume.
@@ -61,10 +62,6 @@ class Ranks:
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item())
 
-    def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier()
-
 
 @dataclass(frozen=True)
 class LossShares:
@@ -88,17 +85,30 @@ def launched_world() -> int:
 
 
 def init_from_environment(device: str) -> tuple[Ranks, str]:
-    """Join the process group torchrun set up (RANK, WORLD_SIZE, MASTER_ADDR, ...): gloo on the CPU, nccl on GPUs.
-    Returns the ranks and this rank's device (cuda:LOCAL_RANK for a CUDA device)."""
+    """Join the process group torchrun set up (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT).
+    Returns the ranks and this rank's device (see `join`)."""
     if launched_world() <= 1:
         return Ranks(), device
+    if not dist.is_initialized():
+        device = join(int(os.environ["RANK"]), launched_world(), int(os.environ.get("LOCAL_RANK", "0")), device)
+    return current(), device
+
+
+def join(rank: int, world: int, local_rank: int, device: str, init_method: str = "env://") -> str:
+    """Join a process group as `rank` of `world`: gloo on the CPU, nccl on GPUs, one GPU per rank of a machine.
+    Returns this rank's device (cuda:LOCAL_RANK for a CUDA device, else `device`)."""
     cuda = torch.device(device).type == "cuda"
     if cuda:
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        device = f"cuda:{local_rank}"
         torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=TIMEOUT)
-    return current(), device
+    dist.init_process_group(backend="nccl" if cuda else "gloo", init_method=init_method, rank=rank,
+                            world_size=world, timeout=TIMEOUT)
+    return device
+
+
+def threads_per_rank(world: int) -> str:
+    """OMP_NUM_THREADS for each of `world` CPU ranks of one machine: an equal share of its cores."""
+    return str(max(1, (os.cpu_count() or 1) // world))
 
 
 def leave() -> None:

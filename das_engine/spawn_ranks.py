@@ -38,8 +38,8 @@ def adapt_on_ranks(procs: int, base: str | Path, corpus: str | Path | list[str],
                                        "device": device, **shared}))
         helpers = [_start_helper(rank, procs, port, spec) for rank in range(1, procs)]
         try:
-            _join(0, procs, port, device)
-            result = adapt(base, corpus, out_dir, config, device=_rank_device(device, 0), **kwargs)
+            rank_device = distributed.join(0, procs, 0, device, init_method=f"tcp://127.0.0.1:{port}")
+            result = adapt(base, corpus, out_dir, config, device=rank_device, **kwargs)
             distributed.finish()  # the helpers wait there for rank 0's outputs
         except BaseException:
             for helper in helpers:  # they may wait in a collective rank 0 never reaches
@@ -56,24 +56,8 @@ def adapt_on_ranks(procs: int, base: str | Path, corpus: str | Path | list[str],
 def _start_helper(rank: int, world: int, port: int, spec: Path) -> subprocess.Popen:
     env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // world)))
+    env.setdefault("OMP_NUM_THREADS", distributed.threads_per_rank(world))
     return subprocess.Popen([sys.executable, "-m", "das_engine.spawn_ranks", str(spec)], env=env)
-
-
-def _join(rank: int, world: int, port: int, device: str) -> None:
-    import torch
-    import torch.distributed as dist
-
-    cuda = torch.device(device).type == "cuda"
-    if cuda:
-        torch.cuda.set_device(_rank_device(device, rank))
-    dist.init_process_group(backend="nccl" if cuda else "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world, timeout=distributed.TIMEOUT)
-
-
-def _rank_device(device: str, rank: int) -> str:
-    """One GPU per rank (cuda:RANK); the CPU for all."""
-    return f"cuda:{rank}" if device.startswith("cuda") else device
 
 
 def _wait(helpers: list[subprocess.Popen]) -> list[int]:

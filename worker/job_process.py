@@ -20,7 +20,6 @@ import multiprocessing
 import multiprocessing.connection
 import signal
 import threading
-import time
 from functools import lru_cache
 from multiprocessing.context import BaseContext
 
@@ -116,13 +115,12 @@ def _child_died(job_id: str, ctx: WorkerContext, exitcode: int | None) -> Outcom
         log.warning("job %s: its process died (%s) after publishing its version; it is finished next",
                     job_id, describe_exit(exitcode))
         return Outcome.RETRY
-    from .jobs import _log_end
+    from .jobs import end_job
 
     error = f"the job's process died ({describe_exit(exitcode)}); the service is unaffected. " + _advice(exitcode)
     log.error("job %s: %s", job_id, error, extra={"event": "job_process_died", "job_id": job_id,
                                                    "exitcode": exitcode})
-    _log_end(ctx.jobs.update(job_id, state="failed", error=error, finished=time.time()))
-    return Outcome.DONE
+    return end_job(ctx, job_id, "failed", error)
 
 
 def describe_exit(exitcode: int | None) -> str:

@@ -46,11 +46,11 @@ def run_job(job_id: str, ctx: WorkerContext) -> Outcome:
             log.info("job %s is %s already: not run", job_id, job.state, extra=_fields(job, "job_skipped"))
         return Outcome.DONE
     if job.cancel_requested:
-        return _end(ctx, job_id, "cancelled")
+        return end_job(ctx, job_id, "cancelled")
     published = ctx.store.find_by_request(job_id) if job.kind == "adapt" else None
     if published is not None:  # it published, then its worker died before it finished: finish, once
         if published.status == "rejected":
-            return _end(ctx, job_id, "rejected", str(GateRejected(published.id, "see its manifest's evaluation")))
+            return end_job(ctx, job_id, "rejected", str(GateRejected(published.id, "see its manifest's evaluation")))
         finish_publication(ctx.store, published, activate=True, device=ctx.device)
         _log_end(ctx.jobs.update(job_id, state="succeeded", version=published.id, parent=published.parent,
                                  finished=time.time()))
@@ -83,10 +83,10 @@ def _run_claimed(job_id: str, ctx: WorkerContext) -> Outcome:
     job = ctx.jobs.get(job_id)
     attempts = job.attempts + 1
     if attempts > ctx.max_attempts:
-        return _end(ctx, job_id, "failed", f"gave up after {ctx.max_attempts} attempts; last error: {job.error}")
+        return end_job(ctx, job_id, "failed", f"gave up after {ctx.max_attempts} attempts; last error: {job.error}")
     work = JOB_KINDS.get(job.kind)
     if work is None:
-        return _end(ctx, job_id, "failed", f"this worker does not know jobs of kind {job.kind!r}")
+        return end_job(ctx, job_id, "failed", f"this worker does not know jobs of kind {job.kind!r}")
     # the parent is fixed when the job first starts: a resumed attempt builds on the same version
     parent = job.parent or ctx.store.active_id()
     if parent is None:  # ACTIVE is missing or broken: wait for the operator's repair, and say so
@@ -102,32 +102,33 @@ def _run_claimed(job_id: str, ctx: WorkerContext) -> Outcome:
         version = work(job, ctx, reporter)
     except JobStopped:  # by the user, or by a shutdown that leaves it resumable
         if reporter.cancelled:
-            return _end(ctx, job_id, "cancelled")
+            return end_job(ctx, job_id, "cancelled")
         job = ctx.jobs.update(job_id, state="queued", attempts=attempts - 1)
         seconds = time.monotonic() - attempt_started
         log.info("job %s stopped by a shutdown after %.1f s: back in the queue, it resumes from its checkpoint",
                  job_id, seconds, extra=_fields(job, "job_requeued", seconds=round(seconds, 3)))
         return Outcome.RETRY
     except Superseded as err:
-        return _end(ctx, job_id, "cancelled", str(err))
+        return end_job(ctx, job_id, "cancelled", str(err))
     except GateRejected as err:
         ctx.jobs.update(job_id, version=err.version)
-        return _end(ctx, job_id, "rejected", str(err))
+        return end_job(ctx, job_id, "rejected", str(err))
     except TRANSIENT as err:
         log.warning("job %s: transient failure, will retry: %s", job_id, err)
         ctx.jobs.update(job_id, state="queued", error=f"{type(err).__name__}: {err}")
         return Outcome.RETRY
     except INVALID_INPUT as err:
-        return _end(ctx, job_id, "rejected", str(err))
+        return end_job(ctx, job_id, "rejected", str(err))
     except Exception as err:  # noqa: BLE001 - deterministic: another attempt would fail the same way
         log.exception("job %s failed", job_id)
-        return _end(ctx, job_id, "failed", f"{type(err).__name__}: {err}")
+        return end_job(ctx, job_id, "failed", f"{type(err).__name__}: {err}")
     _log_end(ctx.jobs.update(job_id, state="succeeded", version=version, finished=time.time(), error=None))
     ctx.on_published(version)
     return Outcome.DONE
 
 
-def _end(ctx: WorkerContext, job_id: str, state: str, error: str | None = None) -> Outcome:
+def end_job(ctx: WorkerContext, job_id: str, state: str, error: str | None = None) -> Outcome:
+    """Put job `job_id` in its final `state` (with `error`), log its end, and say it is DONE."""
     fields = {"state": state, "finished": time.time()}
     if error is not None:
         fields["error"] = error
