@@ -8,7 +8,8 @@ with the embedded WordPiece tokenizer (30,522 tokens, 110M parameters) in models
 isolation: a fresh store on it, `das serve` on loopback; resident memory (VmRSS) of the API process and of its job
 processes sampled every 100 ms; fill-mask requests sent throughout (each answered or counted as an error); one
 adaptation (the upload default: plain MLM steps, the importance handed on, replay and merge); then the API's RSS
-once the job ended and the new version serves. Also reported per run: the job's tokens/s, its importance-pass
+once the job ended and the new version serves, and what its other processes hold before the job (the fork
+server, in process isolation). Also reported per run: the job's tokens/s, its importance-pass
 seconds, the swap's load-and-warm seconds (das_swap_seconds from /metrics), and the store's bytes per version.
 Writes the figures as JSON to stdout (and --out).
 """
@@ -136,6 +137,7 @@ def one_run(model: Path, isolation: str, args: argparse.Namespace) -> dict:
                 httpx.post(f"{url}/v1/fill-mask", json={"texts": ["a [MASK] b"]}, headers=headers, timeout=60)
             time.sleep(1.0)
             before = rss_mib(server.pid)
+            standing = sum(rss_mib(p) for p in descendants(server.pid))  # the fork server, when jobs run apart
             sampler, requests = Sampler(server.pid), Requests(url, headers)
             sampler.start()
             requests.start()
@@ -177,6 +179,7 @@ def one_run(model: Path, isolation: str, args: argparse.Namespace) -> dict:
             "ready_s": round(ready_s, 1), "job_s": round(job_s, 1),
             "api_rss_mib": {"before": round(before, 0), "peak_during": round(max(s[1] for s in sampler.samples), 0),
                             "after": round(after, 0)},
+            "job_processes_rss_mib_before": round(standing, 0),
             "job_processes_peak_rss_mib": round(max(s[2] for s in sampler.samples), 0),
             "requests": {"answered": requests.ok, "errors": requests.errors,
                          "p50_ms": round(1000 * statistics.median(lat), 1) if lat else None,
