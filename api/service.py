@@ -20,6 +20,7 @@ from pathlib import Path
 
 from das_settings import Settings
 from job_records import JobRegistry
+from model_store.checking import checked_folder
 from model_store.store import STALE_S, ModelStore
 from serving.batcher import MicroBatcher
 from serving.holder import ModelHolder, Servable
@@ -145,7 +146,7 @@ def _last_touched(path: Path) -> float:
 def build_service(settings: Settings, runtime: ModelRuntime) -> Service:
     store = open_store(settings)
     jobs = job_registry(settings)
-    holder = ModelHolder(resolve=store.model_dir, load=runtime.load_version,
+    holder = ModelHolder(resolve=lambda version: checked_folder(store, version), load=runtime.load_version,
                          load_tasks=lambda version, current: runtime.load_tasks(store, version, current))
     batcher = MicroBatcher(holder, settings.max_batch_size, settings.max_wait_ms / 1000, settings.inference_queue_size,
                            gather_s=settings.batch_gather_ms / 1000)

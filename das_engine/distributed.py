@@ -94,15 +94,17 @@ def init_from_environment(device: str) -> tuple[Ranks, str]:
     return current(), device
 
 
-def join(rank: int, world: int, local_rank: int, device: str, init_method: str = "env://") -> str:
-    """Join a process group as `rank` of `world`: gloo on the CPU, nccl on GPUs, one GPU per rank of a machine.
+def join(rank: int, world: int, local_rank: int, device: str, store: dist.Store | None = None) -> str:
+    """Join a process group as `rank` of `world`: gloo on the CPU, nccl on GPUs, one GPU per rank of a machine;
+    the rendezvous is `store`, or torchrun's environment (env://) without one.
     Returns this rank's device (cuda:LOCAL_RANK for a CUDA device, else `device`)."""
     cuda = torch.device(device).type == "cuda"
     if cuda:
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(device)
-    dist.init_process_group(backend="nccl" if cuda else "gloo", init_method=init_method, rank=rank,
-                            world_size=world, timeout=TIMEOUT)
+    rendezvous = {"store": store} if store is not None else {"init_method": "env://"}
+    dist.init_process_group(backend="nccl" if cuda else "gloo", rank=rank, world_size=world, timeout=TIMEOUT,
+                            **rendezvous)
     return device
 
 

@@ -5,23 +5,33 @@ step), the merge's task judge and the outputs. The other ranks are started as `p
 SPEC` with the environment torchrun would give them (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), read
 the same inputs from SPEC, and train their rows of each batch. A rank that fails makes the collectives of the others
 fail, so the job fails with it; the helpers are killed when rank 0 leaves early.
+
+Rank 0 owns the rendezvous (a TCPStore on a port the system picks) and lets no rank into the process group before
+every helper has said it is ready: a helper that dies while starting (an import error, a bad environment, a kill)
+fails the run within a poll, and one that never gets ready fails it after HELPER_START_TIMEOUT_S, instead of rank 0
+waiting the collectives' 6-hour timeout in `init_process_group`.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
-import socket
 import subprocess
 import sys
 import tempfile
+import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
+
+import torch.distributed as dist
 
 from . import distributed
 from .trainer import AdaptResult, adapt
 
 HELPER_EXIT_WAIT_S = 60.0
+HELPER_START_TIMEOUT_S = 600.0  # importing torch and reading the spec; minutes on a busy machine, not hours
+START_POLL_S = 0.2
 
 
 def adapt_on_ranks(procs: int, base: str | Path, corpus: str | Path | list[str], out_dir: str | Path, config,
@@ -31,14 +41,16 @@ def adapt_on_ranks(procs: int, base: str | Path, corpus: str | Path | list[str],
     if procs <= 1:
         return adapt(base, corpus, out_dir, config, device=device, **kwargs)
     shared = {k: v for k, v in kwargs.items() if k in ("prev_importance", "domain", "replay")}
-    port = _free_port()
+    store = dist.TCPStore("127.0.0.1", 0, procs, is_master=True, timeout=distributed.TIMEOUT,
+                          wait_for_workers=False)
     with tempfile.TemporaryDirectory(prefix="das-ranks-") as folder:
         spec = Path(folder) / "spec.pickle"
         spec.write_bytes(pickle.dumps({"base": base, "corpus": corpus, "out_dir": out_dir, "config": config,
                                        "device": device, **shared}))
-        helpers = [_start_helper(rank, procs, port, spec) for rank in range(1, procs)]
+        helpers = [_start_helper(rank, procs, store.port, spec) for rank in range(1, procs)]
         try:
-            rank_device = distributed.join(0, procs, 0, device, init_method=f"tcp://127.0.0.1:{port}")
+            _wait_until_ready(store, helpers)
+            rank_device = distributed.join(0, procs, 0, device, store=store)
             result = adapt(base, corpus, out_dir, config, device=rank_device, **kwargs)
             distributed.finish()  # the helpers wait there for rank 0's outputs
         except BaseException:
@@ -60,6 +72,27 @@ def _start_helper(rank: int, world: int, port: int, spec: Path) -> subprocess.Po
     return subprocess.Popen([sys.executable, "-m", "das_engine.spawn_ranks", str(spec)], env=env)
 
 
+def _ready_key(rank: int) -> str:
+    return f"das/ready/{rank}"
+
+
+def _wait_until_ready(store: dist.TCPStore, helpers: list[subprocess.Popen]) -> None:
+    """Return once every helper rank has said it is ready; RuntimeError as soon as one has exited instead, or
+    when one is not ready after HELPER_START_TIMEOUT_S."""
+    keys = [_ready_key(rank) for rank in range(1, len(helpers) + 1)]
+    deadline = time.monotonic() + HELPER_START_TIMEOUT_S
+    while not store.check(keys):
+        for rank, helper in enumerate(helpers, start=1):
+            code = helper.poll()
+            if code is not None:
+                raise RuntimeError(f"training rank {rank} of {len(helpers) + 1} exited with code {code} before it "
+                                   "joined the run; see its log lines")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"training rank(s) not ready after {HELPER_START_TIMEOUT_S:.0f} s: "
+                               f"{[k.rsplit('/', 1)[1] for k in keys if not store.check([k])]}")
+        time.sleep(START_POLL_S)
+
+
 def _wait(helpers: list[subprocess.Popen]) -> list[int]:
     """Wait for the helper ranks (killing any still running after a while); the ranks that failed."""
     failed = []
@@ -74,16 +107,14 @@ def _wait(helpers: list[subprocess.Popen]) -> list[int]:
     return failed
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def main(spec_path: str) -> None:
     """A helper rank: the spec's adapt call, as rank RANK of WORLD_SIZE."""
     spec = pickle.loads(Path(spec_path).read_bytes())
-    _, device = distributed.init_from_environment(spec.pop("device"))
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
+                          timeout=timedelta(seconds=HELPER_START_TIMEOUT_S))
+    store.set(_ready_key(rank), "1")
+    device = distributed.join(rank, world, int(os.environ["LOCAL_RANK"]), spec.pop("device"), store=store)
     try:
         adapt(spec.pop("base"), spec.pop("corpus"), spec.pop("out_dir"), spec.pop("config"), device=device, **spec)
     finally:

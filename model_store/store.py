@@ -100,6 +100,7 @@ class ModelStore:
         self.backend = backend
         self.lock = lock
         self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.opened_with: dict | None = None  # ModelStore.open's arguments: another process reopens the same store
 
     @classmethod
     def open(cls, location: str | Path, *, redis_url: str | None = None, storage_options: dict | None = None,
@@ -115,7 +116,10 @@ class ModelStore:
         if cache_dir is None and isinstance(backend, FsspecBackend):
             cache_dir = Path(tempfile.gettempdir()) / "das-store-cache" / uuid.uuid5(
                 uuid.NAMESPACE_URL, backend.location).hex
-        return cls(backend, lock, Path(cache_dir) if cache_dir else None)
+        store = cls(backend, lock, Path(cache_dir) if cache_dir else None)
+        store.opened_with = {"location": str(location), "redis_url": redis_url, "storage_options": storage_options,
+                             "cache_dir": str(cache_dir) if cache_dir else None, "lock_timeout_s": lock_timeout_s}
+        return store
 
     # ---------------------------------------------------------------- reading
     def active_id(self) -> str | None:

@@ -1,4 +1,4 @@
-"""Hot swap: check a version's files in the background, build and warm it between two batches
+"""Hot swap: check a version's files (in a child process, model_store.checking), build and warm it between two batches
 (`ModelHolder.turn`), then flip one reference.
 
 Requests take `holder.current` once; a swap never touches a model that is answering, so
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import sys
 import threading
 import time
@@ -58,34 +57,12 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def at_low_priority(work: Callable[[], Path]) -> Path:
-    """Run `work` on a thread of its own at the lowest CPU priority (nice 19; Linux sets it per thread)
-    and return its result. For checking a version's files: sha256 releases the GIL, so at nice 19 it
-    takes the cores only when the threads answering requests leave them idle."""
-    result: list = []
-
-    def run() -> None:
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        except (AttributeError, OSError):  # not Linux: the same work at normal priority
-            pass
-        try:
-            result.append(work())
-        except BaseException as err:  # noqa: BLE001 - re-raised on the caller's thread
-            result.append(err)
-
-    thread = threading.Thread(target=run, name="das-verify", daemon=True)
-    thread.start()
-    thread.join()
-    if isinstance(result[0], BaseException):
-        raise result[0]
-    return result[0]
-
-
 class ModelHolder:
     def __init__(self, resolve: Callable[[str], Path], load: Callable[[str, Path, Servable | None], Servable],
                  load_tasks: Callable[[str, object | None], object | None] | None = None) -> None:
-        self.resolve = resolve  # version id -> local model folder, its files checked (run at low priority)
+        # version id -> local model folder, its files checked; the service's runs in a child process at nice 19
+        # (model_store.checking), so the serving process spends no GIL on it
+        self.resolve = resolve
         # (version id, folder, the version serving now or None) -> a loaded model; injected so that this
         # module needs no torch; the loader may reuse parts of the current version (its tokenizer)
         self.load = load
@@ -136,7 +113,7 @@ class ModelHolder:
                 self.current = current.with_tasks(tasks)
                 log.info("serving %s with task models %s", version, sorted(tasks.tasks))
                 return True
-            folder = at_low_priority(lambda: self.resolve(version))
+            folder = self.resolve(version)
             with self._alone():
                 started = time.perf_counter()
                 loaded = self.load(version, folder, current)

@@ -16,7 +16,7 @@ import threading
 from collections import OrderedDict
 from concurrent.futures import Future
 
-from .holder import ModelHolder, Servable, at_low_priority
+from .holder import ModelHolder, Servable
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +90,9 @@ class PinnedVersions:
                         self._loaded[version] = model.with_tasks(tasks)
 
     def _load(self, version: str, future: Future) -> None:
-        """Check the files at low priority, build and warm the version, hold it, evict the least recently used."""
+        """Check the files (holder.resolve), build and warm the version, hold it, evict the least recently used."""
         try:
-            folder = at_low_priority(lambda: self.holder.resolve(version))
+            folder = self.holder.resolve(version)
             with self.holder.building():
                 model = self.holder.load(version, folder, self.holder.current)
                 if self.holder.load_tasks is not None:

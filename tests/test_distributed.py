@@ -3,6 +3,7 @@ tolerance, for the plain step and for DAS with a given importance, and a run res
 checkpoint ends where the uninterrupted run does. Dropout is off: its draws are per rank."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -122,3 +123,25 @@ def test_a_service_adaptation_trains_on_two_ranks(service_settings, small_corpus
         assert (job["state"], job["version"]) == ("succeeded", "v0002"), job
         manifest = client.get("/v1/models/v0002").json()
         assert manifest["metrics"]["ranks"] == 2 and manifest["metrics"]["steps"] == 12
+
+
+def test_a_helper_rank_that_dies_while_starting_fails_the_run_at_once(still_roberta, corpus_file, tmp_path,
+                                                                     monkeypatch):
+    """Rank 0 lets no rank into the process group before every helper is ready: a helper that exits while starting
+    fails the run with its exit code (not after the collectives' 6-hour timeout), and nothing is written."""
+    from das_engine import spawn_ranks
+
+    def broken_helper(rank, world, port, spec):  # the real command, with an environment that breaks its start
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port), "PYTHONPATH": str(tmp_path / "broken")}
+        (tmp_path / "broken" / "das_engine").mkdir(parents=True, exist_ok=True)  # shadows the package
+        (tmp_path / "broken" / "das_engine" / "__init__.py").write_text("raise SystemExit(3)\n")
+        return subprocess.Popen([sys.executable, "-m", "das_engine.spawn_ranks", str(spec)], env=env,
+                                cwd=tmp_path / "broken")
+
+    monkeypatch.setattr(spawn_ranks, "_start_helper", broken_helper)
+    monkeypatch.setattr(spawn_ranks, "HELPER_START_TIMEOUT_S", 120.0)
+    with pytest.raises(RuntimeError, match="rank 1 of 2 exited with code 3 before it joined"):
+        spawn_ranks.adapt_on_ranks(2, still_roberta, corpus_file, tmp_path / "out", upload_config(SETTINGS))
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+    assert not torch.distributed.is_initialized()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ class Fake:
     previous: object
     tasks: object = None
     warmed: list = field(default_factory=list)
+    folder: object = None
 
     def warm(self) -> None:
         self.warmed.append(threading.get_ident())
@@ -26,21 +26,13 @@ class Fake:
         return self
 
 
-def test_files_are_checked_on_a_low_priority_thread_and_the_loader_gets_the_current_version(tmp_path):
-    seen = {}
-
-    def resolve(version: str) -> Path:
-        seen[version] = (threading.get_ident(), os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
-        return tmp_path / version
-
-    holder = ModelHolder(resolve=resolve, load=lambda version, folder, current: Fake(version, current))
-    assert holder.ensure("v0001") and holder.current.previous is None
+def test_the_loader_gets_the_checked_folder_and_the_current_version(tmp_path):
+    """(The service's resolve checks the files in a child process: tests/test_store_damage.py.)"""
+    holder = ModelHolder(resolve=lambda version: tmp_path / version,
+                         load=lambda version, folder, current: Fake(version, current, folder=folder))
+    assert holder.ensure("v0001") and holder.current.previous is None and holder.current.folder == tmp_path / "v0001"
     first = holder.current
-    assert holder.ensure("v0002") and holder.current.previous is first
-    for thread, nice in seen.values():
-        assert thread != threading.get_ident()  # not the caller's thread: its priority is not lowered
-        assert nice == 19
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < 19
+    assert holder.ensure("v0002") and holder.current.previous is first and holder.current.folder == tmp_path / "v0002"
 
 
 def test_a_version_whose_check_fails_is_not_swapped_in(tmp_path):

@@ -238,3 +238,37 @@ def test_repair_removes_stale_temporary_files_only(store, tmp_path):
     assert not any(p.exists() for p in stale) and all(p.exists() for p in fresh)
     assert store.ids() == ["v0001", "v0002", "v0003"] and all(store.verify(v) is None for v in store.ids())
     assert json.loads((root / "ACTIVE").read_text())["version"] == "v0003"
+
+
+def test_a_swap_checks_the_files_in_another_process_and_says_what_it_found(store, monkeypatch):
+    """checked_folder (what the service's hot swap runs) hashes the files in a child process: with this process's
+    own check broken, it still answers the folder; a corrupted file comes back as CorruptVersion naming the file;
+    a child that dies comes back as a StoreError that says so."""
+    from model_store.checking import checked_folder
+
+    monkeypatch.setattr(ModelStore, "verify", lambda self, version: pytest.fail("checked in the serving process"))
+    assert checked_folder(store, "v0002") == _folder(store, "v0002")
+    weights = _folder(store, "v0002") / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\x00" * 8)
+    with pytest.raises(CorruptVersion, match="model.safetensors does not match its sha256") as caught:
+        checked_folder(store, "v0002")
+    assert "das repair" in str(caught.value) and "model.safetensors" in caught.value.reason
+    assert checked_folder(store, "v0003") == _folder(store, "v0003")  # one damaged file affects only its version
+    store.opened_with = {**store.opened_with, "location": "s3://bucket/store"}  # the child cannot open it: no Redis
+    with pytest.raises(StoreError, match="its process exited with code 1 .*needs a Redis URL"):
+        checked_folder(store, "v0003")
+
+
+def test_the_service_keeps_serving_when_the_next_version_fails_its_check(store, service_settings):
+    weights = _folder(store, "v0002") / "model.safetensors"
+    with TestClient(build_app(service_settings)) as client:
+        assert client.get("/readyz").json()["version"] == "v0003"
+        weights.write_bytes(weights.read_bytes()[:-8] + b"\x00" * 8)
+        store.activate("v0002")
+        deadline = time.time() + 30
+        while "cannot be served" not in json.dumps(client.get("/readyz").json()) and time.time() < deadline:
+            time.sleep(0.2)
+        ready = client.get("/readyz").json()
+        assert "v0002 cannot be served" in json.dumps(ready) and "model.safetensors" in json.dumps(ready), ready
+        answer = client.post("/v1/fill-mask", json={"texts": ["a <mask> clause"]})
+        assert answer.status_code == 200 and answer.json()["version"] == "v0003", answer.text
