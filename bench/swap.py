@@ -1,11 +1,12 @@
 """A hot swap under steady load: errors, p99 during swaps against the steady p99, resident memory.
 
-    python bench/swap.py [--seconds 30] [--concurrency 8] [--swaps 4] [--base DIR --adapt-steps N]
+    python bench/swap.py [--seconds 30] [--warmup 5] [--concurrency 8] [--swaps 4] [--base DIR --adapt-steps N]
 
 Builds a store with two versions of the embedded model (v0002 adapted for a few steps), starts
 `das serve` on loopback, runs closed-loop fill-mask load, and activates v0002 / v0001 in turn.
 A swap window runs from the activate call until the server answers with the new version, plus
-0.5 s. Resident memory (VmRSS of the server) is sampled every 50 ms.
+0.5 s. Resident memory (VmRSS of the server) is sampled every 50 ms. The load's first --warmup seconds are
+not counted (the server's fork server imports torch then, beside the first requests) and hold no swap.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ async def steady_load(port: int, texts: list[str], concurrency: int, seconds: fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--warmup", type=float, default=5.0, help="seconds of load before counting")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--swaps", type=int, default=4)
     parser.add_argument("--base", default=None, help="base model folder (default: $DAS_BASE_MODEL, 'embedded'); "
@@ -98,6 +100,7 @@ def main() -> None:
 
     def swapper() -> None:
         gap = args.seconds / (args.swaps + 1)
+        time.sleep(args.warmup)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
             for n in range(args.swaps):
                 time.sleep(gap)
@@ -113,7 +116,7 @@ def main() -> None:
     try:
         for t in threads:
             t.start()
-        asyncio.run(steady_load(port, probe_texts(256), args.concurrency, args.seconds, record))
+        asyncio.run(steady_load(port, probe_texts(256), args.concurrency, args.warmup + args.seconds, record))
     finally:
         done.set()
         for t in threads:
@@ -124,6 +127,9 @@ def main() -> None:
     def in_swap(t: float) -> bool:
         return any(a <= t <= b for a, b in windows)
 
+    counted_from = min(t for t, _, _ in record) + args.warmup
+    record = [r for r in record if r[0] >= counted_from]
+    rss = [r for r in rss if r[0] >= counted_from]
     steady = [d for t, d, s in record if not in_swap(t)]
     swapping = [d for t, d, s in record if in_swap(t)]
     errors = sum(s != 200 for _, _, s in record)

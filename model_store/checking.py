@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,8 @@ from pathlib import Path
 from .store import CorruptVersion, ModelStore, StoreError, VersionNotFound
 
 CHECK_TIMEOUT_S = 3600.0  # fetching a large version from an object store; a hung child is killed after this
+# the child runs at nice 19 from its start (Python's own start and imports included) where `nice` exists
+_NICE = [shutil.which("nice"), "-n", "19"] if shutil.which("nice") else []
 _ERRORS: dict[str, type[StoreError]] = {cls.__name__: cls for cls in (CorruptVersion, VersionNotFound, StoreError)}
 
 
@@ -34,8 +37,8 @@ def checked_folder(store: ModelStore, version: str, timeout_s: float = CHECK_TIM
         raise StoreError("checked_folder needs a store made by ModelStore.open (the child reopens it)")
     request = json.dumps({"store": store.opened_with, "version": version})
     try:
-        done = subprocess.run([sys.executable, "-m", "model_store.checking"], input=request, capture_output=True,
-                              text=True, timeout=timeout_s)
+        done = subprocess.run([*_NICE, sys.executable, "-m", "model_store.checking"], input=request,
+                              capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         raise StoreError(f"checking the files of {version} took over {timeout_s:.0f} s; it was stopped") from None
     lines = done.stdout.strip().splitlines()
@@ -67,10 +70,11 @@ def _answer(request: dict) -> dict:
 
 
 def main() -> None:
-    try:
-        os.nice(19)  # the serving process's threads come first
-    except OSError:
-        pass
+    if os.nice(0) < 19:  # started without `nice`
+        try:
+            os.nice(19 - os.nice(0))
+        except OSError:
+            pass
     print(json.dumps(_answer(json.loads(sys.stdin.read()))), flush=True)
 
 

@@ -27,8 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from das_settings import package_version
-
 from . import names
 from .backends import Backend, FsspecBackend, LocalBackend, open_backend, sha256_file
 from .card import CARD, folder_importance, render_card
@@ -472,6 +470,10 @@ class ModelStore:
             self.backend.delete_prefix(key)
 
     def _publish_locked(self, request: PublishRequest, activate: bool) -> Manifest:
+        # imported here: the settings' import (pydantic-settings, 0.2 s) is not paid by processes that only read,
+        # such as the check of a hot swap (model_store.checking)
+        from das_settings import package_version
+
         self._remove_partials()
         files = self._files_of(Path(request.folder))
         taken = self.backend.list_dir("versions") + [n.split("-")[0] for n in self.backend.list_dir(DAMAGED)]
