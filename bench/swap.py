@@ -41,6 +41,17 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+def swap_seconds(client: httpx.Client) -> tuple[float, int]:
+    """The server's das_swap_seconds histogram: (sum, count) of the seconds spent building and warming versions
+    between batches, the only part of a swap that holds up requests."""
+    values = {}
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(("das_swap_seconds_sum ", "das_swap_seconds_count ")):
+            name, value = line.split()
+            values[name] = float(value)
+    return values["das_swap_seconds_sum"], int(values["das_swap_seconds_count"])
+
+
 def p99(values: list[float]) -> float:
     return statistics.quantiles(values, n=100)[98] * 1000 if len(values) > 1 else float("nan")
 
@@ -97,11 +108,13 @@ def main() -> None:
             rss.append((time.perf_counter(), rss_mib(server.pid)))
 
     windows: list[tuple[float, float]] = []
+    built: list[tuple[float, int]] = []  # das_swap_seconds before the first swap and after the last
 
     def swapper() -> None:
         gap = args.seconds / (args.swaps + 1)
         time.sleep(args.warmup)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            built.append(swap_seconds(client))
             for n in range(args.swaps):
                 time.sleep(gap)
                 target = "v0002" if n % 2 == 0 else "v0001"
@@ -110,6 +123,7 @@ def main() -> None:
                 while client.get("/v1/models/current").json().get("serving") != target:
                     time.sleep(0.1)
                 windows.append((t0, time.perf_counter() + 0.5))
+            built.append(swap_seconds(client))
 
     record: list[tuple[float, float, int]] = []
     threads = [threading.Thread(target=sample_rss), threading.Thread(target=swapper)]
@@ -138,6 +152,9 @@ def main() -> None:
     print(f"{len(record)} requests at concurrency {args.concurrency} over {args.seconds:.0f} s, {len(windows)} swaps "
           f"(each {statistics.mean(b - a - 0.5 for a, b in windows):.2f} s from activate to serving)")
     print(f"errors: {errors}")
+    (seconds_before, count_before), (seconds_after, count_after) = built
+    print(f"building and warming between batches (das_swap_seconds): "
+          f"{(seconds_after - seconds_before) / (count_after - count_before) * 1000:.0f} ms per swap")
     print(f"p99 steady {p99(steady):.1f} ms, during swaps {p99(swapping):.1f} ms "
           f"(ratio {p99(swapping) / p99(steady):.2f}); p50 steady {statistics.median(steady) * 1000:.1f} ms")
     print(f"resident memory: steady median {statistics.median(steady_rss):.0f} MiB, "
