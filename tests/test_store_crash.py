@@ -11,6 +11,7 @@ WRITER = """
 import sys
 from pathlib import Path
 from model_store.store import ModelStore, PublishRequest
+import das_settings  # what publish imports on first use; a worker has it long before it publishes
 store = ModelStore.open(sys.argv[1])
 parent = store.active_id()
 print("ready", flush=True)
