@@ -29,7 +29,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from infer import free_port, probe_texts, start  # noqa: E402
 from report import emit  # noqa: E402
-from swap import rss_mib  # noqa: E402
+from swap import metric, rss_mib  # noqa: E402
 
 from das_data.base_models import resolve_base_model  # noqa: E402
 from das_data.local_corpora import licence_documents  # noqa: E402
@@ -111,13 +111,6 @@ class Requests(threading.Thread):
                 self.latencies.append(time.perf_counter() - t0)
                 i += 1
                 time.sleep(0.05)
-
-
-def metric(text: str, name: str) -> float | None:
-    for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            return float(line.rsplit(" ", 1)[1])
-    return None
 
 
 def one_run(model: Path, isolation: str, args: argparse.Namespace) -> dict:

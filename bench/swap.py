@@ -41,15 +41,19 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+def metric(text: str, name: str) -> float | None:
+    """The value of metric `name` (its first sample) in Prometheus text, None if absent."""
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
 def swap_seconds(client: httpx.Client) -> tuple[float, int]:
     """The server's das_swap_seconds histogram: (sum, count) of the seconds spent building and warming versions
     between batches, the only part of a swap that holds up requests."""
-    values = {}
-    for line in client.get("/metrics").text.splitlines():
-        if line.startswith(("das_swap_seconds_sum ", "das_swap_seconds_count ")):
-            name, value = line.split()
-            values[name] = float(value)
-    return values["das_swap_seconds_sum"], int(values["das_swap_seconds_count"])
+    text = client.get("/metrics").text
+    return metric(text, "das_swap_seconds_sum"), int(metric(text, "das_swap_seconds_count"))
 
 
 def p99(values: list[float]) -> float:

@@ -5,7 +5,7 @@ should not do beside the requests it answers. `checked_folder` runs `ModelStore.
 check every sha256) in a child process at the lowest CPU priority: it takes no turn of the serving process's GIL, only
 the CPU that the threads answering requests leave idle, and a crash or a hang there fails the swap, not the server.
 The checked files are then in the page cache, and the serving process maps the safetensors from there (building
-roberta-base from them takes ~0.08 s, docs/performance.md).
+and warming roberta-base's shape from them, between batches: 0.34-0.43 s under load, docs/performance.md).
 
 The child reopens the store from what `ModelStore.open` was given (`ModelStore.opened_with`, sent on stdin: storage
 options may hold credentials) and answers one JSON line: the folder, or the store error it met, which comes back to
