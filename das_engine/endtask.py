@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
 from .config import model_max_length
-from .loading import LOAD_LOCK
+from .loading import load_pretrained, load_tokenizer
 from .mlm import mean_pool
 from .precision import model_device
 from .task_data import LabeledSet, TaskSettings, label_ids
@@ -272,11 +272,10 @@ def finetune(backbone_folder: Path, train: LabeledSet, config: FinetuneConfig, *
     label_names = train.label_names
     y = torch.tensor(train.label_ids(label_names))  # (N,)
     with _seeded(config.seed, device):
-        with LOAD_LOCK:  # from_pretrained is not thread-safe in transformers 5
-            model = AutoModelForSequenceClassification.from_pretrained(
-                str(backbone_folder), num_labels=len(label_names), use_safetensors=True,
-                id2label=dict(enumerate(label_names)), label2id={name: i for i, name in enumerate(label_names)})
-            tokenizer = AutoTokenizer.from_pretrained(str(backbone_folder))
+        model = load_pretrained(
+            AutoModelForSequenceClassification, backbone_folder, num_labels=len(label_names), use_safetensors=True,
+            id2label=dict(enumerate(label_names)), label2id={name: i for i, name in enumerate(label_names)})
+        tokenizer = load_tokenizer(backbone_folder)
         model.to(device).train()
         ids = _encode(tokenizer, train.texts, config.max_length)
         total = config.epochs * math.ceil(len(ids) / config.batch_size)

@@ -1,26 +1,47 @@
-"""The one way this project loads a masked LM and its tokenizer.
+"""The one way this project loads a pretrained model (masked LM, sequence classifier) and its tokenizer.
 
-`from_pretrained` is not thread-safe in transformers 5 (it patches module construction while it
-builds a model on the meta device), and an embedded service loads models from two threads (the
-worker and the hot swap): every load goes through one process-wide lock.
+Two rules every load follows:
+- `from_pretrained` is not thread-safe in transformers 5 (it patches module construction while it
+  builds a model on the meta device), and an embedded service loads models from two threads (the
+  worker and the hot swap): every load goes through one process-wide lock.
+- No hub kernels. Since transformers 5.25, `from_pretrained` turns on the `kernels` package by
+  default, and every `model.train()` / `model.eval()` then re-"kernelizes" the model for the device
+  its parameters are on: it swaps the forward of decorated layers (GELU/SiLU activations, RMSNorm,
+  rotary embeddings) for code downloaded from the Hugging Face hub. For this engine that means
+  (a) a model on a device `kernels` does not know (`meta`, which the device tests use) raises in
+  `train()`; (b) on CUDA, `eval()` fetches inference-only activation kernels at run time: with no hub
+  (this service's normal case) the importance pass fails, and with one, the pass's gradients run
+  through a kernel built for inference, and results depend on whatever the hub serves that day.
+  The engine scales units with hooks on plain torch layers and needs the same arithmetic on every
+  machine, so every model is loaded with `use_kernels=False` (docs/engine.md, "Hub kernels").
 """
 
 from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
-from transformers import AutoModelForMaskedLM, AutoTokenizer
+from transformers import AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 LOAD_LOCK = threading.Lock()
+
+
+def load_pretrained(auto_class: Any, source: str | Path, **kwargs: Any) -> PreTrainedModel:
+    """`auto_class.from_pretrained(source, **kwargs)` under the load lock, with hub kernels off."""
+    with LOAD_LOCK:
+        return auto_class.from_pretrained(str(source), use_kernels=False, **kwargs)
 
 
 def load_masked_lm(source: str | Path, safetensors_only: bool = True, tokenizer=None):
     """(model, tokenizer) from a local folder or a hub id; only safetensors weights unless told otherwise.
     A `tokenizer` passed in is returned as it is instead of loading the folder's (the caller has checked
     that they are the same)."""
+    model = load_pretrained(AutoModelForMaskedLM, source, use_safetensors=True if safetensors_only else None)
+    return model, load_tokenizer(source) if tokenizer is None else tokenizer
+
+
+def load_tokenizer(source: str | Path) -> PreTrainedTokenizerBase:
+    """The tokenizer of a local folder or a hub id, under the load lock."""
     with LOAD_LOCK:
-        model = AutoModelForMaskedLM.from_pretrained(str(source), use_safetensors=True if safetensors_only else None)
-        if tokenizer is None:
-            tokenizer = AutoTokenizer.from_pretrained(str(source))
-    return model, tokenizer
+        return AutoTokenizer.from_pretrained(str(source))

@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from .endtask import ProbeHead
-from .loading import LOAD_LOCK
+from .loading import load_pretrained
 
 if TYPE_CHECKING:
     from model_store.served_tasks import TaskSet
@@ -22,9 +22,7 @@ def load_task_model(folder: Path, kind: str) -> Any:
     """A task model of the store, ready to answer: a probe's head, or a finetune task's classifier."""
     if kind == "probe":
         return ProbeHead.load(folder).eval()
-    with LOAD_LOCK:
-        classifier = AutoModelForSequenceClassification.from_pretrained(str(folder), use_safetensors=True)
-    return classifier.eval()
+    return load_pretrained(AutoModelForSequenceClassification, folder, use_safetensors=True).eval()
 
 
 def _truncated(input_ids: torch.Tensor, attention_mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:

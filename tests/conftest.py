@@ -9,16 +9,11 @@ import pytest
 import torch
 from tokenizers import ByteLevelBPETokenizer
 from tokenizers.processors import RobertaProcessing
-from transformers import (
-    AutoModelForMaskedLM,
-    AutoTokenizer,
-    PreTrainedTokenizerFast,
-    RobertaConfig,
-    RobertaForMaskedLM,
-)
+from transformers import PreTrainedTokenizerFast, RobertaConfig, RobertaForMaskedLM
 
 from das_data.base_models import ensure_embedded_model
 from das_data.local_corpora import licence_documents, python_doc_documents
+from das_engine.loading import load_masked_lm
 from das_settings import get_settings
 
 torch.set_num_threads(2)
@@ -67,7 +62,7 @@ def family_dir(request, bert_dir, roberta_dir) -> Path:
 
 @pytest.fixture
 def model_and_tokenizer(family_dir):
-    return AutoModelForMaskedLM.from_pretrained(family_dir), AutoTokenizer.from_pretrained(family_dir)
+    return load_masked_lm(family_dir)
 
 
 @pytest.fixture

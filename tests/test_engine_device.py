@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 import transformers.masking_utils
 from safetensors.torch import load_file
-from transformers import AutoModelForMaskedLM, AutoTokenizer
+from transformers import AutoModelForSequenceClassification
 
 import das_engine.importance as importance_module
 import das_engine.trainer as trainer_module
@@ -20,6 +20,7 @@ from das_engine.config import DASConfig
 from das_engine.contrastive import contrastive_loss
 from das_engine.data import mask_tokens, pack_corpus
 from das_engine.importance import domain_importance_raw, general_importance_raw, normalise, sample_batches
+from das_engine.loading import load_masked_lm, load_pretrained
 from das_engine.mlm import hidden_states
 from das_engine.softmask import SoftMask
 from das_engine.trainer import CHECKPOINTS, adapt, das_loss, optimizer_step
@@ -45,8 +46,7 @@ def on_meta(family_dir, legal_docs, monkeypatch):
     monkeypatch.setattr(transformers.masking_utils, "_ignore_bidirectional_mask_sdpa", lambda *a, **k: False)
     monkeypatch.setattr(trainer_module, "masked_lm_loss", _full_vocabulary_loss)
     monkeypatch.setattr(importance_module, "masked_lm_loss", _full_vocabulary_loss)
-    model = AutoModelForMaskedLM.from_pretrained(family_dir)
-    tokenizer = AutoTokenizer.from_pretrained(family_dir)
+    model, tokenizer = load_masked_lm(family_dir)  # the engine's own loader: what trainer.adapt trains
     batches = sample_batches(pack_corpus(legal_docs, tokenizer, max_length=32), 4, 2, seed=0)
     model.to(META)
     return model, resolve_units(model), tokenizer, batches
@@ -68,6 +68,30 @@ def test_the_trick_holds_meta_and_cpu_do_not_mix(on_meta):
     with pytest.raises(RuntimeError, match="device"):
         with scales_applied(units, UnitTensors.full(units, 1.0)):  # scales left on the CPU
             hidden_states(model, *_meta(batches[0]))
+
+
+@pytest.mark.parametrize("load", ["masked_lm", "classifier"])
+def test_the_engine_loads_models_without_hub_kernels(family_dir, monkeypatch, load):
+    """transformers >= 5.25 turns the `kernels` package on in from_pretrained and re-kernelizes the model
+    at every train()/eval() for the device its parameters are on: forwards swapped for hub code
+    (inference-only on CUDA), and a ValueError on a device `kernels` does not know. The engine's loads
+    keep torch's own layers on every device and mode. (On a transformers without `kernels` this holds
+    trivially; the locked one has it.)"""
+    import transformers.modeling_utils as modeling_utils
+    kernelized = []
+    monkeypatch.setattr(modeling_utils, "kernelize", lambda model, **kw: kernelized.append(kw), raising=False)
+    if load == "masked_lm":
+        model, _ = load_masked_lm(family_dir)
+    else:
+        model = load_pretrained(AutoModelForSequenceClassification, family_dir, num_labels=3)
+    forwards = {name: type(m).forward for name, m in model.named_modules()}
+    model.to(META)
+    model.train()
+    model.eval()
+    model.train()
+    assert kernelized == [] and not getattr(model, "use_kernels", False)
+    assert {name: type(m).forward for name, m in model.named_modules()} == forwards
+    assert all("forward" not in vars(m) for m in model.modules())  # no forward patched onto an instance
 
 
 def test_mask_tokens_follows_the_input_device(on_meta):
