@@ -1,13 +1,18 @@
-"""Time the upload default's training step against a plain MLM step and a DAS step, in one run.
+"""Time the upload step kinds against a plain MLM step, in one run.
 
     python bench/upload_step.py [--model embedded] [--batch-size 16] [--max-length 128] [--rounds 12]
 
-Each round runs one step of each, in turn, through the trainer's own `train_step` (so the default's step
-draws its replay rows from a second corpus, as in a real run): plain MLM (`softmask=False`), the upload
-default (das_engine.config.UPLOAD_DEFAULTS: plain MLM with replay), and DAS (DASConfig's defaults, its
-soft-mask and contrastive passes). Medians are reported with their ratio to the plain step, measured in the
-same rounds, so the machine's load falls on all of them alike. Per-version costs (the importance passes that
-track_importance runs, merge_auto's scoring) are not per step: `das eval` records them per stage.
+Each round runs one step of each kind, in turn, through the trainer's own `train_step` (so a step with replay
+draws its replay rows from a second corpus, as in a real run):
+- plain: plain MLM (`softmask=False`);
+- default: what an upload gets (das_engine.config.UPLOAD_DEFAULTS);
+- softmask: replay and the soft-mask against the cumulative importance (word-embedding rows included, as
+  `protect_embeddings` has it), no contrastive term (`contrastive_weight=0`);
+- das-k4: DAS with the contrastive passes on the first 4 samples of each batch (`contrastive_samples=4`);
+- das: DASConfig's defaults, the soft-mask and the contrastive passes on every sample.
+Medians are reported with their ratio to the plain step, measured in the same rounds, so the machine's load
+falls on all of them alike. Per-version costs (the importance passes, merge_auto's scoring) are not per step:
+`das eval` records them per stage.
 """
 
 from __future__ import annotations
@@ -40,19 +45,22 @@ def main() -> None:
     args = parser.parse_args()
     hf_logging.set_verbosity_error()
     shared = {"batch_size": args.batch_size, "max_length": args.max_length, "importance_samples": 32}
+    replayed = {**shared, "replay_fraction": 0.25}
     configs = {"plain": DASConfig(softmask=False, **shared), "default": upload_config(shared),
-               "das": DASConfig(**shared)}
+               "softmask": DASConfig(contrastive_weight=0.0, **replayed),
+               "das-k4": DASConfig(contrastive_samples=4, **replayed), "das": DASConfig(**shared)}
     folder = resolve_base_model(args.model, get_settings().models_dir)
     model, tokenizer = load_masked_lm(folder)
     units = resolve_units(model)
     domain = pack_corpus(licence_documents(), tokenizer, args.max_length)
     replay = pack_corpus(python_doc_documents(), tokenizer, args.max_length)
-    importance = normalise(general_importance_raw(model, units, sample_batches(domain, 32, 16, 0)), "clamp")
+    importance = normalise(general_importance_raw(model, units, sample_batches(domain, 32, 16, 0), embeddings=True),
+                           "clamp")
     setups = {}
     for name, config in configs.items():
         rows = replay_rows(config, True)
         data = TrainingData(domain, replay if rows else None, rows)
-        softmask = SoftMask.build(units, importance, embeddings=False) if config.softmask else None
+        softmask = SoftMask.build(units, importance, embeddings=config.protect_embeddings) if config.softmask else None
         setups[name] = (config, data, softmask, importance if config.softmask else None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)  # the weights barely move: every round alike
     times: dict[str, list[float]] = {name: [] for name in setups}
@@ -69,8 +77,11 @@ def main() -> None:
           f"{torch.get_num_threads()}")
     for name, values in times.items():
         median = statistics.median(values)
-        print(f"{name:8s} {median * 1000:8.1f} ms  {median / plain:5.2f}x plain  ({configs[name].replay_fraction:.2f} "
-              f"replay, softmask {configs[name].softmask})")
+        config = configs[name]
+        weight = config.contrastive_weight if config.softmask else 0
+        print(f"{name:8s} {median * 1000:8.1f} ms  {median / plain:5.2f}x plain  ({config.replay_fraction:.2f} "
+              f"replay, softmask {config.softmask}, contrastive weight {weight} on "
+              f"{config.contrastive_samples or config.batch_size} samples)")
 
 
 if __name__ == "__main__":

@@ -163,8 +163,8 @@ class DASConfig:
 # every evaluation method is defined from (DAS as the spec has it, the options beyond it at their neutral values), so
 # runs and evaluations made before stay comparable.
 UPLOAD_DEFAULTS: dict[str, Any] = {
-    "softmask": False,  # plain MLM steps: 1.0x a plain step (DAS's soft-mask and contrastive term: softmask=true)
-    "track_importance": True,  # the importance is still computed, accumulated and served as history
+    "softmask": True,  # DAS's soft-mask against the cumulative importance: each unit learns at 1 - I(<=t-1)
+    "contrastive_weight": 0.0,  # the contrastive term doubles a step's cost and has shown nothing measurable
     "replay_fraction": 0.25,
     "merge_alpha": 0.75,
 }

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .files import RESULTS_JSON, RESULTS_MD, write_json
+from .matched_gain import matched_gain
 from .methods import method_folder
 from .metrics import pareto_front
 
@@ -20,6 +21,8 @@ FAMILY_TITLES = {
 
 PARETO_MLM_PNG = "pareto.png"
 PARETO_PROBE_PNG = "pareto-probe.png"
+MATCHED_GAIN_PNG = "matched-gain.png"
+MATCHED_SHARE = 0.9  # of ncl's new-domain gain
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
 
 
@@ -32,6 +35,7 @@ def write_reports(results: dict[str, Any], out: Path) -> None:
         summary_png(results, family, out / f"summary-{family.replace('/', '-')}.png")
     pareto_mlm_png(results, out / PARETO_MLM_PNG)
     pareto_probe_png(results, out / PARETO_PROBE_PNG)
+    matched_gain_png(results, out / MATCHED_GAIN_PNG)
 
 
 def _pm(stat: dict[str, Any], digits: int = 2) -> str:
@@ -69,6 +73,7 @@ def results_markdown(results: dict[str, Any]) -> str:
         lines.append(f"| `{spec}` | {_pm(s['final_mean_loss'], 3)} | {_pm(s['rise'], 3)} | "
                      + " | ".join(_pm(r, 3) for r in s["rise_per_domain"]) + " |")
     lines += equal_learning_lines(results)
+    lines += matched_gain_lines(results)
     lines += ["", "## Cost", "", "| method | median step (s) | × ncl step | stage wall time (s) |",
               "|---|---:|---:|---:|"]
     for spec, cost in results["cost"].items():
@@ -133,6 +138,62 @@ def equal_learning_lines(results: dict[str, Any]) -> list[str]:
               "method (std over seeds as error bars); the dashed line joins the methods no other both learns more "
               "and forgets less than (filled markers)."]
     return lines
+
+
+def matched_gain_lines(results: dict[str, Any]) -> list[str]:
+    """results.md's "Matched gain" table: every curve over merge_alpha read at MATCHED_SHARE of ncl's gain."""
+    readings = matched_gain(results, MATCHED_SHARE)
+    if not readings:
+        return ["", "## Matched gain", "", "No `ncl` with a recorded new-domain gain in this run: nothing to match "
+                "the gain to."]
+    target = readings[0].target
+    lines = ["", "## Matched gain", "",
+             f"Each curve (the methods that differ only in `merge_alpha`, a) read at {MATCHED_SHARE:.0%} of `ncl`'s "
+             f"new-domain gain ({_pm(target, 3)} nats), by linear interpolation between the two a whose gains "
+             "bracket it, seed by seed; mean ± std over the seeds that reach it. A curve of one point is read only "
+             "at its own gain. das_eval/matched_gain.py.", "",
+             "| curve | a: gain (nats) | seeds reaching it | forgetting: MLM rise (nats) | final probe average | "
+             "FR | right→wrong (%) |", "|---|---|---:|---:|---:|---:|---:|"]
+    for r in readings:
+        points = ", ".join(f"{a:g}: {g['mean']:.3f}" for (a, _), g in zip(r.curve.points, r.gains, strict=True))
+        values = [_pm(r.values[k], 3 if k == "rise" else 2) for k in ("rise", "final_average", "forgetting_rate",
+                                                                       "right_to_wrong")]
+        lines.append(f"| `{r.curve.label}` | {points} | {r.reached} of {r.seeds} | " + " | ".join(values) + " |")
+    lines += ["", f"![Forgetting against gain along each curve]({MATCHED_GAIN_PNG})"]
+    return lines
+
+
+def matched_gain_png(results: dict[str, Any], path: Path) -> Path:
+    """Each curve over merge_alpha as a line of (gain, MLM rise) and of (gain, final probe average), its points
+    labelled with a; the target gain as a vertical line; each curve's reading there as a star."""
+    from matplotlib.figure import Figure
+
+    readings = matched_gain(results, MATCHED_SHARE)
+    fig = Figure(figsize=(11.0, 4.8), layout="constrained")
+    rise_ax, probe_ax = fig.subplots(1, 2)
+    family = probe_family(results)
+    for i, r in enumerate(readings):
+        gains = [g["mean"] for g in r.gains]
+        summaries = [results["summary"][spec] for _, spec in r.curve.points]
+        for ax, key, ys in ((rise_ax, "rise", [s["mlm_loss"]["rise"]["mean"] for s in summaries]),
+                            (probe_ax, "final_average", [s[family]["final_average"]["mean"] for s in summaries])):
+            ax.plot(gains, ys, "-" + MARKERS[i % len(MARKERS)], color="black", fillstyle="none", linewidth=1,
+                    label=_label(r.curve.label, 40))
+            for (a, _), x, y in zip(r.curve.points, gains, ys, strict=True):
+                ax.annotate(f"{a:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            if r.values[key]["mean"] is not None:
+                ax.plot(r.target["mean"], r.values[key]["mean"], "*", color="black", markersize=11)
+    for ax, ylabel in ((rise_ax, "forgetting: MLM loss rise on earlier domains (nats; ↓ better)"),
+                       (probe_ax, f"final probe average, {family} (points; ↑ better)")):
+        if readings:
+            ax.axvline(readings[0].target["mean"], color="grey", linestyle="--", linewidth=1)
+        ax.set_xlabel(f"new-domain gain (nats); dashed: {MATCHED_SHARE:.0%} of ncl's", fontsize=9)
+        ax.set_ylabel(ylabel, fontsize=9)
+    probe_ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=7, frameon=False)
+    fig.suptitle("Matched gain: each curve over the merge share a (labels), read at the dashed gain (stars)",
+                 fontsize=10)
+    fig.savefig(path, dpi=110)
+    return path
 
 
 def _pareto_points(results: dict[str, Any], x_of: Any, y_of: Any) -> list[tuple[str, dict, dict]]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForMaskedLM
 from typer.testing import CliRunner
 
@@ -152,3 +152,42 @@ def test_cli_and_api_start_without_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def _ffn_change_by_importance(before: Path, after: Path, importance: dict[str, torch.Tensor]) -> tuple[float, float]:
+    """Mean L2 change of the FFN neurons' input rows (intermediate.dense) among the 10% most and the 10% least
+    important neurons of each layer, by the `intermediate` importance the run trained against."""
+    old, new = load_file(str(before / "model.safetensors")), load_file(str(after / "model.safetensors"))
+    top, bottom = [], []
+    for layer, values in enumerate(importance["intermediate"]):
+        name = next(k for k in old if k.endswith(f"layer.{layer}.intermediate.dense.weight"))
+        change = (new[name] - old[name]).norm(dim=1)  # (I,): one per neuron
+        k = max(1, len(values) // 10)
+        top.append(change[values.topk(k).indices].mean())
+        bottom.append(change[(-values).topk(k).indices].mean())
+    return float(torch.stack(top).mean()), float(torch.stack(bottom).mean())
+
+
+def test_adapt_soft_masks_against_the_previous_importance_by_default(tmp_path, roberta_dir, code_docs):
+    """`das adapt CORPUS --domain D --out DIR --prev-importance FILE` and no training setting: the defaults an
+    upload gets soft-mask, so the most important FFN neurons move far less than the least important ones. (Without
+    the soft-mask, the random importance below says nothing of which neurons move: both groups change alike.)
+    `--base` names the tiny RoBERTa only so that the default 300 steps take seconds."""
+    corpus = tmp_path / "code.txt"
+    corpus.write_text("\n".join(code_docs), encoding="utf-8")
+    config = json.loads((roberta_dir / "config.json").read_text())
+    layers, heads, inner = config["num_hidden_layers"], config["num_attention_heads"], config["intermediate_size"]
+    gen = torch.Generator().manual_seed(0)
+    importance = {"head": torch.rand(layers, heads, generator=gen),
+                  "intermediate": torch.rand(layers, inner, generator=gen),
+                  "output": torch.rand(layers, config["hidden_size"], generator=gen),
+                  "embeddings": torch.rand(1, config["vocab_size"], generator=gen)}
+    prev = tmp_path / "importance.safetensors"
+    save_file(importance, str(prev))
+    out = tmp_path / "v2"
+    result = runner.invoke(app, ["adapt", str(corpus), "--domain", "code", "--out", str(out),
+                                 "--prev-importance", str(prev), "--base", str(roberta_dir)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "train_metrics.json").read_text())["settings"]["softmask"] is True
+    top, bottom = _ffn_change_by_importance(roberta_dir, out, importance)
+    assert bottom > 0 and top < 0.5 * bottom, (top, bottom)
