@@ -75,12 +75,12 @@ def _assert_same_weights(one: Path, two: Path) -> None:
 
 @pytest.mark.parametrize("softmask", [False, True], ids=["plain", "das"])
 def test_two_ranks_train_the_weights_of_one_process(still_roberta, given_importance, corpus_file, tmp_path, softmask):
-    values = {**SETTINGS, "softmask": softmask}
+    values = {**SETTINGS, "softmask": softmask, "track_importance": not softmask}
     shutil.copyfile(still_roberta / "model.safetensors", tmp_path / "start.safetensors")
     adapt(still_roberta, corpus_file, tmp_path / "one", upload_config(values), prev_importance=given_importance)
     _two_ranks(still_roberta, corpus_file, tmp_path / "two", given_importance, values)
     _assert_same_weights(tmp_path / "one", tmp_path / "two")
-    # the upload settings track the importance in both: I(t) is sharded over the ranks, and rank 0 writes it
+    # both compute the importance (plain steps with track_importance): I(t) is sharded over the ranks, rank 0 writes it
     assert (tmp_path / "two" / "domain_importance.safetensors").is_file()
     metrics = json.loads((tmp_path / "two" / "train_metrics.json").read_text())
     single = json.loads((tmp_path / "one" / "train_metrics.json").read_text())
