@@ -52,6 +52,9 @@ class DASConfig:
                            "importance is handed on unchanged"})
     mask_mode: MaskMode = field(default="update", metadata={"help": "'update' scales the optimizer "
                                 "update by (1-I); 'grad' scales gradients (the paper)"})
+    softmask_strength: float = field(default=1.0, metadata={"help": "s: each unit learns at 1 - s * I(<=t-1) "
+                                     "(1: the paper's soft-mask; lower lets important units learn more; beyond "
+                                     "the paper)"})
     protect_embeddings: bool = field(default=True, metadata={"help": "also soft-mask the word-embedding rows "
                                      "(tied to the MLM decoder) by a per-row importance (beyond the paper; "
                                      "ignored with softmask=False)"})
@@ -117,6 +120,8 @@ class DASConfig:
         if self.contrastive_samples != 0 and not 2 <= self.contrastive_samples <= self.batch_size:
             raise ValueError(f"DASConfig.contrastive_samples must be 0 (every sample) or within 2..batch_size "
                              f"({self.batch_size}), got {self.contrastive_samples}")
+        if not 0.0 <= self.softmask_strength <= 1.0:
+            raise ValueError(f"DASConfig.softmask_strength must be within 0..1, got {self.softmask_strength}")
         if not 0.0 <= self.replay_fraction <= 0.9:
             raise ValueError(f"DASConfig.replay_fraction must be within 0..0.9, got {self.replay_fraction}")
         if not 0.0 <= self.merge_alpha <= 1.0:

@@ -1,4 +1,5 @@
-"""Soft-masking: scale the learning of each unit's parameters by (1 - importance).
+"""Soft-masking: scale the learning of each unit's parameters by (1 - importance), or (1 - s * importance) at a
+strength s below 1 (`DASConfig.softmask_strength`).
 
 Masked parameters per layer l:
 - head h: rows h*d..(h+1)*d-1 of query, key and value (weights and biases), and the same
@@ -34,10 +35,16 @@ class SoftMask:
     rows: list[tuple[nn.Parameter, torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
     @classmethod
-    def build(cls, units: ModelUnits, importance: UnitTensors, embeddings: bool = False) -> SoftMask:
+    def build(cls, units: ModelUnits, importance: UnitTensors, embeddings: bool = False,
+              strength: float = 1.0) -> SoftMask:
         """Masks for every unit's parameters; `embeddings=True` masks the word-embedding rows too
-        (by `importance.embeddings`, which must then be there)."""
+        (by `importance.embeddings`, which must then be there). `strength` s: each unit learns at 1 - s * I
+        (1: the paper's soft-mask; 0: as if unmasked)."""
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"the soft-mask strength must be within 0..1, got {strength}")
         importance.check_shapes(units)
+        if strength != 1.0:
+            importance = importance.map(lambda t: strength * t)
         entries: list[tuple[nn.Parameter, torch.Tensor]] = []
         for idx, layer in enumerate(units.layers):
             keep_head = (1.0 - importance.head[idx]).repeat_interleave(units.head_size)  # (H*d,)

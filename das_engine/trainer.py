@@ -226,7 +226,8 @@ def adapt(base: str | Path, corpus: str | Path | list[str], out_dir: str | Path,
     previous, softmask = None, None
     if config.softmask:
         previous = importance_in.to(device)
-        softmask = SoftMask.build(units, previous, embeddings=config.protect_embeddings)
+        softmask = SoftMask.build(units, previous, embeddings=config.protect_embeddings,
+                                  strength=config.softmask_strength)
 
     # --- optimizer, and resume from the latest checkpoint ---
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)

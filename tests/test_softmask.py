@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 
+from das_engine.config import DASConfig
 from das_engine.data import mask_tokens, pack_corpus
 from das_engine.mlm import hidden_states, masked_lm_loss
 from das_engine.softmask import SoftMask
@@ -93,6 +94,28 @@ def test_update_mode_scales_the_update_exactly(model_and_tokenizer, legal_docs):
     moved_free = resolve_units(free).layers[1].intermediate.weight - w0
     moved_masked = resolve_units(masked).layers[1].intermediate.weight - w0
     assert torch.allclose(moved_masked, 0.25 * moved_free, atol=1e-7)
+
+
+def test_a_strength_scales_the_importance_the_mask_applies(model_and_tokenizer, legal_docs):
+    """softmask_strength s: each unit learns at 1 - s * I. I = 0.75 at s = 0.5 moves 1 - 0.375 of the free move;
+    s = 0 moves it all (the mask is there and does nothing); s outside 0..1 is refused."""
+    model, tokenizer = model_and_tokenizer
+    units = resolve_units(model)
+    free, half, zero = copy.deepcopy(model), copy.deepcopy(model), copy.deepcopy(model)
+    _one_step(free, tokenizer, legal_docs, SoftMask.build(resolve_units(free), UnitTensors.full(units, 0.0)), "update")
+    for copy_, strength in ((half, 0.5), (zero, 0.0)):
+        mask = SoftMask.build(resolve_units(copy_), UnitTensors.full(units, 0.75), strength=strength)
+        _one_step(copy_, tokenizer, legal_docs, mask, "update")
+    w0 = units.layers[1].intermediate.weight
+    moved = {name: resolve_units(m).layers[1].intermediate.weight - w0 for name, m in
+             (("free", free), ("half", half), ("zero", zero))}
+    assert torch.allclose(moved["half"], 0.625 * moved["free"], atol=1e-7)
+    assert torch.equal(moved["zero"], moved["free"])
+    for strength in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="strength"):
+            SoftMask.build(units, UnitTensors.full(units, 0.5), strength=strength)
+        with pytest.raises(ValueError, match="softmask_strength"):
+            DASConfig(softmask_strength=strength)
 
 
 def test_grad_mode_leaves_weight_decay_moving_while_update_mode_does_not(model_and_tokenizer, legal_docs):
