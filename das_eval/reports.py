@@ -155,7 +155,8 @@ def matched_gain_lines(results: dict[str, Any]) -> list[str]:
              "| curve | a: gain (nats) | seeds reaching it | forgetting: MLM rise (nats) | final probe average | "
              "FR | right→wrong (%) |", "|---|---|---:|---:|---:|---:|---:|"]
     for r in readings:
-        points = ", ".join(f"{a:g}: {g['mean']:.3f}" for (a, _), g in zip(r.curve.points, r.gains, strict=True))
+        points = ", ".join(f"{a:g}: {'n/a' if g['mean'] is None else format(g['mean'], '.3f')}"
+                           for (a, _), g in zip(r.curve.points, r.gains, strict=True))
         values = [_pm(r.values[k], 3 if k == "rise" else 2) for k in ("rise", "final_average", "forgetting_rate",
                                                                        "right_to_wrong")]
         lines.append(f"| `{r.curve.label}` | {points} | {r.reached} of {r.seeds} | " + " | ".join(values) + " |")
@@ -169,7 +170,7 @@ def matched_gain_png(results: dict[str, Any], path: Path) -> Path:
     from matplotlib.figure import Figure
 
     readings = matched_gain(results, MATCHED_SHARE)
-    fig = Figure(figsize=(11.0, 4.8), layout="constrained")
+    fig = Figure(figsize=(13.0, 5.0), layout="constrained")
     rise_ax, probe_ax = fig.subplots(1, 2)
     family = probe_family(results)
     for i, r in enumerate(readings):
@@ -177,9 +178,13 @@ def matched_gain_png(results: dict[str, Any], path: Path) -> Path:
         summaries = [results["summary"][spec] for _, spec in r.curve.points]
         for ax, key, ys in ((rise_ax, "rise", [s["mlm_loss"]["rise"]["mean"] for s in summaries]),
                             (probe_ax, "final_average", [s[family]["final_average"]["mean"] for s in summaries])):
-            ax.plot(gains, ys, "-" + MARKERS[i % len(MARKERS)], color="black", fillstyle="none", linewidth=1,
-                    label=_label(r.curve.label, 40))
-            for (a, _), x, y in zip(r.curve.points, gains, ys, strict=True):
+            drawn = [(a, x, y) for (a, _), x, y in zip(r.curve.points, gains, ys, strict=True)
+                     if x is not None and y is not None]  # one domain: no rise; older files: no gain
+            if not drawn:
+                continue
+            ax.plot([x for _, x, _ in drawn], [y for _, _, y in drawn], "-" + MARKERS[i % len(MARKERS)],
+                    color="black", fillstyle="none", linewidth=1, label=_label(r.curve.label, 72))
+            for a, x, y in drawn:
                 ax.annotate(f"{a:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
             if r.values[key]["mean"] is not None:
                 ax.plot(r.target["mean"], r.values[key]["mean"], "*", color="black", markersize=11)
@@ -189,7 +194,8 @@ def matched_gain_png(results: dict[str, Any], path: Path) -> Path:
             ax.axvline(readings[0].target["mean"], color="grey", linestyle="--", linewidth=1)
         ax.set_xlabel(f"new-domain gain (nats); dashed: {MATCHED_SHARE:.0%} of ncl's", fontsize=9)
         ax.set_ylabel(ylabel, fontsize=9)
-    probe_ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=7, frameon=False)
+    if probe_ax.get_legend_handles_labels()[0]:
+        probe_ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=7, frameon=False)
     fig.suptitle("Matched gain: each curve over the merge share a (labels), read at the dashed gain (stars)",
                  fontsize=10)
     fig.savefig(path, dpi=110)

@@ -16,7 +16,7 @@ def _results(methods: dict[str, list[tuple[float, float, float]]]) -> dict:
     results = {"seeds": [0, 1], "families": ["probe/macro_f1"], "methods": {"base": {"kind": "base"}}, "summary": {}}
     for spec, seeds in methods.items():
         results["methods"][spec] = {"kind": spec.partition(":")[0]}
-        losses = [{"gain": [g - 0.1, g + 0.1], "rise": [r]} for g, r, _ in seeds]
+        losses = [{"gain": [g - 0.1, g + 0.1], "rise": [] if r is None else [r]} for g, r, _ in seeds]
         probe = [{"final_average": p, "forgetting_rate": -p / 100} for _, _, p in seeds]
         results["summary"][spec] = {
             "mlm_loss": {"per_seed": losses, "rise": mean_std([r for _, r, _ in seeds])},
@@ -80,4 +80,13 @@ def test_the_report_has_the_table_and_the_plot(tmp_path):
     row = next(line for line in lines if line.startswith("| `ncl:replay_fraction=0.25` |"))
     assert [c.strip() for c in row.strip("|").split("|")][1:4] == ["0.75: 1.650, 1: 2.050", "2 of 2", "0.290 ± 0.127"]
     assert f"({MATCHED_GAIN_PNG})" in lines[-1]
+    assert matched_gain_png(results, tmp_path / "m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_run_of_one_domain_reports_without_a_rise(tmp_path):
+    """One domain: nothing learned before the last, so no rise; the table says n/a and the plot still draws."""
+    results = _results({"ncl": [(2.0, None, 60.0), (2.2, None, 61.0)],
+                        "ncl:merge_alpha=0.5": [(1.0, None, 62.0), (1.2, None, 61.0)]})
+    row = next(line for line in matched_gain_lines(results) if line.startswith("| `ncl` |"))
+    assert "n/a" in row
     assert matched_gain_png(results, tmp_path / "m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
