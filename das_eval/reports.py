@@ -24,6 +24,7 @@ PARETO_PROBE_PNG = "pareto-probe.png"
 MATCHED_GAIN_PNG = "matched-gain.png"
 MATCHED_SHARE = 0.9  # of ncl's new-domain gain
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
+CURVE_MARKERS = tuple(m for m in MARKERS if m != "*")  # the star marks each curve's reading
 
 
 def write_reports(results: dict[str, Any], out: Path) -> None:
@@ -182,7 +183,7 @@ def matched_gain_png(results: dict[str, Any], path: Path) -> Path:
                      if x is not None and y is not None]  # one domain: no rise; older files: no gain
             if not drawn:
                 continue
-            ax.plot([x for _, x, _ in drawn], [y for _, _, y in drawn], "-" + MARKERS[i % len(MARKERS)],
+            ax.plot([x for _, x, _ in drawn], [y for _, _, y in drawn], "-" + CURVE_MARKERS[i % len(CURVE_MARKERS)],
                     color="black", fillstyle="none", linewidth=1, label=_label(r.curve.label, 72))
             for a, x, y in drawn:
                 ax.annotate(f"{a:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)

@@ -170,7 +170,7 @@ def _ffn_change_by_importance(before: Path, after: Path, importance: dict[str, t
 
 def test_adapt_soft_masks_against_the_previous_importance_by_default(tmp_path, roberta_dir, code_docs):
     """`das adapt CORPUS --domain D --out DIR --prev-importance FILE` and no training setting: the defaults an
-    upload gets soft-mask, so the most important FFN neurons move far less than the least important ones. (Without
+    upload gets soft-mask, so the most important FFN neurons move less than the least important ones. (Without
     the soft-mask, the random importance below says nothing of which neurons move: both groups change alike.)
     `--base` names the tiny RoBERTa only so that the default 300 steps take seconds."""
     corpus = tmp_path / "code.txt"
@@ -190,4 +190,6 @@ def test_adapt_soft_masks_against_the_previous_importance_by_default(tmp_path, r
     assert result.exit_code == 0, result.output
     assert json.loads((out / "train_metrics.json").read_text())["settings"]["softmask"] is True
     top, bottom = _ffn_change_by_importance(roberta_dir, out, importance)
-    assert bottom > 0 and top < 0.5 * bottom, (top, bottom)
+    # at the default strength s = 0.5 the top tenth (I ~ 0.95) learns at ~0.52, the bottom (I ~ 0.05) at ~0.98:
+    # about 0.54 of the move; unmasked, both move alike (0.9 measured with this seed)
+    assert bottom > 0 and top < 0.75 * bottom, (top, bottom)
