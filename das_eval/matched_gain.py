@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .methods import parse_settings
-from .metrics import mean_std
+from .metrics import mean_std, probe_family
 
 MERGE = "merge_alpha"
 READ = ("rise", "final_average", "forgetting_rate", "right_to_wrong")
@@ -73,8 +73,7 @@ def seed_values(results: dict[str, Any], spec: str, index: int) -> dict[str, flo
     """One seed's gain and read values of one method (by the seed's index in results["seeds"]); None where not
     recorded."""
     summary = results["summary"][spec]
-    family = "probe/macro_f1" if "probe/macro_f1" in results["families"] else results["families"][0]
-    losses, probe = summary["mlm_loss"]["per_seed"][index], summary[family]["per_seed"][index]
+    losses, probe = summary["mlm_loss"]["per_seed"][index], summary[probe_family(results)]["per_seed"][index]
     flips = summary.get("flips")
     return {"gain": statistics.fmean(losses["gain"]) if losses.get("gain") else None,  # older files lack it
             "rise": statistics.fmean(losses["rise"]) if losses["rise"] else None,

@@ -194,3 +194,8 @@ def summarise_method(seeds: Sequence[dict[str, Any]], families: Sequence[str]) -
         summary["flips"] = summarise_flips([s[CORRECT] for s in seeds])
     summary["mean_matrix"] = {key: mean_matrix([s[key] for s in seeds]) for key in [*families, "mlm_loss"]}
     return summary
+
+
+def probe_family(results: dict[str, Any]) -> str:
+    """The probe score family a results.json is judged by: macro-F1 where it was scored, else the first family."""
+    return "probe/macro_f1" if "probe/macro_f1" in results["families"] else results["families"][0]

@@ -10,7 +10,7 @@ from typing import Any
 from .files import RESULTS_JSON, RESULTS_MD, write_json
 from .matched_gain import matched_gain
 from .methods import method_folder
-from .metrics import pareto_front
+from .metrics import pareto_front, probe_family
 
 FAMILY_TITLES = {
     "probe/macro_f1": "End tasks, probe on frozen features: macro-F1 (points)",
@@ -94,11 +94,6 @@ def results_markdown(results: dict[str, Any]) -> str:
     lines += ["## Commands", ""] + [f"- `{' '.join(c['argv'])}` ({c['date']})" for c in results["commands"]
                                     if c.get("argv")]
     return "\n".join(lines) + "\n"
-
-
-def probe_family(results: dict[str, Any]) -> str:
-    """The probe score family the equal-learning table and plot read: macro-F1 when scored."""
-    return "probe/macro_f1" if "probe/macro_f1" in results["families"] else results["families"][0]
 
 
 def _ratio(rise: dict[str, Any], gain: dict[str, Any] | None) -> str:
