@@ -14,18 +14,22 @@ Files written:
 The build backend (pyproject's build-system.requires) is locked too: the editable installs run without
 build isolation, so they need nothing from the index.
 
-usage: python scripts/lock.py --tested .venv-latest --uv .venv-tools/bin/uv
+usage: .venv-latest/bin/python scripts/lock.py --tested .venv-latest --uv .venv-tools/bin/uv
+(run by `make lock`, which also hands uv pip's wheel folder as UV_FIND_LINKS)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
-import tempfile
 import tomllib
 from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "requirements"
@@ -34,13 +38,9 @@ NOT_LOCKED = {"torch"}  # requirements/torch.txt
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s\\;]+)", re.MULTILINE)
 
 
-def canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def pins(text: str) -> dict[str, str]:
     """{canonical name: version} of every `name==version` line (pip freeze or a compiled lock)."""
-    return {canonical(name): version for name, version in PIN.findall(text)}
+    return {canonicalize_name(name): version for name, version in PIN.findall(text)}
 
 
 def tested_versions(venv: Path) -> dict[str, str]:
@@ -52,7 +52,7 @@ def tested_versions(venv: Path) -> dict[str, str]:
 
 def torch_pin() -> str:
     dependencies = tomllib.loads(SOURCES[0].read_text())["project"]["dependencies"]
-    [pin] = [d for d in dependencies if canonical(re.split(r"[=<>!~ ;\[]", d, maxsplit=1)[0]) == "torch"]
+    [pin] = [d for d in dependencies if canonicalize_name(Requirement(d).name) == "torch"]
     return pin
 
 
@@ -76,14 +76,16 @@ def main() -> int:
     args = parser.parse_args()
     tested = tested_versions(args.tested)
     OUT.mkdir(exist_ok=True)
-    with tempfile.TemporaryDirectory() as scratch:
-        constraints = Path(scratch) / "tested.txt"
-        constraints.write_text("".join(f"{name}=={version}\n" for name, version in sorted(tested.items())))
-        build = Path(scratch) / "build.txt"
-        build.write_text("\n".join(tomllib.loads(SOURCES[0].read_text())["build-system"]["requires"]) + "\n")
-        python = args.tested / "bin" / "python"
-        compile_lock(args.uv, python, OUT / "dev.txt", constraints, build, ["dev"])
-        compile_lock(args.uv, python, OUT / "serve.txt", constraints, build, ["s3"])
+    # uv's "via" annotations name these inputs: a fixed place beside the tested environment keeps the lock's
+    # text the same from one refresh to the next (a temporary folder would change every line that names it)
+    inputs = Path(os.path.relpath(args.tested.absolute() / "lock-inputs", ROOT))
+    (ROOT / inputs).mkdir(exist_ok=True)
+    constraints, build = inputs / "tested-versions.txt", inputs / "build-system.txt"
+    (ROOT / constraints).write_text("".join(f"{name}=={version}\n" for name, version in sorted(tested.items())))
+    (ROOT / build).write_text("\n".join(tomllib.loads(SOURCES[0].read_text())["build-system"]["requires"]) + "\n")
+    python = args.tested.absolute() / "bin" / "python"
+    compile_lock(args.uv, python, OUT / "dev.txt", constraints, build, ["dev"])
+    compile_lock(args.uv, python, OUT / "serve.txt", constraints, build, ["s3"])
     (OUT / "torch.txt").write_text(f"# the torch pin of pyproject.toml, installed before the hashed lock (make lock)\n"
                                    f"{torch_pin()}\n")
     locked = pins((OUT / "dev.txt").read_text())
