@@ -29,6 +29,7 @@ from das_eval import (
 from das_eval.files import read_json
 from das_eval.results import MAX_METHOD_FOLDER, RESULTS_FIX
 from das_settings import get_settings
+from model_store.store import StoreError
 
 from .console import console, fail, os_problem
 
@@ -102,6 +103,13 @@ def eval_command(
     prune_models: Annotated[bool, typer.Option("--prune-models", help="delete a stage's weights once the next "
                                                                       "stage is scored (keeps scores and "
                                                                       "importance; saves disk)")] = False,
+    served: Annotated[bool, typer.Option("--served", help="the served view instead: upload each domain to a store "
+                                                          "of its own per method and seed through the service's "
+                                                          "path (gate, merge_auto, swap), registering each domain's "
+                                                          "end task before the next arrives; writes OUT/served.*")
+                      ] = False,
+    gate_max_drop: Annotated[float | None, typer.Option(help="with --served: the forgetting gate's limit in points "
+                                                             "(default: $DAS_GATE_MAX_DROP)")] = None,
 ) -> None:
     """Continually pre-train each method on the domains in order; score every domain after every stage.
 
@@ -112,6 +120,10 @@ def eval_command(
     Writes OUT/results.json, results.md and PNG plots (mean ± std over seeds, cost per training step).
 
     Finished stages are reused: rerun the same command to resume. Other settings into the same OUT are refused.
+
+    With --served, each domain is instead uploaded to the service path in order, and each domain's end task is
+    registered before the next arrives: which uploads the gate refused, and each task's served score along the
+    lineage (OUT/served.json, served.md, served.png).
     """
     try:
         train = _shared_training(settings, steps=steps, lr=lr, batch_size=batch_size, max_length=max_length,
@@ -126,9 +138,14 @@ def eval_command(
                          train=train, scoring=scoring, device=device or config.device, prune_models=prune_models)
         _check_folder_names(plan.methods)
         _quiet()
+        if served:
+            _served_view(plan, out, gate_max_drop if gate_max_drop is not None else config.gate_max_drop, ctx)
+            return
+        if gate_max_drop is not None:
+            raise EvalError("--gate-max-drop is a setting of the served view: add --served")
         results = run_evaluation(plan, out, command=command_line(ctx), on_stage=_print_stage,
                                  on_train=_print_training)
-    except (EvalError, DomainError, CorpusError, BaseModelError, ValueError) as err:
+    except (EvalError, DomainError, CorpusError, BaseModelError, StoreError, ValueError) as err:
         fail(str(err))
     except OSError as err:
         fail(os_problem(err, "check the path, its permissions and the free space, then rerun the same command "
@@ -139,6 +156,19 @@ def eval_command(
         fr = first["forgetting_rate"]["mean"]
         console.print(f"  {spec_}: final average {first['final_average']['mean']:.2f}, "
                       f"FR {'n/a' if fr is None else f'{fr:.2f}'} ({results['families'][0]})", highlight=False)
+
+
+def _served_view(plan: Any, out: Path, gate_max_drop: float, ctx: typer.Context) -> None:
+    from .served_view import ServedSettings, run_served_view
+
+    results = run_served_view(plan, out, ServedSettings(gate_max_drop=gate_max_drop), command=command_line(ctx),
+                              on_event=lambda line: console.print(line, soft_wrap=True, highlight=False))
+    console.print(f"wrote {out / 'served.json'}, {out / 'served.md'} and {out / 'served.png'}")
+    for spec, entry in results["methods"].items():
+        s = entry["summary"]
+        console.print(f"  {spec}: {s['accepted']['mean']:.2f} of {len(results['domains'])} uploads accepted, largest "
+                      f"drop below a task's best {s['max_drop']['mean']:.2f} points, final served average "
+                      f"{s['final_average']['mean']:.2f}", highlight=False)
 
 
 def _check_folder_names(methods: list) -> None:

@@ -3,22 +3,20 @@
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import json
 import shutil
-import sysconfig
 from pathlib import Path
 
 import pytest
 import typer
+from task_sets import eval_domains
 from typer.testing import CliRunner
 
 import das_eval
 from das import eval_cli
 from das.eval_cli import eval_command
 from das_data.domain_folder import Example
-from das_data.local_corpora import licence_documents, python_doc_documents
 from das_data.splits import cap_balanced
 from das_eval import (
     EvalError,
@@ -127,58 +125,9 @@ def test_heldout_slice_and_caps_are_fixed_and_disjoint():
 # whole runs on two tiny real domains
 
 
-def _stdlib_docstrings() -> list[Example]:
-    """First paragraphs of stdlib docstrings, labelled by what they document (a class or a function)."""
-    found: dict[str, str] = {}
-    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
-        try:
-            tree = ast.parse(path.read_text(encoding="utf-8"))
-        except (SyntaxError, UnicodeDecodeError):
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ClassDef | ast.FunctionDef):
-                doc = ast.get_docstring(node)
-                text = " ".join(doc.split("\n\n")[0].split()) if doc else ""
-                if len(text.split()) >= 8:
-                    found.setdefault(text, "class" if isinstance(node, ast.ClassDef) else "function")
-        if sum(label == "class" for label in found.values()) >= 40:
-            break
-    return [Example(text, label) for text, label in found.items()]
-
-
-def _licence_paragraphs() -> list[Example]:
-    """Licence paragraphs, labelled by whether they are written in capitals (warranty disclaimers mostly)."""
-    def shouting(text: str) -> bool:
-        letters = [c for c in text if c.isalpha()]
-        return sum(c.isupper() for c in letters) > 0.6 * len(letters)
-
-    return [Example(text, "capitals" if shouting(text) else "plain") for text in licence_documents()]
-
-
-def _write_domain(folder: Path, name: str, examples: list[Example], corpus: list[str]) -> Path:
-    by_label: dict[str, list[Example]] = {}
-    for e in examples:
-        by_label.setdefault(e.label, []).append(e)
-    train = [e for group in by_label.values() for e in group[:20]]
-    test = [e for group in by_label.values() for e in group[20:30]]
-    test_texts = {e.text for e in test}
-    folder.mkdir(parents=True)
-    (folder / "corpus.txt").write_text("".join(d + "\n" for d in corpus if d not in test_texts), encoding="utf-8")
-    for split, rows in (("train", train), ("test", test)):
-        (folder / f"{split}.jsonl").write_text(
-            "".join(json.dumps({"text": e.text, "label": e.label}) + "\n" for e in rows), encoding="utf-8")
-    meta = {"name": name, "source": "made by tests/test_eval.py", "licence": "as the texts' own",
-            "metric": "macro_f1", "labels": sorted(by_label), "notes": {}}
-    (folder / "domain.json").write_text(json.dumps(meta), encoding="utf-8")
-    return folder
-
-
 @pytest.fixture(scope="module")
 def domains(tmp_path_factory) -> list[Path]:
-    root = tmp_path_factory.mktemp("domains")
-    code = _write_domain(root / "code", "code", _stdlib_docstrings(), python_doc_documents(limit=120)[:120])
-    legal = _write_domain(root / "legal", "legal", _licence_paragraphs(), licence_documents()[:120])
-    return [code, legal]
+    return eval_domains(tmp_path_factory.mktemp("domains"))
 
 
 def _cli(domains: list[Path], out: Path, *extra: str, methods: str = METHODS, seeds: int = 2):
