@@ -53,7 +53,7 @@ def _print_stage(event: StageEvent) -> None:
                       f"ETA for the rest {_duration(event.eta_s)}", soft_wrap=True)
 
 
-def _print_training(stage: Stage, progress: Any) -> None:
+def _print_training(stage: Stage | None, progress: Any) -> None:
     """A line at each phase change of the trainer and every tenth of its steps."""
     tenth = max(1, progress.total // 10)
     if progress.phase != "train" or progress.step % tenth == 0:
@@ -162,7 +162,8 @@ def _served_view(plan: Any, out: Path, gate_max_drop: float, ctx: typer.Context)
     from .served_view import ServedSettings, run_served_view
 
     results = run_served_view(plan, out, ServedSettings(gate_max_drop=gate_max_drop), command=command_line(ctx),
-                              on_event=lambda line: console.print(line, soft_wrap=True, highlight=False))
+                              on_event=lambda line: console.print(line, soft_wrap=True, highlight=False),
+                              on_train=lambda progress: _print_training(None, progress))
     console.print(f"wrote {out / 'served.json'}, {out / 'served.md'} and {out / 'served.png'}")
     for spec, entry in results["methods"].items():
         s = entry["summary"]

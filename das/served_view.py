@@ -61,8 +61,12 @@ class ServedSettings:
 
 
 def run_served_view(plan: EvalPlan, out: Path, served: ServedSettings, *, command: list[str] | None = None,
-                    on_event: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run (or resume) every trained method's lineage through the service path; write and return served.json."""
+                    on_event: Callable[[str], None] | None = None,
+                    on_train: Callable[[Any], None] | None = None) -> dict[str, Any]:
+    """Run (or resume) every trained method's lineage through the service path; write and return served.json.
+
+    `on_event` hears a line per upload started and done; `on_train` the trainer's progress
+    (das_engine.trainer.Progress)."""
     say = on_event or (lambda _: None)
     if plan.scoring.finetune:
         raise EvalError("--served registers probe tasks (the gate's kind) and cannot be combined with --finetune")
@@ -82,7 +86,7 @@ def run_served_view(plan: EvalPlan, out: Path, served: ServedSettings, *, comman
                 label = f"{method.spec}, seed {seed}, upload {index} ({domains[index - 1].name})"
                 say(f"{label}: started")
                 started = time.perf_counter()
-                record = run_upload(plan, served, method, seed, domains, index, out)
+                record = run_upload(plan, served, method, seed, domains, index, out, on_train)
                 record["seconds"] = round(time.perf_counter() - started, 1)
                 write_json(stage_file, record)
                 say(f"{label}: {record['status']} as {record['version']} in {record['seconds']:.0f} s")
@@ -95,7 +99,7 @@ def run_served_view(plan: EvalPlan, out: Path, served: ServedSettings, *, comman
 
 # ------------------------------------------------------------------ one upload, as the service takes it
 def run_upload(plan: EvalPlan, served: ServedSettings, method: Method, seed: int, domains: list[PreparedDomain],
-               index: int, out: Path) -> dict[str, Any]:
+               index: int, out: Path, on_train: Callable[[Any], None] | None = None) -> dict[str, Any]:
     """Upload domain `index` (1-based) to the lineage's store, register its task, and score what is served."""
     from model_store.store import ModelStore
     from worker.adaptation import GateRejected, adapt_version
@@ -116,7 +120,8 @@ def run_upload(plan: EvalPlan, served: ServedSettings, method: Method, seed: int
         try:
             manifest = adapt_version(store, parent, corpus, domain.name, plan.config(method, seed),
                                      work_dir=lineage / "work", documents=domain.training_documents,
-                                     device=plan.device, gate_max_drop=served.gate_max_drop, request_id=request_id)
+                                     device=plan.device, gate_max_drop=served.gate_max_drop, request_id=request_id,
+                                     on_progress=on_train)
         except GateRejected as err:
             manifest = store.manifest(err.version)
     register_task(store, domain, served, plan.device)

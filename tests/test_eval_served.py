@@ -45,6 +45,7 @@ def served_run(tmp_path_factory, domains, bert_dir) -> Path:
     out = tmp_path_factory.mktemp("served") / "out"
     result = _served(domains, out, "--methods", "default", "--base", str(bert_dir))
     assert result.exit_code == 0, result.output
+    assert "train 3/3" in result.output and "upload 2 (legal): started" in result.output  # progress as it runs
     return out
 
 
