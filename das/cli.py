@@ -22,7 +22,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from das_data.base_models import BaseModelError, ensure_initialised, resolve_base_model
-from das_engine.config import DASConfig, upload_config
+from das_engine.config import upload_config
 from das_engine.corpus import CorpusError
 from das_settings import get_settings
 from model_store.locks import StoreLocked
@@ -142,14 +142,13 @@ def adapt(
         fail(f"--prev-importance {prev_importance}: no such file")
     device = device or get_settings().device
     with _clear_errors():
-        config = upload_config(config_values)
         _apply_threads()
         _quiet_transformers()
         if store is not None:
-            manifest = _adapt_into_store(_open_store(store), corpus, domain, config, device, activate,
-                                         get_settings().work_dir, force)
+            manifest = _adapt_into_store(_open_store(store), corpus, domain, config_values, device, activate, force)
             console.print(f"published {manifest.id} ({manifest.status}), parent {manifest.parent}")
             return
+        config = upload_config(config_values)
         from das_engine import distributed
         from das_engine.trainer import adapt as run_adapt
 
@@ -189,15 +188,26 @@ def _under_torchrun(nproc: int) -> int:
     return subprocess.call(command, env=env)
 
 
-def _adapt_into_store(model_store, corpus: Path, domain: str, config: DASConfig, device: str, activate: bool,
-                      work_dir: Path, force: bool = False):
-    from worker.adaptation import GateRejected, adapt_active
+def _adapt_into_store(model_store, corpus: Path, domain: str, overrides: dict, device: str, activate: bool,
+                      force: bool = False):
+    """What POST /v1/corpora checks (pipeline.corpus_intake, in its order), then the adaptation a job runs."""
+    from pipeline.adaptation import adapt_active
+    from pipeline.corpus_intake import IntakeRefused, check_corpus, check_request, job_limits, too_large
+    from pipeline.outcomes import GateRejected
 
-    ensure_initialised(model_store, get_settings())
+    settings = get_settings()
+    ensure_initialised(model_store, settings)
+    config = check_request(domain, overrides, limits=job_limits(settings, model_store), train_procs=1)
+    if not corpus.is_file():
+        raise IntakeRefused(f"{corpus}: no such file")
+    size = corpus.stat().st_size
+    if size > settings.max_upload_bytes:
+        raise IntakeRefused(f"{too_large(settings.max_upload_bytes)} (DAS_MAX_UPLOAD_BYTES)", status=413)
+    checked = check_corpus(corpus, corpus.name, size, config)
     try:
         return _with_progress(domain, config.steps, lambda cb: adapt_active(
-            model_store, corpus, domain, config, work_dir=work_dir, device=device, activate=activate,
-            gate_max_drop=get_settings().gate_max_drop, force=force, on_progress=cb))
+            model_store, corpus, domain, config, work_dir=settings.work_dir, device=device, activate=activate,
+            gate_max_drop=settings.gate_max_drop, force=force, on_progress=cb, documents=checked.documents))
     except GateRejected as err:
         fail(str(err))
 

@@ -159,7 +159,7 @@ def eval_command(
 
 
 def _served_view(plan: Any, out: Path, gate_max_drop: float, ctx: typer.Context) -> None:
-    from .served_view import ServedSettings, run_served_view
+    from das_eval.served import ServedSettings, run_served_view
 
     results = run_served_view(plan, out, ServedSettings(gate_max_drop=gate_max_drop), command=command_line(ctx),
                               on_event=lambda line: console.print(line, soft_wrap=True, highlight=False),

@@ -16,8 +16,8 @@ from das_settings import get_settings
 from model_store.locks import StoreLocked
 from model_store.store import StoreError
 from model_store.tasks import TaskExists, TaskNotFound, TaskStore
+from pipeline.task_intake import check_fit_work, read_task_sets, store_task_data
 from worker.runtime import open_store
-from worker.task_registry import check_fit_work, read_task_sets, store_task_data
 
 from .config_options import config_options
 from .console import console, fail
@@ -46,7 +46,7 @@ def add(
 ) -> None:
     """Register an end task in the store and fit it on the active version now."""
     from das_data.base_models import ensure_initialised
-    from worker.endtasks import fit_task_model
+    from pipeline.endtasks import fit_task_model
 
     settings = get_settings()
     for path in (train, eval):

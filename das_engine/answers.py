@@ -1,6 +1,6 @@
 """The service's answers from a masked LM's last hidden states: embeddings and fill-mask candidates.
 
-The service (serving.model) and the batch-prediction job (worker.batch_predict) both answer with these, so a
+The service (serving.model) and the batch-prediction job (pipeline.predict) both answer with these, so a
 line of a batch gets exactly the answer POST /v1/embeddings or /v1/fill-mask gives the same text on the same version.
 """
 

@@ -1,5 +1,5 @@
 """End-task models loaded and answering (torch): the service (serving.tasks) and the batch-prediction job
-(worker.batch_predict) both answer with these, so a line of a batch gets exactly the answer POST /v1/predict gives
+(pipeline.predict) both answer with these, so a line of a batch gets exactly the answer POST /v1/predict gives
 the same text on the same version. Which models serve a version is model_store.served_tasks' to say.
 """
 

@@ -98,7 +98,8 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1, description="Attempts of a job that fails (a resumed job counts one).")
     gate_max_drop: float = Field(1.0, ge=0, le=100, description="The forgetting gate: a new version is rejected "
                                  "if an end task's macro-F1 on its eval set falls by more than this many points "
-                                 "below the active version's, and by more than the eval set's sampling noise.")
+                                 "below the best it reached on the candidate's lineage (since it was registered), "
+                                 "and by more than the eval set's sampling noise.")
     max_task_examples: int = Field(20000, ge=4, description="Largest train or eval set of an end task (examples).")
     max_task_text_chars: int = Field(100_000, ge=1, description="Longest text in an end task's train or eval set "
                                      "(each is truncated to the task's max_length tokens when fitted).")

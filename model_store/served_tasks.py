@@ -1,7 +1,7 @@
 """Which end-task model serves each registered task with a backbone version: the set of them, loaded.
 
 Torch-free: each model is loaded by a function passed in (das_engine.served_tasks.load_task_model), so the
-service (serving.tasks) and the batch-prediction worker (worker.batch_predict) load a version's task models
+service (serving.tasks) and the batch-prediction worker (pipeline.predict) load a version's task models
 the same way; das_engine.served_tasks.predict answers with them.
 
 A `TaskSet` belongs to one loaded backbone: probe tasks answer from heads fitted on exactly that

@@ -12,15 +12,15 @@ from task_sets import eval_domains
 from typer.testing import CliRunner
 
 from das.eval_cli import eval_command
-from das.served_view import split_for_eval, summarise_lineage
 from das_engine import endtask
 from das_engine.served_tasks import load_task_model
 from das_engine.task_data import LabeledSet
 from das_eval import EvalError, prepare_domain
 from das_eval.plan import ScoringSettings
+from das_eval.served import split_for_eval, summarise_lineage
 from model_store.store import ModelStore
 from model_store.tasks import TaskStore
-from worker.endtasks import Backbone, read_sets
+from pipeline.endtasks import Backbone, read_sets
 
 SMALL = ["--steps", "3", "--batch-size", "4", "--max-length", "32", "--importance-samples", "4", "--lr", "5e-3",
          "--set", "importance_batch_size=4", "--seeds", "1"]
@@ -63,7 +63,8 @@ def test_each_upload_goes_through_the_service_path_and_registers_its_task_before
     versions = {m.id: m for m in store.versions()}
     for stage in (first, second):
         manifest = versions[stage["version"]]
-        assert manifest.domain == stage["domain"] and manifest.request_id == f"served-{stage['stage']}-{stage['domain']}"
+        assert manifest.domain == stage["domain"]
+        assert manifest.request_id == f"served-{stage['stage']}-{stage['domain']}"
         assert manifest.settings["softmask"] is True  # `default` is what an upload gets: it soft-masks
     accepted = [s["version"] for s in (first, second) if s["accepted"]]
     assert store.active_id() == (accepted[-1] if accepted else "v0001") == second["active"]

@@ -16,8 +16,8 @@ from das_engine.config import DASConfig
 from model_store.manifest import Manifest
 from model_store.store import ModelStore
 from model_store.tasks import TaskData, TaskDefinition
-from worker.adaptation import adapt_active, lineage_corpora
-from worker.endtasks import task_reference
+from pipeline.adaptation import adapt_active, lineage_corpora
+from pipeline.endtasks import task_reference
 
 MAX_DROP = 1.0
 

@@ -28,7 +28,7 @@ from model_store.card import CARD, render_card
 from model_store.manifest import STATUSES
 from model_store.store import ModelStore, PublishRequest
 from model_store.tasks import TaskStore
-from worker.task_registry import read_task_sets, store_task_data
+from pipeline.task_intake import read_task_sets, store_task_data
 
 # ------------------------------------------------------------------ the job records: both backends filter and page
 

@@ -8,8 +8,8 @@ from das_engine.config import DASConfig
 from job_records import AdaptRequest, SqliteJobs
 from model_store.locks import StoreLocked
 from model_store.store import ModelStore
+from pipeline.adaptation import adapt_active
 from worker import jobs
-from worker.adaptation import adapt_active
 from worker.context import Outcome, WorkerContext
 
 SMALL = DASConfig(steps=3, batch_size=4, max_length=48, importance_samples=8, importance_batch_size=4,

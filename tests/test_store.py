@@ -17,7 +17,7 @@ from model_store.backends import sha256_file
 from model_store.locks import FileLock, RedisLock, StoreLocked
 from model_store.names import InvalidName
 from model_store.store import CorruptVersion, LineageError, ModelStore, PublishRequest, StoreError, VersionNotFound
-from worker.adaptation import adapt_active
+from pipeline.adaptation import adapt_active
 
 SMALL = DASConfig(steps=4, batch_size=4, max_length=48, importance_samples=8, importance_batch_size=4,
                   checkpoint_every=0, lr=1e-3)

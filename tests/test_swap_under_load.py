@@ -12,7 +12,7 @@ import pytest
 
 from das_engine.config import DASConfig
 from model_store.store import ModelStore
-from worker.adaptation import adapt_active
+from pipeline.adaptation import adapt_active
 
 
 def _free_port() -> int:

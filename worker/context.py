@@ -15,14 +15,6 @@ from job_records import JobRegistry
 from model_store.store import ModelStore
 
 
-class JobStopped(Exception):
-    """The job stopped at a step (cancel or shutdown) before it finished; an adaptation keeps its checkpoint."""
-
-
-class Superseded(Exception):
-    """The job's request no longer stands (its task was registered again, or deleted): it ends `cancelled`."""
-
-
 class Outcome(Enum):
     DONE = "done"  # the job is in a final state (or someone else finished it)
     WAIT = "wait"  # an earlier job is pending, or another worker holds this one: try again later

@@ -12,26 +12,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 
 import redis.exceptions
 
 from das_engine.corpus import CorpusError
 from job_records import TERMINAL, Job
 from model_store.locks import StoreLocked
+from pipeline.adaptation import finish_publication
+from pipeline.outcomes import GateRejected, JobStopped, Superseded
 
-from .adaptation import GateRejected, finish_publication, run_adapt_job
-from .batch_predict import run_predict_job
-from .context import JobStopped, Outcome, Superseded, WorkerContext
-from .endtasks import run_fit_job
+from .context import Outcome, WorkerContext
+from .job_kinds import JOB_KINDS
 from .progress import ProgressReporter
 
 log = logging.getLogger(__name__)
 
-# kind -> the work itself: returns the version it published (fitted on, answered with), or raises JobStopped
-JOB_KINDS: dict[str, Callable[[Job, WorkerContext, ProgressReporter], str]] = {"adapt": run_adapt_job,
-                                                                              "fit": run_fit_job,
-                                                                              "predict": run_predict_job}
 # failures worth another attempt: the world may be different next time
 TRANSIENT = (StoreLocked, ConnectionError, TimeoutError, redis.exceptions.ConnectionError,
              redis.exceptions.TimeoutError)

@@ -1,33 +1,22 @@
-"""Aliases (names for versions; `production` is the active version), and the version an inference request names.
-
-Inference routes take `?version=` or a body field `version`: a version id or an alias. `served_version` turns it
-into the loaded model that answers (serving/pinned.py keeps non-active versions loaded, an LRU).
-"""
+"""Aliases: names for versions; `production` is the active version (the version a request names: api.versions)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query
-from fastapi.concurrency import run_in_threadpool
+from fastapi import APIRouter, HTTPException
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from model_store.aliases import PRODUCTION, AliasNotFound, AliasStore, alias_name, is_version_id
+from model_store.aliases import PRODUCTION, AliasNotFound, AliasStore, alias_name
 from model_store.names import InvalidName, version_id
-from model_store.store import CorruptVersion, StoreError, VersionNotFound
-from serving.holder import Servable
-from serving.pinned import PinningOff
+from model_store.store import StoreError, VersionNotFound
 
 from ..deps import ManagementAuth, ServiceDep
-from .models import activate_model
+from ..versions import activate_version
 
 router = APIRouter(prefix="/v1/aliases", tags=["aliases"])
 log = logging.getLogger(__name__)
-VersionQuery = Annotated[str | None, Query(description="the version to answer with: a version id (v0003) or an "
-                                                       "alias (production, staging, ...); omitted: the active one")]
 
 
 class AliasIn(BaseModel):
@@ -68,7 +57,7 @@ def set_alias(*, service: ServiceDep, name: str, body: AliasIn) -> AliasOut:
         raise _invalid(err) from None
     if name == PRODUCTION:
         before = service.store.active_id()
-        activated = activate_model(service=service, version=body.version)
+        activated = activate_version(service, body.version)
         return AliasOut(name=name, version=activated.id, previous=before, fit_jobs=activated.fit_jobs)
     try:
         previous = AliasStore(service.store).set(name, body.version)
@@ -93,42 +82,3 @@ def delete_alias(*, service: ServiceDep, name: str) -> Response:
     return Response(status_code=204)
 
 
-async def served_version(service, query: str | None, body: str | None) -> Servable | None:
-    """The loaded model of the version an inference request names (`?version=` or the body's `version`, the same
-    meaning; an id or an alias), loading it if need be; None when the request names none (the active version
-    answers, whichever serves when its batch runs). 422 for both given and different or a malformed name; 404 for
-    an unknown version or alias; 409 for a damaged or archived version, or when no other version may be loaded."""
-    if query is not None and body is not None and query != body:
-        raise HTTPException(422, f"?version={query} and the body's version {body!r} differ; send one of them")
-    name = query if query is not None else body
-    if name is None:
-        return None
-    version = await run_in_threadpool(_named_version, service, name)
-    try:
-        return await asyncio.wrap_future(service.pinned.model(version))
-    except PinningOff as err:
-        raise HTTPException(409, str(err)) from None
-    except StoreError as err:  # the files of the version are damaged (its digests), or it was archived meanwhile
-        raise HTTPException(409, str(err)) from None
-    except Exception as err:  # noqa: BLE001 - this version cannot be built; the active one still answers
-        log.exception("pinned version %s cannot be loaded", version)
-        raise HTTPException(409, f"{version} cannot be loaded ({type(err).__name__}: {err})"[:500]) from None
-
-
-def _named_version(service, name: str) -> str:
-    """The version id a request names, checked to be in the store and not archived (the one serving: not read)."""
-    current = service.holder.current
-    if is_version_id(name) and current is not None and current.version == name:
-        return name
-    try:
-        version = AliasStore(service.store).resolve(name)
-        manifest = service.store.manifest(version)
-    except InvalidName as err:
-        raise _invalid(err) from None
-    except (AliasNotFound, VersionNotFound) as err:
-        raise HTTPException(404, str(err)) from None
-    except (CorruptVersion, StoreError) as err:  # a damaged version or aliases file, a broken pointer (production)
-        raise HTTPException(409, str(err)) from None
-    if manifest.status == "archived":
-        raise HTTPException(409, f"{version} is archived: gc removed its weights, so it cannot answer")
-    return version

@@ -22,10 +22,9 @@ from model_store.names import InvalidName
 from model_store.tasks import TaskStore, task_name
 
 from ..deps import ServiceDep
+from ..queueing import queue_job
 from ..schemas import BatchAccepted, JobOut
-from ..service import UPLOADS
-from .corpora import CHUNK, safe_filename
-from .jobs import queue_job
+from ..uploads import safe_filename, save_upload, upload_dir
 
 router = APIRouter(prefix="/v1/batch-predictions", tags=["batch predictions"])
 
@@ -48,8 +47,11 @@ async def create_batch_prediction(
     """Check the whole file, store it, and queue a job that answers every line with the version active when the job
     starts; nothing is stored or queued unless every line is valid (a 422 names the first bad one)."""
     names = await run_in_threadpool(_task_names, service, kind, tasks)
-    with tempfile.TemporaryDirectory(dir=_tmp_root(service)) as tmp:
-        path = await _save(service, file, Path(tmp) / "input.jsonl")
+    limit = service.settings.max_upload_bytes
+    with tempfile.TemporaryDirectory(dir=upload_dir(service)) as tmp:
+        path = Path(tmp) / "input.jsonl"
+        await save_upload(file, path, limit,
+                          f"the file exceeds the upload limit of {limit} bytes (DAS_MAX_UPLOAD_BYTES)")
         try:
             lines = await run_in_threadpool(read_batch_input, path.read_bytes(),
                                             max_lines=service.settings.max_batch_prediction_lines,
@@ -117,21 +119,3 @@ def _check_masks(service, lines: list[BatchLine]) -> None:
     for line in lines:
         if current.mask_token not in line.text:
             raise HTTPException(422, f'line {line.number}: "text" holds no mask token {current.mask_token!r}')
-
-
-async def _save(service, upload: UploadFile, path: Path) -> Path:
-    """Stream the upload to disk, bounded by DAS_MAX_UPLOAD_BYTES."""
-    size, limit = 0, service.settings.max_upload_bytes
-    with open(path, "wb") as out:
-        while chunk := await upload.read(CHUNK):
-            size += len(chunk)
-            if size > limit:
-                raise HTTPException(413, f"the file exceeds the upload limit of {limit} bytes (DAS_MAX_UPLOAD_BYTES)")
-            out.write(chunk)
-    return path
-
-
-def _tmp_root(service) -> str:
-    root = Path(service.settings.work_dir) / UPLOADS
-    root.mkdir(parents=True, exist_ok=True)
-    return str(root)

@@ -4,48 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import struct
 
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import Response
 
-from das_engine.texts import unicode_problem
 from serving.errors import InputError, NotReady, QueueFull
 
 from ..deps import ServiceDep
 from ..schemas import EmbeddingsIn, EmbeddingsOut, FillMaskIn, FillMaskOut, OpenAIEmbeddingsOut
-from .aliases import VersionQuery, served_version
+from ..texts import check_texts, json_response
+from ..versions import VersionQuery, served_version
 
 router = APIRouter(prefix="/v1", tags=["inference"])  # the inference token: api.deps.read_auth, app-wide
-
-
-def _check_limits(service, kind: str, texts: list[str]) -> None:
-    """What can be counted without the tokenizer: texts, characters, mask tokens (serving counts the tokens)."""
-    settings = service.settings
-    if len(texts) > settings.max_texts:
-        raise HTTPException(422, f"at most {settings.max_texts} texts per request, got {len(texts)}")
-    for i, text in enumerate(texts):
-        if not text.strip():
-            raise HTTPException(422, f"text {i} is empty")
-        if len(text) > settings.max_text_chars:
-            raise HTTPException(422, f"text {i} has {len(text)} characters; the limit is {settings.max_text_chars}")
-        problem = unicode_problem(text)  # a lone surrogate sent as a JSON escape
-        if problem:
-            raise HTTPException(422, f"text {i} {problem}")
-    model = service.holder.current
-    mask = getattr(model, "mask_token", None)
-    if kind == "fill_mask" and mask:
-        masks = sum(text.count(mask) for text in texts)  # the answer holds top_k candidates for each
-        if masks > settings.max_masks_per_request:
-            raise HTTPException(422, f"the request holds {masks} mask tokens; the limit is "
-                                     f"{settings.max_masks_per_request} per request (DAS_MAX_MASKS_PER_REQUEST)")
 
 
 async def _answer(service, kind: str, texts: list[str], top_k: int = 5, truncate: bool = False, model=None):
     """(version, answers, the batcher's Answer: `truncated` per text and `tokens`); a text over the model's
     maximum sequence is a 422 unless `truncate` or DAS_AUTO_TRUNCATE."""
-    _check_limits(service, kind, texts)
+    check_texts(service, kind, texts)
     settings = service.settings
     try:
         future = service.batcher.submit(kind, texts, top_k, max_tokens=settings.max_request_tokens,
@@ -62,18 +39,12 @@ async def _answer(service, kind: str, texts: list[str], top_k: int = 5, truncate
     return version, answers, future
 
 
-def _json(body: dict) -> Response:
-    """The answer as JSON, as built: serving makes it in the documented shape (FillMaskOut,
-    EmbeddingsOut), and validating thousands of floats again per request would cost more than the model."""
-    return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
-
-
 @router.post("/fill-mask", response_model=FillMaskOut)
 async def fill_mask(*, service: ServiceDep, body: FillMaskIn, version: VersionQuery = None) -> Response:
     """Top-k tokens for every mask token in each text (use the model's mask token, see /v1/models/current)."""
     model = await served_version(service, version, body.version)
     version, results, seen = await _answer(service, "fill_mask", body.texts, body.top_k, body.truncate, model)
-    return _json({"version": version, "results": results, "truncated": seen.truncated})
+    return json_response({"version": version, "results": results, "truncated": seen.truncated})
 
 
 @router.post("/embeddings", response_model=EmbeddingsOut | OpenAIEmbeddingsOut)
@@ -83,9 +54,9 @@ async def embeddings(*, service: ServiceDep, body: EmbeddingsIn, version: Versio
     model = await served_version(service, version, _named_in_body(body))
     version, vectors, seen = await _answer(service, "embed", body.items, truncate=body.truncate, model=model)
     if not body.openai:
-        return _json({"version": version, "dimensions": len(vectors[0]), "embeddings": vectors,
+        return json_response({"version": version, "dimensions": len(vectors[0]), "embeddings": vectors,
                       "truncated": seen.truncated})
-    return _json({"object": "list", "model": version, "version": version, "truncated": seen.truncated,
+    return json_response({"object": "list", "model": version, "version": version, "truncated": seen.truncated,
                   "data": [{"object": "embedding", "index": i,
                             "embedding": _base64_floats(v) if body.encoding_format == "base64" else v}
                            for i, v in enumerate(vectors)],

@@ -15,12 +15,12 @@ from model_store import importance_history as history
 from model_store.aliases import AliasStore
 from model_store.manifest import STATUSES, Manifest
 from model_store.names import InvalidName, domain_name, version_number
-from model_store.store import CorruptVersion, DamagedVersion, StoreError, VersionNotFound
-from worker.task_registry import queue_missing_fits
+from model_store.store import DamagedVersion, StoreError
 
 from ..deps import ManagementAuth, ServiceDep
+from ..paging import Cursor, Limit, decode_cursor, page
 from ..schemas import ActivatedOut, CurrentModel, ModelOut, schema_of
-from .jobs import Cursor, Limit, decode_cursor, page
+from ..versions import activate_version, version_manifest
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 DamagedOut = schema_of(DamagedVersion, "DamagedOut")
@@ -29,17 +29,6 @@ DamagedOut = schema_of(DamagedVersion, "DamagedOut")
 def _out(manifest: Manifest, aliases: dict[str, list[str]]) -> ModelOut:
     """A version as the API shows it; `aliases`: version id -> its aliases (AliasStore.by_version, read once)."""
     return ModelOut(**dataclasses.asdict(manifest), aliases=aliases.get(manifest.id, []))
-
-
-def _manifest(service, version: str) -> Manifest:
-    try:
-        return service.store.manifest(version)
-    except InvalidName as err:
-        raise HTTPException(422, str(err)) from None
-    except VersionNotFound as err:
-        raise HTTPException(404, str(err)) from None
-    except CorruptVersion as err:  # the message names the damaged file and `das repair`
-        raise HTTPException(409, str(err)) from None
 
 
 @router.get("", response_model=list[ModelOut])
@@ -93,7 +82,7 @@ def current_model(*, service: ServiceDep) -> CurrentModel:
 @router.get("/{version}", response_model=ModelOut)
 def get_model(*, service: ServiceDep, version: str) -> ModelOut:
     """One version's manifest, with its aliases."""
-    return _out(_manifest(service, version), AliasStore(service.store).by_version())
+    return _out(version_manifest(service, version), AliasStore(service.store).by_version())
 
 
 @router.get("/{version}/importance", responses={200: {"content": {"image/png": {}}}})
@@ -103,7 +92,7 @@ async def get_importance(*, service: ServiceDep, version: str,
                                                       "units per group, under `units` (the /ui page draws them)")]
                          = False):
     """Per-layer importance summaries (cumulative and added), or heatmaps with ?format=png."""
-    _manifest(service, version)
+    version_manifest(service, version)
     found = history.version_importance(service.store, version)
     if found is None:
         raise HTTPException(404, f"{version} has no importance: it is the base model")
@@ -119,12 +108,4 @@ async def get_importance(*, service: ServiceDep, version: str,
 def activate_model(*, service: ServiceDep, version: str) -> ActivatedOut:
     """Make a version active (rollback); every API process swaps to it, and later jobs build on it. Every end task
     without a model on it gets a fit job (listed in `fit_jobs`), so its predictions answer once that job ends."""
-    _manifest(service, version)
-    try:
-        manifest = service.store.activate(version)
-    except StoreError as err:
-        raise HTTPException(409, str(err)) from None
-    service.activated(version)
-    jobs = queue_missing_fits(service.store, service.jobs, version, service.submit)
-    return ActivatedOut(**dataclasses.asdict(manifest), fit_jobs=[job.id for job in jobs],
-                        aliases=AliasStore(service.store).by_version().get(version, []))
+    return activate_version(service, version)

@@ -17,22 +17,17 @@ from job_records import PENDING, Job, cancel_fields
 from model_store.names import InvalidName
 from model_store.store import StoreError
 from model_store.tasks import TASK_KINDS, TaskDefinition, TaskExists, TaskNotFound, TaskStore, task_name
+from pipeline.task_intake import check_fit_work, read_task_sets, store_task_data
 from serving.errors import InputError, NotReady, QueueFull, TaskNotServed
-from worker.task_registry import (
-    check_fit_work,
-    fit_jobs,
-    fit_request,
-    read_task_sets,
-    store_task_data,
-)
+from worker.task_registry import fit_jobs, fit_request
 
 from ..deps import ManagementAuth, ServiceDep
+from ..paging import Cursor, Limit, decode_cursor, page
+from ..queueing import queue_job
 from ..schemas import FitOut, PredictIn, PredictOut, TaskAccepted, TaskOut, TaskPredictOut
-from ..service import UPLOADS
-from .aliases import VersionQuery, served_version
-from .corpora import CHUNK, safe_filename, setting_form_fields
-from .inference import _check_limits, _json
-from .jobs import Cursor, Limit, decode_cursor, page, queue_job
+from ..texts import check_texts, json_response
+from ..uploads import safe_filename, save_upload, setting_form_fields, upload_dir
+from ..versions import VersionQuery, served_version
 
 router = APIRouter(prefix="/v1", tags=["tasks"])
 SETTING_FIELDS = [f.name for f in dataclasses.fields(TaskSettings)]
@@ -54,18 +49,6 @@ def _definition(service, name: str) -> TaskDefinition:
         raise HTTPException(404, str(err)) from None
     except StoreError as err:  # damaged: only this task is affected, and DELETE still works
         raise HTTPException(409, f"task {name!r} is damaged: {err}") from None
-
-
-async def _save_upload(service, upload: UploadFile, path: Path) -> Path:
-    """Stream one upload to disk, bounded by DAS_MAX_TASK_UPLOAD_BYTES."""
-    size, limit = 0, service.settings.max_task_upload_bytes
-    with open(path, "wb") as out:
-        while chunk := await upload.read(CHUNK):
-            size += len(chunk)
-            if size > limit:
-                raise HTTPException(413, f"{path.stem} exceeds the limit of {limit} bytes (DAS_MAX_TASK_UPLOAD_BYTES)")
-            out.write(chunk)
-    return path
 
 
 def _task_setting_fields(endpoint):
@@ -99,13 +82,18 @@ async def register_task(
     tasks = _tasks(service)
     if not replace and await run_in_threadpool(tasks.exists, name):
         raise HTTPException(409, f"a task named {name!r} exists; send replace=true to overwrite it")
-    root = Path(service.settings.work_dir) / UPLOADS
-    root.mkdir(parents=True, exist_ok=True)
     filenames = (safe_filename(train.filename or "train.jsonl"),
                  safe_filename(eval.filename or "eval.jsonl") if eval else "eval.jsonl")
-    with tempfile.TemporaryDirectory(dir=root) as tmp:
-        train_path = await _save_upload(service, train, Path(tmp) / "train.jsonl")
-        eval_path = await _save_upload(service, eval, Path(tmp) / "eval.jsonl") if eval else None
+    limit = service.settings.max_task_upload_bytes
+
+    async def save(upload: UploadFile, path: Path) -> Path:
+        await save_upload(upload, path, limit, f"{path.stem} exceeds the limit of {limit} bytes "
+                                               "(DAS_MAX_TASK_UPLOAD_BYTES)")
+        return path
+
+    with tempfile.TemporaryDirectory(dir=upload_dir(service)) as tmp:
+        train_path = await save(train, Path(tmp) / "train.jsonl")
+        eval_path = await save(eval, Path(tmp) / "eval.jsonl") if eval else None
         try:
             train_set, eval_set = await run_in_threadpool(
                 read_task_sets, train_path, eval_path, max_examples=service.settings.max_task_examples,
@@ -233,7 +221,7 @@ async def _predict(service, texts: list[str], names: list[str], truncate: bool =
     """(version, {"results", "task_models", "truncated"}); a text over the model's maximum sequence is a 422 unless
     `truncate` or DAS_AUTO_TRUNCATE. `model`: the version the request names (aliases.served_version), with its own
     task models; None: the one serving."""
-    _check_limits(service, "predict", texts)
+    check_texts(service, "predict", texts)
     current = model if model is not None else service.holder.current
     missing = [n for n in names if current is None or n not in current.tasks.tasks]
     for name in missing:
@@ -262,7 +250,7 @@ async def predict_task(*, service: ServiceDep, name: str, body: PredictIn, versi
     """One task's label and a score per label for each text, with the backbone version and task model that answered."""
     model = await served_version(service, version, body.version)
     version, answers = await _predict(service, body.texts, [name], body.truncate, model)
-    return _json({"version": version, "task": name, "task_model": answers["task_models"][name],
+    return json_response({"version": version, "task": name, "task_model": answers["task_models"][name],
                   "results": [per_text[name] for per_text in answers["results"]], "truncated": answers["truncated"]})
 
 
@@ -278,4 +266,4 @@ async def predict_tasks(*, service: ServiceDep, body: PredictIn, version: Versio
             raise HTTPException(409, "no end task is served yet; register one with POST /v1/tasks",
                                 headers={"Retry-After": str(RETRY_FITTING_S)})
     version, answers = await _predict(service, body.texts, list(dict.fromkeys(names)), body.truncate, model)
-    return _json({"version": version, **answers})
+    return json_response({"version": version, **answers})

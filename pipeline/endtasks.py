@@ -22,15 +22,10 @@ from typing import Any
 from das_engine import endtask
 from das_engine.loading import load_masked_lm
 from das_engine.task_data import LabeledSet, TaskDataError, TaskSettings, label_ids, read_labeled_jsonl
-from das_engine.trainer import Progress
-from job_records import Job
 from model_store.locks import StoreLocked
 from model_store.manifest import Manifest
 from model_store.store import ModelStore, StoreError
-from model_store.tasks import TaskDefinition, TaskModel, TaskNotFound, TaskStore
-
-from .context import JobStopped, Superseded, WorkerContext
-from .progress import ProgressReporter
+from model_store.tasks import TaskDefinition, TaskModel, TaskStore
 
 log = logging.getLogger(__name__)
 BOOTSTRAP_SAMPLES = 1000
@@ -357,28 +352,3 @@ def publish_probes(store: ModelStore, version: str, probes: list[Fitted]) -> Non
             publish_fitted(store, tasks, version, fitted)
         except ONE_TASK_PROBLEMS as err:
             _task_failed(tasks, fitted.definition, version, f"its probe could not be published on {version}", err)
-
-
-# ------------------------------------------------------------------ the fit job
-def run_fit_job(job: Job, ctx: WorkerContext, reporter: ProgressReporter) -> str:
-    """The `fit` kind of job: fit task `job.task` on version `job.parent` (fixed when it started).
-
-    It stops at its next step when cancelled (or at a shutdown: JobStopped), and ends `cancelled` as Superseded
-    when the task was deleted or registered again meanwhile (the new registration has its own job)."""
-    try:
-        definition = TaskStore(ctx.store).definition(job.task)
-    except TaskNotFound:
-        raise Superseded(f"task {job.task!r} was deleted while this job waited") from None
-    if definition.generation != job.generation:
-        raise Superseded(f"task {definition.name!r} was registered again while this job waited; "
-                         "its new registration has its own job")
-    if reporter.should_stop():
-        raise JobStopped("stopped before the fit began")
-
-    def on_step(step: int, total: int, loss: float) -> None:
-        reporter(Progress(phase="train", step=step, total=total, losses={"loss": loss}))
-        if reporter.should_stop():
-            raise JobStopped(f"stopped at step {step} of {total}")
-
-    fit_task_model(ctx.store, definition, job.parent, device=ctx.device, on_step=on_step)
-    return job.parent

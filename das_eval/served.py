@@ -2,7 +2,7 @@
 
 For each trained method and seed, a store of its own starts from the base model. Then, for each domain in order:
 
-1. its training documents are uploaded and adapted by the service's own path (`worker.adaptation.adapt_version`:
+1. its training documents are uploaded and adapted by the service's own path (`pipeline.adaptation.adapt_version`:
    replay and merge_auto over the lineage, the forgetting gate against every registered task's best, the swap);
 2. its end task is registered as a service task (a probe; the train split cut into the task's train and eval
    sets, so the gate never sees the test split) and fitted on the active version, before the next domain arrives;
@@ -12,8 +12,8 @@ For each trained method and seed, a store of its own starts from the base model.
 What it reports: which uploads the gate refused, each registered task's served macro-F1 along the lineage against
 its best, and the new-domain gain (held-out MLM loss, base minus version) of the uploads accepted.
 
-It lives in the CLI's package because it composes the evaluation (`das_eval`: domains, held-out slices, the plan)
-with the worker's adaptation path, and the layers below keep those two apart.
+The evaluation's domains, held-out slices and plan, with the pipeline's own workflows (`pipeline`): no HTTP, queue
+or job record is involved, and the adaptations are the ones a job runs.
 
 Layout of OUT (its own kind of folder: `served.json` settings, never mixed with a probe evaluation):
 
@@ -102,7 +102,8 @@ def run_upload(plan: EvalPlan, served: ServedSettings, method: Method, seed: int
                index: int, out: Path, on_train: Callable[[Any], None] | None = None) -> dict[str, Any]:
     """Upload domain `index` (1-based) to the lineage's store, register its task, and score what is served."""
     from model_store.store import ModelStore
-    from worker.adaptation import GateRejected, adapt_version
+    from pipeline.adaptation import adapt_version
+    from pipeline.outcomes import GateRejected
 
     lineage = out / "served" / method.folder / f"seed-{seed}"
     store = ModelStore.open(lineage / "store")
@@ -136,8 +137,8 @@ def run_upload(plan: EvalPlan, served: ServedSettings, method: Method, seed: int
 def register_task(store: Any, domain: PreparedDomain, served: ServedSettings, device: str) -> None:
     """Register the domain's end task (as `das task add` does) and fit it on the active version."""
     from model_store.tasks import TaskStore
-    from worker.endtasks import fit_task_model
-    from worker.task_registry import store_task_data
+    from pipeline.endtasks import fit_task_model
+    from pipeline.task_intake import store_task_data
 
     tasks = TaskStore(store)
     if not tasks.exists(domain.name):
@@ -181,7 +182,7 @@ def served_scores(store: Any, version: str, domains: list[PreparedDomain], devic
     from das_engine import endtask
     from das_engine.served_tasks import load_task_model
     from model_store.tasks import TaskStore
-    from worker.endtasks import Backbone
+    from pipeline.endtasks import Backbone
 
     tasks = TaskStore(store)
     backbone = Backbone.load(store.model_dir(version), device)

@@ -1,8 +1,8 @@
 """Adapt a version of the store to a corpus of the store, and publish the result as a new version.
 
-The one path from a request to a version (`adapt_version`), taken by a job (`run_adapt_job`: the
-corpus and the parent its record holds) and by `das adapt --store` (`adapt_active`: a corpus file
-and the active version). Nothing here knows HTTP.
+The one path from a request to a version (`adapt_version`), taken by a job (`worker.job_kinds.run_adapt_job`:
+the corpus and the parent its record holds), by `das adapt --store` (`adapt_active`: a corpus file and the active
+version) and by `das eval --served`. Nothing here knows HTTP or job records.
 """
 
 from __future__ import annotations
@@ -19,25 +19,13 @@ from das_engine.config import DASConfig
 from das_engine.corpus import read_corpus
 from das_engine.spawn_ranks import adapt_on_ranks
 from das_engine.trainer import Progress
-from job_records import Job
 from model_store.manifest import CorpusInfo, Manifest
 from model_store.store import LineageError, ModelStore, PublishRequest, StoreError
 
-from .context import JobStopped, WorkerContext
 from .endtasks import CandidateJudge, ensure_probe_models, gate_candidate, publish_probes
-from .progress import ProgressReporter
-from .task_registry import queue_missing_fits
+from .outcomes import GateRejected, JobStopped
 
 log = logging.getLogger(__name__)
-
-
-class GateRejected(Exception):
-    """The forgetting gate rejected the candidate: it is published with status `rejected`, not activated."""
-
-    def __init__(self, version: str, reason: str) -> None:
-        super().__init__(f"the forgetting gate rejected {version}: {reason}; the active version stays "
-                         f"(inspect it with GET /v1/models/{version}, activate it by hand, or upload with force=true)")
-        self.version = version
 
 
 JOB_OPTIONS = ("force",)  # job settings that are not DASConfig fields
@@ -63,9 +51,9 @@ def adapt_version(store: ModelStore, parent: str, corpus: CorpusInfo, domain: st
     """Adapt version `parent` on a stored corpus and publish the result; raise JobStopped if stopped.
 
     Replay and merge_auto read the corpora of the parent's lineage (`lineage_corpora`); merge_auto's choice judges
-    each share against the registered tasks' references (worker.endtasks.CandidateJudge). Before the candidate is
+    each share against the registered tasks' references (pipeline.endtasks.CandidateJudge). Before the candidate is
     activated, every end task is fitted on it and the forgetting gate scores it against each task's best on the
-    lineage (worker.endtasks): a rejected candidate is published with status
+    lineage (pipeline.endtasks): a rejected candidate is published with status
     `rejected` and GateRejected is raised. The candidate, then its task models, are published, and
     only then is it activated, so a swap moves both together. If another version became active
     meanwhile, the result stays a candidate. The working folder is named by parent, corpus digest
@@ -134,9 +122,12 @@ def finish_publication(store: ModelStore, manifest: Manifest, activate: bool, de
 
 def adapt_active(store: ModelStore, corpus_file: Path, domain: str, config: DASConfig, *, work_dir: Path,
                  device: str = "cpu", activate: bool = True, gate_max_drop: float = 1.0, force: bool = False,
-                 on_progress: Callable[[Progress], None] | None = None) -> Manifest:
-    """Put a corpus file into the store and adapt the active version on it (the CLI's path)."""
-    documents = read_corpus(corpus_file)
+                 on_progress: Callable[[Progress], None] | None = None,
+                 documents: list[str] | None = None) -> Manifest:
+    """Put a corpus file into the store and adapt the active version on it (the CLI's path). `documents`: the file's,
+    when the caller has read them already (pipeline.corpus_intake.check_corpus)."""
+    if documents is None:
+        documents = read_corpus(corpus_file)
     corpus = store.put_corpus(corpus_file, len(documents), filename=Path(corpus_file).name)
     parent = store.active_id()
     if parent is None:
@@ -144,22 +135,3 @@ def adapt_active(store: ModelStore, corpus_file: Path, domain: str, config: DASC
     return adapt_version(store, parent, corpus, domain, config, work_dir=work_dir, documents=documents,
                          device=device, activate=activate, gate_max_drop=gate_max_drop, force=force,
                          on_progress=on_progress)
-
-
-def run_adapt_job(job: Job, ctx: WorkerContext, reporter: ProgressReporter) -> str:
-    """The `adapt` kind of job: its corpus, settings and parent come from its record (run_job sets the parent)."""
-    config, force = job_config(job.settings)
-    path = ctx.store.corpus_path(job.corpus_id)
-    corpus = CorpusInfo(sha256=job.corpus_id, size=path.stat().st_size, documents=job.corpus_documents,
-                        filename=job.corpus_filename)
-    manifest = adapt_version(ctx.store, job.parent, corpus, job.domain, config, work_dir=ctx.work_dir,
-                             documents=read_corpus(path), device=ctx.device, gate_max_drop=ctx.gate_max_drop,
-                             force=force, on_progress=reporter, should_stop=reporter.should_stop, request_id=job.id,
-                             train_procs=ctx.train_procs)
-    if manifest.status == "active":
-        queue_missing_fits(ctx.store, ctx.jobs, manifest.id, ctx.submit)  # finetune tasks, and any a gate missed
-    else:
-        active = ctx.store.active_id()
-        ctx.jobs.update(job.id, note=f"published as a candidate: {active} became active while this job ran from "
-                                     f"{job.parent}; activate {manifest.id} to serve it")
-    return manifest.id
