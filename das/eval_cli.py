@@ -27,7 +27,7 @@ from das_eval import (
     write_reports,
 )
 from das_eval.files import read_json
-from das_eval.results import MAX_METHOD_FOLDER, RESULTS_FIX
+from das_eval.results_check import MAX_METHOD_FOLDER, RESULTS_FIX
 from das_settings import get_settings
 from model_store.store import StoreError
 

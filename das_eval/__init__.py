@@ -9,7 +9,9 @@ Read in this order:
    (the end-task path is the service's: `das_engine.endtask.probe_task` and `finetune_task`);
 4. `metrics`: pure functions of a score matrix a[T, i], as SPEC-DAS defines them;
 5. `runner`: run or resume every stage into an output folder (`files` names its files);
-6. `results` and `reports`: results.json collected or merged, results.md and the plots.
+6. `results`, `results_check` and `reports`: results.json collected or merged, checked field by field, results.md
+   and the plots;
+7. `served`: the served view (`das eval --served`), each domain uploaded through the pipeline in turn.
 
 Below the CLI, above the data and the engine: it imports no fastapi, celery, redis, job records, worker or
 serving, and no torch at import time (the CLI starts fast); scoring and training import the engine when

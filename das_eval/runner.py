@@ -26,7 +26,8 @@ from .files import FORMAT, FORMAT_VERSION, RUN_FILE, SCORES_FILE, now, read_run,
 from .methods import EvalError, parse_method
 from .plan import EvalPlan, Stage
 from .reports import write_reports
-from .results import collect_results, comparable_settings, differences, read_stage_scores
+from .results import collect_results, read_stage_scores
+from .results_check import comparable_settings, differences
 from .scoring import PreparedDomain, prepare_domain, score_model
 
 

@@ -232,7 +232,7 @@ def _check_folder(out: Path, plan: EvalPlan, domains: list[PreparedDomain], serv
                   command: list[str] | None) -> None:
     """Write served-run.json for a new folder; refuse an existing one made with other settings (or another kind)."""
     from das_engine.fingerprint import base_fingerprint
-    from das_eval.results import differences
+    from das_eval.results_check import differences
 
     settings = {"domains": [{"name": d.name, "fingerprint": d.fingerprint} for d in domains],
                 "base_fingerprint": base_fingerprint(plan.base), "train": plan.shared_config(),

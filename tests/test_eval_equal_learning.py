@@ -20,7 +20,8 @@ from das_eval.files import FORMAT, FORMAT_VERSION, RUN_FILE, SCORES_FILE, write_
 from das_eval.metrics import CORRECT, flips, mean_std, mlm_gain, pareto_front
 from das_eval.plan import Stage
 from das_eval.reports import PARETO_MLM_PNG, PARETO_PROBE_PNG, pareto_mlm_png, results_markdown, write_reports
-from das_eval.results import check_results, collect_results
+from das_eval.results import collect_results
+from das_eval.results_check import check_results
 from das_eval.scoring import PreparedDomain
 
 REAL = Path(__file__).resolve().parent.parent / "bench" / "results" / "eval-embedded-results.json"
