@@ -13,9 +13,9 @@ Read in this order:
    and the plots;
 7. `served`: the served view (`das eval --served`), each domain uploaded through the pipeline in turn.
 
-Below the CLI, above the data and the engine: it imports no fastapi, celery, redis, job records, worker or
-serving, and no torch at import time (the CLI starts fast); scoring and training import the engine when
-they run.
+Below the CLI, above the pipeline (the served view runs its workflows), the data and the engine: it imports no
+fastapi, celery, job records, worker or serving, and no torch at import time (the CLI starts fast); scoring and
+training import the engine when they run.
 """
 
 from .methods import EvalError, Method, method_folder, parse_method, parse_settings, split_methods
