@@ -279,13 +279,16 @@ def collect_served(plan: EvalPlan, served: ServedSettings, domains: list[Prepare
 def summarise_lineage(stages: list[dict[str, Any]], names: list[str], base_losses: dict[str, float]
                       ) -> dict[str, Any]:
     """One lineage: uploads accepted; per task, its best served macro-F1 on the lineage, its final one and the drop
-    (best - final, points); per accepted upload, the new domain's gain (base's held-out MLM loss - the version's)."""
+    (best - final, points); per accepted upload, the new domain's gain: its held-out MLM loss on the parent the upload
+    adapted minus on the new version (nats; `das_eval.metrics.mlm_gain`'s definition)."""
     accepted = [s for s in stages if s["accepted"]]
+    losses = {s["version"]: s["mlm_loss"] for s in stages}  # a parent that is no upload's version is the base
     tasks = {}
     for name in names:
         along = [s["served"][name]["macro_f1"] for s in stages if name in s["served"]]
         tasks[name] = {"best": max(along), "final": along[-1], "drop": max(along) - along[-1], "along": along}
-    gains = {s["domain"]: base_losses[s["domain"]] - s["mlm_loss"][s["domain"]] for s in accepted}
+    gains = {s["domain"]: losses.get(s["parent"], base_losses)[s["domain"]] - s["mlm_loss"][s["domain"]]
+             for s in accepted}
     return {"uploads": len(stages), "accepted": len(accepted),
             "refused": [s["domain"] for s in stages if not s["accepted"]], "tasks": tasks, "gain": gains,
             "max_drop": max(t["drop"] for t in tasks.values()),

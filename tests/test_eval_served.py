@@ -120,15 +120,18 @@ def test_served_view_refuses_what_it_cannot_do(domains, bert_dir, tmp_path):
 
 
 def test_a_lineage_summary_counts_refusals_drops_and_the_gain_of_accepted_uploads():
-    def stage(i, name, accepted, served, loss):
-        return {"stage": i, "domain": name, "accepted": accepted, "served": served, "mlm_loss": {name: loss}}
+    def stage(i, name, accepted, parent, served, losses):
+        return {"stage": i, "domain": name, "accepted": accepted, "version": f"v{i + 1}", "parent": parent,
+                "served": served, "mlm_loss": dict(zip("abc", losses, strict=True))}
 
-    stages = [stage(1, "a", True, {"a": {"macro_f1": 80.0}}, 2.0),
-              stage(2, "b", False, {"a": {"macro_f1": 80.0}, "b": {"macro_f1": 60.0}}, 3.9),
-              stage(3, "c", True, {"a": {"macro_f1": 77.5}, "b": {"macro_f1": 65.0}, "c": {"macro_f1": 50.0}}, 1.0)]
+    stages = [stage(1, "a", True, "v1", {"a": {"macro_f1": 80.0}}, [2.0, 3.5, 2.4]),
+              stage(2, "b", False, "v2", {"a": {"macro_f1": 80.0}, "b": {"macro_f1": 60.0}}, [2.6, 1.9, 2.6]),
+              stage(3, "c", True, "v2", {"a": {"macro_f1": 77.5}, "b": {"macro_f1": 65.0}, "c": {"macro_f1": 50.0}},
+                    [2.1, 3.3, 1.0])]
     summary = summarise_lineage(stages, ["a", "b", "c"], {"a": 3.0, "b": 4.0, "c": 2.5})
     assert summary["accepted"] == 2 and summary["refused"] == ["b"]
-    assert summary["gain"] == {"a": pytest.approx(1.0), "c": pytest.approx(1.5)}  # refused uploads have no gain
+    # the gain is against the parent each upload adapted: the base for the first, v2 (not the refused v3) for c
+    assert summary["gain"] == {"a": pytest.approx(3.0 - 2.0), "c": pytest.approx(2.4 - 1.0)}
     assert summary["tasks"]["a"]["drop"] == pytest.approx(2.5) and summary["tasks"]["b"]["drop"] == 0
     assert summary["max_drop"] == pytest.approx(2.5)
     assert summary["final_average"] == pytest.approx((77.5 + 65 + 50) / 3)
