@@ -3,7 +3,7 @@
     python bench/finetune_lr.py BASE DOMAIN_DIR... [--lrs 1e-4,3e-4,1e-3] [--epochs 3] [--max-train 500]
 
 Each domain's capped train split (as `das eval` caps it) is cut into 80% to fine-tune and 20% to score
-(das.served_view.split_for_eval, the served view's split); prints macro-F1 per domain and learning rate, and the mean.
+(das_eval.served.split_for_eval, the served view's split); prints macro-F1 per domain and learning rate, and the mean.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from das_engine.endtask import FinetuneConfig, finetune_task
 from das_eval.plan import ScoringSettings
 from das_eval.scoring import prepare_domain
-from das.served_view import split_for_eval
+from das_eval.served import split_for_eval
 
 
 def main() -> None:
