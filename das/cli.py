@@ -25,6 +25,7 @@ from das_data.base_models import BaseModelError, ensure_initialised, resolve_bas
 from das_engine.config import upload_config
 from das_engine.corpus import CorpusError
 from das_settings import get_settings
+from model_store import maintenance
 from model_store.locks import StoreLocked
 from model_store.names import InvalidName
 from model_store.store import Finding, StoreError
@@ -303,7 +304,7 @@ def gc(keep: Annotated[int, typer.Option(help="keep the weights of the newest N 
        store: StoreOption = None) -> None:
     """Remove old versions' weights; manifests and importance stay, so the history survives."""
     with _clear_errors():
-        archived = _open_store(store).gc(keep)
+        archived = maintenance.gc(_open_store(store), keep)
     console.print(f"archived {', '.join(archived) if archived else 'nothing'}")
 
 
@@ -327,7 +328,8 @@ def repair(
 
     with _clear_errors():
         model_store = _open_store(store)
-        found = model_store.repair(dry_run=dry_run, verify=verify) + TaskStore(model_store).repair(dry_run=dry_run)
+        found = (maintenance.repair(model_store, dry_run=dry_run, verify=verify)
+                 + TaskStore(model_store).repair(dry_run=dry_run))
     found += [Finding(str(path), "a temporary upload of a process that died", "remove it", not dry_run)
               for path in clean_uploads(work_dir or get_settings().work_dir, dry_run=dry_run)]
     if as_json:

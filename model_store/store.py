@@ -18,11 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import tempfile
-import time
 import uuid
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +27,9 @@ from typing import Any
 from . import names
 from .backends import Backend, FsspecBackend, LocalBackend, open_backend, sha256_file
 from .card import CARD, folder_importance, render_card
-from .layout import IMPORTANCE_FILES, MANIFEST, PICKLE_SUFFIXES, TASK_MODELS, is_weight_file
+from .errors import CorruptVersion, LineageError, StoreError, VersionNotFound
+from .layout import IMPORTANCE_FILES, MANIFEST, PICKLE_SUFFIXES, is_weight_file
+from .local_cache import LocalCache
 from .locks import FileLock, RedisLock, WriterLock
 from .manifest import CorpusInfo, Manifest, Status, now_iso
 
@@ -38,27 +37,6 @@ POINTER = "ACTIVE"
 DAMAGED = "damaged"  # where `repair` moves damaged versions (local stores)
 STALE_S = 600.0  # a temporary file untouched this long was left by a process that died (writes take seconds)
 REPAIR = "run `das repair` to set it aside"
-
-
-class StoreError(RuntimeError):
-    """A store operation that cannot be done; the message says why."""
-
-
-class LineageError(StoreError):
-    """The parent of a new version is no longer the active version."""
-
-
-class VersionNotFound(StoreError, KeyError):
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
-
-
-class CorruptVersion(StoreError):
-    """A version is damaged: its manifest cannot be read, or a file is missing or differs from its digest."""
-
-    def __init__(self, message: str, reason: str | None = None) -> None:
-        super().__init__(message)
-        self.reason = reason or message  # what is wrong, without the advice
 
 
 @dataclass(frozen=True)
@@ -98,6 +76,7 @@ class ModelStore:
         self.backend = backend
         self.lock = lock
         self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.cache = LocalCache(backend, self.cache_dir)
         self.opened_with: dict | None = None  # ModelStore.open's arguments: another process reopens the same store
 
     @classmethod
@@ -257,7 +236,7 @@ class ModelStore:
             if verify:
                 self.verify(version_id)
             return local
-        return self._cached(manifest)
+        return self.cache.version(manifest)
 
     def importance_file(self, version_id: str, kind: str = "importance") -> Path | None:
         """Local path of one importance file of a version, or None if the version has none (v0001)."""
@@ -268,9 +247,9 @@ class ModelStore:
         local = self.backend.local_path(f"versions/{version_id}/{name}")
         if local is not None:
             return local
-        target = self._cache_root() / "importance" / version_id / name
+        target = self.cache.root() / "importance" / version_id / name
         if not target.is_file():
-            self._fetch_verified(f"versions/{version_id}/{name}", manifest.files[name], target)
+            self.cache.fetch_verified(f"versions/{version_id}/{name}", manifest.files[name], target)
         return target
 
     def has_corpus(self, sha256: str) -> bool:
@@ -283,9 +262,9 @@ class ModelStore:
             if not local.is_file():
                 raise StoreError(f"no corpus {sha256} in the store")
             return local
-        target = self._cache_root() / "corpora" / sha256
+        target = self.cache.root() / "corpora" / sha256
         if not target.is_file():
-            self._fetch_verified(f"corpora/{sha256}", sha256, target)
+            self.cache.fetch_verified(f"corpora/{sha256}", sha256, target)
         return target
 
     # ---------------------------------------------------------------- writing
@@ -371,103 +350,12 @@ class ModelStore:
             evaluation = {**manifest.evaluation, "tasks": {**manifest.evaluation.get("tasks", {}), task: entry}}
             return self._write_manifest(dataclasses.replace(manifest, evaluation=evaluation))
 
-    def gc(self, keep: int) -> list[str]:
-        """Remove the weights of all but the newest `keep` versions, the active one and those an alias names.
 
-        Manifests and importance files are kept, so the history and the importance chain survive.
-        """
-        from .aliases import AliasStore  # it builds on this module
 
-        if keep < 1:
-            raise StoreError("gc --keep must be at least 1")
-        with self.lock.hold():
-            manifests = self.versions()
-            protected = ({m.id for m in manifests[-keep:]} | {m.id for m in manifests if m.status == "active"}
-                         | set(AliasStore(self).stored().values()))
-            archived = []
-            for manifest in manifests:
-                version_id = manifest.id
-                if version_id in protected or manifest.status == "archived":
-                    continue
-                for name in manifest.files:
-                    if is_weight_file(name):
-                        self.backend.delete(f"versions/{version_id}/{name}")
-                self.backend.delete_prefix(f"{TASK_MODELS}/{version_id}")  # its end-task models go with it
-                self._write_manifest(manifest.with_status("archived"))
-                archived.append(version_id)
-            return archived
 
-    def repair(self, dry_run: bool = False, verify: bool = True, older_than_s: float = STALE_S) -> list[Finding]:
-        """Find what is damaged and, unless `dry_run`, mend it without deleting anything healthy.
 
-        A damaged version (its manifest unreadable; with `verify`, a file missing or unlike its
-        digest) is moved to damaged/ (object storage: reported for the operator); a missing or broken
-        pointer is pointed at the newest healthy version that may be active; temporary files that
-        writers which died left, untouched for `older_than_s`, are removed.
-        """
-        with nullcontext() if dry_run else self.lock.hold():
-            healthy, damaged = self.scan()
-            if verify:
-                damaged += [d for d in map(self._check_files, healthy) if d is not None]
-            broken = {d.id for d in damaged}
-            active = self.active_id()
-            pointer = self._pointer_issue() or (f"{POINTER} names {active}, which is damaged" if active in broken
-                                                else None)
-            found = [self._set_aside(d, dry_run) for d in sorted(damaged, key=lambda d: names.version_number(d.id))]
-            if pointer is not None and (healthy or damaged):  # (an empty store has no pointer yet)
-                found.append(self._repoint(pointer, [m for m in healthy if m.id not in broken], dry_run))
-            for key in self._leftovers(older_than_s):
-                if not dry_run:
-                    self._remove(key)
-                found.append(Finding(key, "temporary files of a writer that died", "remove them", not dry_run))
-            return found
 
-    # ---------------------------------------------------------------- internals
-    def _check_files(self, manifest: Manifest) -> DamagedVersion | None:
-        try:
-            self.verify(manifest.id)
-        except CorruptVersion as err:
-            return DamagedVersion(manifest.id, err.reason)
-        return None
 
-    def _set_aside(self, damaged: DamagedVersion, dry_run: bool) -> Finding:
-        folder = self.backend.local_path(f"versions/{damaged.id}")
-        if folder is None:  # object storage has no rename
-            return Finding(damaged.id, damaged.reason,
-                           f"by hand: restore versions/{damaged.id}/ from a backup, or delete it", False)
-        target = f"{DAMAGED}/{damaged.id}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
-        if not dry_run:
-            self.backend.local_path(DAMAGED).mkdir(exist_ok=True)
-            folder.rename(self.backend.local_path(target))
-        return Finding(damaged.id, damaged.reason, f"move it to {target}", not dry_run)
-
-    def _repoint(self, problem: str, healthy: list[Manifest], dry_run: bool) -> Finding:
-        usable = [m.id for m in healthy if m.status not in ("archived", "rejected")]
-        if not usable:
-            return Finding(POINTER, problem, "none: no healthy version may be active; restore one from a backup",
-                           False)
-        if not dry_run:
-            self._move_pointer(usable[-1])
-        return Finding(POINTER, problem, f"point it at {usable[-1]}, the newest healthy version", not dry_run)
-
-    def _leftovers(self, older_than_s: float) -> list[str]:
-        """What writers that died left: object prefixes without a manifest; locally, temporary folders
-        (versions/.tmp-*) and files of atomic writes (.NAME.tmp-*) untouched for `older_than_s`."""
-        root = self.backend.local_path("")
-        if root is None:
-            return [f"versions/{n}" for n in self.backend.list_dir("versions")
-                    if not self.backend.exists(f"versions/{n}/{MANIFEST}")]
-        cutoff = time.time() - older_than_s
-        found = [path for pattern in ("versions/.tmp-*", ".*.tmp-*", "corpora/.*.tmp-*", "versions/*/.*.tmp-*")
-                 for path in root.glob(pattern) if path.lstat().st_mtime < cutoff]
-        return sorted(str(path.relative_to(root)) for path in found)
-
-    def _remove(self, key: str) -> None:
-        path = self.backend.local_path(key)
-        if path is not None and not path.is_dir():
-            self.backend.delete(key)
-        else:
-            self.backend.delete_prefix(key)
 
     def _publish_locked(self, request: PublishRequest, activate: bool) -> Manifest:
         # imported here: the settings' import (pydantic-settings, 0.2 s) is not paid by processes that only read,
@@ -542,37 +430,6 @@ class ModelStore:
             for name in self.backend.list_dir("versions"):
                 if not self.backend.exists(f"versions/{name}/{MANIFEST}"):
                     self.backend.delete_prefix(f"versions/{name}")
-
-    def _cache_root(self) -> Path:
-        if self.cache_dir is None:
-            raise StoreError("this store has no local cache folder")
-        return self.cache_dir
-
-    def _fetch_verified(self, key: str, expected: str, target: Path) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex}")
-        self.backend.fetch_file(key, tmp)
-        if sha256_file(tmp) != expected:
-            tmp.unlink()
-            raise CorruptVersion(f"{key} does not match its sha256 (corrupted)")
-        tmp.replace(target)
-
-    def _cached(self, manifest: Manifest) -> Path:
-        """Fetch a whole version into the cache, verifying each file, then rename the folder into place."""
-        target = self._cache_root() / "versions" / manifest.id
-        if target.is_dir():
-            return target
-        tmp = target.with_name(f".tmp-{manifest.id}-{uuid.uuid4().hex}")
-        try:
-            for name, expected in manifest.files.items():
-                self._fetch_verified(f"versions/{manifest.id}/{name}", expected, tmp / name)
-            tmp.rename(target)
-        except OSError:
-            if not target.is_dir():
-                raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return target
 
 
 def _overlay(folder: Path, extra: Path, files: dict[str, str]) -> Path:

@@ -320,11 +320,11 @@ class TaskStore:
                 if not (local / name).is_file() or sha256_file(local / name) != expected:
                     raise StoreError(f"{model.key}/{name} is missing or corrupted; fit the task again")
             return local
-        target = self.store._cache_root() / model.key
+        target = self.store.cache.root() / model.key
         if not target.is_dir():
-            with tempfile.TemporaryDirectory(dir=self.store._cache_root()) as tmp:
+            with tempfile.TemporaryDirectory(dir=self.store.cache.root()) as tmp:
                 for name, expected in model.files.items():
-                    self.store._fetch_verified(f"{model.key}/{name}", expected, Path(tmp) / "m" / name)
+                    self.store.cache.fetch_verified(f"{model.key}/{name}", expected, Path(tmp) / "m" / name)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 (Path(tmp) / "m").rename(target)
         return target

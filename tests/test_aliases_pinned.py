@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from das.app import build_app
 from das.cli import app as cli
 from das_settings import get_settings
+from model_store import maintenance
 from model_store.aliases import MAX_ALIASES, AliasNotFound, AliasRefused, AliasStore
 from model_store.names import InvalidName
 from model_store.store import ModelStore, PublishRequest, VersionNotFound
@@ -80,10 +81,10 @@ def test_aliases_in_a_local_store(tmp_path, bert_dir):
         aliases.set("one-more", "v0003")
     assert aliases.set("a0", "v0001") == "v0003"
     # gc keeps the weights of every version an alias names (v0001: before-legal and a0); once none does, it may go
-    assert store.gc(keep=1) == []
+    assert maintenance.gc(store, keep=1) == []
     assert (aliases.remove("before-legal"), aliases.remove("a0")) == ("v0001", "v0001")
     # a version gc archived cannot be given an alias (it can no longer answer)
-    assert store.gc(keep=1) == ["v0001"]
+    assert maintenance.gc(store, keep=1) == ["v0001"]
     with pytest.raises(AliasRefused, match="archived"):
         aliases.set("old", "v0001")
 
@@ -275,7 +276,7 @@ def test_aliases_and_pinned_inference_through_the_service(service_settings, smal
         assert _loaded(client) == ["v0003"]
         assert client.get("/v1/models/current").json()["aliases"] == ["production", "staging"]
         # a version gc archived no longer answers
-        assert service.store.gc(keep=1) == ["v0002"]
+        assert maintenance.gc(service.store, keep=1) == ["v0002"]
         archived = client.post("/v1/embeddings?version=v0002", json=TEXT)
         assert archived.status_code == 409 and "archived" in archived.json()["detail"]
 

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForMaskedLM
 
 from das_engine.config import DASConfig
+from model_store import maintenance
 from model_store.backends import sha256_file
 from model_store.locks import FileLock, RedisLock, StoreLocked
 from model_store.names import InvalidName
@@ -100,7 +101,7 @@ def test_gc_removes_weights_but_keeps_history(store, tmp_path, corpus_file):
     for _ in range(3):
         _adapt(store, corpus_file, "legal", tmp_path)
     store.activate("v0002")
-    archived = store.gc(keep=1)
+    archived = maintenance.gc(store, keep=1)
     assert archived == ["v0001", "v0003"]  # the newest (v0004) and the active (v0002) keep their weights
     for vid in ("v0001", "v0003"):
         manifest = store.manifest(vid)
@@ -114,9 +115,9 @@ def test_gc_removes_weights_but_keeps_history(store, tmp_path, corpus_file):
             store.model_dir(vid)
     assert store.importance_file("v0003") is not None and store.importance_file("v0003").is_file()
     AutoModelForMaskedLM.from_pretrained(store.model_dir("v0002"))
-    assert store.gc(keep=1) == []
+    assert maintenance.gc(store, keep=1) == []
     with pytest.raises(StoreError, match="at least 1"):
-        store.gc(keep=0)
+        maintenance.gc(store, keep=0)
 
 
 @pytest.mark.parametrize("bad", ["../v0001", "v0001/../../etc", "/etc/passwd", "v1", "v0001 ", "..", ""])

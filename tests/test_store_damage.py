@@ -20,6 +20,7 @@ from das.cli import app as cli
 from das_data.base_models import ensure_initialised
 from das_engine.config import DASConfig
 from job_records import AdaptRequest, SqliteJobs
+from model_store import maintenance
 from model_store.backends import sha256_file
 from model_store.store import CorruptVersion, ModelStore, PublishRequest, StoreError
 from worker import jobs
@@ -78,7 +79,7 @@ def test_a_damaged_manifest_affects_only_its_version(store, how):
     with pytest.raises(CorruptVersion, match=r"v0002 is damaged: manifest.json .*das repair"):
         store.manifest("v0002")
     assert store.active().id == "v0003" and store.find_by_request("job-1") is None
-    assert store.gc(keep=1) == ["v0001"]  # the damaged version is not touched
+    assert maintenance.gc(store, keep=1) == ["v0001"]  # the damaged version is not touched
     assert (_folder(store, "v0002") / "model.safetensors").is_file()
     listed = runner.invoke(cli, ["versions", "--store", str(store.backend.root)])
     assert listed.exit_code == 0 and "damaged: v0002" in listed.output and "v0003" in listed.output
@@ -120,7 +121,7 @@ def test_a_broken_pointer_is_named_and_repair_points_at_the_newest_healthy_versi
     active.unlink() if pointer is None else active.write_bytes(pointer)
     assert store.ids() == ["v0001", "v0003"]  # listing still works
     assert message in store.pointer_problem() and "das repair" in store.pointer_problem()
-    fixes = {f.item: f for f in store.repair()}
+    fixes = {f.item: f for f in maintenance.repair(store)}
     assert fixes["ACTIVE"].fixed and fixes["ACTIVE"].fix.startswith("point it at v0003") and message in \
         fixes["ACTIVE"].problem
     assert store.active_id() == "v0003" and store.pointer_problem() is None
@@ -128,7 +129,7 @@ def test_a_broken_pointer_is_named_and_repair_points_at_the_newest_healthy_versi
 
 def test_repair_sets_aside_the_active_version_and_its_number_is_never_reused(store, roberta_dir):
     _damage_manifest(store, "v0003", "garbage")
-    found = store.repair()
+    found = maintenance.repair(store)
     assert [(f.item, f.fixed) for f in found] == [("v0003", True), ("ACTIVE", True)]
     assert "ACTIVE names v0003, which is damaged" in found[1].problem and store.active_id() == "v0002"
     [aside] = (store.backend.root / "damaged").iterdir()

@@ -7,15 +7,17 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from task_sets import source_task, write_jsonl
+
 from das_engine.config import DASConfig
 from das_engine.task_data import TaskSettings
+from model_store import maintenance
 from model_store.aliases import AliasStore
 from model_store.store import ModelStore
 from model_store.tasks import TaskStore
 from pipeline.adaptation import adapt_active
 from pipeline.endtasks import fit_task_model
 from pipeline.task_intake import read_task_sets, store_task_data
-from task_sets import source_task, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 PLACEHOLDERS = {"VERSION": r"v\d{4}", "SHA256": r"[0-9a-f]{64}", "NAME": r"[a-z0-9][a-z0-9_-]*",
@@ -63,7 +65,7 @@ def test_every_path_of_a_store_is_in_the_documented_layout(tmp_path, bert_dir, l
     next(p for p in tasks.model_dir(model).iterdir() if p.suffix == ".safetensors").write_bytes(b"damaged")
     tasks.repair()
     (tmp_path / "store" / "versions" / version / "manifest.json").write_text("{not json", encoding="utf-8")
-    store.repair()
+    maintenance.repair(store)
 
     root = tmp_path / "store"
     paths = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())

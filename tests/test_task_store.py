@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from model_store import maintenance
 from model_store.store import ModelStore, PublishRequest, StoreError
 from model_store.tasks import TaskData, TaskDefinition, TaskExists, TaskModel, TaskNotFound, TaskStore
 
@@ -95,7 +96,7 @@ def test_gc_removes_task_models_with_their_version(store, tmp_path, roberta_dir)
     v2 = store.publish(PublishRequest(roberta_dir, "v0001", "d2", "tiny-roberta"))
     for version in ("v0001", v2.id):
         tasks.publish_model(*_task_model(tmp_path, definition, version))
-    assert store.gc(keep=1) == ["v0001"]
+    assert maintenance.gc(store, keep=1) == ["v0001"]
     assert tasks.model("v0001", "sentiment", definition.generation) is None
     assert tasks.model(v2.id, "sentiment", definition.generation) is not None
 
