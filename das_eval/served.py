@@ -179,7 +179,7 @@ def served_scores(store: Any, version: str, domains: list[PreparedDomain], devic
     """Each registered task's answers on its test split, as the service gives them on `version`: the version's pooled
     features (truncated as served) through the task's published probe. Macro-F1 and accuracy in points, and the
     eval-set macro-F1 the store recorded when it was fitted."""
-    from das_engine import endtask
+    from das_engine import task_scores
     from das_engine.served_tasks import load_task_model
     from model_store.tasks import TaskStore
     from pipeline.endtasks import Backbone
@@ -196,7 +196,7 @@ def served_scores(store: Any, version: str, domains: list[PreparedDomain], devic
         features = backbone.features(f"{domain.name}/test", domain.test.texts)
         predicted = head(features).argmax(-1).tolist()
         truth = [model.labels.index(label) for label in domain.test.labels]
-        result = endtask.score(truth, predicted, len(model.labels))
+        result = task_scores.score(truth, predicted, len(model.labels))
         scores[domain.name] = {"macro_f1": round(result.macro_f1, 3), "accuracy": round(result.accuracy, 3),
                                "n": result.n, "eval_macro_f1": model.scores.get("macro_f1"), "model_of": model.version}
     return scores

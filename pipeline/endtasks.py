@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from das_engine import endtask
+from das_engine import endtask, task_scores
 from das_engine.loading import load_masked_lm
 from das_engine.task_data import LabeledSet, TaskDataError, TaskSettings, label_ids, read_labeled_jsonl
 from model_store.locks import StoreLocked
@@ -100,7 +100,7 @@ def fit_finetune_on(folder: Path, definition: TaskDefinition, train: LabeledSet,
     return _fitted(definition, out, fit.scores, fit.fit_seconds)
 
 
-def _fitted(definition: TaskDefinition, out: Path, scores: endtask.TaskScores | None, seconds: float) -> Fitted:
+def _fitted(definition: TaskDefinition, out: Path, scores: task_scores.TaskScores | None, seconds: float) -> Fitted:
     """A fitted model with its scores on the eval set, as the manifest records them (none without one)."""
     if scores is None:
         return Fitted(definition, out, {}, None, seconds)
@@ -181,7 +181,7 @@ def _task_failed(tasks: TaskStore, definition: TaskDefinition, version: str | No
 class GateResult:
     evaluation: dict[str, Any]  # the candidate's manifest `evaluation`: scores per task and the gate
     probes: list[Fitted]  # fitted on the candidate, published with it
-    rejected: list[endtask.GateDecision]
+    rejected: list[task_scores.GateDecision]
 
     @property
     def reason(self) -> str:
@@ -241,7 +241,7 @@ class TaskReferences:
         return self._references[definition.name]
 
     def judge(self, candidate: Backbone, definition: TaskDefinition, out: Path,
-              max_drop: float) -> tuple[Fitted, dict[str, Any] | None, endtask.GateDecision | None]:
+              max_drop: float) -> tuple[Fitted, dict[str, Any] | None, task_scores.GateDecision | None]:
         """The task's probe fitted on `candidate` and, with an eval set, its gate decision against the reference
         (and the record the manifest keeps: the decision, the reference and where it came from)."""
         train, evals = self.sets(definition)
@@ -249,7 +249,7 @@ class TaskReferences:
         if evals is None:
             return fitted, None, None
         reference = self.reference(definition)
-        decision = endtask.gate(definition.name, label_ids(evals.labels, definition.labels), reference.predictions,
+        decision = task_scores.gate(definition.name, label_ids(evals.labels, definition.labels), reference.predictions,
                                 fitted.predictions, len(definition.labels), max_drop, samples=BOOTSTRAP_SAMPLES)
         where = (f"the best macro-F1 of this registration on the active lineage ({reference.version})"
                  if reference.recorded_f1 is not None else f"the parent {reference.version} (no score recorded)")
@@ -305,7 +305,7 @@ def gate_candidate(store: ModelStore, candidate_folder: Path, parent: str, work:
     return GateResult({"tasks": scores, "gate": gate}, probes, rejected)
 
 
-def _log_decision(parent: str, decision: endtask.GateDecision, reference: str, force: bool) -> None:
+def _log_decision(parent: str, decision: task_scores.GateDecision, reference: str, force: bool) -> None:
     """One task's gate decision, with the scores that made it (macro-F1 in points)."""
     outcome = "rejected" if decision.rejected else "accepted"
     log.info("forgetting gate on a candidate from %s: task %s %s%s: macro-F1 %.1f on the candidate, %.1f on the "

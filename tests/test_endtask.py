@@ -19,18 +19,14 @@ from das_engine.endtask import (
     FinetuneConfig,
     ProbeConfig,
     ProbeHead,
-    accuracy,
     classify_logits,
     finetune,
     fit_probe,
-    gate,
-    macro_f1,
-    paired_bootstrap_drop,
     pooled_features,
-    score,
 )
 from das_engine.loading import load_masked_lm
 from das_engine.task_data import LabeledSet, TaskDataError, check_task_sets, label_ids, read_labeled_jsonl
+from das_engine.task_scores import accuracy, gate, macro_f1, paired_bootstrap_drop, score
 
 MAX_LENGTH = 64
 

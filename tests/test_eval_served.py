@@ -12,7 +12,7 @@ from task_sets import eval_domains
 from typer.testing import CliRunner
 
 from das.eval_cli import eval_command
-from das_engine import endtask
+from das_engine import task_scores
 from das_engine.served_tasks import load_task_model
 from das_engine.task_data import LabeledSet
 from das_eval import EvalError, prepare_domain
@@ -92,7 +92,7 @@ def test_served_scores_are_what_the_active_version_answers(served_run, domains):
         predicted = head(backbone.features(f"{domain.name}/test", domain.test.texts)).argmax(-1).tolist()
         truth = [model.labels.index(y) for y in domain.test.labels]
         assert last["served"][domain.name]["macro_f1"] == pytest.approx(
-            endtask.score(truth, predicted, len(model.labels)).macro_f1, abs=1e-3)
+            task_scores.score(truth, predicted, len(model.labels)).macro_f1, abs=1e-3)
         assert last["served"][domain.name]["model_of"] == last["active"]
 
 

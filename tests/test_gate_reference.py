@@ -11,7 +11,7 @@ from task_sets import source_task
 from test_endtasks_service import FORGETFUL, HARMLESS, register
 
 from das.app import build_app
-from das_engine import endtask
+from das_engine import task_scores
 from das_engine.config import DASConfig
 from model_store.manifest import Manifest
 from model_store.store import ModelStore
@@ -54,17 +54,17 @@ def test_five_candidates_each_under_the_limit_cannot_drift_past_it():
             parent = lineage[0].id
             candidate = worse(predictions[parent], 0.008, seed=k)
             reference = task_reference(definition, lineage)[0] if by_reference else parent
-            decision = endtask.gate("sentiment", y_true, predictions[reference], candidate, 3, MAX_DROP)
-            against_parent = endtask.gate("sentiment", y_true, predictions[parent], candidate, 3, MAX_DROP)
+            decision = task_scores.gate("sentiment", y_true, predictions[reference], candidate, 3, MAX_DROP)
+            against_parent = task_scores.gate("sentiment", y_true, predictions[parent], candidate, 3, MAX_DROP)
             assert against_parent.drop < MAX_DROP  # every candidate is under the per-version limit
             accepted.append(not decision.rejected)
             if decision.rejected:
                 continue
             version = f"v{k:04d}"
             predictions[version] = candidate
-            f1 = endtask.macro_f1(y_true, candidate, 3)
+            f1 = task_scores.macro_f1(y_true, candidate, 3)
             lineage.insert(0, _manifest(version, parent, {"macro_f1": f1, "generation": definition.generation}))
-        drift = 100.0 - endtask.macro_f1(y_true, predictions[lineage[0].id], 3)
+        drift = 100.0 - task_scores.macro_f1(y_true, predictions[lineage[0].id], 3)
         return accepted, drift
 
     accepted, drift = run(by_reference=False)

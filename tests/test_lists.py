@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from das.app import build_app
 from das.cli import app as cli
-from das_engine import endtask
+from das_engine import task_scores
 from das_engine.task_data import TaskSettings
 from das_settings import Settings, get_settings
 from job_records import STATES, AdaptRequest, FitRequest, JobFilter, RedisJobs, SqliteJobs
@@ -330,7 +330,7 @@ def test_the_card_shows_the_forgetting_gate(tmp_path, bert_dir):
         store.publish(PublishRequest(folder=bert_dir, parent=store.active_id(), domain=domain, base_model="embedded"))
     y_true = [i % 3 for i in range(60)]
     worse = [(y + 1) % 3 if i % 4 == 0 else y for i, y in enumerate(y_true)]
-    decision = endtask.gate("topic", y_true, y_true, worse, 3, 1.0, samples=200)
+    decision = task_scores.gate("topic", y_true, y_true, worse, 3, 1.0, samples=200)
     gate = {"max_drop": 1.0, "forced": False, "rejected": decision.rejected, "against": "best on the lineage",
             "parent": "v0002", "unscored": [{"task": "broken", "problem": "its eval data is gone"}],
             "decisions": [dataclasses.asdict(decision) | {"reference": {"version": "v0002", "recorded_f1": 100.0}}]}
