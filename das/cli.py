@@ -22,7 +22,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from das_data.base_models import BaseModelError, ensure_initialised, resolve_base_model
-from das_engine.config import upload_config
+from das_engine.config import DASConfig, upload_config
 from das_engine.corpus import CorpusError
 from das_settings import get_settings
 from model_store import maintenance
@@ -149,25 +149,33 @@ def adapt(
             manifest = _adapt_into_store(_open_store(store), corpus, domain, config_values, device, activate, force)
             console.print(f"published {manifest.id} ({manifest.status}), parent {manifest.parent}")
             return
-        config = upload_config(config_values)
-        from das_engine import distributed
-        from das_engine.trainer import adapt as run_adapt
-
-        base_dir = resolve_base_model(base or get_settings().base_model, get_settings().models_dir)
-        ranks, device = distributed.init_from_environment(device)
-        def train(on_progress: Callable | None) -> object:
-            return run_adapt(base_dir, corpus, out, config, prev_importance=prev_importance, domain=domain,
-                             device=device, on_progress=on_progress)
-
-        try:
-            result = _with_progress(domain, config.steps, train) if ranks.main else train(None)
-        finally:
-            distributed.finish()
-        if not ranks.main:
-            return
+        result = _adapt_into_folder(corpus, domain, out, upload_config(config_values), base, prev_importance, device)
+    if result is None:  # a rank other than 0 of a torchrun: rank 0 writes and reports
+        return
     metrics = result.metrics
     console.print(f"wrote {out}: {metrics['steps']} steps, {metrics['tokens_per_s']:,.0f} tokens/s, "
                   f"{metrics['wall_time_s']:.1f}s")
+
+
+def _adapt_into_folder(corpus: Path, domain: str, out: Path, config: DASConfig, base: str | None,
+                       prev_importance: Path | None, device: str):
+    """`das adapt --out`: the engine's run into a model folder (this rank's part of it under torchrun); its result
+    on rank 0, None on the others."""
+    from das_engine import distributed
+    from das_engine.trainer import adapt as run_adapt
+
+    base_dir = resolve_base_model(base or get_settings().base_model, get_settings().models_dir)
+    ranks, device = distributed.init_from_environment(device)
+
+    def train(on_progress: Callable | None) -> object:
+        return run_adapt(base_dir, corpus, out, config, prev_importance=prev_importance, domain=domain,
+                         device=device, on_progress=on_progress)
+
+    try:
+        result = _with_progress(domain, config.steps, train) if ranks.main else train(None)
+    finally:
+        distributed.finish()
+    return result if ranks.main else None
 
 
 def _under_torchrun(nproc: int) -> int:

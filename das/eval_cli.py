@@ -8,6 +8,7 @@ the results of several runs of one evaluation into one report.
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Annotated, Any
 
 import typer
@@ -63,53 +64,80 @@ def _print_training(stage: Stage | None, progress: Any) -> None:
         console.print(f"    {progress.phase} {progress.step}/{progress.total}{tail}{eta}", highlight=False)
 
 
-def eval_command(
-    ctx: typer.Context,
-    domains: Annotated[list[Path], typer.Argument(help="domain folders (docs/domains.md), in the order they are "
-                                                       "learned")],
-    out: Annotated[Path, typer.Option(help="output folder; rerunning the same command resumes it")],
-    methods: Annotated[str, typer.Option(help="comma-separated: base, ncl, das, default (what an upload gets), "
+# the options of `das eval` (ScoringSettings' defaults are the scoring options' own)
+DomainsOpt = Annotated[list[Path], typer.Argument(help="domain folders (docs/domains.md), in the order they are "
+                                                       "learned")]
+OutOpt = Annotated[Path, typer.Option(help="output folder; rerunning the same command resumes it")]
+MethodsOpt = Annotated[str, typer.Option(help="comma-separated: base, ncl, das, default (what an upload gets), "
                                               "and variants by their DASConfig settings, e.g. 'das:mask_mode=grad', "
                                               "'ncl:replay_fraction=0.25,merge_alpha=0.75', "
                                               "'ncl:replay_fraction=0.25,merge_auto=true'")
-                       ] = "base,ncl,das",
-    seeds: Annotated[int, typer.Option(help="seeds 0..K-1 per method (training, and fine-tuning if on)")] = 3,
-    steps: Annotated[int, typer.Option(help="training steps per domain")] = 300,
-    base: Annotated[str | None, typer.Option(help="model folder or id (default: $DAS_BASE_MODEL, else "
-                                                  "'embedded')")] = None,
-    lr: Annotated[float | None, typer.Option(help="AdamW peak learning rate (default: DASConfig's)")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="sequences per step (default: DASConfig's)")] = None,
-    max_length: Annotated[int | None, typer.Option(help="tokens per training block, also the held-out MLM "
-                                                        "loss's (default: DASConfig's)")] = None,
-    importance_samples: Annotated[int | None, typer.Option(help="sequences per importance pass "
-                                                                "(default: DASConfig's)")] = None,
-    settings: Annotated[str | None, typer.Option("--set", help="more DASConfig settings for every method, "
-                                                               "'key=value,key=value'")] = None,
-    finetune: Annotated[bool, typer.Option("--finetune", help="also fine-tune every parameter on each end task "
+                       ]
+SeedsOpt = Annotated[int, typer.Option(help="seeds 0..K-1 per method (training, and fine-tuning if on)")]
+StepsOpt = Annotated[int, typer.Option(help="training steps per domain")]
+BaseOpt = Annotated[str | None, typer.Option(help="model folder or id (default: $DAS_BASE_MODEL, else "
+                                                  "'embedded')")]
+LrOpt = Annotated[float | None, typer.Option(help="AdamW peak learning rate (default: DASConfig's)")]
+BatchSizeOpt = Annotated[int | None, typer.Option(help="sequences per step (default: DASConfig's)")]
+MaxLengthOpt = Annotated[int | None, typer.Option(help="tokens per training block, also the held-out MLM "
+                                                        "loss's (default: DASConfig's)")]
+ImportanceSamplesOpt = Annotated[int | None, typer.Option(help="sequences per importance pass "
+                                                                "(default: DASConfig's)")]
+SettingsOpt = Annotated[str | None, typer.Option("--set", help="more DASConfig settings for every method, "
+                                                               "'key=value,key=value'")]
+FinetuneOpt = Annotated[bool, typer.Option("--finetune", help="also fine-tune every parameter on each end task "
                                                               "after every stage (the paper's protocol; slow)")
-                        ] = False,
-    finetune_epochs: Annotated[int, typer.Option(help="fine-tuning epochs")] = S.finetune_epochs,
-    finetune_lr: Annotated[float, typer.Option(help="fine-tuning learning rate")] = S.finetune_lr,
-    finetune_batch_size: Annotated[int, typer.Option(help="fine-tuning batch size")] = S.finetune_batch_size,
-    max_train: Annotated[int, typer.Option(help="end-task train examples per domain at most (balanced)")
-                         ] = S.max_train,
-    max_test: Annotated[int, typer.Option(help="end-task test examples per domain at most (balanced)")] = S.max_test,
-    task_max_length: Annotated[int, typer.Option(help="tokens per end-task text")] = S.max_length,
-    heldout_fraction: Annotated[float, typer.Option(help="share of each corpus kept out of training for the "
-                                                         "held-out MLM loss")] = S.heldout_fraction,
-    heldout_max: Annotated[int, typer.Option(help="held-out documents per domain at most")
-                           ] = S.heldout_max_documents,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: $DAS_DEVICE, cpu)")] = None,
-    prune_models: Annotated[bool, typer.Option("--prune-models", help="delete a stage's weights once the next "
+                        ]
+FinetuneEpochsOpt = Annotated[int, typer.Option(help="fine-tuning epochs")]
+FinetuneLrOpt = Annotated[float, typer.Option(help="fine-tuning learning rate")]
+FinetuneBatchSizeOpt = Annotated[int, typer.Option(help="fine-tuning batch size")]
+MaxTrainOpt = Annotated[int, typer.Option(help="end-task train examples per domain at most (balanced)")
+                         ]
+MaxTestOpt = Annotated[int, typer.Option(help="end-task test examples per domain at most (balanced)")]
+TaskMaxLengthOpt = Annotated[int, typer.Option(help="tokens per end-task text")]
+HeldoutFractionOpt = Annotated[float, typer.Option(help="share of each corpus kept out of training for the "
+                                                         "held-out MLM loss")]
+HeldoutMaxOpt = Annotated[int, typer.Option(help="held-out documents per domain at most")
+                           ]
+DeviceOpt = Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: $DAS_DEVICE, cpu)")]
+PruneModelsOpt = Annotated[bool, typer.Option("--prune-models", help="delete a stage's weights once the next "
                                                                       "stage is scored (keeps scores and "
-                                                                      "importance; saves disk)")] = False,
-    served: Annotated[bool, typer.Option("--served", help="the served view instead: upload each domain to a store "
+                                                                      "importance; saves disk)")]
+ServedOpt = Annotated[bool, typer.Option("--served", help="the served view instead: upload each domain to a store "
                                                           "of its own per method and seed through the service's "
                                                           "path (gate, merge_auto, swap), registering each domain's "
                                                           "end task before the next arrives; writes OUT/served.*")
-                      ] = False,
-    gate_max_drop: Annotated[float | None, typer.Option(help="with --served: the forgetting gate's limit in points "
-                                                             "(default: $DAS_GATE_MAX_DROP)")] = None,
+                      ]
+GateMaxDropOpt = Annotated[float | None, typer.Option(help="with --served: the forgetting gate's limit in points "
+                                                             "(default: $DAS_GATE_MAX_DROP)")]
+
+
+def eval_command(
+    ctx: typer.Context,
+    domains: DomainsOpt,
+    out: OutOpt,
+    methods: MethodsOpt = "base,ncl,das",
+    seeds: SeedsOpt = 3,
+    steps: StepsOpt = 300,
+    base: BaseOpt = None,
+    lr: LrOpt = None,
+    batch_size: BatchSizeOpt = None,
+    max_length: MaxLengthOpt = None,
+    importance_samples: ImportanceSamplesOpt = None,
+    settings: SettingsOpt = None,
+    finetune: FinetuneOpt = False,
+    finetune_epochs: FinetuneEpochsOpt = S.finetune_epochs,
+    finetune_lr: FinetuneLrOpt = S.finetune_lr,
+    finetune_batch_size: FinetuneBatchSizeOpt = S.finetune_batch_size,
+    max_train: MaxTrainOpt = S.max_train,
+    max_test: MaxTestOpt = S.max_test,
+    task_max_length: TaskMaxLengthOpt = S.max_length,
+    heldout_fraction: HeldoutFractionOpt = S.heldout_fraction,
+    heldout_max: HeldoutMaxOpt = S.heldout_max_documents,
+    device: DeviceOpt = None,
+    prune_models: PruneModelsOpt = False,
+    served: ServedOpt = False,
+    gate_max_drop: GateMaxDropOpt = None,
 ) -> None:
     """Continually pre-train each method on the domains in order; score every domain after every stage.
 
@@ -121,25 +149,17 @@ def eval_command(
 
     Finished stages are reused: rerun the same command to resume. Other settings into the same OUT are refused.
 
-    With --served, each domain is instead uploaded to the service path in order, and each domain's end task is
-    registered before the next arrives: which uploads the gate refused, and each task's served score along the
-    lineage (OUT/served.json, served.md, served.png).
+    With --served, each domain is uploaded in turn through the service's path, its task registered before the next.
+
+    It writes OUT/served.json, served.md and served.png: uploads refused, each task's served score along the lineage.
     """
+    p = SimpleNamespace(**ctx.params)
     try:
-        train = _shared_training(settings, steps=steps, lr=lr, batch_size=batch_size, max_length=max_length,
-                                 importance_samples=importance_samples)
-        scoring = ScoringSettings(max_train=max_train, max_test=max_test, max_length=task_max_length,
-                                  finetune=finetune, finetune_epochs=finetune_epochs, finetune_lr=finetune_lr,
-                                  finetune_batch_size=finetune_batch_size, heldout_fraction=heldout_fraction,
-                                  heldout_max_documents=heldout_max)
-        config = get_settings()
-        spec = base or config.base_model
-        plan = make_plan(domains, methods, seeds, base=resolve_base_model(spec, config.models_dir), base_spec=spec,
-                         train=train, scoring=scoring, device=device or config.device, prune_models=prune_models)
+        plan = _plan(p)
         _check_folder_names(plan.methods)
         _quiet()
         if served:
-            _served_view(plan, out, gate_max_drop if gate_max_drop is not None else config.gate_max_drop, ctx)
+            _served_view(plan, out, gate_max_drop if gate_max_drop is not None else get_settings().gate_max_drop, ctx)
             return
         if gate_max_drop is not None:
             raise EvalError("--gate-max-drop is a setting of the served view: add --served")
@@ -150,12 +170,30 @@ def eval_command(
     except OSError as err:
         fail(os_problem(err, "check the path, its permissions and the free space, then rerun the same command "
                              "(finished stages are kept)"))
+    _print_summary(out, results)
+
+
+def _print_summary(out: Path, results: dict[str, Any]) -> None:
     console.print(f"wrote {out / 'results.json'}, {out / 'results.md'} and plots")
-    for spec_, summary in results["summary"].items():
+    for spec, summary in results["summary"].items():
         first = summary[results["families"][0]]
         fr = first["forgetting_rate"]["mean"]
-        console.print(f"  {spec_}: final average {first['final_average']['mean']:.2f}, "
+        console.print(f"  {spec}: final average {first['final_average']['mean']:.2f}, "
                       f"FR {'n/a' if fr is None else f'{fr:.2f}'} ({results['families'][0]})", highlight=False)
+
+
+def _plan(p: SimpleNamespace):
+    """The evaluation's plan from the command's options (`p`: their values by parameter name)."""
+    train = _shared_training(p.settings, steps=p.steps, lr=p.lr, batch_size=p.batch_size, max_length=p.max_length,
+                             importance_samples=p.importance_samples)
+    scoring = ScoringSettings(max_train=p.max_train, max_test=p.max_test, max_length=p.task_max_length,
+                              finetune=p.finetune, finetune_epochs=p.finetune_epochs, finetune_lr=p.finetune_lr,
+                              finetune_batch_size=p.finetune_batch_size, heldout_fraction=p.heldout_fraction,
+                              heldout_max_documents=p.heldout_max)
+    config = get_settings()
+    spec = p.base or config.base_model
+    return make_plan(p.domains, p.methods, p.seeds, base=resolve_base_model(spec, config.models_dir), base_spec=spec,
+                     train=train, scoring=scoring, device=p.device or config.device, prune_models=p.prune_models)
 
 
 def _served_view(plan: Any, out: Path, gate_max_drop: float, ctx: typer.Context) -> None:
