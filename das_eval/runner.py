@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from model_store.layout import IMPORTANCE, is_weight_file
 
-from .files import FORMAT, FORMAT_VERSION, RUN_FILE, SCORES_FILE, now, read_run, write_json
+from .files import FORMAT, FORMAT_VERSION, RUN_FILE, SCORES_FILE, now, read_json, read_run, write_json
 from .methods import EvalError, parse_method
 from .plan import EvalPlan, Stage
 from .reports import write_reports
@@ -98,29 +98,38 @@ def check_run_folder(out: Path, plan: EvalPlan, domains: list[PreparedDomain], c
         "train": plan.shared_config(),
         "scoring": plan.scoring.compared(),
     }
-    path = out / RUN_FILE
     entry = {"argv": list(command) if command is not None else None, "date": now(),
              "methods": [m.spec for m in plan.methods], "seeds": plan.seeds, "base": plan.base_spec,
              "device": plan.device}
+    open_run_folder(out, RUN_FILE, settings, entry, plan.base_spec, what="an evaluation",
+                    recorded_settings=lambda: comparable_settings(read_run(out)["settings"]))
+
+
+def open_run_folder(out: Path, run_file: str, settings: dict[str, Any], entry: dict[str, Any], base: str, *,
+                    what: str, recorded_settings: Callable[[], dict[str, Any]]) -> None:
+    """Write OUT/`run_file` for a new folder; for an existing one, refuse other settings and record the command
+    (`entry`) in it. `recorded_settings` reads the settings the folder was made with; `what` names the kind of run
+    (its messages). The evaluation and the served view (das_eval.served) keep their folders this way."""
+    path = out / run_file
     if path.is_file():
-        recorded = read_run(out)
-        differ = differences(comparable_settings(recorded["settings"]), settings)
+        differ = differences(recorded_settings(), settings)
         if differ:
-            raise EvalError(f"{out} holds an evaluation made with other settings ({'; '.join(differ)}); "
+            raise EvalError(f"{out} holds {what} made with other settings ({'; '.join(differ)}); "
                             "rerun with the same ones to resume, or choose another --out")
+        recorded = read_json(path, what=f"{what}'s {run_file}", fix="remove the folder, or choose another --out")
         recorded["commands"].append(entry)
         write_json(path, recorded)
         return
     if out.exists() and not out.is_dir():
         raise EvalError(f"{out} is a file; --out names a folder")
     if out.is_dir() and any(out.iterdir()):
-        raise EvalError(f"{out} is not empty and holds no {RUN_FILE}: not an evaluation folder; choose another --out")
+        raise EvalError(f"{out} is not empty and holds no {run_file}: not {what} folder; choose another --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise EvalError(f"cannot make the folder {out} ({err.strerror or err}: {err.filename}); "
                         "choose another --out") from None
-    write_json(path, {"settings": settings, "base": plan.base_spec, "commands": [entry]})
+    write_json(path, {"settings": settings, "base": base, "commands": [entry]})
 
 
 def run_base_stage(plan: EvalPlan, stage: Stage, domains: list[PreparedDomain], out: Path) -> None:

@@ -232,26 +232,15 @@ def _check_folder(out: Path, plan: EvalPlan, domains: list[PreparedDomain], serv
                   command: list[str] | None) -> None:
     """Write served-run.json for a new folder; refuse an existing one made with other settings (or another kind)."""
     from das_engine.fingerprint import base_fingerprint
-    from das_eval.results_check import differences
+    from das_eval.runner import open_run_folder
 
     settings = {"domains": [{"name": d.name, "fingerprint": d.fingerprint} for d in domains],
                 "base_fingerprint": base_fingerprint(plan.base), "train": plan.shared_config(),
                 "scoring": plan.scoring.compared(), "gate_max_drop": served.gate_max_drop,
                 "eval_fraction": served.eval_fraction}
     entry = {"argv": command, "date": now(), "methods": [m.spec for m in plan.methods], "seeds": plan.seeds}
-    path = out / RUN_FILE
-    if path.is_file():
-        recorded = json.loads(path.read_text(encoding="utf-8"))
-        differ = differences(recorded["settings"], settings)
-        if differ:
-            raise EvalError(f"{out} holds a served view made with other settings ({'; '.join(differ)}); rerun with "
-                            "the same ones to resume, or choose another --out")
-        recorded["commands"].append(entry)
-        write_json(path, recorded)
-        return
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise EvalError(f"{out} is not an empty folder and holds no {RUN_FILE}; choose another --out")
-    write_json(path, {"settings": settings, "base": plan.base_spec, "commands": [entry]})
+    open_run_folder(out, RUN_FILE, settings, entry, plan.base_spec, what="a served view",
+                    recorded_settings=lambda: json.loads((out / RUN_FILE).read_text(encoding="utf-8"))["settings"])
 
 
 # ------------------------------------------------------------------ results
