@@ -43,7 +43,7 @@ class Settings(BaseSettings):
 
     # --- the service ---
     host: str = Field("127.0.0.1", description="Address `das serve` binds (non-loopback needs both tokens).")
-    port: int = Field(8000, ge=1, le=65535)
+    port: int = Field(8000, ge=1, le=65535, description="Port `das serve` listens on.")
     broker_url: str | None = Field(None, description="Celery broker (Redis). None: embedded mode, in-process worker.")
     redis_prefix: str = Field("das:", description="Namespace of this deployment's keys, queue and channel in Redis.")
     management_token: str | None = Field(None, description="Bearer token for uploads, activation and cancel.")
