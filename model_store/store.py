@@ -75,8 +75,7 @@ class ModelStore:
     def __init__(self, backend: Backend, lock: WriterLock, cache_dir: Path | None = None) -> None:
         self.backend = backend
         self.lock = lock
-        self.cache_dir = Path(cache_dir) if cache_dir else None
-        self.cache = LocalCache(backend, self.cache_dir)
+        self.cache = LocalCache(backend, Path(cache_dir) if cache_dir else None)
         self.opened_with: dict | None = None  # ModelStore.open's arguments: another process reopens the same store
 
     @classmethod
