@@ -28,18 +28,20 @@ def upload_dir(service) -> str:
     return str(root)
 
 
-async def save_upload(upload: UploadFile, path: Path, limit: int, too_large: str) -> tuple[int, str]:
-    """Stream `upload` to `path`, never the whole of it in memory; (bytes, sha256 hex). 413 with `too_large` as soon
-    as it passes `limit` bytes."""
-    size, digest = 0, hashlib.sha256()
+async def save_upload(upload: UploadFile, path: Path, limit: int, too_large: str, *,
+                      digest: bool = False) -> tuple[int, str | None]:
+    """Stream `upload` to `path`, never the whole of it in memory; (bytes, its sha256 hex if `digest`, else None).
+    413 with `too_large` as soon as it passes `limit` bytes."""
+    size, sha = 0, hashlib.sha256() if digest else None
     with open(path, "wb") as out:
         while chunk := await upload.read(CHUNK):
             size += len(chunk)
             if size > limit:
                 raise HTTPException(413, too_large)
-            digest.update(chunk)
+            if sha is not None:
+                sha.update(chunk)
             out.write(chunk)
-    return size, digest.hexdigest()
+    return size, sha.hexdigest() if sha is not None else None
 
 
 def safe_filename(name: str) -> str:

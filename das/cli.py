@@ -211,7 +211,7 @@ def _adapt_into_store(model_store, corpus: Path, domain: str, overrides: dict, d
         raise IntakeRefused(f"{corpus}: no such file")
     size = corpus.stat().st_size
     if size > settings.max_upload_bytes:
-        raise IntakeRefused(f"{too_large(settings.max_upload_bytes)} (DAS_MAX_UPLOAD_BYTES)", status=413)
+        raise IntakeRefused(too_large(settings.max_upload_bytes), status=413)
     checked = check_corpus(corpus, corpus.name, size, config)
     try:
         return _with_progress(domain, config.steps, lambda cb: adapt_active(

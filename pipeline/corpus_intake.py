@@ -110,4 +110,4 @@ def check_corpus(path: Path, filename: str, size: int, config: DASConfig) -> Che
 
 def too_large(limit: int) -> str:
     """The refusal of a corpus over DAS_MAX_UPLOAD_BYTES."""
-    return f"the corpus exceeds the upload limit of {limit} bytes"
+    return f"the corpus exceeds the upload limit of {limit} bytes (DAS_MAX_UPLOAD_BYTES)"

@@ -25,7 +25,7 @@ REFUSED = [
     ("c.txt", b"\x00\x01binary\x00", {}, "looks binary"),
     ("c.txt", b"\n \n", {}, "no documents"),
     ("c.jsonl", b'{"text": "ok"}\n{"body": 1}\n', {}, "line 2 has no string field 'text'"),
-    ("c.txt", b"word " * 2000, {}, "the corpus exceeds the upload limit of 4096 bytes"),
+    ("c.txt", b"word " * 2000, {}, "the corpus exceeds the upload limit of 4096 bytes (DAS_MAX_UPLOAD_BYTES)"),
     ("c.txt", DOC, {"domain": "../evil"}, "invalid domain"),
     ("c.txt", DOC, {"steps": "0"}, "DASConfig.steps must be >= 1"),
     ("c.txt", DOC, {"steps": "5000"}, "steps=5000 exceeds the limit of 1000 (set by DAS_MAX_STEPS)"),

@@ -45,7 +45,7 @@ async def upload_corpus(
     limit = service.settings.max_upload_bytes
     with tempfile.TemporaryDirectory(dir=upload_dir(service)) as tmp:
         path = Path(tmp) / ("corpus" + Path(filename).suffix.lower())  # the suffix tells JSONL from text
-        size, corpus_id = await save_upload(file, path, limit, too_large(limit))
+        size, corpus_id = await save_upload(file, path, limit, too_large(limit), digest=True)
         try:
             corpus = await run_in_threadpool(check_corpus, path, filename, size, config)
         except IntakeRefused as err:
