@@ -49,12 +49,13 @@ def read_json(path: Path, *, what: str, fix: str) -> Any:
     raise EvalError(f"{path} is not {what} ({reason}); {fix}")
 
 
-def read_run(out: Path) -> dict[str, Any]:
-    """OUT/run.json: the settings the folder was made with and the commands run into it."""
-    path = Path(out) / RUN_FILE
+def read_run(out: Path, run_file: str = RUN_FILE, what: str = "an evaluation") -> dict[str, Any]:
+    """OUT/run.json (or the served view's `run_file`): the settings the folder was made with and the commands run
+    into it."""
+    path = Path(out) / run_file
     fix = (f"it records the settings {out} was made with: restore it, or choose another --out "
            "(the stage folders cannot be checked without it)")
-    run = read_json(path, what=f"an evaluation's {RUN_FILE}", fix=fix)
+    run = read_json(path, what=f"{what}'s {run_file}", fix=fix)
     problem = ("holds no JSON object" if not isinstance(run, dict) else
                "lacks its 'settings' object" if not isinstance(run.get("settings"), dict) else
                "lacks its 'commands' list" if not isinstance(run.get("commands"), list) else None)

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from model_store.layout import IMPORTANCE, is_weight_file
 
-from .files import FORMAT, FORMAT_VERSION, RUN_FILE, SCORES_FILE, now, read_json, read_run, write_json
+from .files import FORMAT, FORMAT_VERSION, RUN_FILE, SCORES_FILE, now, read_run, write_json
 from .methods import EvalError, parse_method
 from .plan import EvalPlan, Stage
 from .reports import write_reports
@@ -102,21 +102,22 @@ def check_run_folder(out: Path, plan: EvalPlan, domains: list[PreparedDomain], c
              "methods": [m.spec for m in plan.methods], "seeds": plan.seeds, "base": plan.base_spec,
              "device": plan.device}
     open_run_folder(out, RUN_FILE, settings, entry, plan.base_spec, what="an evaluation",
-                    recorded_settings=lambda: comparable_settings(read_run(out)["settings"]))
+                    normalise=comparable_settings)
 
 
 def open_run_folder(out: Path, run_file: str, settings: dict[str, Any], entry: dict[str, Any], base: str, *,
-                    what: str, recorded_settings: Callable[[], dict[str, Any]]) -> None:
+                    what: str, normalise: Callable[[dict[str, Any]], dict[str, Any]] = lambda s: s) -> None:
     """Write OUT/`run_file` for a new folder; for an existing one, refuse other settings and record the command
-    (`entry`) in it. `recorded_settings` reads the settings the folder was made with; `what` names the kind of run
-    (its messages). The evaluation and the served view (das_eval.served) keep their folders this way."""
+    (`entry`) in it. `normalise` turns the recorded settings into today's form before they are compared; `what`
+    names the kind of run (its messages). The evaluation and the served view (das_eval.served) keep their folders
+    this way."""
     path = out / run_file
     if path.is_file():
-        differ = differences(recorded_settings(), settings)
+        recorded = read_run(out, run_file, what)
+        differ = differences(normalise(recorded["settings"]), settings)
         if differ:
             raise EvalError(f"{out} holds {what} made with other settings ({'; '.join(differ)}); "
                             "rerun with the same ones to resume, or choose another --out")
-        recorded = read_json(path, what=f"{what}'s {run_file}", fix="remove the folder, or choose another --out")
         recorded["commands"].append(entry)
         write_json(path, recorded)
         return

@@ -10,7 +10,8 @@ For each trained method and seed, a store of its own starts from the base model.
    task's published probe) on its test split, and the candidate's held-out MLM loss is taken on every domain.
 
 What it reports: which uploads the gate refused, each registered task's served macro-F1 along the lineage against
-its best, and the new-domain gain (held-out MLM loss, base minus version) of the uploads accepted.
+its best, and the new-domain gain of the uploads accepted (held-out MLM loss on the parent the upload adapted minus
+on the new version).
 
 The evaluation's domains, held-out slices and plan, with the pipeline's own workflows (`pipeline`): no HTTP, queue
 or job record is involved, and the adaptations are the ones a job runs.
@@ -39,6 +40,7 @@ from typing import Any
 from das_engine.task_data import LabeledSet, TaskSettings
 from das_eval.files import now, write_json
 from das_eval.methods import EvalError, Method
+from das_eval.metrics import mean_std
 from das_eval.plan import EvalPlan
 from das_eval.scoring import PreparedDomain, prepare_domain
 
@@ -239,8 +241,7 @@ def _check_folder(out: Path, plan: EvalPlan, domains: list[PreparedDomain], serv
                 "scoring": plan.scoring.compared(), "gate_max_drop": served.gate_max_drop,
                 "eval_fraction": served.eval_fraction}
     entry = {"argv": command, "date": now(), "methods": [m.spec for m in plan.methods], "seeds": plan.seeds}
-    open_run_folder(out, RUN_FILE, settings, entry, plan.base_spec, what="a served view",
-                    recorded_settings=lambda: json.loads((out / RUN_FILE).read_text(encoding="utf-8"))["settings"])
+    open_run_folder(out, RUN_FILE, settings, entry, plan.base_spec, what="a served view")
 
 
 # ------------------------------------------------------------------ results
@@ -285,9 +286,6 @@ def summarise_lineage(stages: list[dict[str, Any]], names: list[str], base_losse
 
 
 def _over_seeds(per_seed: dict[str, Any]) -> dict[str, Any]:
-    def mean_std(values: list[float]) -> dict[str, float]:
-        return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
-
     summaries = [s["summary"] for s in per_seed.values()]
     return {"seeds": len(summaries), "accepted": mean_std([s["accepted"] for s in summaries]),
             "max_drop": mean_std([s["max_drop"] for s in summaries]),
