@@ -11,6 +11,7 @@ calls of the functions that read or hash a corpus or a version's files, with the
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import threading
@@ -49,8 +50,6 @@ def main() -> None:
         corpus.write_text("\n".join(licence_documents()[:200]) + "\n", encoding="utf-8")
         rows = [(t[:400], "licence") for t in licence_documents()[200:260]] + \
                [(t[:400], "code") for t in python_doc_documents(60)]
-        import json
-
         train = root / "train.jsonl"
         evals = root / "eval.jsonl"
         train.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in rows[::2]), encoding="utf-8")

@@ -219,7 +219,7 @@ def _not_served(service, name: str, current) -> HTTPException:
 async def _predict(service, texts: list[str], names: list[str], truncate: bool = False,
                    model=None) -> tuple[str, dict[str, Any]]:
     """(version, {"results", "task_models", "truncated"}); a text over the model's maximum sequence is a 422 unless
-    `truncate` or DAS_AUTO_TRUNCATE. `model`: the version the request names (aliases.served_version), with its own
+    `truncate` or DAS_AUTO_TRUNCATE. `model`: the version the request names (api.versions.served_version), with its own
     task models; None: the one serving."""
     check_texts(service, "predict", texts)
     current = model if model is not None else service.holder.current
