@@ -8,7 +8,7 @@ import json
 from fastapi import HTTPException
 from fastapi.responses import Response
 
-from das_engine.texts import unicode_problem
+from das_formats.texts import unicode_problem
 
 
 def check_texts(service, kind: str, texts: list[str]) -> None:

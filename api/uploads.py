@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Form, HTTPException, UploadFile
 
-from das_engine.config import setting_fields
+from das_formats.config import setting_fields
 
 from .service import UPLOADS
 

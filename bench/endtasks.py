@@ -26,7 +26,7 @@ from das_data.base_models import resolve_base_model
 from das_data.domain_folder import read_domain
 from das_engine import endtask
 from das_engine.loading import load_masked_lm
-from das_engine.task_data import LabeledSet, TaskSettings
+from das_formats.task_data import LabeledSet, TaskSettings
 from das_settings import get_settings
 from model_store.tasks import TaskData, TaskDefinition, TaskModel
 from serving.model import LoadedModel

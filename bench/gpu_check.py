@@ -32,11 +32,11 @@ from transformers.utils import logging as hf_logging
 
 from das_data.base_models import resolve_base_model
 from das_data.local_corpora import licence_documents, python_doc_documents
-from das_engine.config import DASConfig
 from das_engine.trainer import AdaptResult, Progress, adapt
 from das_engine.units import UnitTensors
+from das_formats.config import DASConfig
+from das_formats.layout import DOMAIN_IMPORTANCE, GROUPS, IMPORTANCE, IMPORTANCE_IN
 from das_settings import get_settings
-from model_store.layout import DOMAIN_IMPORTANCE, GROUPS, IMPORTANCE, IMPORTANCE_IN
 from serving.model import LoadedModel
 
 DOMAINS = (("licence", licence_documents), ("python", python_doc_documents))

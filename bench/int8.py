@@ -28,10 +28,10 @@ from report import emit  # noqa: E402
 
 from das_engine.endtask import ProbeConfig, pooled_features, probe_task  # noqa: E402
 from das_engine.loading import load_masked_lm  # noqa: E402
-from das_engine.task_data import label_ids  # noqa: E402
 from das_engine.task_scores import score  # noqa: E402
 from das_eval.plan import ScoringSettings  # noqa: E402
 from das_eval.scoring import prepare_domain  # noqa: E402
+from das_formats.task_data import label_ids  # noqa: E402
 from serving.model import int8_encoder  # noqa: E402
 
 

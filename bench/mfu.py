@@ -32,12 +32,12 @@ from production_shape import build_shape  # noqa: E402
 from report import emit  # noqa: E402
 
 from das_data.local_corpora import licence_documents  # noqa: E402
-from das_engine.config import DASConfig  # noqa: E402
 from das_engine.data import pack_corpus  # noqa: E402
 from das_engine.loading import load_masked_lm  # noqa: E402
 from das_engine.softmask import SoftMask  # noqa: E402
 from das_engine.trainer import TrainingData, train_step  # noqa: E402
 from das_engine.units import UnitTensors, resolve_units  # noqa: E402
+from das_formats.config import DASConfig  # noqa: E402
 from das_settings import get_settings  # noqa: E402
 
 # dense peak TFLOP/s by device name and precision (vendor datasheets, SXM parts, no sparsity)

@@ -40,7 +40,7 @@ def part_of(key: str) -> str | None:
 
 def probe_f1(model, tokenizer, domain: PreparedDomain, scoring: ScoringSettings, seeds: int) -> list[float]:
     from das_engine.endtask import ProbeConfig, pooled_features, probe_task
-    from das_engine.task_data import LabeledSet
+    from das_formats.task_data import LabeledSet
 
     train_x = pooled_features(model, tokenizer, domain.train.texts, max_length=scoring.max_length)
     test_x = pooled_features(model, tokenizer, domain.test.texts, max_length=scoring.max_length)

@@ -28,7 +28,7 @@ from infer import Connection, free_port, probe_texts, start  # noqa: E402
 
 from das_data.base_models import ensure_initialised  # noqa: E402
 from das_data.local_corpora import licence_documents  # noqa: E402
-from das_engine.config import DASConfig  # noqa: E402
+from das_formats.config import DASConfig  # noqa: E402
 from das_settings import get_settings  # noqa: E402
 from pipeline.adaptation import adapt_active  # noqa: E402
 from worker.runtime import open_store  # noqa: E402

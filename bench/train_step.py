@@ -21,7 +21,6 @@ from transformers.utils import logging as hf_logging
 
 from das_data.base_models import resolve_base_model
 from das_data.local_corpora import licence_documents, python_doc_documents
-from das_engine.config import DASConfig
 from das_engine.data import mask_tokens, pack_corpus
 from das_engine.importance import domain_importance_raw, general_importance_raw, normalise, sample_batches
 from das_engine.loading import load_masked_lm
@@ -30,6 +29,7 @@ from das_engine.softmask import SoftMask
 from das_engine.trainer import das_loss, optimizer_step
 from das_engine.units import resolve_units
 from das_eval.methods import check_overrides, parse_settings
+from das_formats.config import DASConfig
 from das_settings import get_settings
 
 

@@ -5,7 +5,7 @@
 Each round runs one step of each kind, in turn, through the trainer's own `train_step` (so a step with replay
 draws its replay rows from a second corpus, as in a real run):
 - plain: plain MLM (`softmask=False`);
-- default: what an upload gets (das_engine.config.UPLOAD_DEFAULTS);
+- default: what an upload gets (das_formats.config.UPLOAD_DEFAULTS);
 - softmask: replay and the soft-mask against the cumulative importance (word-embedding rows included, as
   `protect_embeddings` has it), no contrastive term (`contrastive_weight=0`);
 - das-k4: DAS with the contrastive passes on the first 4 samples of each batch (`contrastive_samples=4`);
@@ -26,13 +26,13 @@ from transformers.utils import logging as hf_logging
 
 from das_data.base_models import resolve_base_model
 from das_data.local_corpora import licence_documents, python_doc_documents
-from das_engine.config import DASConfig, upload_config
 from das_engine.data import pack_corpus
 from das_engine.importance import general_importance_raw, normalise, sample_batches
 from das_engine.loading import load_masked_lm
 from das_engine.softmask import SoftMask
 from das_engine.trainer import TrainingData, replay_rows, train_step
 from das_engine.units import resolve_units
+from das_formats.config import DASConfig, upload_config
 from das_settings import get_settings
 
 

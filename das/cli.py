@@ -22,8 +22,8 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from das_data.base_models import BaseModelError, ensure_initialised, resolve_base_model
-from das_engine.config import DASConfig, upload_config
-from das_engine.corpus import CorpusError
+from das_formats.config import DASConfig, upload_config
+from das_formats.corpus import CorpusError
 from das_settings import get_settings
 from model_store import maintenance
 from model_store.locks import StoreLocked
@@ -124,7 +124,7 @@ def adapt(
 ) -> None:
     """Adapt a masked LM to one domain corpus with DAS: into --out, or as a new version of --store.
 
-    Every training setting below is a field of DASConfig (das_engine/config.py). Under torchrun (several
+    Every training setting below is a field of DASConfig (das_formats/config.py). Under torchrun (several
     machines: docs/distributed.md) each rank runs this same command.
     """
     from das_engine.distributed import launched_world

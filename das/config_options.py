@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 import typer
 
-from das_engine.config import SettingField, setting_fields
+from das_formats.config import SettingField, setting_fields
 
 
 def _optional_float(value: str | float | None) -> float | None:

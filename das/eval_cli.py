@@ -15,7 +15,6 @@ import typer
 
 from das_data.base_models import BaseModelError, resolve_base_model
 from das_data.domain_folder import DomainError
-from das_engine.corpus import CorpusError
 from das_eval import (
     EvalError,
     ScoringSettings,
@@ -29,6 +28,7 @@ from das_eval import (
 )
 from das_eval.files import read_json
 from das_eval.results_check import MAX_METHOD_FOLDER, RESULTS_FIX
+from das_formats.corpus import CorpusError
 from das_settings import get_settings
 from model_store.store import StoreError
 

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from das_engine.task_data import TaskDataError, TaskSettings
+from das_formats.task_data import TaskDataError, TaskSettings
 from das_settings import get_settings
 from model_store.locks import StoreLocked
 from model_store.store import StoreError

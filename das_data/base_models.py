@@ -14,8 +14,8 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from das_formats.fingerprint import sha256_file
 from das_settings import Settings
-from model_store.backends import sha256_file
 from model_store.manifest import Manifest
 
 if TYPE_CHECKING:  # the store is handed in: this module needs none of its backends (nor their Redis lock)

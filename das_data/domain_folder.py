@@ -8,7 +8,7 @@
                     evaluation reports macro-F1 and accuracy for every domain)
 
 `read_domain` reads and validates any domain folder, built here or brought by a user. Its JSONL files
-are read by `das_engine.task_data.read_labeled_jsonl`, the reader of `POST /v1/tasks` and `das task
+are read by `das_formats.task_data.read_labeled_jsonl`, the reader of `POST /v1/tasks` and `das task
 add`, so a domain's files are accepted by both or by neither.
 """
 
@@ -21,8 +21,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from das_engine.corpus import CorpusError, read_corpus
-from das_engine.task_data import MAX_LABELS, TaskDataError, read_labeled_jsonl
+from das_formats.corpus import CorpusError, read_corpus
+from das_formats.jsonl import JsonInputError, parse_json
+from das_formats.task_data import MAX_LABELS, TaskDataError, read_labeled_jsonl
 from das_settings import get_settings
 from model_store.names import InvalidName, domain_name
 
@@ -48,7 +49,7 @@ class Example:
 class Domain:
     name: str
     folder: Path
-    corpus: Path  # corpus.txt; read it with das_engine.corpus.read_corpus
+    corpus: Path  # corpus.txt; read it with das_formats.corpus.read_corpus
     train: list[Example]
     test: list[Example]
     labels: list[str]
@@ -99,11 +100,9 @@ def read_domain(folder: str | Path, *, max_examples: int | None = None, max_char
 
 def _read_meta(path: Path) -> dict:
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise DomainError(f"{path}: not UTF-8") from None
-    except json.JSONDecodeError as err:
-        raise DomainError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
+        meta = parse_json(path.read_bytes())
+    except JsonInputError as err:
+        raise DomainError(f"{path}: {str(err).removeprefix('is ')}") from None
     if not isinstance(meta, dict):
         raise DomainError(f"{path}: must hold a JSON object")
     absent = [k for k in ("name", "source", "licence", "labels") if k not in meta]

@@ -32,7 +32,6 @@ import transformers
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
-from das_engine.fingerprint import corpus_fingerprint
 from das_engine.loading import load_masked_lm
 from das_engine.mlm_head import (
     HeadFitProgress,
@@ -42,7 +41,7 @@ from das_engine.mlm_head import (
     heldout_mlm_loss,
     parameter_split,
 )
-from model_store.backends import sha256_file
+from das_formats.fingerprint import corpus_fingerprint, sha256_file
 
 from .wheels import PinnedWheel, WheelError, fetch_wheel
 

@@ -14,7 +14,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from das_engine.corpus import MAX_DOCUMENT_CHARS, is_json_object
+from das_formats.corpus import MAX_DOCUMENT_CHARS
+from das_formats.jsonl import is_json_object
 
 from .domain_folder import MAX_TEST, MAX_TRAIN, DomainError
 from .text import clean, rank, words

@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from model_store.backends import sha256_file
+from das_formats.fingerprint import sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ more than allowed and by more than sampling noise.
 
 Everything is deterministic given a seed: the probe draws nothing random at all, fine-tuning
 seeds its own generators (and leaves the caller's random state as it was), the bootstrap uses a
-seeded NumPy generator. Labeled data is read and checked by das_engine.task_data (no torch: the
+seeded NumPy generator. Labeled data is read and checked by das_formats.task_data (no torch: the
 API checks uploads with it).
 """
 
@@ -27,11 +27,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
-from .config import model_max_length
+from das_formats.config import model_max_length
+from das_formats.task_data import LabeledSet, TaskSettings, label_ids
+
 from .loading import load_pretrained, load_tokenizer
 from .mlm import mean_pool
 from .precision import model_device
-from .task_data import LabeledSet, TaskSettings, label_ids
 from .task_scores import TaskScores, score
 
 PROBE_WEIGHTS = "probe.safetensors"
@@ -46,7 +47,7 @@ SERVED_MAX_TOKENS = 512  # the most tokens per text the service reads, whatever 
 
 def served_max_tokens(config) -> int:
     """Tokens per text (specials in) that the service reads with a model: what its position embeddings
-    hold (`das_engine.config.model_max_length`, the bound adaptation jobs are checked against too), at
+    hold (`das_formats.config.model_max_length`, the bound adaptation jobs are checked against too), at
     most 512. Probes are fitted on features truncated exactly like the served ones."""
     return min(model_max_length(config.to_dict()) or SERVED_MAX_TOKENS, SERVED_MAX_TOKENS)
 

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import Precision
+from das_formats.config import Precision
+
 from .data import PackedCorpus, mask_tokens
 from .distributed import current
 from .mlm import hidden_states, masked_lm_loss

@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import DASConfig
+from das_formats.config import DASConfig
+
 from .mlm_head import heldout_mlm_loss
 from .softmask import SoftMask
 from .units import ModelUnits, UnitTensors

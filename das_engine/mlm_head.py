@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .config import DASConfig
+from das_formats.config import DASConfig
+
 from .data import PackedCorpus, get_batch, mask_tokens, pack_corpus, step_seed
 from .mlm import hidden_states, masked_lm_loss
 from .units import resolve_units

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.amp.autocast_mode import is_autocast_available
 
-from .config import Precision
+from das_formats.config import Precision
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -5,8 +5,9 @@ the same text on the same version. Which models serve a version is model_store.s
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from transformers import AutoModelForSequenceClassification
@@ -14,8 +15,18 @@ from transformers import AutoModelForSequenceClassification
 from .endtask import ProbeHead
 from .loading import load_pretrained
 
-if TYPE_CHECKING:
-    from model_store.served_tasks import TaskSet
+
+class AnsweringTask(Protocol):
+    """A loaded task model (model_store.served_tasks.ServedTask is one): a probe's head, or a finetune classifier."""
+
+    @property
+    def head(self) -> Any: ...
+    @property
+    def classifier(self) -> Any: ...
+    @property
+    def labels(self) -> list[str]: ...
+    @property
+    def max_length(self) -> int: ...
 
 
 def load_task_model(folder: Path, kind: str) -> Any:
@@ -38,19 +49,19 @@ def _truncated(input_ids: torch.Tensor, attention_mask: torch.Tensor, length: in
 
 
 @torch.inference_mode()
-def predict(task_set: TaskSet, names_: list[str], features: torch.Tensor, input_ids: torch.Tensor,
+def predict(tasks: Mapping[str, AnsweringTask], names_: list[str], features: torch.Tensor, input_ids: torch.Tensor,
             attention_mask: torch.Tensor) -> list[dict[str, dict]]:
     """Per text: for each task, its label and a score per label. `features` (B, D) are the pooled,
     normalised features of the backbone pass; finetune tasks run their own model on the same ids."""
     answers: list[dict[str, dict]] = [{} for _ in range(features.shape[0])]
     for name in names_:
-        task = task_set.tasks[name]
+        task = tasks[name]
         if task.head is not None:
             probabilities = task.head(features).softmax(-1)
         else:
-            ids, mask = _truncated(input_ids, attention_mask, task.definition.settings.get("max_length", 128))
+            ids, mask = _truncated(input_ids, attention_mask, task.max_length)
             probabilities = task.classifier(input_ids=ids, attention_mask=mask).logits.softmax(-1)
-        labels = task.record.labels
+        labels = task.labels
         for row, (values, best) in enumerate(zip(probabilities.tolist(), probabilities.argmax(-1).tolist(),
                                                  strict=True)):
             answers[row][name] = {"label": labels[best],

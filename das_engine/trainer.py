@@ -32,15 +32,15 @@ from typing import Literal
 import torch
 from torch import nn
 
-from model_store.layout import DOMAIN_IMPORTANCE, IMPORTANCE, IMPORTANCE_IN, METRICS
+from das_formats.config import DASConfig, corpus_problem, ranks_problem
+from das_formats.corpus import read_corpus, split_by_hash
+from das_formats.fingerprint import base_fingerprint, corpus_fingerprint
+from das_formats.layout import DOMAIN_IMPORTANCE, IMPORTANCE, IMPORTANCE_IN, METRICS
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import DASConfig, corpus_problem, ranks_problem
 from .contrastive import contrastive_loss
-from .corpus import read_corpus, split_by_hash
 from .data import PackedCorpus, get_batch, mask_tokens, pack_corpus, step_seed
 from .distributed import LossShares, Ranks, current, gather_rows
-from .fingerprint import base_fingerprint, corpus_fingerprint
 from .importance import (
     accumulate,
     domain_importance_raw,

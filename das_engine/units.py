@@ -7,7 +7,7 @@ Adding a family is one entry in FAMILIES; nothing else in the engine looks at th
 
 With `protect_embeddings` an importance also holds one value per row of the word-embedding
 matrix (`UnitTensors.embeddings`, [1, V], saved under the key "embeddings" beside the unit groups
-of model_store.layout.GROUPS; readers that iterate GROUPS ignore it). The word embeddings are
+of das_formats.layout.GROUPS; readers that iterate GROUPS ignore it). The word embeddings are
 found by `get_input_embeddings()`, the same for every family.
 """
 
@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from model_store.layout import GROUPS
+from das_formats.layout import GROUPS
 
 EMBEDDINGS = "embeddings"  # the key of the word-embedding row importance in an importance file
 

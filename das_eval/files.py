@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from das_formats.jsonl import JsonInputError, parse_json
+
 from .methods import EvalError
 
 FORMAT = "das-eval"
@@ -35,15 +37,9 @@ def read_json(path: Path, *, what: str, fix: str) -> Any:
         kind = "a folder" if path.is_dir() else "not a file" if path.exists() else "missing"
         raise EvalError(f"{path} is not a file ({kind}); {fix}")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as err:
-        reason = f"not UTF-8: byte {err.start}"
-    except json.JSONDecodeError as err:
-        reason = f"not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}"
-    except ValueError as err:  # an integer of more digits than Python converts
-        reason = f"not valid JSON: {err}"
-    except RecursionError:
-        reason = "not valid JSON: nested too deeply"
+        return parse_json(path.read_bytes())
+    except JsonInputError as err:
+        reason = str(err).removeprefix("is ")
     except OSError as err:
         reason = f"cannot be read: {err.strerror or err}"
     raise EvalError(f"{path} is not {what} ({reason}); {fix}")

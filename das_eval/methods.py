@@ -1,6 +1,6 @@
 """Methods of an evaluation: `base` (the original model, never trained), `ncl` (plain continual MLM: no
 soft-mask, no importance, no contrastive term), `das` (DASConfig's defaults: DAS as the spec has it), `default`
-(what an upload gets: das_engine.config.UPLOAD_DEFAULTS) and variants named by their settings,
+(what an upload gets: das_formats.config.UPLOAD_DEFAULTS) and variants named by their settings,
 `das:mask_mode=grad,negative_rule=abs`. `parse_method` turns a name into DASConfig overrides.
 """
 
@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from das_engine.config import UPLOAD_DEFAULTS, DASConfig, SettingField, setting_fields
+from das_formats.config import UPLOAD_DEFAULTS, DASConfig, SettingField, setting_fields
 
 
 class EvalError(ValueError):

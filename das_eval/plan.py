@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from das_data.domain_folder import MAX_TEST, MAX_TRAIN
-from das_engine.config import DASConfig
-from das_engine.task_data import TaskSettings
+from das_formats.config import DASConfig
+from das_formats.task_data import TaskSettings
 
 from .methods import EvalError, Method, check_overrides, parse_method, split_methods
 
@@ -24,7 +24,7 @@ KINDS = ("probe", "finetune")  # end-task scoring: frozen features + logistic re
 class ScoringSettings:
     """How every stage is scored: end tasks (probe always, fine-tuning on request) and held-out MLM loss.
 
-    The end-task defaults are a registered task's (das_engine.task_data.TaskSettings), the caps a built
+    The end-task defaults are a registered task's (das_formats.task_data.TaskSettings), the caps a built
     domain's (das_data.domain_folder)."""
 
     max_train: int = MAX_TRAIN  # end-task train examples per domain (balanced across labels, seeded)

@@ -9,7 +9,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from das_engine.config import DASConfig, setting_fields
+from das_formats.config import DASConfig, setting_fields
 
 from .files import FORMAT, FORMAT_VERSION
 from .methods import METHOD_KINDS, EvalError, method_folder, parse_method

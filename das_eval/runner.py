@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from model_store.layout import IMPORTANCE, is_weight_file
+from das_formats.layout import IMPORTANCE, is_weight_file
 
 from .files import FORMAT, FORMAT_VERSION, RUN_FILE, SCORES_FILE, now, read_run, write_json
 from .methods import EvalError, parse_method
@@ -89,7 +89,7 @@ def check_run_folder(out: Path, plan: EvalPlan, domains: list[PreparedDomain], c
     the domains (names, order and contents), the base model, the shared training settings and the scoring
     settings may not.
     """
-    from das_engine.fingerprint import base_fingerprint
+    from das_formats.fingerprint import base_fingerprint
 
     settings = {
         "format": FORMAT, "format_version": FORMAT_VERSION,

@@ -15,8 +15,8 @@ from typing import Any
 
 from das_data.domain_folder import FILES, Domain, Example, read_domain
 from das_data.splits import cap_balanced
-from das_engine.corpus import read_corpus, split_by_hash
-from das_engine.task_data import LabeledSet
+from das_formats.corpus import read_corpus, split_by_hash
+from das_formats.task_data import LabeledSet
 
 from .methods import EvalError
 from .plan import EvalPlan, ScoringSettings
@@ -57,7 +57,7 @@ def _labeled(examples: list[Example]) -> LabeledSet:
 
 
 def heldout_split(documents: list[str], fraction: float, max_documents: int) -> tuple[list[str], list[str]]:
-    """(held-out, training): the eval's held-out slice (das_engine.corpus.split_by_hash with the eval's salt)."""
+    """(held-out, training): the eval's held-out slice (das_formats.corpus.split_by_hash with the eval's salt)."""
     return split_by_hash(documents, HELDOUT_SALT, fraction, max_documents)
 
 

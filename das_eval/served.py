@@ -37,12 +37,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from das_engine.task_data import LabeledSet, TaskSettings
 from das_eval.files import now, write_json
 from das_eval.methods import EvalError, Method
 from das_eval.metrics import mean_std
 from das_eval.plan import EvalPlan
 from das_eval.scoring import PreparedDomain, prepare_domain
+from das_formats.task_data import LabeledSet, TaskSettings
 
 RUN_FILE = "served-run.json"
 BASE_FILE = "base-mlm.json"
@@ -233,8 +233,8 @@ def _stage_file(out: Path, method: Method, seed: int, index: int, domain: str) -
 def _check_folder(out: Path, plan: EvalPlan, domains: list[PreparedDomain], served: ServedSettings,
                   command: list[str] | None) -> None:
     """Write served-run.json for a new folder; refuse an existing one made with other settings (or another kind)."""
-    from das_engine.fingerprint import base_fingerprint
     from das_eval.runner import open_run_folder
+    from das_formats.fingerprint import base_fingerprint
 
     settings = {"domains": [{"name": d.name, "fingerprint": d.fingerprint} for d in domains],
                 "base_fingerprint": base_fingerprint(plan.base), "train": plan.shared_config(),

@@ -14,6 +14,8 @@ import uuid
 from pathlib import Path
 from typing import Protocol
 
+from das_formats.fingerprint import sha256_file
+
 
 class Backend(Protocol):
     location: str
@@ -34,14 +36,6 @@ class Backend(Protocol):
 
 class IntegrityError(RuntimeError):
     """Bytes in the store do not match the digest recorded for them."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:

@@ -13,7 +13,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .layout import DOMAIN_IMPORTANCE, GROUPS, IMPORTANCE, IMPORTANCE_IN
+from das_formats.layout import DOMAIN_IMPORTANCE, GROUPS, IMPORTANCE, IMPORTANCE_IN
+
 from .manifest import Manifest
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file
 
-from .layout import GROUPS
+from das_formats.layout import GROUPS
 
 
 def load_importance(path: Path) -> dict[str, np.ndarray]:

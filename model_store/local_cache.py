@@ -8,7 +8,9 @@ import shutil
 import uuid
 from pathlib import Path
 
-from .backends import Backend, sha256_file
+from das_formats.fingerprint import sha256_file
+
+from .backends import Backend
 from .errors import CorruptVersion, StoreError
 from .manifest import Manifest
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 import time
 from contextlib import nullcontext
 
+from das_formats.layout import MANIFEST, TASK_MODELS, is_weight_file
+
 from . import names
 from .aliases import AliasStore
-from .layout import MANIFEST, TASK_MODELS, is_weight_file
 from .manifest import Manifest
 from .store import DAMAGED, POINTER, STALE_S, CorruptVersion, DamagedVersion, Finding, ModelStore, StoreError
 

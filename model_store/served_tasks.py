@@ -29,6 +29,15 @@ class ServedTask:
     head: Any = None  # probe: a das_engine.endtask.ProbeHead
     classifier: Any = None  # finetune: an AutoModelForSequenceClassification
 
+    @property
+    def labels(self) -> list[str]:
+        return self.record.labels
+
+    @property
+    def max_length(self) -> int:
+        """The token length a finetune task was tuned at (what das_engine.served_tasks.predict cuts its input to)."""
+        return self.definition.settings.get("max_length", 128)
+
     def describe(self, backbone: str) -> dict[str, Any]:
         return {"kind": self.record.kind, "fitted_on": self.record.version, "generation": self.record.generation,
                 "labels": self.record.labels, "stale": self.record.version != backbone}

@@ -24,11 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from das_formats.fingerprint import sha256_file
+from das_formats.layout import IMPORTANCE_FILES, MANIFEST, PICKLE_SUFFIXES, is_weight_file
+
 from . import names
-from .backends import Backend, FsspecBackend, LocalBackend, open_backend, sha256_file
+from .backends import Backend, FsspecBackend, LocalBackend, open_backend
 from .card import CARD, folder_importance, render_card
 from .errors import CorruptVersion, LineageError, StoreError, VersionNotFound
-from .layout import IMPORTANCE_FILES, MANIFEST, PICKLE_SUFFIXES, is_weight_file
 from .local_cache import LocalCache
 from .locks import FileLock, RedisLock, WriterLock
 from .manifest import CorpusInfo, Manifest, Status, now_iso

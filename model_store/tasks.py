@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .backends import sha256_file
-from .layout import PICKLE_SUFFIXES, TASK_MODELS
+from das_formats.fingerprint import sha256_file
+from das_formats.layout import PICKLE_SUFFIXES, TASK_MODELS
+
 from .manifest import now_iso
 from .names import InvalidName, file_name, version_id
 from .store import DAMAGED, Finding, ModelStore, StoreError

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from das_engine.config import (
+from das_formats.config import (
     ConfigLimits,
     DASConfig,
     LimitError,
@@ -23,7 +23,7 @@ from das_engine.config import (
     ranks_problem,
     upload_config,
 )
-from das_engine.corpus import CorpusError, read_corpus
+from das_formats.corpus import CorpusError, read_corpus
 from das_settings import Settings
 from model_store.names import InvalidName, domain_name
 from model_store.store import ModelStore

@@ -21,7 +21,7 @@ from typing import Any
 
 from das_engine import endtask, task_scores
 from das_engine.loading import load_masked_lm
-from das_engine.task_data import LabeledSet, TaskDataError, TaskSettings, label_ids, read_labeled_jsonl
+from das_formats.task_data import LabeledSet, TaskDataError, TaskSettings, label_ids, read_labeled_jsonl
 from model_store.locks import StoreLocked
 from model_store.manifest import Manifest
 from model_store.store import ModelStore, StoreError

@@ -110,7 +110,7 @@ class Answerer:
         if ask.kind == "fill_mask":
             return self._fill_mask(hidden, input_ids, rows, ask.top_k)
         features = pooled(hidden, attention_mask)
-        return [{"result": per_text} for per_text in predict(self.tasks, list(ask.tasks), features, input_ids,
+        return [{"result": per_text} for per_text in predict(self.tasks.tasks, list(ask.tasks), features, input_ids,
                                                              attention_mask)]
 
     def _fill_mask(self, hidden: torch.Tensor, input_ids: torch.Tensor, rows: list[list[int]],

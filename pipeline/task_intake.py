@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from das_engine.task_data import LabeledSet, TaskDataError, TaskSettings, check_task_sets, read_labeled_jsonl
+from das_formats.task_data import LabeledSet, TaskDataError, TaskSettings, check_task_sets, read_labeled_jsonl
 from model_store.store import ModelStore
 from model_store.tasks import TaskData, TaskDefinition, TaskKind, TaskStore, task_name
 

@@ -189,7 +189,8 @@ class LoadedModel:
     def predict(self, texts: list[str] | Encoded, tasks: list[str]) -> list[dict[str, dict]]:
         """Per text, each task's label and scores: one backbone pass serves every probe task."""
         self.check_tasks(tasks)
-        return self._grouped(texts, lambda ids, mask: predict(self.tasks, tasks, self._pooled(ids, mask), ids, mask))
+        return self._grouped(texts, lambda ids, mask: predict(self.tasks.tasks, tasks, self._pooled(ids, mask), ids,
+                                                              mask))
 
     def _pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state

@@ -129,7 +129,7 @@ def test_openapi_lists_every_route(client):
 
 
 def test_every_training_setting_is_an_upload_field(client):
-    from das_engine.config import setting_fields
+    from das_formats.config import setting_fields
 
     schema = client.get("/openapi.json").json()["components"]["schemas"]
     form = next(v for k, v in schema.items() if k.startswith("Body_upload_corpus"))

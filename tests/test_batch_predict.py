@@ -94,7 +94,11 @@ def test_a_bad_line_is_a_422_naming_it_and_nothing_is_queued(service_settings, t
                  good + b'{"text": "x", "txt": "y"}\n': "line 2 has unknown key(s) 'txt'",
                  good + b'{"text": "x", "id": [1]}\n': 'line 2: "id" must be a string or an integer',
                  good + json.dumps({"text": "x" * 4001}).encode(): "the limit is 4000 (DAS_MAX_TEXT_CHARS)",
-                 good + b"\xff\n": "line 2: not UTF-8",
+                 good + b"\xff\n": "not UTF-8 (invalid byte at offset 28, line 2)",
+                 good + b'{"text": "x", "id": ' + b"9" * 5000 + b"}\n":
+                     "line 2 is not readable JSON (Exceeds the limit",
+                 good + b'{"text": "x", "id": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n":
+                     "line 2 nests 100001 levels deep",
                  b"": "holds no lines"}
         for body, said in cases.items():
             answer = batch(client, body, kind="embed")

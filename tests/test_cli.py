@@ -124,7 +124,7 @@ def test_worker_needs_a_broker(monkeypatch):
 
 
 def test_every_config_field_is_an_adapt_option():
-    from das_engine.config import setting_fields
+    from das_formats.config import setting_fields
 
     result = runner.invoke(app, ["adapt", "--help"], terminal_width=200, env={"COLUMNS": "200"})
     assert result.exit_code == 0

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from transformers import AutoModelForMaskedLM
 
 from das.app import build_app
-from das_engine.config import (
+from das_formats.config import (
     ConfigLimits,
     DASConfig,
     LimitError,

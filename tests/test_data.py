@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from das_engine.corpus import CorpusError, read_corpus
 from das_engine.data import mask_tokens, pack_corpus
 from das_engine.mlm import hidden_states, masked_lm_loss
 from das_engine.units import resolve_units
+from das_formats.corpus import CorpusError, read_corpus
 
 
 def test_reads_text_and_jsonl(tmp_path):

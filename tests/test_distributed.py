@@ -14,9 +14,9 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForMaskedLM
 
-from das_engine.config import upload_config
 from das_engine.trainer import adapt
 from das_engine.units import UnitTensors, resolve_units
+from das_formats.config import upload_config
 
 SETTINGS = {"steps": 6, "batch_size": 4, "max_length": 32, "lr": 1e-3, "warmup_ratio": 0.0, "checkpoint_every": 3,
             "importance_samples": 8, "importance_batch_size": 4}

@@ -25,8 +25,8 @@ from das_engine.endtask import (
     pooled_features,
 )
 from das_engine.loading import load_masked_lm
-from das_engine.task_data import LabeledSet, TaskDataError, check_task_sets, label_ids, read_labeled_jsonl
 from das_engine.task_scores import accuracy, gate, macro_f1, paired_bootstrap_drop, score
+from das_formats.task_data import LabeledSet, TaskDataError, check_task_sets, label_ids, read_labeled_jsonl
 
 MAX_LENGTH = 64
 
@@ -369,12 +369,12 @@ def test_bootstrap_is_deterministic_given_the_seed():
 
 
 def test_a_served_model_reads_what_its_position_embeddings_hold(bert_dir, roberta_dir):
-    """One definition of the tokens a model holds (das_engine.config.model_max_length) serves the API, the probes
+    """One definition of the tokens a model holds (das_formats.config.model_max_length) serves the API, the probes
     and the job limits: BERT uses every position, the RoBERTa family reserves padding_idx + 1 of them."""
     from transformers import AutoConfig
 
-    from das_engine.config import model_max_length
     from das_engine.endtask import served_max_tokens
+    from das_formats.config import model_max_length
 
     for folder in (bert_dir, roberta_dir):
         config = AutoConfig.from_pretrained(folder)

@@ -16,7 +16,6 @@ from transformers import AutoModelForSequenceClassification
 
 import das_engine.importance as importance_module
 import das_engine.trainer as trainer_module
-from das_engine.config import DASConfig
 from das_engine.contrastive import contrastive_loss
 from das_engine.data import mask_tokens, pack_corpus
 from das_engine.importance import domain_importance_raw, general_importance_raw, normalise, sample_batches
@@ -26,6 +25,7 @@ from das_engine.softmask import SoftMask
 from das_engine.trainer import CHECKPOINTS, adapt, das_loss, optimizer_step
 from das_engine.unit_scales import scales_applied
 from das_engine.units import UnitTensors, resolve_units
+from das_formats.config import DASConfig
 
 META = torch.device("meta")
 

@@ -6,8 +6,6 @@ import torch
 from safetensors.torch import load_file
 
 import das_engine.trainer as trainer
-from das_engine.config import DASConfig, setting_fields
-from das_engine.corpus import read_corpus
 from das_engine.data import get_batch, mask_tokens, pack_corpus, step_seed
 from das_engine.importance import BELOW_ONE, normalise_rows
 from das_engine.loading import load_masked_lm
@@ -15,8 +13,10 @@ from das_engine.mlm import hidden_states, masked_lm_loss
 from das_engine.softmask import SoftMask
 from das_engine.trainer import adapt, get_lr
 from das_engine.units import EMBEDDINGS, UnitTensors, resolve_units
+from das_formats.config import DASConfig, setting_fields
+from das_formats.corpus import read_corpus
+from das_formats.layout import DOMAIN_IMPORTANCE, GROUPS, IMPORTANCE, IMPORTANCE_IN
 from model_store.importance_history import version_importance
-from model_store.layout import DOMAIN_IMPORTANCE, GROUPS, IMPORTANCE, IMPORTANCE_IN
 from model_store.store import ModelStore, PublishRequest
 
 FILES = (IMPORTANCE_IN, DOMAIN_IMPORTANCE, IMPORTANCE)

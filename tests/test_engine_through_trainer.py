@@ -17,12 +17,12 @@ import torch.nn.functional as F
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
 
-from das_engine.config import DASConfig
 from das_engine.data import mask_tokens, pack_corpus
-from das_engine.fingerprint import base_fingerprint, corpus_fingerprint
 from das_engine.importance import general_importance_raw, sample_batches
 from das_engine.trainer import CHECKPOINTS, adapt, as_floats, das_loss
 from das_engine.units import UnitTensors, resolve_units
+from das_formats.config import DASConfig
+from das_formats.fingerprint import base_fingerprint, corpus_fingerprint
 
 
 def _config(**overrides) -> DASConfig:

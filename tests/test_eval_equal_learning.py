@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from das_data.domain_folder import Domain
-from das_engine.task_data import LabeledSet
 from das_eval import EvalError, make_plan, merge_results
 from das_eval.files import FORMAT, FORMAT_VERSION, RUN_FILE, SCORES_FILE, write_json
 from das_eval.metrics import CORRECT, flips, mean_std, mlm_gain, pareto_front
@@ -23,6 +22,7 @@ from das_eval.reports import PARETO_MLM_PNG, PARETO_PROBE_PNG, pareto_mlm_png, r
 from das_eval.results import collect_results
 from das_eval.results_check import check_results
 from das_eval.scoring import PreparedDomain
+from das_formats.task_data import LabeledSet
 
 REAL = Path(__file__).resolve().parent.parent / "bench" / "results" / "eval-embedded-results.json"
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -140,13 +140,13 @@ def test_a_one_field_edit_is_refused_naming_the_file_and_field(real, tmp_path, p
 
 
 @pytest.mark.parametrize("content,says", [
-    (b"", "not valid JSON: Expecting value at line 1, column 1"),
+    (b"", "not valid JSON (Expecting value at line 1 column 1)"),
     (b"{\"domains\": [", "not valid JSON"),
-    (b"\xff\xfe{}", "not UTF-8: byte 0"),
-    (b"[" * 100000 + b"]" * 100000, "not valid JSON: nested too deeply"),
+    (b"\xff\xfe{}", "not UTF-8 (invalid byte at offset 0)"),
+    (b"[" * 100000 + b"]" * 100000, "nests 100000 levels deep"),
     (b"[]", "the file is a list, expected an object"),
     (b"NaN", "the file is the number nan, expected an object"),
-    (b'{"seeds": [' + b"1" * 5000 + b"]}", "not valid JSON: Exceeds the limit (4300 digits)"),
+    (b'{"seeds": [' + b"1" * 5000 + b"]}", "not readable JSON (Exceeds the limit (4300 digits)"),
 ])
 def test_a_file_that_is_not_a_results_json(tmp_path, content, says):
     bad = tmp_path / "bad.json"
@@ -185,7 +185,7 @@ def test_the_fields_write_reports_reads_are_refused_in_the_api_too(real):
 
 def test_the_one_reader_names_the_file_and_what_to_do(tmp_path):
     (tmp_path / "x.json").write_text("{oops")
-    with pytest.raises(EvalError, match=r"x\.json is not a thing \(not valid JSON: .* line 1, column 2\); do this"):
+    with pytest.raises(EvalError, match=r"x\.json is not a thing \(not valid JSON \(.* line 1 column 2\)\); do this"):
         read_json(tmp_path / "x.json", what="a thing", fix="do this")
     assert read_json(REAL, what="a results.json", fix="-")["format"] == "das-eval"
 

@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 from das.eval_cli import eval_command
 from das_engine import task_scores
 from das_engine.served_tasks import load_task_model
-from das_engine.task_data import LabeledSet
 from das_eval import EvalError, prepare_domain
 from das_eval.plan import ScoringSettings
 from das_eval.served import split_for_eval, summarise_lineage
+from das_formats.task_data import LabeledSet
 from model_store.store import ModelStore
 from model_store.tasks import TaskStore
 from pipeline.endtasks import Backbone, read_sets

@@ -12,7 +12,7 @@ from test_endtasks_service import FORGETFUL, HARMLESS, register
 
 from das.app import build_app
 from das_engine import task_scores
-from das_engine.config import DASConfig
+from das_formats.config import DASConfig
 from model_store.manifest import Manifest
 from model_store.store import ModelStore
 from model_store.tasks import TaskData, TaskDefinition

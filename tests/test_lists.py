@@ -20,10 +20,10 @@ from typer.testing import CliRunner
 from das.app import build_app
 from das.cli import app as cli
 from das_engine import task_scores
-from das_engine.task_data import TaskSettings
+from das_formats.fingerprint import sha256_file
+from das_formats.task_data import TaskSettings
 from das_settings import Settings, get_settings
 from job_records import STATES, AdaptRequest, FitRequest, JobFilter, RedisJobs, SqliteJobs
-from model_store.backends import sha256_file
 from model_store.card import CARD, render_card
 from model_store.manifest import STATUSES
 from model_store.store import ModelStore, PublishRequest

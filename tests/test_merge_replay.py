@@ -7,13 +7,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from das_engine.config import DASConfig
 from das_engine.data import get_batch, pack_corpus
 from das_engine.loading import load_masked_lm
 from das_engine.merge import MERGE_GRID, MergeScores, choose_alpha, interpolate, parent_state
 from das_engine.trainer import TrainingData, adapt, replay_rows
 from das_engine.units import UnitTensors, resolve_units
-from model_store.layout import IMPORTANCE_IN, METRICS
+from das_formats.config import DASConfig
+from das_formats.layout import IMPORTANCE_IN, METRICS
 
 
 def _config(**overrides) -> DASConfig:

@@ -22,8 +22,8 @@ from das_data import minilm
 from das_data.wheels import PinnedWheel
 from das_engine.loading import load_masked_lm
 from das_engine.mlm_head import fit_mlm_head, head_parameters, heldout_mlm_loss, parameter_split
+from das_formats.fingerprint import sha256_file
 from das_settings import get_settings
-from model_store.backends import sha256_file
 
 FIT = {"steps": 4, "batch_size": 8, "max_length": 64}
 

@@ -17,7 +17,7 @@ from service_helpers import wait_for_job
 
 from api.routes.corpora import safe_filename
 from das.app import build_app
-from das_engine.corpus import CorpusError, read_corpus
+from das_formats.corpus import CorpusError, read_corpus
 from das_settings import Settings, get_settings
 
 MGMT, INFER = "m-secret", "i-secret"

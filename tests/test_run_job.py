@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from das_engine.config import DASConfig
+from das_formats.config import DASConfig
 from job_records import AdaptRequest, SqliteJobs
 from model_store.locks import StoreLocked
 from model_store.store import ModelStore

@@ -5,11 +5,11 @@ import copy
 import pytest
 import torch
 
-from das_engine.config import DASConfig
 from das_engine.data import mask_tokens, pack_corpus
 from das_engine.mlm import hidden_states, masked_lm_loss
 from das_engine.softmask import SoftMask
 from das_engine.units import UnitTensors, resolve_units
+from das_formats.config import DASConfig
 
 PROTECTED_HEAD = (0, 0)  # (layer, head)
 

@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForMaskedLM
 
-from das_engine.config import DASConfig
+from das_formats.config import DASConfig
+from das_formats.fingerprint import sha256_file
 from model_store import maintenance
-from model_store.backends import sha256_file
 from model_store.locks import FileLock, RedisLock, StoreLocked
 from model_store.names import InvalidName
 from model_store.store import CorruptVersion, LineageError, ModelStore, PublishRequest, StoreError, VersionNotFound

@@ -18,10 +18,10 @@ from typer.testing import CliRunner
 from das.app import build_app
 from das.cli import app as cli
 from das_data.base_models import ensure_initialised
-from das_engine.config import DASConfig
+from das_formats.config import DASConfig
+from das_formats.fingerprint import sha256_file
 from job_records import AdaptRequest, SqliteJobs
 from model_store import maintenance
-from model_store.backends import sha256_file
 from model_store.store import CorruptVersion, ModelStore, PublishRequest, StoreError
 from worker import jobs
 from worker.context import Outcome, WorkerContext

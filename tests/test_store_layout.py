@@ -9,8 +9,8 @@ from pathlib import Path
 
 from task_sets import source_task, write_jsonl
 
-from das_engine.config import DASConfig
-from das_engine.task_data import TaskSettings
+from das_formats.config import DASConfig
+from das_formats.task_data import TaskSettings
 from model_store import maintenance
 from model_store.aliases import AliasStore
 from model_store.store import ModelStore

@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from das_engine.config import DASConfig
+from das_formats.config import DASConfig
 from model_store.store import ModelStore
 from pipeline.adaptation import adapt_active
 

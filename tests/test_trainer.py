@@ -7,10 +7,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForMaskedLM
 
-from das_engine.config import DASConfig
 from das_engine.trainer import CHECKPOINTS, adapt, get_lr
 from das_engine.units import UnitTensors, resolve_units
-from model_store.layout import GROUPS
+from das_formats.config import DASConfig
+from das_formats.layout import GROUPS
 
 
 def _config(**overrides) -> DASConfig:

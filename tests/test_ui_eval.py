@@ -108,9 +108,11 @@ def test_without_eval_results_the_routes_answer_404(service_settings):
 
 
 @pytest.mark.parametrize("content, says", [
-    ("not json {", "not JSON"),
-    (json.dumps({"format": "das-eval"}), "domains must be a non-empty list of strings"),
-    ("damaged", "scores.das.1.mlm_loss.2.3 is 'x', expected a finite number"),
+    ("not json {", "not valid JSON (Expecting value at line 1 column 1)"),
+    ('{"format": "das-eval", "seeds": [' + "1" * 5000 + "]}", "not readable JSON (Exceeds the limit (4300 digits)"),
+    ("[" * 100_000 + "]" * 100_000, "nests 100000 levels deep"),
+    (json.dumps({"format": "das-eval"}), "format_version is missing"),
+    ("damaged", "scores.das.1.mlm_loss row 2 value 3 is a string, expected a finite number"),
 ])
 def test_a_bad_results_file_stops_das_serve_naming_it(tmp_path, content, says):
     bad = tmp_path / "bad-results.json"

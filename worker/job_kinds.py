@@ -19,9 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from das_engine.batch_input import BatchLine, read_batch_input
-from das_engine.corpus import read_corpus
 from das_engine.trainer import Progress
+from das_formats.batch_input import BatchLine, read_batch_input
+from das_formats.corpus import read_corpus
 from job_records import Job
 from model_store.manifest import CorpusInfo
 from model_store.tasks import TaskNotFound, TaskStore

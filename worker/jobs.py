@@ -15,7 +15,7 @@ import time
 
 import redis.exceptions
 
-from das_engine.corpus import CorpusError
+from das_formats.corpus import CorpusError
 from job_records import TERMINAL, Job
 from model_store.locks import StoreLocked
 from pipeline.adaptation import finish_publication

@@ -15,7 +15,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
-from das_engine.batch_input import BatchInputError, BatchLine, read_batch_input
+from das_formats.batch_input import BatchInputError, BatchLine, read_batch_input
 from job_records import TERMINAL, cancel_fields
 from job_records.job import AnswerKind, PredictRequest
 from model_store.names import InvalidName

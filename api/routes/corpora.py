@@ -33,7 +33,7 @@ async def upload_corpus(
     """Check the corpus, store it by digest, queue an adaptation job; answer only once it is queued.
 
     Every other form field is a training setting (a DASConfig field); those not sent take an upload's defaults
-    (das_engine.config.UPLOAD_DEFAULTS over DASConfig's).
+    (das_formats.config.UPLOAD_DEFAULTS over DASConfig's).
     """
     limits = await run_in_threadpool(job_limits, service.settings, service.store)
     try:  # before a byte is stored or a job exists

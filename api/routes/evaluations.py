@@ -3,13 +3,12 @@
 Each file is read and checked once, at start-up (`load_evaluations`): a file that is not the JSON `das eval` writes
 stops the server with an error naming it and the field. The API keeps only what the page draws: per method the
 a[T, i] matrices (mean over seeds) of the held-out MLM loss and of each probe score, and the two equal-learning
-points (forgetting against new-domain gain). Plain JSON reading: das_eval (which may import torch) is not imported.
+points (forgetting against new-domain gain). The file is read and checked by das_eval's own reader and schema
+(das_eval.files.read_json, das_eval.results_check.check_results: torch-free), the ones `das eval-merge` uses.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import re
 import statistics
 from collections.abc import Sequence
@@ -20,9 +19,11 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, Field
 
-FORMAT = "das-eval"
+from das_eval.files import read_json
+from das_eval.methods import EvalError
+from das_eval.results_check import RESULTS_FIX, check_results
+
 MLM = "mlm_loss"
-FIX = "give a results.json as `das eval` writes it (its OUT folder's results.json)"
 NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 
 router = APIRouter(prefix="/v1/evaluations", tags=["evaluations"])
@@ -76,104 +77,39 @@ class Evaluation:
     detail: EvaluationOut
 
 
-class _Bad(Exception):
-    def __init__(self, where: str, problem: str) -> None:
-        super().__init__(f"{where} {problem}")
+def _mean_matrix(per_seed: list[list[list[float]]]) -> list[list[float]]:
+    return [[statistics.fmean(m[t][i] for m in per_seed) for i in range(len(per_seed[0][0]))]
+            for t in range(len(per_seed[0]))]
 
 
-def _get(container: Any, key: str, where: str, want: type) -> Any:
-    path = f"{where}.{key}" if where else key
-    if not isinstance(container, dict) or key not in container:
-        raise _Bad(path, "is missing")
-    value = container[key]
-    if not isinstance(value, want) or isinstance(value, bool) and want is not bool:
-        raise _Bad(path, f"is {type(value).__name__}, expected {want.__name__}")
-    return value
-
-
-def _number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise _Bad(where, f"is {value!r}, expected a finite number")
-    return float(value)
-
-
-def _strings(value: Any, where: str) -> list[str]:
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-        raise _Bad(where, "must be a non-empty list of strings")
-    return value
-
-
-def _matrix(value: Any, where: str, rows: int, cols: int) -> list[list[float]]:
-    if not isinstance(value, list) or len(value) != rows:
-        raise _Bad(where, f"must be a list of {rows} rows (the base model, then one per domain)")
-    out = []
-    for t, row in enumerate(value):
-        if not isinstance(row, list) or len(row) != cols:
-            raise _Bad(f"{where}.{t}", f"must be a list of {cols} numbers (one per domain)")
-        out.append([_number(v, f"{where}.{t}.{i}") for i, v in enumerate(row)])
-    return out
-
-
-def _stat(summary: dict[str, Any], key: str, where: str) -> Stat | None:
-    """A summary's {mean, std, n}; None where it is absent (older files) or has no mean."""
-    value = summary.get(key)
-    if value is None:
-        return None
+def _stat(value: dict[str, Any] | None) -> Stat | None:
+    """A summary's {mean, std, n}; None where it is absent or has no mean (a single stage)."""
     if not isinstance(value, dict) or value.get("mean") is None:
         return None
-    std = value.get("std")
-    return Stat(mean=_number(value["mean"], f"{where}.{key}.mean"),
-                std=None if std is None else _number(std, f"{where}.{key}.std"))
+    return Stat(mean=value["mean"], std=value.get("std"))
 
 
-def _point(summary: Any, score: str, gain: str, forgetting: str, where: str) -> ParetoPoint | None:
-    entry = _get(summary, score, where, dict)
-    x, y = _stat(entry, gain, f"{where}.{score}"), _stat(entry, forgetting, f"{where}.{score}")
+def _point(entry: dict[str, Any], gain: str, forgetting: str) -> ParetoPoint | None:
+    x, y = _stat(entry.get(gain)), _stat(entry.get(forgetting))
     return ParetoPoint(gain=x, forgetting=y) if x is not None and y is not None else None
 
 
-def _views(results: Any) -> tuple[EvaluationItem, EvaluationOut]:
-    if not isinstance(results, dict):
-        raise _Bad("the file", "is not a JSON object")
-    if results.get("format") != FORMAT:
-        raise _Bad("format", f"is {results.get('format')!r}, expected {FORMAT!r}")
-    domains = _strings(results.get("domains"), "domains")
-    stages = _strings(results.get("stages"), "stages")
-    if len(stages) != len(domains) + 1:
-        raise _Bad("stages", f"has {len(stages)} names, expected {len(domains) + 1} (base, then the domains)")
-    families = _strings(results.get("families"), "families")
-    seeds = _get(results, "seeds", "", list)
-    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise _Bad("seeds", "must be a non-empty list of integers")
-    methods = _get(results, "methods", "", dict)
-    scores = _get(results, "scores", "", dict)
-    summaries = _get(results, "summary", "", dict)
-    if not methods:
-        raise _Bad("methods", "is empty")
+def _views(results: dict[str, Any]) -> tuple[EvaluationItem, EvaluationOut]:
+    """What the page draws from a results.json that das_eval.results_check has checked."""
+    domains, stages, families, seeds = results["domains"], results["stages"], results["families"], results["seeds"]
     probe = "probe/macro_f1" if "probe/macro_f1" in families else families[0]
-    rows, cols = len(stages), len(domains)
     views = []
-    for spec, method in methods.items():
-        kind = _get(method, "kind", f"methods.{spec}", str)
-        by_seed = _get(scores, spec, "scores", dict)
-        matrices = {}
-        for score in (MLM, *families):
-            per_seed = [_matrix(_get(_get(by_seed, str(seed), f"scores.{spec}", dict), score,
-                                     f"scores.{spec}.{seed}", list), f"scores.{spec}.{seed}.{score}", rows, cols)
-                        for seed in seeds]
-            matrices[score] = [[statistics.fmean(m[t][i] for m in per_seed) for i in range(cols)]
-                               for t in range(rows)]
-        summary = _get(summaries, spec, "summary", dict)
+    for spec, method in results["methods"].items():
+        by_seed, summary = results["scores"][spec], results["summary"][spec]
+        matrices = {score: _mean_matrix([by_seed[str(seed)][score] for seed in seeds]) for score in (MLM, *families)}
         pareto = {"mlm": None, "probe": None}
-        if kind != "base":
-            pareto = {"mlm": _point(summary, MLM, "gain", "rise", f"summary.{spec}"),
-                      "probe": _point(summary, probe, "plasticity", "forgetting_rate", f"summary.{spec}")}
-        views.append(MethodView(spec=spec, kind=kind, matrices=matrices, pareto=pareto))
-    item = EvaluationItem(name="", file="", methods=list(methods), domains=domains, seeds=seeds)
-    date, base = results.get("date"), results.get("base")
-    detail = EvaluationOut(**item.model_dump(), date=date if isinstance(date, str) else None,
-                           base=base if isinstance(base, str) else None, stages=stages, families=families,
-                           probe_family=probe, method_views=views)
+        if method["kind"] != "base":
+            pareto = {"mlm": _point(summary[MLM], "gain", "rise"),
+                      "probe": _point(summary[probe], "plasticity", "forgetting_rate")}
+        views.append(MethodView(spec=spec, kind=method["kind"], matrices=matrices, pareto=pareto))
+    item = EvaluationItem(name="", file="", methods=list(results["methods"]), domains=domains, seeds=seeds)
+    detail = EvaluationOut(**item.model_dump(), date=results["date"], base=results["base"], stages=stages,
+                           families=families, probe_family=probe, method_views=views)
     return item, detail
 
 
@@ -190,15 +126,11 @@ def _name(path: Path, taken: set[str]) -> str:
 def read_evaluation(path: Path, name: str) -> Evaluation:
     """One results file, read and checked; an EvaluationFileError naming it (and the field) when it is not one."""
     try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise EvaluationFileError(f"--eval-results {path}: cannot read it ({err.strerror or err}); {FIX}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise EvaluationFileError(f"--eval-results {path}: not JSON ({err}); {FIX}") from None
-    try:
-        item, detail = _views(results)
-    except _Bad as bad:
-        raise EvaluationFileError(f"--eval-results {path}: {bad}; {FIX}") from None
+        results = read_json(path, what="a results.json", fix=RESULTS_FIX)
+        check_results(results, str(path))
+    except EvalError as err:
+        raise EvaluationFileError(f"--eval-results {err}") from None
+    item, detail = _views(results)
     item = item.model_copy(update={"name": name, "file": path.name})
     return Evaluation(item=item, detail=detail.model_copy(update={"name": name, "file": path.name}))
 

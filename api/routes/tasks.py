@@ -12,7 +12,7 @@ from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Upload
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from das_engine.task_data import TaskDataError, TaskSettings
+from das_formats.task_data import TaskDataError, TaskSettings
 from job_records import PENDING, Job, cancel_fields
 from model_store.names import InvalidName
 from model_store.store import StoreError

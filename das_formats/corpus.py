@@ -6,10 +6,10 @@ Pure Python (no torch), so the API can check an upload before it queues a job.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from pathlib import Path
 
+from .jsonl import decode_utf8, is_json_object, numbered_lines, object_on_line
 from .texts import unicode_problem
 
 MAX_DOCUMENT_CHARS = 1_000_000
@@ -25,21 +25,10 @@ def read_corpus(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise CorpusError(f"{path}: no such file")
-    raw = path.read_bytes()
-    nul = raw.find(b"\x00")  # the whole file (a C scan), not only its start
-    if nul >= 0:
-        line = raw.count(b"\n", 0, nul) + 1
-        raise CorpusError(f"{path}: looks binary (a NUL byte at offset {nul}, line {line}); "
-                          "give UTF-8 text or JSONL")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise CorpusError(f"{path}: not UTF-8 (invalid byte at offset {err.start}, line {line}); "
-                          "re-encode the file as UTF-8") from None
+    text = decode_utf8(path.read_bytes(), CorpusError, f"{path}: ", what="UTF-8 text or JSONL")
     lines = text.splitlines()
     first = next((ln.strip() for ln in lines if ln.strip()), "")
-    docs = _jsonl_documents(path, lines) if _is_jsonl(path, first) else [ln.strip() for ln in lines if ln.strip()]
+    docs = _jsonl_documents(path, text) if _is_jsonl(path, first) else [ln.strip() for ln in lines if ln.strip()]
     if not docs:
         raise CorpusError(f"{path}: holds no documents (empty, or only blank lines)")
     too_long = next((i for i, d in enumerate(docs) if len(d) > MAX_DOCUMENT_CHARS), None)
@@ -56,26 +45,11 @@ def _is_jsonl(path: Path, first: str) -> bool:
     return path.suffix.lower() in JSONL_SUFFIXES or is_json_object(first)
 
 
-def is_json_object(line: str) -> bool:
-    """Whether a line is a JSON object: as a text file's first line, it makes the file JSONL."""
-    if not line.startswith("{"):
-        return False
-    try:
-        return isinstance(json.loads(line), dict)
-    except json.JSONDecodeError:
-        return False
-
-
-def _jsonl_documents(path: Path, lines: list[str]) -> list[str]:
+def _jsonl_documents(path: Path, text: str) -> list[str]:
     docs = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise CorpusError(f"{path}: line {number} is not valid JSON ({err.msg})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+    for number, line in numbered_lines(text):
+        record = object_on_line(line, number, CorpusError, f"{path}: ", '{"text": ...}')
+        if not isinstance(record.get("text"), str):
             raise CorpusError(f"{path}: line {number} has no string field 'text'")
         problem = unicode_problem(record["text"])
         if problem:

@@ -7,9 +7,9 @@ stripped), so a line is answered exactly as POST /v1/predict answers the same te
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
+from .jsonl import decode_utf8, numbered_lines, object_on_line
 from .texts import unicode_problem
 
 KEYS = ("id", "text")  # "text" is required; "id" is echoed in the answer (default: the line number)
@@ -28,12 +28,9 @@ class BatchLine:
 
 def read_batch_input(raw: bytes, *, max_lines: int, max_chars: int) -> list[BatchLine]:
     """The lines of a batch-prediction file, each checked; BatchInputError at the first bad one."""
-    text = _decode(raw)
+    text = decode_utf8(raw, BatchInputError, "")
     lines: list[BatchLine] = []
-    # split on "\n" only: str.splitlines would also cut at U+2028 and friends, which JSON strings may hold
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
+    for number, line in numbered_lines(text):
         if len(lines) == max_lines:
             raise BatchInputError(f"line {number}: more than {max_lines} lines (DAS_MAX_BATCH_PREDICTION_LINES); "
                                   "split the file")
@@ -44,29 +41,8 @@ def read_batch_input(raw: bytes, *, max_lines: int, max_chars: int) -> list[Batc
     return lines
 
 
-def _decode(raw: bytes) -> str:
-    nul = raw.find(b"\x00")
-    if nul >= 0:
-        raise BatchInputError(f"line {_line_at(raw, nul)}: looks binary (a NUL byte at offset {nul}); "
-                              "give UTF-8 JSONL")
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise BatchInputError(f"line {_line_at(raw, err.start)}: not UTF-8 (invalid byte at offset {err.start}); "
-                              "re-encode the file as UTF-8") from None
-
-
-def _line_at(raw: bytes, offset: int) -> int:
-    return raw.count(b"\n", 0, offset) + 1
-
-
 def _line(line: str, number: int, max_chars: int) -> BatchLine:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise BatchInputError(f"line {number} is not valid JSON ({err.msg} at column {err.colno})") from None
-    if not isinstance(record, dict):
-        raise BatchInputError(f'line {number} is not a JSON object; write {{"text": ..., "id": ...}}')
+    record = object_on_line(line, number, BatchInputError, "", '{"text": ..., "id": ...}')
     unknown = sorted(record.keys() - set(KEYS))
     if unknown:
         raise BatchInputError(f"line {number} has unknown key(s) {', '.join(map(repr, unknown))}; "

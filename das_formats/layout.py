@@ -1,7 +1,7 @@
 """The files of a version folder: the one place their names and the importance groups are defined.
 
 The engine writes a folder in this layout and the store publishes and reads it; both import the
-names from here (this module imports nothing, so the engine depends on no more of the store).
+names from here (this module imports nothing, so neither depends on the other).
 """
 
 from __future__ import annotations

@@ -1,15 +1,23 @@
-"""Fingerprints of what a run is made from (its corpus and its base model), so a work folder is
-never resumed, or a finished run returned, for other inputs than the ones it was made from."""
+"""Fingerprints: of a file (sha256_file, which the store also verifies blobs with), and of what a run is made from
+(its corpus and its base model), so a work folder is never resumed, or a finished run returned, for other inputs
+than the ones it was made from."""
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
 
-from model_store.backends import sha256_file
-
 # a base folder's files that decide the model: weights, architecture, tokenizer (not the README)
 BASE_FILES = ("config.json", "tokenizer.json", "vocab.txt", "vocab.json", "merges.txt")
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def corpus_fingerprint(documents: list[str]) -> str:

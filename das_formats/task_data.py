@@ -5,13 +5,13 @@ upload with it before anything is stored). The fitting lives in `das_engine.endt
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .jsonl import decode_utf8, numbered_lines, object_on_line
 from .texts import unicode_problem
 
 FIELDS = ("text", "label")  # each JSONL line holds exactly these
@@ -110,13 +110,10 @@ def read_labeled_jsonl(raw: bytes, *, name: str, max_examples: int, max_chars: i
     Texts are stripped and must be non-empty and at most `max_chars` characters; integer labels
     become strings. Every error names the file (`name`) and, where there is one, the line.
     """
-    text = _decode(raw, name)
+    text = decode_utf8(raw, TaskDataError, f"{name}: ")
     texts: list[str] = []
     labels: list[str] = []
-    # split on "\n" only: str.splitlines would also cut at U+2028 and friends, which JSON strings may hold
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
+    for number, line in numbered_lines(text):
         if len(texts) == max_examples:
             raise TaskDataError(f"{name}: more than {max_examples} examples (line {number} is one too many); "
                                 f"keep at most {max_examples}")
@@ -152,19 +149,6 @@ def check_task_sets(train: LabeledSet, eval: LabeledSet | None) -> None:
                             "a classifier can only predict the labels it was trained on")
 
 
-def _decode(raw: bytes, name: str) -> str:
-    nul = raw.find(b"\x00")
-    if nul >= 0:
-        line = raw.count(b"\n", 0, nul) + 1
-        raise TaskDataError(f"{name}: looks binary (a NUL byte at offset {nul}, line {line}); give UTF-8 JSONL")
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = raw.count(b"\n", 0, err.start) + 1
-        raise TaskDataError(f"{name}: not UTF-8 (invalid byte at offset {err.start}, line {line}); "
-                            "re-encode the file as UTF-8") from None
-
-
 def _json_object(line: str, name: str, number: int) -> dict:
     def no_duplicates(pairs: list[tuple[str, object]]) -> dict:
         keys = [key for key, _ in pairs]
@@ -173,12 +157,7 @@ def _json_object(line: str, name: str, number: int) -> dict:
             raise TaskDataError(f"{name}: line {number} repeats key(s) {_quoted(repeated)}")
         return dict(pairs)
 
-    try:
-        record = json.loads(line, object_pairs_hook=no_duplicates)
-    except json.JSONDecodeError as err:
-        raise TaskDataError(f"{name}: line {number} is not valid JSON ({err.msg} at column {err.colno})") from None
-    if not isinstance(record, dict):
-        raise TaskDataError(f'{name}: line {number} is not a JSON object; write {{"text": ..., "label": ...}}')
+    record = object_on_line(line, number, TaskDataError, f"{name}: ", '{"text": ..., "label": ...}', no_duplicates)
     unknown = sorted(record.keys() - set(FIELDS))
     if unknown:
         raise TaskDataError(f'{name}: line {number} has unknown key(s) {_quoted(unknown)}; '
