@@ -32,7 +32,8 @@ from transformers.utils import logging as hf_logging
 
 from das_data.base_models import resolve_base_model
 from das_data.local_corpora import licence_documents, python_doc_documents
-from das_engine.trainer import AdaptResult, Progress, adapt
+from das_engine.run_state import AdaptResult, Progress
+from das_engine.trainer import adapt
 from das_engine.units import UnitTensors
 from das_formats.config import DASConfig
 from das_formats.layout import DOMAIN_IMPORTANCE, GROUPS, IMPORTANCE, IMPORTANCE_IN

@@ -35,7 +35,8 @@ from das_data.local_corpora import licence_documents  # noqa: E402
 from das_engine.data import pack_corpus  # noqa: E402
 from das_engine.loading import load_masked_lm  # noqa: E402
 from das_engine.softmask import SoftMask  # noqa: E402
-from das_engine.trainer import TrainingData, train_step  # noqa: E402
+from das_engine.train_step import train_step  # noqa: E402
+from das_engine.training_data import TrainingData
 from das_engine.units import UnitTensors, resolve_units  # noqa: E402
 from das_formats.config import DASConfig  # noqa: E402
 from das_settings import get_settings  # noqa: E402

@@ -26,7 +26,7 @@ from das_engine.importance import domain_importance_raw, general_importance_raw,
 from das_engine.loading import load_masked_lm
 from das_engine.mlm import hidden_states, masked_lm_loss
 from das_engine.softmask import SoftMask
-from das_engine.trainer import das_loss, optimizer_step
+from das_engine.train_step import das_loss, optimizer_step
 from das_engine.units import resolve_units
 from das_eval.methods import check_overrides, parse_settings
 from das_formats.config import DASConfig

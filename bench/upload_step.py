@@ -30,7 +30,8 @@ from das_engine.data import pack_corpus
 from das_engine.importance import general_importance_raw, normalise, sample_batches
 from das_engine.loading import load_masked_lm
 from das_engine.softmask import SoftMask
-from das_engine.trainer import TrainingData, replay_rows, train_step
+from das_engine.train_step import train_step
+from das_engine.training_data import TrainingData, replay_rows
 from das_engine.units import resolve_units
 from das_formats.config import DASConfig, upload_config
 from das_settings import get_settings

@@ -13,10 +13,10 @@ from model_store.names import InvalidName
 from model_store.store import StoreError
 from worker.runtime import open_store
 
-from .console import console, fail
+from .console import StoreOption, console, fail
+from .store_cli import activate  # the activation, with its end-task fits
 
 alias_app = typer.Typer(help="Aliases: names for versions (production is the active version).", no_args_is_help=True)
-StoreOption = Annotated[str | None, typer.Option("--store", help="store folder or s3:// URL (default: $DAS_STORE)")]
 
 
 @alias_app.command("set")
@@ -25,8 +25,6 @@ def set_alias(name: Annotated[str, typer.Argument(help="the alias, e.g. staging 
               store: StoreOption = None) -> None:
     """Point an alias at a version (an alias that exists moves); `production` is `das activate VERSION`."""
     if name == PRODUCTION:
-        from .cli import activate  # the activation, with its end-task fits (das.cli imports this module)
-
         activate(version, store)
         return
     try:

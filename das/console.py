@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from typing import NoReturn
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
 
+from das_data.base_models import BaseModelError
+from das_formats.corpus import CorpusError
+from model_store.locks import StoreLocked
+from model_store.names import InvalidName
+from model_store.store import StoreError
+
 console = Console(stderr=True)
+StoreOption = Annotated[str | None, typer.Option("--store", help="store folder or s3:// URL (default: $DAS_STORE)")]
 
 
 def fail(message: str) -> NoReturn:
@@ -21,3 +30,12 @@ def os_problem(err: OSError, fix: str) -> str:
     where = " -> ".join(str(f) for f in (err.filename, err.filename2) if f is not None)
     reason = err.strerror or str(err)
     return f"{where}: {reason}; {fix}" if where else f"{reason}; {fix}"
+
+
+@contextmanager
+def clear_errors() -> Iterator[None]:
+    """Errors a user can fix become one line and exit code 2, not a traceback."""
+    try:
+        yield
+    except (CorpusError, BaseModelError, StoreError, StoreLocked, InvalidName, ValueError) as err:
+        fail(str(err))

@@ -20,11 +20,10 @@ from pipeline.task_intake import check_fit_work, read_task_sets, store_task_data
 from worker.runtime import open_store
 
 from .config_options import config_options
-from .console import console, fail
+from .console import StoreOption, console, fail
 
 task_app = typer.Typer(help="End tasks: classifiers on the continually adapted backbone (no domain id).",
                        no_args_is_help=True)
-StoreOption = Annotated[str | None, typer.Option("--store", help="store folder or s3:// URL (default: $DAS_STORE)")]
 
 
 def _task_options(command):

@@ -6,7 +6,7 @@ A run of N ranks (torchrun, or `das adapt --nproc N`) trains the same model as o
   same batches and the same masks, and `batch_size` stays the global batch;
 - the model is wrapped in DistributedDataParallel for the step; each rank's loss is its share of the global
   batch's (`LossShares`), scaled by N before backward, so the averaged gradient is the one-process gradient
-  (trainer.train_step); the InfoNCE term gathers every rank's positives and o_prev passes;
+  (train_step.train_step); the InfoNCE term gathers every rank's positives and o_prev passes;
 - the soft-mask then acts on the all-reduced gradients (or on the update), the same on every rank;
 - the importance passes take every N-th batch on each rank and sum over the ranks (`all_reduce_sum`);
 - rank 0 writes checkpoints and the outputs; every rank reads the same checkpoint to resume.

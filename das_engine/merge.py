@@ -140,7 +140,7 @@ def merge_candidate(model: nn.Module, tokenizer: Any, parent: dict[str, torch.Te
                     importance: UnitTensors | None, config: DASConfig, data: Any, judge_tasks: TaskJudge | None,
                     run: Any) -> dict[str, Any]:
     """Turn the trained `model` into the candidate in place: the fixed share `merge_alpha`, or (merge_auto) the share
-    `choose_alpha` takes on the grid, scored on `data`'s validation documents (trainer.TrainingData) and by
+    `choose_alpha` takes on the grid, scored on `data`'s validation documents (training_data.TrainingData) and by
     `judge_tasks`. Returns what the run records (the share, the weighting, and the whole grid when chosen)."""
     weighted = {"units": units, "importance": importance} if config.merge_weighting == "importance" else {}
     record: dict[str, Any] = {"alpha": config.merge_alpha, "weighting": config.merge_weighting, "auto": None}

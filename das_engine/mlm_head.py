@@ -48,7 +48,7 @@ class HeadFitSettings:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not 0 < self.mlm_probability < 1:
             raise ValueError(f"mlm_probability must be within (0, 1), got {self.mlm_probability}")
-        # the data order comes from trainer.get_batch, which reads batch_size and seed from a DASConfig;
+        # the data order comes from data.get_batch (via train_step), which reads batch_size and seed from a DASConfig;
         # building one here also checks max_length and seed against the same bounds as a DAS step
         self.batch_config()
 

@@ -27,7 +27,8 @@ from typing import Any
 import torch.distributed as dist
 
 from . import distributed
-from .trainer import AdaptResult, adapt
+from .run_state import AdaptResult
+from .trainer import adapt
 
 HELPER_EXIT_WAIT_S = 60.0
 HELPER_START_TIMEOUT_S = 600.0  # importing torch and reading the spec; minutes on a busy machine, not hours

@@ -47,7 +47,7 @@ def run_evaluation(plan: EvalPlan, out: Path, *, command: Sequence[str] | None =
     """Run (or resume) the whole evaluation into `out` and write its results; returns results.json's content.
 
     `on_stage` hears each stage start and end; raising from it interrupts the run (rerun to resume).
-    `on_train(stage, das_engine.trainer.Progress)` hears the trainer's progress.
+    `on_train(stage, das_engine.run_state.Progress)` hears the trainer's progress.
     """
     out = Path(out)
     domains = [prepare_domain(folder, plan.scoring) for folder in plan.domains]

@@ -68,7 +68,7 @@ def run_served_view(plan: EvalPlan, out: Path, served: ServedSettings, *, comman
     """Run (or resume) every trained method's lineage through the service path; write and return served.json.
 
     `on_event` hears a line per upload started and done; `on_train` the trainer's progress
-    (das_engine.trainer.Progress)."""
+    (das_engine.run_state.Progress)."""
     say = on_event or (lambda _: None)
     if plan.scoring.finetune:
         raise EvalError("--served registers probe tasks (the gate's kind) and cannot be combined with --finetune")

@@ -15,8 +15,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from das_engine.run_state import Progress
 from das_engine.spawn_ranks import adapt_on_ranks
-from das_engine.trainer import Progress
 from das_formats.config import DASConfig
 from das_formats.corpus import read_corpus
 from model_store.manifest import CorpusInfo, Manifest

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from das_engine.contrastive import contrastive_loss
 from das_engine.data import mask_tokens, pack_corpus
-from das_engine.trainer import as_floats, das_loss
+from das_engine.train_step import as_floats, das_loss
 from das_engine.units import UnitTensors, resolve_units
 from das_formats.config import DASConfig
 

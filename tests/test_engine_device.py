@@ -15,14 +15,16 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
 import das_engine.importance as importance_module
-import das_engine.trainer as trainer_module
+import das_engine.train_step as train_step_module
 from das_engine.contrastive import contrastive_loss
 from das_engine.data import mask_tokens, pack_corpus
 from das_engine.importance import domain_importance_raw, general_importance_raw, normalise, sample_batches
 from das_engine.loading import load_masked_lm, load_pretrained
 from das_engine.mlm import hidden_states
+from das_engine.run_state import CHECKPOINTS
 from das_engine.softmask import SoftMask
-from das_engine.trainer import CHECKPOINTS, adapt, das_loss, optimizer_step
+from das_engine.train_step import das_loss, optimizer_step
+from das_engine.trainer import adapt
 from das_engine.unit_scales import scales_applied
 from das_engine.units import UnitTensors, resolve_units
 from das_formats.config import DASConfig
@@ -44,7 +46,7 @@ def on_meta(family_dir, legal_docs, monkeypatch):
     # transformers skips building the attention mask when it holds no padding, a look at the data
     # that meta cannot answer: always build it (the same mask, data-independent)
     monkeypatch.setattr(transformers.masking_utils, "_ignore_bidirectional_mask_sdpa", lambda *a, **k: False)
-    monkeypatch.setattr(trainer_module, "masked_lm_loss", _full_vocabulary_loss)
+    monkeypatch.setattr(train_step_module, "masked_lm_loss", _full_vocabulary_loss)
     monkeypatch.setattr(importance_module, "masked_lm_loss", _full_vocabulary_loss)
     model, tokenizer = load_masked_lm(family_dir)  # the engine's own loader: what trainer.adapt trains
     batches = sample_batches(pack_corpus(legal_docs, tokenizer, max_length=32), 4, 2, seed=0)
@@ -161,7 +163,7 @@ def _autocast_seen(monkeypatch) -> dict[str, set[bool]]:
             seen[where].add(torch.is_autocast_enabled("cpu"))
             return inner(*args, **kwargs)
         return wrapped
-    monkeypatch.setattr(trainer_module, "hidden_states", spy("train", trainer_module.hidden_states))
+    monkeypatch.setattr(train_step_module, "hidden_states", spy("train", train_step_module.hidden_states))
     monkeypatch.setattr(importance_module, "hidden_states", spy("importance", importance_module.hidden_states))
     return seen
 

@@ -5,13 +5,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import das_engine.train_step as train_step
 import das_engine.trainer as trainer
 from das_engine.data import get_batch, mask_tokens, pack_corpus, step_seed
 from das_engine.importance import BELOW_ONE, normalise_rows
 from das_engine.loading import load_masked_lm
 from das_engine.mlm import hidden_states, masked_lm_loss
 from das_engine.softmask import SoftMask
-from das_engine.trainer import adapt, get_lr
+from das_engine.train_step import get_lr
+from das_engine.trainer import adapt
 from das_engine.units import EMBEDDINGS, UnitTensors, resolve_units
 from das_formats.config import DASConfig, setting_fields
 from das_formats.corpus import read_corpus
@@ -70,12 +72,13 @@ def _plain_mlm_weights(base, corpus_file, config: DASConfig) -> dict[str, torch.
 def test_ncl_is_plain_mlm_without_any_importance_pass(tmp_path, roberta_dir, corpus_file, monkeypatch):
     calls = []
 
-    def counted(name: str):
-        real = getattr(trainer, name)
+    def counted(module, name: str):
+        real = getattr(module, name)
         return lambda *args, **kwargs: calls.append(name) or real(*args, **kwargs)
 
-    for name in ("general_importance_raw", "domain_importance_raw", "contrastive_loss"):
-        monkeypatch.setattr(trainer, name, counted(name))
+    for module, name in ((trainer, "general_importance_raw"), (trainer, "domain_importance_raw"),
+                         (train_step, "contrastive_loss")):
+        monkeypatch.setattr(module, name, counted(module, name))
     seen = []
     config = _config(softmask=False, weight_decay=0.01)  # contrastive_weight stays 1.0: ignored
     result = adapt(roberta_dir, corpus_file, tmp_path / "ncl", config, on_progress=seen.append)

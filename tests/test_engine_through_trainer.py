@@ -19,7 +19,9 @@ from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
 
 from das_engine.data import mask_tokens, pack_corpus
 from das_engine.importance import general_importance_raw, sample_batches
-from das_engine.trainer import CHECKPOINTS, adapt, as_floats, das_loss
+from das_engine.run_state import CHECKPOINTS
+from das_engine.train_step import as_floats, das_loss
+from das_engine.trainer import adapt
 from das_engine.units import UnitTensors, resolve_units
 from das_formats.config import DASConfig
 from das_formats.fingerprint import base_fingerprint, corpus_fingerprint

@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 from das_engine.data import get_batch, pack_corpus
 from das_engine.loading import load_masked_lm
 from das_engine.merge import MERGE_GRID, MergeScores, choose_alpha, interpolate, parent_state
-from das_engine.trainer import TrainingData, adapt, replay_rows
+from das_engine.trainer import adapt
+from das_engine.training_data import TrainingData, replay_rows
 from das_engine.units import UnitTensors, resolve_units
 from das_formats.config import DASConfig
 from das_formats.layout import IMPORTANCE_IN, METRICS

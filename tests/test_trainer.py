@@ -7,7 +7,9 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForMaskedLM
 
-from das_engine.trainer import CHECKPOINTS, adapt, get_lr
+from das_engine.run_state import CHECKPOINTS
+from das_engine.train_step import get_lr
+from das_engine.trainer import adapt
 from das_engine.units import UnitTensors, resolve_units
 from das_formats.config import DASConfig
 from das_formats.layout import GROUPS

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from das_engine.trainer import Progress
+from das_engine.run_state import Progress
 from das_formats.batch_input import BatchLine, read_batch_input
 from das_formats.corpus import read_corpus
 from job_records import Job

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from das_engine.trainer import Progress
+from das_engine.run_state import Progress
 
 from .context import WorkerContext
 
