@@ -5,7 +5,9 @@
 Runs the embedded service in this process (jobs on a thread, DAS_JOB_ISOLATION=thread, so one profiler sees the
 API and the job), registers one probe task with an eval set (so the forgetting gate runs), uploads one corpus with
 25% replay off (the lineage has one corpus only) and waits for the job. A profile hook on every thread counts the
-calls of the functions that read or hash a corpus or a version's files, with the file they live in.
+calls of the functions that read or hash a corpus or a version's files, with the file they live in and their caller.
+Jobs the upload starts afterwards (the registered task's fit on the new version) are counted until the upload's job
+ends, so a few of their calls may show.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ def hook(frame, event, arg):  # noqa: ANN001 - sys.setprofile's signature
         where = frame.f_code.co_filename
         if "site-packages" in where or "/lib/python" in where:
             return
-        parts = Path(where).parts
-        counts[f"{'/'.join(parts[-2:])}:{frame.f_code.co_name}"] += 1
+        parts, caller = Path(where).parts, frame.f_back
+        by = f"{Path(caller.f_code.co_filename).stem}.{caller.f_code.co_name}" if caller is not None else "?"
+        counts[f"{'/'.join(parts[-2:])}:{frame.f_code.co_name} <- {by}"] += 1
 
 
 def main() -> None:
@@ -72,7 +75,7 @@ def main() -> None:
             job = _wait(client, r.json()["job_id"])
             counting.clear()
     print(f"job {job['state']} -> {job['version']} in {time.perf_counter() - started:.1f} s (profiled)\n")
-    print("| calls | function |\n|---:|---|")
+    print("| calls | function <- caller |\n|---:|---|")
     for name, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
         print(f"| {n} | `{name}` |")
 

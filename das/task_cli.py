@@ -16,7 +16,7 @@ from das_settings import get_settings
 from model_store.locks import StoreLocked
 from model_store.store import StoreError
 from model_store.tasks import TaskExists, TaskNotFound, TaskStore
-from pipeline.task_intake import check_fit_work, read_task_sets, store_task_data
+from pipeline.task_intake import check_task_files, store_task_data
 from worker.runtime import open_store
 
 from .config_options import config_options
@@ -53,10 +53,8 @@ def add(
             fail(f"{path}: no such file")
     try:
         task_settings = TaskSettings(**config_values)
-        train_set, eval_set = read_task_sets(train, eval, max_examples=settings.max_task_examples,
-                                             max_chars=settings.max_task_text_chars,
-                                             names=(train.name, eval.name if eval else "eval"))
-        check_fit_work(kind, task_settings, len(train_set), settings.max_fit_examples_seen)
+        train_set, eval_set = check_task_files(kind, task_settings, train, eval, settings,
+                                               (train.name, eval.name if eval else "eval"))
         model_store = open_store(location=store)
         ensure_initialised(model_store, settings)
         tasks = TaskStore(model_store)

@@ -69,7 +69,7 @@ def adapt(base: str | Path, corpus: str | Path | list[str], out_dir: str | Path,
           prev_importance: str | Path | None = None, domain: str = "domain", device: str | torch.device = "cpu",
           replay: dict[str, list[str]] | None = None, judge_tasks: TaskJudge | None = None,
           on_progress: Callable[[Progress], None] | None = None,
-          should_stop: Callable[[], bool] | None = None) -> AdaptResult:
+          should_stop: Callable[[], bool] | None = None, base_digests: dict[str, str] | None = None) -> AdaptResult:
     """Run one continual DAS step; resumes from `out_dir/checkpoints` when a checkpoint is there.
 
     `corpus` is a corpus file (see corpus.read_corpus) or its documents, already read. `device` is
@@ -77,6 +77,8 @@ def adapt(base: str | Path, corpus: str | Path | list[str], out_dir: str | Path,
     `replay` holds the documents of each corpus the lineage learned before (name -> documents): what
     `replay_fraction` draws from, and what `merge_auto` checks for forgetting. `judge_tasks` tells
     `merge_auto` which registered tasks a candidate drops (the service's; none: held-out losses decide).
+    `base_digests`: the sha256 of the base folder's files, where the caller has just checked them (a store version's
+    manifest), so the base's fingerprint does not read them again.
     """
     ranks = current()  # 0 of 1, or a rank of a torch.distributed run (see distributed.py)
     problem = ranks_problem(config, ranks.world)
@@ -89,7 +91,7 @@ def adapt(base: str | Path, corpus: str | Path | list[str], out_dir: str | Path,
     documents = corpus if isinstance(corpus, list) else read_corpus(corpus)
     uses_replay = config.replay_fraction > 0 or config.merge_auto  # otherwise the run is the same without it
     replay = {name: docs for name, docs in (replay or {}).items() if docs and uses_replay}
-    made_from = _made_from(documents, base, replay)
+    made_from = _made_from(documents, base, replay, base_digests)
     finished = finished_run(out_dir, config, made_from)
     if finished is not None:  # idempotent: a completed run is not trained again
         return finished
@@ -150,9 +152,10 @@ def _finish(s: _Session, base: str | Path, out_dir: Path, domain: str, config: D
     return AdaptResult("completed", out_dir, config.steps, metrics)
 
 
-def _made_from(documents: list[str], base: str | Path, replay: dict[str, list[str]]) -> dict[str, str]:
+def _made_from(documents: list[str], base: str | Path, replay: dict[str, list[str]],
+               base_digests: dict[str, str] | None) -> dict[str, str]:
     """The fingerprints of a run's inputs: a work folder made from other ones is refused, never resumed."""
-    return {"corpus_sha256": corpus_fingerprint(documents), "base_sha256": base_fingerprint(base),
+    return {"corpus_sha256": corpus_fingerprint(documents), "base_sha256": base_fingerprint(base, base_digests),
             **({"replay_sha256": corpus_fingerprint([d for docs in replay.values() for d in docs])} if replay else {})}
 
 

@@ -118,7 +118,7 @@ def run_upload(plan: EvalPlan, served: ServedSettings, method: Method, seed: int
         corpus_file = lineage / f"corpus-{domain.name}.jsonl"
         corpus_file.write_text("".join(json.dumps({"text": d}) + "\n" for d in domain.training_documents),
                                encoding="utf-8")
-        corpus = store.put_corpus(corpus_file, len(domain.training_documents), filename=corpus_file.name)
+        corpus = store.blobs.put_corpus(corpus_file, len(domain.training_documents), filename=corpus_file.name)
         parent = store.active_id()
         try:
             manifest = adapt_version(store, parent, corpus, domain.name, plan.config(method, seed),

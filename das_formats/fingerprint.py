@@ -30,9 +30,11 @@ def corpus_fingerprint(documents: list[str]) -> str:
     return digest.hexdigest()
 
 
-def base_fingerprint(base: str | Path) -> str:
+def base_fingerprint(base: str | Path, digests: dict[str, str] | None = None) -> str:
     """sha256 over a base folder's config, tokenizer and *.safetensors files (names and contents),
-    so a copy of the folder elsewhere matches; a hub id is its own fingerprint ('hub:<id>')."""
+    so a copy of the folder elsewhere matches; a hub id is its own fingerprint ('hub:<id>'). `digests`: file name ->
+    sha256 already known for these files (a store version's manifest, just checked): those are not read again."""
+    digests = digests or {}
     folder = Path(base)
     if not folder.is_dir():
         return f"hub:{base}"
@@ -40,6 +42,7 @@ def base_fingerprint(base: str | Path) -> str:
     files = sorted(named | set(folder.glob("*.safetensors")))
     digest = hashlib.sha256()
     for path in files:
-        digest.update(path.name.encode("utf-8") + b"\0" + sha256_file(path).encode("ascii"))
+        known = digests.get(path.name) or sha256_file(path)
+        digest.update(path.name.encode("utf-8") + b"\0" + known.encode("ascii"))
     return digest.hexdigest()
 

@@ -35,7 +35,7 @@ def gc(store: ModelStore, keep: int) -> list[str]:
                 if is_weight_file(name):
                     store.backend.delete(f"versions/{version_id}/{name}")
             store.backend.delete_prefix(f"{TASK_MODELS}/{version_id}")  # its end-task models go with it
-            store._write_manifest(manifest.with_status("archived"))
+            store.mark_archived(manifest)
             archived.append(version_id)
         return archived
 
@@ -55,7 +55,7 @@ def repair(store: ModelStore, dry_run: bool = False, verify: bool = True,
             damaged += [d for d in (_check_files(store, m) for m in healthy) if d is not None]
         broken = {d.id for d in damaged}
         active = store.active_id()
-        pointer = store._pointer_issue() or (f"{POINTER} names {active}, which is damaged" if active in broken
+        pointer = store.pointer_issue() or (f"{POINTER} names {active}, which is damaged" if active in broken
                                             else None)
         found = [_set_aside(store, d, dry_run) for d in sorted(damaged, key=lambda d: names.version_number(d.id))]
         if pointer is not None and (healthy or damaged):  # (an empty store has no pointer yet)
@@ -93,7 +93,7 @@ def _repoint(store: ModelStore, problem: str, healthy: list[Manifest], dry_run: 
         return Finding(POINTER, problem, "none: no healthy version may be active; restore one from a backup",
                        False)
     if not dry_run:
-        store._move_pointer(usable[-1])
+        store.move_pointer(usable[-1])
     return Finding(POINTER, problem, f"point it at {usable[-1]}, the newest healthy version", not dry_run)
 
 

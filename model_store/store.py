@@ -29,6 +29,7 @@ from das_formats.layout import IMPORTANCE_FILES, MANIFEST, PICKLE_SUFFIXES, is_w
 
 from . import names
 from .backends import Backend, FsspecBackend, LocalBackend, open_backend
+from .blobs import Blobs
 from .card import CARD, folder_importance, render_card
 from .errors import CorruptVersion, LineageError, StoreError, VersionNotFound
 from .local_cache import LocalCache
@@ -57,6 +58,19 @@ class Finding:
     fixed: bool
 
 
+@dataclass(frozen=True)
+class VersionFolder:
+    """A version opened once: its manifest (the files' digests) and the local folder `from_pretrained` loads, already
+    checked against them. Whoever receives one loads and fingerprints the folder without checking it again."""
+
+    manifest: Manifest
+    folder: Path
+
+    @property
+    def id(self) -> str:
+        return self.manifest.id
+
+
 @dataclass
 class PublishRequest:
     """What the caller knows about a new version; the store adds id, time, status and digests."""
@@ -78,6 +92,7 @@ class ModelStore:
         self.backend = backend
         self.lock = lock
         self.cache = LocalCache(backend, Path(cache_dir) if cache_dir else None)
+        self.blobs = Blobs(backend, self.cache)  # corpora and end-task data, content-addressed
         self.opened_with: dict | None = None  # ModelStore.open's arguments: another process reopens the same store
 
     @classmethod
@@ -106,7 +121,7 @@ class ModelStore:
 
     def pointer_problem(self) -> str | None:
         """Why the pointer names no healthy version, and the fix; None when it does."""
-        problem = self._pointer_issue()
+        problem = self.pointer_issue()
         if problem is None:
             return None
         return f"{problem}; run `das repair` to point it at the newest healthy version (or `das activate VERSION`)"
@@ -171,7 +186,8 @@ class ModelStore:
         except (ValueError, TypeError, KeyError) as err:  # not JSON, not an object, no or a bad "version"
             return None, f"{POINTER} cannot be read ({type(err).__name__}: {err})"
 
-    def _pointer_issue(self) -> str | None:
+    def pointer_issue(self) -> str | None:
+        """What is wrong with the pointer (missing, unreadable, naming a missing or damaged version), or None."""
         active, problem = self._read_pointer()
         if active is not None:
             try:
@@ -229,15 +245,20 @@ class ModelStore:
 
     def model_dir(self, version_id: str, verify: bool = True) -> Path:
         """A local folder that `from_pretrained` loads; object-store versions are fetched into the cache."""
+        return self.open_version(version_id, verify).folder
+
+    def open_version(self, version_id: str, verify: bool = True) -> VersionFolder:
+        """A version's manifest and a local folder holding its files, checked against the manifest's digests (an
+        object-store version is fetched into the cache, each file checked as it arrives)."""
         manifest = self.manifest(version_id)
         if manifest.status == "archived":
             raise StoreError(f"{version_id} is archived: gc removed its weights")
         local = self.backend.local_path(f"versions/{version_id}")
-        if local is not None:
-            if verify:
-                self.verify(version_id)
-            return local
-        return self.cache.version(manifest)
+        if local is None:
+            return VersionFolder(manifest, self.cache.version(manifest))
+        if verify:
+            self.verify(version_id)
+        return VersionFolder(manifest, local)
 
     def importance_file(self, version_id: str, kind: str = "importance") -> Path | None:
         """Local path of one importance file of a version, or None if the version has none (v0001)."""
@@ -253,35 +274,7 @@ class ModelStore:
             self.cache.fetch_verified(f"versions/{version_id}/{name}", manifest.files[name], target)
         return target
 
-    def has_corpus(self, sha256: str) -> bool:
-        return self.backend.exists(f"corpora/{names.digest(sha256)}")
-
-    def corpus_path(self, sha256: str) -> Path:
-        names.digest(sha256)
-        local = self.backend.local_path(f"corpora/{sha256}")
-        if local is not None:
-            if not local.is_file():
-                raise StoreError(f"no corpus {sha256} in the store")
-            return local
-        target = self.cache.root() / "corpora" / sha256
-        if not target.is_file():
-            self.cache.fetch_verified(f"corpora/{sha256}", sha256, target)
-        return target
-
     # ---------------------------------------------------------------- writing
-    def put_blob(self, path: Path) -> str:
-        """Store a file under corpora/<its sha256> and return the digest (the same bytes twice are stored once).
-        Corpora (`put_corpus`) and end-task data (`TaskStore.put_task_data`) are kept this way."""
-        sha = sha256_file(path)
-        if not self.backend.exists(f"corpora/{sha}"):
-            self.backend.put_file(path, f"corpora/{sha}")
-        return sha
-
-    def put_corpus(self, path: Path, documents: int, filename: str = "") -> CorpusInfo:
-        """Store a domain corpus, content-addressed."""
-        return CorpusInfo(sha256=self.put_blob(path), size=path.stat().st_size, documents=documents,
-                          filename=Path(filename).name)
-
     def init_base(self, folder: Path, base_model: str) -> Manifest:
         """Create v0001 from the base model as given, and activate it, if the store is empty.
 
@@ -328,7 +321,7 @@ class ModelStore:
             manifest = self.manifest(version_id)
             if manifest.status == "archived":
                 raise StoreError(f"{version_id} is archived (gc removed its weights) and cannot be activated")
-            self._move_pointer(version_id)
+            self.move_pointer(version_id)
             return manifest.with_status("active")
 
     def set_status(self, version_id: str, status: str) -> Manifest:
@@ -381,7 +374,7 @@ class ModelStore:
             staging = _overlay(Path(request.folder), Path(tmp), files)
             self.backend.publish_dir(staging, f"versions/{version_id}", {**files, MANIFEST: ""}, last=MANIFEST)
         if activate and request.status != "rejected":
-            self._move_pointer(version_id)
+            self.move_pointer(version_id)
         return self.manifest(version_id)
 
     def _write_card(self, manifest: Manifest, activate: bool, folder: Path, path: Path) -> str:
@@ -392,9 +385,14 @@ class ModelStore:
         path.write_text(render_card(shown, lineage, folder_importance(folder)), encoding="utf-8")
         return sha256_file(path)
 
-    def _move_pointer(self, version_id: str) -> None:
-        """Point ACTIVE at `version_id` (the lock held). The version it named before is marked `retired` first, so a
-        crash between the two writes leaves that one still active (the pointer decides) rather than unmarked."""
+    def mark_archived(self, manifest: Manifest) -> Manifest:
+        """Record that gc removed a version's weights (the lock held; model_store.maintenance)."""
+        return self._write_manifest(manifest.with_status("archived"))
+
+    def move_pointer(self, version_id: str) -> None:
+        """Point ACTIVE at `version_id` (the lock held; activate, and repair's re-pointing). The version it named
+        before is marked `retired` first, so a crash between the two writes leaves that one still active (the pointer
+        decides) rather than unmarked."""
         previous = self.active_id()
         if previous is not None and previous != version_id:
             try:

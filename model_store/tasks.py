@@ -169,7 +169,7 @@ class TaskStore:
         """Register a task (its data must already be in the store); TaskExists unless `replace`."""
         task_name(definition.name)
         for data in (definition.train, definition.eval):
-            if data is not None and not self.store.has_corpus(data.sha256):
+            if data is not None and not self.store.blobs.has(data.sha256):
                 raise StoreError(f"the data {data.sha256} of task {definition.name!r} is not in the store")
         with self.store.lock.hold():
             if not replace and self.exists(definition.name):
@@ -217,10 +217,10 @@ class TaskStore:
 
     def put_task_data(self, path: Path, examples: int, filename: str = "") -> TaskData:
         """Store a task's train or eval JSONL (checked before), content-addressed beside the corpora."""
-        return TaskData(self.store.put_blob(path), examples, Path(filename).name)
+        return TaskData(self.store.blobs.put(path), examples, Path(filename).name)
 
     def data_path(self, data: TaskData) -> Path:
-        return self.store.corpus_path(data.sha256)
+        return self.store.blobs.path(data.sha256)
 
     # ------------------------------------------------------------ task models
     def publish_model(self, folder: Path, model: TaskModel) -> TaskModel:

@@ -60,23 +60,25 @@ def adapt_version(store: ModelStore, parent: str, corpus: CorpusInfo, domain: st
     and settings, so running the same request again resumes from its checkpoint.
     """
     if documents is None:
-        documents = read_corpus(store.corpus_path(corpus.sha256))
+        documents = read_corpus(store.blobs.path(corpus.sha256))
+    opened = store.open_version(parent)  # checked once here; the trainer and the gate's references reuse it
     settings_digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()
     work = Path(work_dir) / f"{parent}-{corpus.sha256[:16]}-{settings_digest[:12]}"
     replay = lineage_corpora(store, parent) if config.replay_fraction > 0 or config.merge_auto else None
     Path(work_dir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=work_dir) as judging:
-        judge = CandidateJudge(store, parent, Path(judging), max_drop=gate_max_drop, device=device) \
+        judge = CandidateJudge(store, opened, Path(judging), max_drop=gate_max_drop, device=device) \
             if config.merge_auto else None
-        result = adapt_on_ranks(train_procs, store.model_dir(parent), documents, work, config,
+        result = adapt_on_ranks(train_procs, opened.folder, documents, work, config,
                                 prev_importance=store.importance_file(parent), domain=domain, device=device,
-                                replay=replay, judge_tasks=judge, on_progress=on_progress, should_stop=should_stop)
+                                replay=replay, judge_tasks=judge, on_progress=on_progress, should_stop=should_stop,
+                                base_digests=opened.manifest.files)
     if result.status != "completed":
         raise JobStopped(f"stopped at step {result.step}")
     with tempfile.TemporaryDirectory(dir=work_dir) as fits:
-        gate = gate_candidate(store, work, parent, Path(fits), max_drop=gate_max_drop, device=device, force=force)
+        gate = gate_candidate(store, work, opened, Path(fits), max_drop=gate_max_drop, device=device, force=force)
         request = PublishRequest(folder=work, parent=parent, domain=domain, corpus=corpus,
-                                 base_model=store.manifest(parent).base_model, settings=config.to_dict(),
+                                 base_model=opened.manifest.base_model, settings=config.to_dict(),
                                  metrics=training_summary(result.metrics), request_id=request_id,
                                  status="rejected" if gate.rejected else "candidate", evaluation=gate.evaluation)
         manifest = store.publish(request, activate=False)
@@ -97,10 +99,10 @@ def lineage_corpora(store: ModelStore, version: str) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     seen: set[str] = set()
     for manifest in store.lineage(version):
-        if manifest.corpus is None or manifest.corpus.sha256 in seen or not store.has_corpus(manifest.corpus.sha256):
+        if manifest.corpus is None or manifest.corpus.sha256 in seen or not store.blobs.has(manifest.corpus.sha256):
             continue
         seen.add(manifest.corpus.sha256)
-        found[f"{manifest.domain} ({manifest.id})"] = read_corpus(store.corpus_path(manifest.corpus.sha256))
+        found[f"{manifest.domain} ({manifest.id})"] = read_corpus(store.blobs.path(manifest.corpus.sha256))
     return found
 
 
@@ -128,7 +130,7 @@ def adapt_active(store: ModelStore, corpus_file: Path, domain: str, config: DASC
     when the caller has read them already (pipeline.corpus_intake.check_corpus)."""
     if documents is None:
         documents = read_corpus(corpus_file)
-    corpus = store.put_corpus(corpus_file, len(documents), filename=Path(corpus_file).name)
+    corpus = store.blobs.put_corpus(corpus_file, len(documents), filename=Path(corpus_file).name)
     parent = store.active_id()
     if parent is None:
         raise StoreError(f"{store.backend.location} has no active version; activate one with `das activate`")

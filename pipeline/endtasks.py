@@ -24,7 +24,7 @@ from das_engine.loading import load_masked_lm
 from das_formats.task_data import LabeledSet, TaskDataError, TaskSettings, label_ids, read_labeled_jsonl
 from model_store.locks import StoreLocked
 from model_store.manifest import Manifest
-from model_store.store import ModelStore, StoreError
+from model_store.store import ModelStore, StoreError, VersionFolder
 from model_store.tasks import TaskDefinition, TaskModel, TaskStore
 
 log = logging.getLogger(__name__)
@@ -214,10 +214,11 @@ class TaskReferences:
     """The gated tasks of a store and, for each, its reference version's predictions on the eval set (each
     reference version is loaded and each probe fitted once, however many candidates are judged against them)."""
 
-    def __init__(self, store: ModelStore, parent: str, work: Path, device: str = "cpu") -> None:
+    def __init__(self, store: ModelStore, parent: VersionFolder, work: Path, device: str = "cpu") -> None:
         self.tasks = TaskStore(store)
         self.store, self.work, self.device = store, work, device
-        self.lineage = store.lineage(parent)
+        self.parent = parent  # opened and checked by the caller: a reference on the parent loads it as it is
+        self.lineage = store.lineage(parent.id)
         registered, self.unreadable = self.tasks.scan()
         self.definitions = [d for d in registered if d.kind == "probe" or d.eval is not None]
         self._sets: dict[str, tuple[LabeledSet, LabeledSet | None]] = {}
@@ -233,7 +234,8 @@ class TaskReferences:
         if definition.name not in self._references:
             version, recorded = task_reference(definition, self.lineage)
             if version not in self._backbones:
-                self._backbones[version] = Backbone.load(self.store.model_dir(version), self.device)
+                folder = self.parent.folder if version == self.parent.id else self.store.model_dir(version)
+                self._backbones[version] = Backbone.load(folder, self.device)
             train, evals = self.sets(definition)
             fitted = fit_probe_on(self._backbones[version], as_probe(definition), train, evals,
                                   self.work / f"{definition.name}-reference")
@@ -263,7 +265,7 @@ def as_probe(definition: TaskDefinition) -> TaskDefinition:
     return definition if definition.kind == "probe" else dataclasses.replace(definition, kind="probe")
 
 
-def gate_candidate(store: ModelStore, candidate_folder: Path, parent: str, work: Path, *, max_drop: float,
+def gate_candidate(store: ModelStore, candidate_folder: Path, parent: VersionFolder, work: Path, *, max_drop: float,
                    device: str = "cpu", force: bool = False) -> GateResult:
     """Fit every probe task on the candidate; score each task with an eval set against its reference: the best score
     it reached on the active lineage (`task_reference`), so a task cannot lose a little with every version.
@@ -285,7 +287,7 @@ def gate_candidate(store: ModelStore, candidate_folder: Path, parent: str, work:
             fitted, record, decision = references.judge(candidate, definition, work / definition.name, max_drop)
         except ONE_TASK_PROBLEMS as err:
             problem = _task_failed(references.tasks, definition, None, f"the forgetting gate could not score it on "
-                                                                       f"a candidate built from {parent}", err)
+                                                                       f"a candidate built from {parent.id}", err)
             unscored.append({"task": definition.name, "problem": problem})
             continue
         if definition.kind == "probe":
@@ -294,13 +296,13 @@ def gate_candidate(store: ModelStore, candidate_folder: Path, parent: str, work:
             scores[definition.name] = {**fitted.scores, "kind": "probe", "generation": definition.generation}
             decisions.append(decision)
             records.append(record)
-            _log_decision(parent, decision, record["reference"]["version"], force)
+            _log_decision(parent.id, decision, record["reference"]["version"], force)
     rejected = [] if force else [d for d in decisions if d.rejected]
     gate = {"max_drop": max_drop, "forced": force, "rejected": bool(rejected), "against": "best on the lineage",
-            "parent": parent, "decisions": records, "unscored": unscored}
-    log.info("forgetting gate on a candidate from %s: %s (%d tasks scored, %d unscored%s)", parent,
+            "parent": parent.id, "decisions": records, "unscored": unscored}
+    log.info("forgetting gate on a candidate from %s: %s (%d tasks scored, %d unscored%s)", parent.id,
              "rejected" if rejected else "accepted", len(decisions), len(unscored), ", forced" if force else "",
-             extra={"event": "gate", "parent": parent, "rejected": bool(rejected), "forced": force,
+             extra={"event": "gate", "parent": parent.id, "rejected": bool(rejected), "forced": force,
                     "scored": len(decisions), "unscored": len(unscored)})
     return GateResult({"tasks": scores, "gate": gate}, probes, rejected)
 
@@ -322,7 +324,8 @@ class CandidateJudge:
     """merge_auto's judge (das_engine.merge.TaskJudge): which registered tasks a candidate held in memory drops
     beyond the gate's limit and noise, against the same references as the gate."""
 
-    def __init__(self, store: ModelStore, parent: str, work: Path, *, max_drop: float, device: str = "cpu") -> None:
+    def __init__(self, store: ModelStore, parent: VersionFolder, work: Path, *, max_drop: float,
+                 device: str = "cpu") -> None:
         self.references = TaskReferences(store, parent, work, device)
         self.work, self.max_drop, self.device = work, max_drop, device
 

@@ -10,20 +10,24 @@ from __future__ import annotations
 from pathlib import Path
 
 from das_formats.task_data import LabeledSet, TaskDataError, TaskSettings, check_task_sets, read_labeled_jsonl
+from das_settings import Settings
 from model_store.store import ModelStore
 from model_store.tasks import TaskData, TaskDefinition, TaskKind, TaskStore, task_name
 
 
-def read_task_sets(train: Path, eval: Path | None, *, max_examples: int, max_chars: int,
-                   names: tuple[str, str] = ("train", "eval")) -> tuple[LabeledSet, LabeledSet | None]:
-    """Both sets, each read and checked, then checked together (TaskDataError says what to fix)."""
-    train_set = read_labeled_jsonl(Path(train).read_bytes(), name=names[0], max_examples=max_examples,
-                                   max_chars=max_chars)
+def check_task_files(kind: TaskKind, settings: TaskSettings, train: Path, eval: Path | None, limits: Settings,
+                     names: tuple[str, str] = ("train", "eval")) -> tuple[LabeledSet, LabeledSet | None]:
+    """Both sets, each read and checked, then checked together, and the fit's total work (TaskDataError says what
+    to fix): every check POST /v1/tasks and `das task add` make before anything is stored. `names`: the files'
+    names as the user gave them (the errors name them)."""
+    train_set = read_labeled_jsonl(Path(train).read_bytes(), name=names[0], max_examples=limits.max_task_examples,
+                                   max_chars=limits.max_task_text_chars)
     eval_set = None
     if eval is not None:
-        eval_set = read_labeled_jsonl(Path(eval).read_bytes(), name=names[1], max_examples=max_examples,
-                                      max_chars=max_chars)
+        eval_set = read_labeled_jsonl(Path(eval).read_bytes(), name=names[1], max_examples=limits.max_task_examples,
+                                      max_chars=limits.max_task_text_chars)
     check_task_sets(train_set, eval_set)
+    _check_fit_work(kind, settings, len(train_set), limits.max_fit_examples_seen)
     return train_set, eval_set
 
 
@@ -43,7 +47,7 @@ def store_task_data(store: ModelStore, name: str, kind: TaskKind, settings: Task
                           train=put(*train), eval=put(*eval) if eval is not None else None)
 
 
-def check_fit_work(kind: TaskKind, settings: TaskSettings, train_examples: int, max_examples_seen: int) -> None:
+def _check_fit_work(kind: TaskKind, settings: TaskSettings, train_examples: int, max_examples_seen: int) -> None:
     """Refuse a finetune whose total work (epochs x train examples) is over the limit, before anything is stored:
     jobs run one at a time, and one long fit would hold every adaptation back."""
     seen = settings.epochs * train_examples

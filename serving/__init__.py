@@ -1,1 +1,2 @@
-"""Serving: loaded model versions, hot swap, micro-batching, following the active version."""
+"""Serving: loaded model versions and their end-task models, hot swap, micro-batching, following the active
+version."""

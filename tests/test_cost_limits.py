@@ -147,7 +147,7 @@ def test_an_upload_over_a_limit_is_422_before_anything_is_stored(client, form, m
     before = [j["id"] for j in client.get("/v1/jobs", headers=_auth()).json()]
     response = _upload(client, content, **form)
     assert response.status_code == 422 and message in response.json()["detail"], response.text
-    assert not service.store.has_corpus(hashlib.sha256(content).hexdigest())
+    assert not service.store.blobs.has(hashlib.sha256(content).hexdigest())
     assert [j["id"] for j in client.get("/v1/jobs", headers=_auth()).json()] == before
     uploads = service.settings.work_dir / "uploads"
     assert not uploads.exists() or not any(uploads.iterdir())

@@ -28,7 +28,7 @@ from model_store.card import CARD, render_card
 from model_store.manifest import STATUSES
 from model_store.store import ModelStore, PublishRequest
 from model_store.tasks import TaskStore
-from pipeline.task_intake import read_task_sets, store_task_data
+from pipeline.task_intake import check_task_files, store_task_data
 
 # ------------------------------------------------------------------ the job records: both backends filter and page
 
@@ -221,7 +221,7 @@ def _register(store, tmp_path: Path, name: str, kind: str) -> None:
     train = tmp_path / f"{name}.jsonl"
     train.write_text("".join(json.dumps({"text": f"text {i} of {name}", "label": "ab"[i % 2]}) + "\n"
                              for i in range(6)))
-    train_set, _ = read_task_sets(train, None, max_examples=100, max_chars=1000)
+    train_set, _ = check_task_files(kind, TaskSettings(), train, None, Settings())
     definition = store_task_data(store, name, kind, TaskSettings(), (train, train_set, train.name), None)
     TaskStore(store).put_definition(definition)
 

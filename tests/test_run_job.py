@@ -25,7 +25,7 @@ def ctx(tmp_path, roberta_dir) -> WorkerContext:
 
 
 def _job(ctx: WorkerContext, corpus_file, **fields):
-    info = ctx.store.put_corpus(corpus_file, 60, filename="notes.txt")
+    info = ctx.store.blobs.put_corpus(corpus_file, 60, filename="notes.txt")
     job = ctx.jobs.create(AdaptRequest("legal", info.sha256, 60, SMALL.to_dict(), info.filename))
     return ctx.jobs.update(job.id, **fields) if fields else job
 

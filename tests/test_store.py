@@ -49,7 +49,7 @@ def test_publish_activate_and_rollback(store, tmp_path, corpus_file, code_file):
     assert (v2.id, v2.parent, v2.status, v2.domain) == ("v0002", "v0001", "active", "legal")
     assert store.manifest("v0001").status == "retired"  # it was active; the pointer moved on
     assert v2.corpus.sha256 and v2.corpus.documents > 0 and v2.corpus.size == corpus_file.stat().st_size
-    assert store.corpus_path(v2.corpus.sha256).read_bytes() == corpus_file.read_bytes()
+    assert store.blobs.path(v2.corpus.sha256).read_bytes() == corpus_file.read_bytes()
     assert v2.settings["steps"] == 4 and v2.metrics["steps"] == 4 and v2.package_version
     assert v2.base_model == "tiny-roberta"
     folder = store.model_dir("v0002")
@@ -78,7 +78,7 @@ def test_candidate_publish_keeps_the_active_version(store, tmp_path, corpus_file
 def test_same_corpus_is_stored_once(store, corpus_file, tmp_path):
     copy = tmp_path / "again.txt"
     copy.write_bytes(corpus_file.read_bytes())
-    a, b = store.put_corpus(corpus_file, 3), store.put_corpus(copy, 3)
+    a, b = store.blobs.put_corpus(corpus_file, 3), store.blobs.put_corpus(copy, 3)
     assert a.sha256 == b.sha256
     assert store.backend.list_dir("corpora") == [a.sha256]
 
@@ -130,7 +130,7 @@ def test_traversal_and_bad_ids_are_refused(store, bad):
 
 def test_bad_names_in_publish_and_corpora_are_refused(store, tmp_path, roberta_dir):
     with pytest.raises(InvalidName):
-        store.corpus_path("../../etc/passwd")
+        store.blobs.path("../../etc/passwd")
     with pytest.raises(InvalidName, match="domain"):
         store.publish(PublishRequest(folder=roberta_dir, parent="v0001", domain="../evil", base_model="x"))
     with pytest.raises(VersionNotFound, match="no version v0042"):

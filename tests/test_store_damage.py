@@ -89,7 +89,7 @@ def test_a_job_runs_past_a_damaged_old_version(store, tmp_path, corpus_file):
     _damage_manifest(store, "v0002", "garbage")
     ctx = WorkerContext(store=store, jobs=SqliteJobs(tmp_path / "jobs.sqlite"), work_dir=tmp_path / "work",
                         heartbeat_s=0.5)
-    info = store.put_corpus(corpus_file, 60, filename="legal.txt")
+    info = store.blobs.put_corpus(corpus_file, 60, filename="legal.txt")
     job = ctx.jobs.create(AdaptRequest("legal", info.sha256, 60, SMALL.to_dict(), info.filename))
     assert jobs.run_job(job.id, ctx) is Outcome.DONE
     done = ctx.jobs.get(job.id)
@@ -100,7 +100,7 @@ def test_a_job_runs_past_a_damaged_old_version(store, tmp_path, corpus_file):
 def test_a_job_waits_for_a_missing_pointer_and_says_why(store, tmp_path, corpus_file):
     (store.backend.root / "ACTIVE").unlink()
     ctx = WorkerContext(store=store, jobs=SqliteJobs(tmp_path / "jobs.sqlite"), work_dir=tmp_path / "work")
-    info = store.put_corpus(corpus_file, 60)
+    info = store.blobs.put_corpus(corpus_file, 60)
     job = ctx.jobs.create(AdaptRequest("legal", info.sha256, 60, SMALL.to_dict()))
     assert jobs.run_job(job.id, ctx) is Outcome.WAIT
     waiting = ctx.jobs.get(job.id)

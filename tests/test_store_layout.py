@@ -11,13 +11,14 @@ from task_sets import source_task, write_jsonl
 
 from das_formats.config import DASConfig
 from das_formats.task_data import TaskSettings
+from das_settings import Settings
 from model_store import maintenance
 from model_store.aliases import AliasStore
 from model_store.store import ModelStore
 from model_store.tasks import TaskStore
 from pipeline.adaptation import adapt_active
 from pipeline.endtasks import fit_task_model
-from pipeline.task_intake import read_task_sets, store_task_data
+from pipeline.task_intake import check_task_files, store_task_data
 
 ROOT = Path(__file__).resolve().parents[1]
 PLACEHOLDERS = {"VERSION": r"v\d{4}", "SHA256": r"[0-9a-f]{64}", "NAME": r"[a-z0-9][a-z0-9_-]*",
@@ -52,7 +53,7 @@ def test_every_path_of_a_store_is_in_the_documented_layout(tmp_path, bert_dir, l
     sets = source_task(n_train=20, n_eval=10)
     train, evals = write_jsonl(tmp_path / "train.jsonl", sets["train"]), write_jsonl(tmp_path / "eval.jsonl",
                                                                                      sets["eval"])
-    train_set, eval_set = read_task_sets(train, evals, max_examples=1000, max_chars=10_000)
+    train_set, eval_set = check_task_files("probe", TaskSettings(), train, evals, Settings())
     tasks = TaskStore(store)
     definition = tasks.put_definition(store_task_data(store, "source", "probe", TaskSettings(),
                                                       (train, train_set, "train.jsonl"),

@@ -85,7 +85,7 @@ def test_an_unknown_upload_field_is_named_with_the_nearest_and_nothing_is_stored
     assert "the accepted ones are:" in far and " lr," in far and "steps" in far, far
     assert client.get("/v1/jobs").json() == jobs
     digest = hashlib.sha256(small_corpus.read_bytes()).hexdigest()
-    assert not client.app.state.service.store.has_corpus(digest)
+    assert not client.app.state.service.store.blobs.has(digest)
 
 
 def test_an_unknown_task_field_is_named_and_no_task_is_registered(client, tmp_path):

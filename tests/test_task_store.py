@@ -20,7 +20,7 @@ def store(tmp_path, roberta_dir) -> ModelStore:
 def _data(store: ModelStore, tmp_path: Path, rows: list[tuple[str, str]], name: str) -> TaskData:
     path = tmp_path / name
     path.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in rows))
-    info = store.put_corpus(path, len(rows), name)
+    info = store.blobs.put_corpus(path, len(rows), name)
     return TaskData(info.sha256, len(rows), info.filename)
 
 

@@ -1,2 +1,3 @@
-"""Jobs: what a worker runs (`jobs.run_job`: `adaptation` for adapt jobs, `endtasks` for fit jobs), the
-forgetting gate, Celery on Redis, and the embedded in-process worker. Base models and data live in `das_data`."""
+"""How jobs run: `jobs.run_job` and the job kinds (`job_kinds`: adapt, fit, batch), Celery on Redis, the embedded
+child process, leases and redelivery. What a job does is the pipeline's (`pipeline.adaptation`, `pipeline.endtasks`,
+`pipeline.predict`)."""

@@ -42,7 +42,7 @@ UNBOUNDED = 10**9  # the stored input was checked at upload, against the limits 
 def run_adapt_job(job: Job, ctx: WorkerContext, reporter: ProgressReporter) -> str:
     """The `adapt` kind of job: its corpus, settings and parent come from its record (run_job sets the parent)."""
     config, force = job_config(job.settings)
-    path = ctx.store.corpus_path(job.corpus_id)
+    path = ctx.store.blobs.path(job.corpus_id)
     corpus = CorpusInfo(sha256=job.corpus_id, size=path.stat().st_size, documents=job.corpus_documents,
                         filename=job.corpus_filename)
     manifest = adapt_version(ctx.store, job.parent, corpus, job.domain, config, work_dir=ctx.work_dir,
@@ -84,10 +84,10 @@ def run_fit_job(job: Job, ctx: WorkerContext, reporter: ProgressReporter) -> str
 
 def run_predict_job(job: Job, ctx: WorkerContext, reporter: ProgressReporter) -> str:
     """Answer every line of `job.input_sha256` with version `job.parent`; returns that version."""
-    if job.output_sha256 and ctx.store.has_corpus(job.output_sha256):
+    if job.output_sha256 and ctx.store.blobs.has(job.output_sha256):
         return job.parent  # finished before its worker could say so: nothing to do again
     ctx.jobs.update(job.id, version=job.parent)  # the version that answers, for the client to see from the start
-    lines = read_batch_input(ctx.store.corpus_path(job.input_sha256).read_bytes(), max_lines=UNBOUNDED,
+    lines = read_batch_input(ctx.store.blobs.path(job.input_sha256).read_bytes(), max_lines=UNBOUNDED,
                              max_chars=UNBOUNDED)
     answerer = Answerer.load(ctx.store, job.parent, ctx.device)
     ask = Ask(job.answer_kind, tuple(job.tasks or ()), job.top_k or 5,
@@ -111,7 +111,7 @@ def run_predict_job(job: Job, ctx: WorkerContext, reporter: ProgressReporter) ->
             out.flush()
             done += len(batch)
             _report(ctx, job, done, len(lines), (done - first) / max(time.monotonic() - started, 1e-9))
-    sha = ctx.store.put_blob(partial)
+    sha = ctx.store.blobs.put(partial)
     ctx.jobs.update(job.id, output_sha256=sha)
     partial.unlink(missing_ok=True)
     return job.parent

@@ -61,7 +61,7 @@ async def create_batch_prediction(
         if kind == "fill_mask":
             _check_masks(service, lines)
         await run_in_threadpool(service.jobs.ping)  # records away: 503 before anything is stored
-        sha = await run_in_threadpool(service.store.put_blob, path)
+        sha = await run_in_threadpool(service.store.blobs.put, path)
     cut = truncate or service.settings.auto_truncate  # decided now: the job answers as its upload was told
     job = service.jobs.create(PredictRequest(sha, len(lines), kind, tuple(names), top_k,
                                              safe_filename(file.filename or "input.jsonl"), truncate=cut))

@@ -52,8 +52,8 @@ async def upload_corpus(
             raise HTTPException(err.status, str(err)) from None
         documents = len(corpus.documents)
         await run_in_threadpool(service.jobs.ping)  # records away: 503 before anything is stored
-        known = service.store.has_corpus(corpus_id)
-        info = await run_in_threadpool(service.store.put_corpus, path, documents, filename)
+        known = service.store.blobs.has(corpus_id)
+        info = await run_in_threadpool(service.store.blobs.put_corpus, path, documents, filename, corpus_id)
     pending = next((j for j in service.jobs.list(limit=1000) if j.state in PENDING
                     and j.corpus_id == info.sha256 and j.domain == domain and j.settings == settings), None)
     if pending is not None:

@@ -65,7 +65,7 @@ def get_job_output(*, service: ServiceDep, job_id: str) -> FileResponse:
         raise HTTPException(409, f"job {job_id} is a {job.kind} job; only batch predictions have an output")
     if job.output_sha256 is None:
         raise HTTPException(404, f"job {job_id} has no output yet ({job.state}); it is there once the job succeeded")
-    return FileResponse(service.store.corpus_path(job.output_sha256), media_type="application/x-ndjson",
+    return FileResponse(service.store.blobs.path(job.output_sha256), media_type="application/x-ndjson",
                         filename=f"{job_id}.jsonl")
 
 

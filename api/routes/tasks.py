@@ -17,7 +17,7 @@ from job_records import PENDING, Job, cancel_fields
 from model_store.names import InvalidName
 from model_store.store import StoreError
 from model_store.tasks import TASK_KINDS, TaskDefinition, TaskExists, TaskNotFound, TaskStore, task_name
-from pipeline.task_intake import check_fit_work, read_task_sets, store_task_data
+from pipeline.task_intake import check_task_files, store_task_data
 from serving.errors import InputError, NotReady, QueueFull, TaskNotServed
 from worker.task_registry import fit_jobs, fit_request
 
@@ -95,10 +95,8 @@ async def register_task(
         train_path = await save(train, Path(tmp) / "train.jsonl")
         eval_path = await save(eval, Path(tmp) / "eval.jsonl") if eval else None
         try:
-            train_set, eval_set = await run_in_threadpool(
-                read_task_sets, train_path, eval_path, max_examples=service.settings.max_task_examples,
-                max_chars=service.settings.max_task_text_chars, names=filenames)
-            check_fit_work(kind, settings, len(train_set), service.settings.max_fit_examples_seen)
+            train_set, eval_set = await run_in_threadpool(check_task_files, kind, settings, train_path, eval_path,
+                                                          service.settings, filenames)
         except TaskDataError as err:
             raise HTTPException(422, str(err)) from None
         await run_in_threadpool(service.jobs.ping)  # records away: 503 before anything is stored
