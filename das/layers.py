@@ -1,6 +1,6 @@
 """docs/layers.md, written from the code: the import layers of pyproject.toml's import-linter contract, each package
 with the first paragraph of its own docstring, and every other contract by name. `python -m das.layers >
-docs/layers.md` writes it; tests/test_layers_doc.py fails when the file and the code differ."""
+docs/layers.md` writes it; tests/test_generated_docs.py fails when the file and the code differ."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = """# Packages, and the one direction of their imports
 
-Written from the code: `python -m das.layers > docs/layers.md` (`tests/test_layers_doc.py` fails when the two
+Written from the code: `python -m das.layers > docs/layers.md` (`tests/test_generated_docs.py` fails when the two
 differ). The layers are import-linter's contract in `pyproject.toml`, top to bottom; what each package holds is
 the first paragraph of its `__init__.py`. A package imports only from layers below it; packages that share a layer
 do not import each other. `make test` runs `lint-imports`, which checks these contracts and the others below;

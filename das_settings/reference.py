@@ -1,5 +1,5 @@
 """docs/settings.md, written from `Settings` itself: every `DAS_` variable with its type, default, bounds and what it
-does. `python -m das_settings.reference > docs/settings.md` writes it; tests/test_settings_reference.py fails when
+does. `python -m das_settings.reference > docs/settings.md` writes it; tests/test_generated_docs.py fails when
 the file and the code differ."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ HEADER = """# Settings
 
 Every setting is an environment variable with the prefix `DAS_` (or a line of `.env`), read once into
 `das_settings.Settings`. This file is written from that class: `python -m das_settings.reference > docs/settings.md`
-(`tests/test_settings_reference.py` fails when the two differ). Values out of their bounds are refused at start.
+(`tests/test_generated_docs.py` fails when the two differ). Values out of their bounds are refused at start.
 
 | variable | type | default | bounds | what it does |
 |---|---|---|---|---|
