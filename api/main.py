@@ -21,7 +21,7 @@ from das_settings import Settings, package_version
 from model_store.locks import StoreLocked
 
 from .deps import InferenceAuth
-from .limits import BodyLimitMiddleware, disk_full, invalid_request
+from .limits import BodyLimitMiddleware, HeadMiddleware, disk_full, invalid_request
 from .metrics import Metrics, TimingMiddleware
 from .routes import aliases, batch, corpora, evaluations, health, inference, jobs, models, tasks, ui
 from .schemas import error_responses
@@ -96,4 +96,5 @@ def create_app(settings: Settings, service: Service) -> FastAPI:
                                 "/v1/batch-predictions": settings.max_upload_bytes,
                                 "/v1/tasks": 2 * settings.max_task_upload_bytes})  # train and eval
     app.add_middleware(TimingMiddleware, metrics=metrics)
+    app.add_middleware(HeadMiddleware)  # outermost: a HEAD is the GET, timed and limited alike, without its body
     return app

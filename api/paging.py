@@ -11,9 +11,13 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import HTTPException, Query, Request, Response
 
+from das_formats.jsonl import parse_json
+
 T = TypeVar("T")
 
 MAX_PAGE = 1000
+MAX_CURSOR_CHARS = 1000  # far above any cursor this service gives (a listing name and one key)
+MAX_JOB_NUMBER = 2**63 - 1  # the job records' integer column
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description=f"items per page, 1-{MAX_PAGE}")]
 Cursor = Annotated[str | None, Query(description="the X-Next-Cursor header of the previous page (or follow its "
                                                  "Link rel=\"next\"); omitted: the first page")]
@@ -28,7 +32,9 @@ def decode_cursor(cursor: str, listing: str, check: Callable[[Any], Any]) -> Any
     """The key a cursor of `listing` holds (`check` raises ValueError or TypeError for one that cannot be); 422 for a
     cursor this service did not give for that listing."""
     try:
-        found, key = json.loads(base64.urlsafe_b64decode(cursor.encode("ascii") + b"=" * (-len(cursor) % 4)))
+        if len(cursor) > MAX_CURSOR_CHARS:
+            raise ValueError("too long")
+        found, key = parse_json(base64.urlsafe_b64decode(cursor.encode("ascii") + b"=" * (-len(cursor) % 4)))
         if found != listing:
             raise ValueError(f"a cursor of {found!r}")
         return check(key)
@@ -54,6 +60,6 @@ def page(request: Request, response: Response, listing: str, items: list[T], lim
 
 def job_number(key: Any) -> int:
     """The key of a jobs cursor: a job's sequence number."""
-    if type(key) is not int or key < 1:
+    if type(key) is not int or not 1 <= key <= MAX_JOB_NUMBER:
         raise TypeError("not a job number")
     return key

@@ -82,23 +82,42 @@ def declared_inputs(dependant: Dependant) -> tuple[set[str], set[str] | None]:
     return query, form
 
 
+LENIENT_TAGS = {"health", "ui"}  # health checkers and tracking links add query strings of their own: ignored there
+REPEATED = "repeated_input"
+
+
 async def refuse_unknown_inputs(request: Request) -> None:
     """422 for any query parameter or form field the matched route does not declare, each named with the
-    nearest declared one. Runs before the endpoint, so nothing is stored or queued."""
+    nearest declared one, and for one sent more than once (never "the last one wins"). Runs before the endpoint,
+    so nothing is stored or queued. The health routes and /ui ignore query strings."""
     dependant = _dependant(request)
     if dependant is None:
         return
     query, form = declared_inputs(dependant)
-    errors = [{"type": UNKNOWN, "loc": ("query", name), "msg": unknown_message("query parameter", name, query),
-               "input": request.query_params.get(name)}
-              for name in dict.fromkeys(request.query_params.keys()) if name not in query]
+    route = request.scope.get("route")
+    errors = []
+    if not LENIENT_TAGS & set(getattr(route, "tags", None) or ()):
+        errors += [{"type": UNKNOWN, "loc": ("query", name), "msg": unknown_message("query parameter", name, query),
+                    "input": request.query_params.get(name)}
+                   for name in dict.fromkeys(request.query_params.keys()) if name not in query]
+        errors += _repeated("query parameter", "query", request.query_params.multi_items())
     if form is not None:
         sent = await request.form()  # FastAPI parsed it already for the route; Starlette keeps it
         errors += [{"type": UNKNOWN, "loc": ("body", name), "msg": unknown_message("form field", name, form),
                     "input": sent.get(name) if isinstance(sent.get(name), str) else "(a file)"}
                    for name in dict.fromkeys(sent.keys()) if name not in form]
+        errors += _repeated("form field", "body", sent.multi_items())
     if errors:
         raise RequestValidationError(errors)
+
+
+def _repeated(what: str, where: str, items: list[tuple[str, Any]]) -> list[dict]:
+    """An error for each name sent more than once: no route here takes a list from repeated fields."""
+    counts: dict[str, int] = {}
+    for name, _ in items:
+        counts[name] = counts.get(name, 0) + 1
+    return [{"type": REPEATED, "loc": (where, name), "msg": f"{what} {name!r} was sent {n} times; send it once",
+             "input": None} for name, n in counts.items() if n > 1]
 
 
 StrictInputs = Depends(refuse_unknown_inputs)

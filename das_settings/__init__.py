@@ -128,6 +128,15 @@ class Settings(BaseSettings):
                                      "read and checked at start-up.")
 
     @model_validator(mode="after")
+    def _tokens_in_visible_ascii(self) -> "Settings":
+        for name in ("management_token", "inference_token"):
+            token = getattr(self, name)
+            if token is not None and not (token and all("!" <= c <= "~" for c in token)):
+                raise ValueError(f"DAS_{name.upper()} must be visible ASCII characters only (no spaces, no accents: "
+                                 "browsers and curl send others differently); choose another token")
+        return self
+
+    @model_validator(mode="after")
     def _int8_on_the_cpu(self) -> "Settings":
         if self.serve_int8 and not self.device.startswith("cpu"):
             raise ValueError(f"DAS_SERVE_INT8 serves on the CPU only (DAS_DEVICE={self.device}): unset one of them")

@@ -43,10 +43,33 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str, ensure_ascii=False)
 
 
+# every character that could end or rewrite a text log line: C0 and C1 controls, DEL, the Unicode line and paragraph
+# separators, and the bidirectional overrides that reorder what a terminal shows
+_UNSAFE = [*range(0x00, 0x20), *range(0x7F, 0xA0), 0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+_ESCAPES = {code: ascii(chr(code))[1:-1] for code in _UNSAFE}
+
+
+def one_line(text: str) -> str:
+    """`text` with every control character written as its escape (a newline as `\\n`): a client's input in a message
+    can never start a log line of its own or rewrite one."""
+    return text.translate(_ESCAPES)
+
+
+class TextFormatter(logging.Formatter):
+    """TEXT_FORMAT, with the message on one line (`one_line`); a traceback still follows on its own lines."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = one_line(record.message)
+        return super().formatMessage(record)
+
+
 def make_formatter(log_format: str) -> logging.Formatter:
     if log_format == "json":
         return JsonFormatter()
-    return logging.Formatter(TEXT_FORMAT)
+    return TextFormatter()
 
 
 def configure_logging(settings: Settings, stream: TextIO | None = None) -> logging.Handler:

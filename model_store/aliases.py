@@ -41,9 +41,12 @@ def alias_name(value: str) -> str:
     except names.InvalidName:
         raise names.InvalidName(f"invalid alias {value!r}: use 1-64 letters, digits, '.', '_' or '-', starting "
                                 "with a letter or digit") from None
-    if names.VERSION_RE.fullmatch(value):
+    if names.VERSION_RE.fullmatch(value.lower()):
         raise names.InvalidName(f"invalid alias {value!r}: it looks like a version id; choose a name such as "
                                 "'staging'")
+    if value.lower() == PRODUCTION and value != PRODUCTION:
+        raise names.InvalidName(f"invalid alias {value!r}: it differs from {PRODUCTION!r} only by case; use "
+                                f"{PRODUCTION!r} (the active version) or another name")
     return value
 
 

@@ -1,0 +1,153 @@
+"""Issue #31's classes of hostile input, one test (or a few) per class, each named after it.
+
+Every case talks to the real embedded service (TestClient on das.app's app, its real store and job records)."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+
+from das.app import build_app
+
+HUGE_INT = b"9" * 5000
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+def _cursor(payload: bytes) -> str:
+    return base64.urlsafe_b64encode(payload).decode().rstrip("=")
+
+
+@pytest.fixture
+def client(service_settings):
+    with TestClient(build_app(service_settings), raise_server_exceptions=False) as client:
+        yield client
+
+
+def _refused(answer, *says: str) -> None:
+    assert 400 <= answer.status_code < 500, (answer.status_code, answer.text[:300])
+    text = answer.text
+    assert "Traceback" not in text
+    for said in says:
+        assert said in text, (said, text[:300])
+
+
+# -- 1. the server parses anything it is sent without a 500 ------------------------------------------------------
+
+def test_class1_server_parses_anything_without_a_500_task_and_batch_files(client):
+    good = json.dumps({"text": "a fine line", "label": "a"}).encode() + b"\n"
+    for bad, says in ((b'{"text": "x", "label": ' + HUGE_INT + b"}\n", "line 2 is not readable JSON"),
+                      (b'{"text": "x", "label": ' + DEEP + b"}\n", "line 2 nests 100001 levels deep")):
+        answer = client.post("/v1/tasks", data={"name": "hostile"}, files={"train": ("train.jsonl", good + bad)})
+        _refused(answer, "train.jsonl: ", says)
+        line = json.dumps({"text": "a fine line"}).encode() + b"\n"
+        answer = client.post("/v1/batch-predictions", data={"kind": "embed"},
+                             files={"file": ("lines.jsonl", line + bad.replace(b'"label"', b'"id"'))})
+        _refused(answer, "lines.jsonl: ", says)
+    assert client.get("/v1/tasks").json() == [] and client.get("/v1/jobs").json() == []  # nothing stored or queued
+
+
+def test_class1_server_parses_anything_without_a_500_corpora(client, legal_docs):
+    deep_first = b"{" + b"[" * 5000 + b"\n" + "\n".join(legal_docs[:40]).encode()  # text whose first line starts {
+    answer = client.post("/v1/corpora", data={"domain": "legal", "steps": "1"},
+                         files={"file": ("legal.txt", deep_first)})
+    assert answer.status_code == 202, answer.text  # a text line that merely starts with "{" is text
+    for bad, says in ((b'{"text": ' + HUGE_INT + b"}\n", "line 1 is not readable JSON"),
+                      (b'{"text": ' + DEEP + b"}\n", "line 1 nests 100001 levels deep")):
+        _refused(client.post("/v1/corpora", data={"domain": "legal"}, files={"file": ("c.jsonl", bad)}),
+                 "c.jsonl", says)
+
+
+@pytest.mark.parametrize("path", ["/v1/jobs", "/v1/models", "/v1/tasks"])
+def test_class1_server_parses_anything_without_a_500_cursors(client, path):
+    listing = path.rsplit("/", 1)[1]
+    for cursor in (_cursor(json.dumps([listing, 2**63]).encode()), _cursor(json.dumps([listing, 2**64]).encode()),
+                   _cursor(b"[" * 3000 + b"]" * 3000), _cursor(b'["' + listing.encode() + b'", ' + HUGE_INT + b"]"),
+                   "A" * 5000):
+        _refused(client.get(path, params={"cursor": cursor}), "invalid cursor")
+
+
+def test_class1_server_parses_anything_without_a_500_bodies(client):
+    for body in (b'{"texts": [' + HUGE_INT + b"]}", b'{"texts": ' + DEEP + b"}", b'{"texts": ["a"]' + b"}" * 5000,
+                 b"\xff\xfe", b'{"texts": ["a"], "texts": 1e999}'):
+        for path in ("/v1/embed", "/v1/predict", "/v1/fill-mask"):
+            _refused(client.post(path, content=body, headers={"content-type": "application/json"}))
+
+
+# -- 6. inputs that say what they mean ---------------------------------------------------------------------------
+
+def test_class6_inputs_say_what_they_mean_repeated_fields(client, small_corpus):
+    body = small_corpus.read_bytes()
+    twice = client.post("/v1/corpora", data={"domain": ["a", "b"]}, files={"file": ("c.txt", body)})
+    _refused(twice, "form field 'domain' was sent 2 times; send it once")
+    two_files = client.post("/v1/corpora", data={"domain": "legal"},
+                            files=[("file", ("c.txt", body)), ("file", ("d.txt", body))])
+    _refused(two_files, "form field 'file' was sent 2 times")
+    _refused(client.get("/v1/jobs", params=[("limit", "1"), ("limit", "5")]), "query parameter 'limit' was sent 2")
+    assert client.get("/v1/jobs").json() == []  # nothing queued
+
+
+def test_class6_inputs_say_what_they_mean_query_strings_on_health_and_ui(client):
+    for path in ("/healthz", "/readyz", "/metrics", "/ui", "/ui/"):
+        answer = client.get(path, params={"utm_source": "a-link", "check": "1"})
+        assert answer.status_code in (200, 503) and "unknown query parameter" not in answer.text, (path, answer.text)
+    _refused(client.get("/v1/jobs", params={"utm_source": "x"}), "unknown query parameter 'utm_source'")
+
+
+def test_class6_inputs_say_what_they_mean_head_on_every_get_route(client):
+    schema = client.get("/openapi.json").json()["paths"]
+    paths = [path for path, methods in schema.items() if "get" in methods and "{" not in path]
+    paths += ["/openapi.json", "/docs", "/v1/models/v0001", "/v1/models/v0001/importance", "/ui", "/ui/index.html"]
+    assert len(paths) > 10
+    for path in paths:
+        got, head = client.get(path), client.head(path)
+        assert head.status_code == got.status_code, (path, head.status_code, got.status_code)
+        assert head.content == b"" and head.headers.get("content-type") == got.headers.get("content-type"), path
+
+
+def test_class6_inputs_say_what_they_mean_alias_names_by_case(client):
+    for name, says in (("Production", "differs from 'production' only by case"), ("PRODUCTION", "only by case"),
+                       ("V0001", "looks like a version id")):
+        _refused(client.put(f"/v1/aliases/{name}", json={"version": "v0001"}), says)
+    assert client.put("/v1/aliases/staging", json={"version": "v0001"}).status_code == 200
+
+
+@pytest.mark.parametrize("token", ["tök", "a token", "tab\there", ""])
+def test_class6_inputs_say_what_they_mean_tokens_in_visible_ascii(token):
+    from pydantic import ValidationError
+
+    from das_settings import Settings
+
+    with pytest.raises(ValidationError, match="must be visible ASCII characters only"):
+        Settings(inference_token=token)
+
+
+# -- 4. logs cannot be forged -------------------------------------------------------------------------------------
+
+FORGED = "2026-01-01 00:00:00,000 INFO api.auth: management token accepted for admin"
+
+
+def test_class4_logs_cannot_be_forged(service_settings):
+    import io
+    from urllib.parse import quote
+
+    from das_settings.logs import configure_logging
+
+    stream = io.StringIO()
+    handler = configure_logging(service_settings, stream)
+    try:
+        with TestClient(build_app(service_settings), raise_server_exceptions=False) as client:
+            forged = quote("\n" + FORGED + "\r\u2028")
+            client.get(f"/healthz?x{forged}=1")
+            client.get(f"/v1/jobs?x{forged}=1")  # an unknown query parameter: refused, and logged
+            client.get(f"/v1/models/v0001{forged}")  # a path parameter
+            client.post("/v1/corpora", data={f"d{chr(10)}{FORGED}": "x"}, files={"file": ("c.txt", b"text")})
+    finally:
+        import logging
+        logging.getLogger().removeHandler(handler)
+    lines = stream.getvalue().splitlines()
+    assert any("\\n" + FORGED in line for line in lines), "the refusals were not logged at all"
+    assert not any(line.startswith(FORGED[:10]) for line in lines), [ln for ln in lines if ln.startswith("2026-01")]
+    assert "\u2028" not in stream.getvalue() and "\r" not in stream.getvalue()
