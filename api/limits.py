@@ -104,11 +104,34 @@ async def _too_large(send: Send, scope: Scope, limit: int, is_upload: bool) -> N
     await send({"type": "http.response.body", "body": body})
 
 
+MAX_ERRORS = 10  # errors a 422 lists one by one; the rest are counted
+MAX_INPUT_CHARS = 200  # of each error's echoed input
+
+
+def _echo(value: object) -> object:
+    """An error's input as the answer echoes it: short values as they are, long ones cut to a preview."""
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value if not isinstance(value, str) or len(value) <= MAX_INPUT_CHARS else \
+            f"{value[:MAX_INPUT_CHARS]}... ({len(value)} characters)"
+    text = json.dumps(jsonable_encoder(value), default=str)
+    return value if len(text) <= MAX_INPUT_CHARS else f"{text[:MAX_INPUT_CHARS]}... ({len(text)} characters)"
+
+
+def bounded_errors(errors: list[dict]) -> list[dict]:
+    """The first MAX_ERRORS errors (inputs cut to MAX_INPUT_CHARS), then one that counts the rest: an error answer
+    and its log line cost less than the request, however many of its items are wrong."""
+    kept = [{**e, "input": _echo(e.get("input"))} for e in errors[:MAX_ERRORS]]
+    if len(errors) > MAX_ERRORS:
+        kept.append({"type": "more_errors", "loc": [], "msg": f"and {len(errors) - MAX_ERRORS} more errors like "
+                                                              "these; fix those first", "input": None})
+    return kept
+
+
 async def invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
     """FastAPI's 422, safe for any input: Python's JSON parser reads NaN and Infinity, which the answer (strict
-    JSON) could not echo back, so a body like {"top_k": NaN} was a 500."""
-    errors = json.loads(json.dumps(jsonable_encoder(explain_unknown_fields(err.errors(), request)), default=str),
-                        parse_constant=str)
+    JSON) could not echo back, so a body like {"top_k": NaN} was a 500. At most MAX_ERRORS errors are listed."""
+    errors = json.loads(json.dumps(jsonable_encoder(explain_unknown_fields(bounded_errors(err.errors()), request)),
+                                   default=str), parse_constant=str)
     reason = "; ".join(f"{'.'.join(str(part) for part in e.get('loc', ()))}: {e.get('msg')}" for e in errors)
     log.info("refused %s %s: 422 %s", request.method, request.url.path, reason,
              extra={"event": "refused", "method": request.method, "path": request.url.path, "status": 422,

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model, model_validator
 
+from das_formats.task_data import MAX_LABELS
 from job_records import Job
 from model_store.manifest import Manifest
 from model_store.tasks import TaskDefinition, TaskModel
@@ -207,6 +208,8 @@ class TaskAccepted(BaseModel):
 class PredictIn(TextsIn):
     tasks: list[str] | None = Field(None, min_length=1, max_length=64,
                                     description="POST /v1/predict: the tasks to answer (omitted: all served)")
+    top_k: int | None = Field(None, ge=1, le=MAX_LABELS, description="score only each task's top_k labels (by "
+                              "probability; the label answered is always among them); omitted: every label")
 
 
 class TaskAnswer(BaseModel):

@@ -68,6 +68,9 @@ class Settings(BaseSettings):
                                      "version (409).")
     max_request_tokens: int = Field(16384, ge=1, description="Most tokens in one inference request, all texts "
                                     "together, as the model sees them (specials included, after truncation).")
+    max_predict_scores: int = Field(20000, ge=1, description="Most label scores one predict answer may hold: texts x "
+                                    "tasks x labels shown (each task's labels, or the request's top_k); bounds the "
+                                    "answer before any work starts.")
     max_masks_per_request: int = Field(256, ge=1, description="Most mask tokens in one fill-mask request, all "
                                        "texts together (the answer holds top_k candidates for each).")
     auto_truncate: bool = Field(False, description="Cut an inference text longer than the model's maximum "

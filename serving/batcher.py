@@ -177,7 +177,8 @@ class MicroBatcher:
             if kind == "fill_mask":
                 answers = [[candidates[: request.top_k] for candidates in per_text] for per_text in answers]
             elif kind == "predict":
-                answers = {"results": [{t: per_text[t] for t in request.tasks} for per_text in answers],
+                answers = {"results": [{t: _top_labels(per_text[t], request.top_k) for t in request.tasks}
+                                       for per_text in answers],
                            "task_models": {t: model.tasks.tasks[t].describe(model.version) for t in request.tasks}}
             request.future.set_result((model.version, answers))
 
@@ -245,3 +246,11 @@ def _by_model(batch: list[_Request], current: Servable | None) -> list[tuple[Ser
         model = request.model if request.model is not None else current
         groups.setdefault(id(model), (model, []))[1].append(request)
     return list(groups.values())
+
+
+def _top_labels(answer: dict, top_k: int) -> dict:
+    """A task's answer with only its `top_k` best-scored labels (0: all); the answered label is the best: it stays."""
+    if not top_k or len(answer["scores"]) <= top_k:
+        return answer
+    best = sorted(answer["scores"].items(), key=lambda item: -item[1])[:top_k]
+    return {**answer, "scores": dict(best)}

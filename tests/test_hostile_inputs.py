@@ -72,8 +72,9 @@ def test_class1_server_parses_anything_without_a_500_cursors(client, path):
 def test_class1_server_parses_anything_without_a_500_bodies(client):
     for body in (b'{"texts": [' + HUGE_INT + b"]}", b'{"texts": ' + DEEP + b"}", b'{"texts": ["a"]' + b"}" * 5000,
                  b"\xff\xfe", b'{"texts": ["a"], "texts": 1e999}'):
-        for path in ("/v1/embed", "/v1/predict", "/v1/fill-mask"):
-            _refused(client.post(path, content=body, headers={"content-type": "application/json"}))
+        for path in ("/v1/embeddings", "/v1/predict", "/v1/fill-mask"):
+            answer = client.post(path, content=body, headers={"content-type": "application/json"})
+            assert answer.status_code in (400, 422) and "Traceback" not in answer.text, (path, answer.text[:200])
 
 
 # -- 6. inputs that say what they mean ---------------------------------------------------------------------------
@@ -151,3 +152,54 @@ def test_class4_logs_cannot_be_forged(service_settings):
     assert any("\\n" + FORGED in line for line in lines), "the refusals were not logged at all"
     assert not any(line.startswith(FORGED[:10]) for line in lines), [ln for ln in lines if ln.startswith("2026-01")]
     assert "\u2028" not in stream.getvalue() and "\r" not in stream.getvalue()
+
+
+# -- 2. an error costs less than the request ----------------------------------------------------------------------
+
+def test_class2_an_error_costs_less_than_the_request_validation(service_settings):
+    import io
+    import logging
+
+    from das_settings.logs import configure_logging
+
+    stream = io.StringIO()
+    handler = configure_logging(service_settings, stream)
+    body = json.dumps({"texts": [[i] for i in range(100_000)]})  # 100,000 wrong-typed items (~900 KB)
+    try:
+        with TestClient(build_app(service_settings.model_copy(update={"max_json_bytes": 2_000_000})),
+                        raise_server_exceptions=False) as client:
+            answer = client.post("/v1/embeddings", content=body, headers={"content-type": "application/json"})
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert answer.status_code == 422 and len(answer.content) < 5_000, len(answer.content)
+    detail = answer.json()["detail"]
+    assert len(detail) == 11 and detail[-1]["msg"] == "and 99990 more errors like these; fix those first"
+    assert all(len(line) < 5_000 for line in stream.getvalue().splitlines())
+
+
+def test_class2_an_error_costs_less_than_the_request_a_long_input_is_not_echoed(client):
+    answer = client.post("/v1/fill-mask", json={"texts": ["x"], "top_k": "9" * 50_000})
+    assert answer.status_code == 422 and len(answer.content) < 2_000, len(answer.content)
+
+
+def test_class2_an_error_costs_less_than_the_request_predict_answers_are_bounded(service_settings, tmp_path):
+    from service_helpers import wait_for_job
+    from task_sets import source_task, write_jsonl
+
+    sets = source_task(n_train=20, n_eval=0)
+    train = write_jsonl(tmp_path / "train.jsonl", sets["train"])
+    settings = service_settings.model_copy(update={"max_predict_scores": 5})
+    with TestClient(build_app(settings), raise_server_exceptions=False) as client:
+        registered = client.post("/v1/tasks", data={"name": "source"}, files={"train": ("train.jsonl",
+                                                                                         train.read_bytes())})
+        assert registered.status_code == 202, registered.text
+        assert wait_for_job(client, registered.json()["job_id"])["state"] == "succeeded"
+        texts = ["a licence text", "def f(): pass", "a third text"]  # 3 texts x 2 labels = 6 scores > 5
+        for path in ("/v1/predict", "/v1/tasks/source/predict"):
+            _refused(client.post(path, json={"texts": texts}), "6 label scores", "DAS_MAX_PREDICT_SCORES", "top_k")
+            answer = client.post(path, json={"texts": texts, "top_k": 1})  # 3 scores
+            assert answer.status_code == 200, answer.text
+            results = answer.json()["results"]
+            for per_text in results:
+                one = per_text["source"] if "source" in per_text else per_text
+                assert list(one["scores"]) == [one["label"]]

@@ -214,18 +214,30 @@ def _not_served(service, name: str, current) -> HTTPException:
                               "to fit it on the active version, or delete it")
 
 
+def _check_answer_size(service, current, texts: list[str], names: list[str], top_k: int | None) -> None:
+    """Refuse, before any work, an answer of more label scores (texts x tasks x labels shown) than allowed."""
+    shown = sum(min(top_k or len(labels), len(labels)) for labels in (current.tasks.tasks[n].labels for n in names))
+    scores, limit = len(texts) * shown, service.settings.max_predict_scores
+    if scores > limit:
+        raise HTTPException(422, f"the answer would hold {scores} label scores ({len(texts)} texts x {shown} labels "
+                                 f"of {len(names)} task(s)), more than the {limit} allowed (DAS_MAX_PREDICT_SCORES); "
+                                 "send fewer texts or tasks, or ask for each task's top_k labels")
+
+
 async def _predict(service, texts: list[str], names: list[str], truncate: bool = False,
-                   model=None) -> tuple[str, dict[str, Any]]:
+                   model=None, top_k: int | None = None) -> tuple[str, dict[str, Any]]:
     """(version, {"results", "task_models", "truncated"}); a text over the model's maximum sequence is a 422 unless
     `truncate` or DAS_AUTO_TRUNCATE. `model`: the version the request names (api.versions.served_version), with its own
-    task models; None: the one serving."""
+    task models; None: the one serving. `top_k`: each task's top_k labels scored (None: all)."""
     check_texts(service, "predict", texts)
     current = model if model is not None else service.holder.current
     missing = [n for n in names if current is None or n not in current.tasks.tasks]
     for name in missing:
         raise await run_in_threadpool(_not_served, service, name, current)
+    _check_answer_size(service, current, texts, names, top_k)
     try:
-        future = service.batcher.submit("predict", texts, max_tokens=service.settings.max_request_tokens,
+        future = service.batcher.submit("predict", texts, top_k or 0,
+                                        max_tokens=service.settings.max_request_tokens,
                                         tasks=tuple(names), truncate=truncate or service.settings.auto_truncate,
                                         model=model)
     except QueueFull:
@@ -247,7 +259,7 @@ async def _predict(service, texts: list[str], names: list[str], truncate: bool =
 async def predict_task(*, service: ServiceDep, name: str, body: PredictIn, version: VersionQuery = None) -> Response:
     """One task's label and a score per label for each text, with the backbone version and task model that answered."""
     model = await served_version(service, version, body.version)
-    version, answers = await _predict(service, body.texts, [name], body.truncate, model)
+    version, answers = await _predict(service, body.texts, [name], body.truncate, model, body.top_k)
     return json_response({"version": version, "task": name, "task_model": answers["task_models"][name],
                   "results": [per_text[name] for per_text in answers["results"]], "truncated": answers["truncated"]})
 
@@ -263,5 +275,6 @@ async def predict_tasks(*, service: ServiceDep, body: PredictIn, version: Versio
         if not names:
             raise HTTPException(409, "no end task is served yet; register one with POST /v1/tasks",
                                 headers={"Retry-After": str(RETRY_FITTING_S)})
-    version, answers = await _predict(service, body.texts, list(dict.fromkeys(names)), body.truncate, model)
+    version, answers = await _predict(service, body.texts, list(dict.fromkeys(names)), body.truncate, model,
+                                      body.top_k)
     return json_response({"version": version, **answers})
