@@ -146,13 +146,15 @@ def _last_touched(path: Path) -> float:
 def build_service(settings: Settings, runtime: ModelRuntime) -> Service:
     store = open_store(settings)
     jobs = job_registry(settings)
-    holder = ModelHolder(resolve=lambda version: checked_folder(store, version), load=runtime.load_version,
+    holder = ModelHolder(resolve=lambda version: checked_folder(store, version, settings.version_check_timeout_s),
+                         load=runtime.load_version,
                          load_tasks=lambda version, current: runtime.load_tasks(store, version, current))
     batcher = MicroBatcher(holder, settings.max_batch_size, settings.max_wait_ms / 1000, settings.inference_queue_size,
                            gather_s=settings.batch_gather_ms / 1000)
     pinned = PinnedVersions(holder, settings.max_loaded_versions)
     watcher = ActiveVersionWatcher(store.active_id, _follow(holder, pinned), settings.poll_interval_s,
                                    redis_url=settings.broker_url, channel=settings.active_channel)
+    holder.on_checked = watcher.poke  # a check that outlived ensure()'s wait ended: swap (or report) now
     service = Service(settings, store, jobs, holder, batcher, watcher, runtime, pinned)
     if not settings.broker_url:
         ctx = build_worker_context(settings, store=store, jobs=jobs, on_published=lambda version: watcher.poke())
@@ -166,6 +168,9 @@ def _follow(holder: ModelHolder, pinned: PinnedVersions) -> Callable[[str], bool
     from the pinned versions (the holder serves it), and re-read the pinned versions' task models."""
     def follow(version: str) -> bool:
         swapped = holder.ensure(version)
+        current = holder.current
+        if not swapped and current is not None and current.version != version:  # its files are still checked:
+            holder.ensure(current.version)  # the version serving meanwhile gets its newly fitted task models
         pinned.discard(version)
         pinned.refresh_tasks()
         return swapped

@@ -68,6 +68,11 @@ class Settings(BaseSettings):
                                      "version (409).")
     max_request_tokens: int = Field(16384, ge=1, description="Most tokens in one inference request, all texts "
                                     "together, as the model sees them (specials included, after truncation).")
+    version_check_timeout_s: float = Field(300.0, gt=0, le=86400, description="Longest a check of a version's files "
+                                           "before a swap (fetch and sha256 of every file, in a child process) may "
+                                           "take; one that hangs (a stalled NFS or S3 read) is stopped after it, "
+                                           "the swap fails and /readyz says why. Other swaps, task-model reloads "
+                                           "and pinned loads never wait for it.")
     max_predict_scores: int = Field(20000, ge=1, description="Most label scores one predict answer may hold: texts x "
                                     "tasks x labels shown (each task's labels, or the request's top_k); bounds the "
                                     "answer before any work starts.")

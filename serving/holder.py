@@ -13,6 +13,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as WaitedEnough
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
@@ -57,9 +59,13 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
+CHECK_WAIT_S = 30.0  # how long ensure() waits for a version's check before it returns and lets the caller go on
+
+
 class ModelHolder:
     def __init__(self, resolve: Callable[[str], Path], load: Callable[[str, Path, Servable | None], Servable],
-                 load_tasks: Callable[[str, object | None], object | None] | None = None) -> None:
+                 load_tasks: Callable[[str, object | None], object | None] | None = None,
+                 check_wait_s: float = CHECK_WAIT_S) -> None:
         # version id -> local model folder, its files checked; the service's runs in a child process at nice 19
         # (model_store.checking), so the serving process spends no GIL on it
         self.resolve = resolve
@@ -76,6 +82,13 @@ class ModelHolder:
         self._turnstile = threading.Lock()
         # called after each swap to a new version with (version, seconds to load and warm it): the API's metrics
         self.on_swap: Callable[[str, float], None] | None = None
+        # Checks of versions to swap to run on threads of their own, outside every lock: one stuck check (a stalled
+        # NFS or S3 read, until its own time limit) holds back no swap to another version, no task-model reload and
+        # no pinned load. ensure() waits check_wait_s for one, then returns and takes its result at a later call.
+        self.check_wait_s = check_wait_s
+        self._checks: dict[str, tuple[Future, float]] = {}  # version -> (its check, when it started)
+        self._checks_lock = threading.Lock()
+        self.on_checked: Callable[[], None] | None = None  # a check ended: the watcher looks again (poke)
 
     @contextmanager
     def turn(self) -> Iterator[None]:
@@ -101,9 +114,56 @@ class ModelHolder:
         with self._turnstile, self._model_lock, _collector_paused():
             yield
 
+    def checking(self) -> tuple[str, float] | None:
+        """(version, seconds) of the longest-running check still going, if any: what /readyz reports."""
+        with self._checks_lock:
+            running = [(v, time.monotonic() - started) for v, (f, started) in self._checks.items() if not f.done()]
+        return max(running, key=lambda item: item[1]) if running else None
+
+    def _start_check(self, version: str) -> Future:
+        """resolve(version) on a daemon thread (a hung check never holds the process's exit either)."""
+        future: Future = Future()
+
+        def check() -> None:
+            try:
+                future.set_result(self.resolve(version))
+            except BaseException as err:  # noqa: BLE001 - the caller of ensure() gets it
+                future.set_exception(err)
+            if self.on_checked is not None:
+                self.on_checked()
+
+        threading.Thread(target=check, name=f"das-check-{version}", daemon=True).start()
+        return future
+
+    def _checked_folder(self, version: str) -> Path | None:
+        """The checked folder of `version`: its check started (or joined), waited for up to check_wait_s; None while
+        it still runs; what it raised when it failed (a StoreError naming the version, after its time limit)."""
+        with self._checks_lock:
+            if version not in self._checks:
+                self._checks[version] = (self._start_check(version), time.monotonic())
+            future = self._checks[version][0]
+        try:
+            folder = future.result(timeout=self.check_wait_s)
+        except WaitedEnough:
+            log.warning("the files of %s are still being checked; serving %s meanwhile", version,
+                        self.current.version if self.current is not None else "nothing")
+            return None
+        finally:
+            if future.done():
+                with self._checks_lock:
+                    if self._checks.get(version, (None,))[0] is future:
+                        del self._checks[version]
+        return folder
+
     def ensure(self, version: str) -> bool:
         """Load, warm and swap in `version` (with its task models) unless it is already current; a
-        current version whose task models changed gets them, in a new object. True if it swapped."""
+        current version whose task models changed gets them, in a new object. True if it swapped; False too while
+        the version's files are still being checked (a later call swaps)."""
+        current, folder = self.current, None
+        if current is None or current.version != version:
+            folder = self._checked_folder(version)  # outside every lock
+            if folder is None:
+                return False
         with self.building():
             current = self.current
             if current is not None and current.version == version:
@@ -113,7 +173,8 @@ class ModelHolder:
                 self.current = current.with_tasks(tasks)
                 log.info("serving %s with task models %s", version, sorted(tasks.tasks))
                 return True
-            folder = self.resolve(version)
+            if folder is None:  # it was current when this call began; another swap replaced it since
+                return False  # (the next call checks it)
             with self._alone():
                 started = time.perf_counter()
                 loaded = self.load(version, folder, current)

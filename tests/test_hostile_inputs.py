@@ -203,3 +203,101 @@ def test_class2_an_error_costs_less_than_the_request_predict_answers_are_bounded
             for per_text in results:
                 one = per_text["source"] if "source" in per_text else per_text
                 assert list(one["scores"]) == [one["label"]]
+
+
+# -- 3. a hung store never stalls the service ---------------------------------------------------------------------
+
+def test_class3_a_hung_store_never_stalls_the_service_holder(tmp_path):
+    """One stuck check (its read never returns) holds back no swap to another version and no task reload."""
+    import threading
+    import time
+
+    from serving.holder import ModelHolder
+
+    released = threading.Event()
+    checked = []
+
+    def resolve(version: str):
+        if version == "v0002":
+            released.wait(30)  # a read that does not return until released
+        return tmp_path / version
+
+    class Served:
+        def __init__(self, version, tasks=()):
+            self.version, self.tasks = version, tasks
+
+        def warm(self):
+            pass
+
+        def with_tasks(self, tasks):
+            return Served(self.version, tasks)
+
+    class Tasks:
+        tasks = {"a task": None}
+
+    reloads = []
+    holder = ModelHolder(resolve=resolve, load=lambda version, folder, current: Served(version),
+                         load_tasks=lambda version, current: reloads.append(version) or Tasks(),
+                         check_wait_s=0.2)
+    holder.on_checked = lambda: checked.append(True)
+    assert holder.ensure("v0001") and holder.current.version == "v0001"
+    assert holder.ensure("v0002") is False and holder.current.version == "v0001"  # still checking: not waited for
+    assert holder.checking()[0] == "v0002"
+    assert holder.ensure("v0001") is True and reloads[-1] == "v0001"  # the serving version's tasks reload meanwhile
+    assert holder.ensure("v0003") and holder.current.version == "v0003"  # another swap goes through
+    released.set()
+    deadline = time.time() + 10
+    while not checked and time.time() < deadline:
+        time.sleep(0.05)
+    assert checked and holder.ensure("v0002") and holder.current.version == "v0002"  # its check ended: it swaps
+    assert holder.checking() is None
+
+
+def test_class3_a_hung_store_never_stalls_the_service(service_settings, tmp_path):
+    """A version whose weights file never answers a read (a FIFO with no writer: a stalled NFS read) is activated:
+    the service keeps answering on the version it serves, the check stops after DAS_VERSION_CHECK_TIMEOUT_S, and
+    /readyz and the log say why; a rollback meanwhile is served."""
+    import os
+    import shutil
+    import time
+
+    from model_store.store import PublishRequest
+
+    settings = service_settings.model_copy(update={"version_check_timeout_s": 3.0})
+    with TestClient(build_app(settings), raise_server_exceptions=False) as client:
+        service = client.app.state.service
+        store = service.store
+        base = store.manifest("v0001")
+        copy = tmp_path / "copy"
+        copy.mkdir()
+        for name in base.files:
+            if name not in ("manifest.json", "README.md"):
+                shutil.copyfile(store.model_dir("v0001") / name, copy / name)
+        store.publish(PublishRequest(copy, "v0001", "legal", base.base_model), activate=False)
+        weights = next(n for n in store.manifest("v0002").files if n.startswith("model"))
+        stalled = store.backend.local_path(f"versions/v0002/{weights}")
+        stalled.unlink()
+        os.mkfifo(stalled)  # opening it for reading blocks until a writer comes: none will
+        try:
+            store.activate("v0002")
+            service.watcher.poke()
+            time.sleep(1.0)
+            answer = client.post("/v1/embeddings", json={"texts": ["still answering"]})
+            assert answer.status_code == 200 and answer.json()["version"] == "v0001"  # the hang stalls nothing
+            deadline = time.time() + 30
+            while time.time() < deadline:
+                ready = client.get("/readyz").json()
+                if "problem" in ready:
+                    break
+                time.sleep(0.2)
+            assert ready["status"] == "ready" and ready["version"] == "v0001", ready
+            assert "v0002 cannot be served" in ready["problem"] and "took over 3 s" in ready["problem"], ready
+            store.activate("v0001")  # the rollback
+            service.watcher.poke()
+            deadline = time.time() + 30
+            while "problem" in client.get("/readyz").json() and time.time() < deadline:
+                service.watcher.poke()
+                time.sleep(0.2)
+            assert "problem" not in client.get("/readyz").json()
+        finally:
+            stalled.unlink()

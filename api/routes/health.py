@@ -28,7 +28,13 @@ def readyz(*, service: ServiceDep):
     if not service.batcher.alive():
         return JSONResponse({"status": "inference loop stopped", "version": current.version}, status_code=503)
     ready = {"status": "ready", "version": current.version, "mode": service.mode}
-    return ready | ({"problem": service.watcher.error} if service.watcher.error else {})  # serves an older one
+    problem = service.watcher.error  # the active version cannot be served: an older one serves
+    checking = service.holder.checking()
+    if problem is None and checking is not None and checking[1] >= service.holder.check_wait_s:
+        problem = (f"the files of {checking[0]} have been checked for {checking[1]:.0f} s (a slow or stalled read of "
+                   f"the store; the check stops after DAS_VERSION_CHECK_TIMEOUT_S="
+                   f"{service.settings.version_check_timeout_s:g} s); {current.version} serves meanwhile")
+    return ready | ({"problem": problem} if problem else {})
 
 
 @router.get("/metrics")
