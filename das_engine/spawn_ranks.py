@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -26,6 +28,8 @@ from typing import Any
 
 import torch.distributed as dist
 
+from das_formats.exits import describe_exit
+
 from . import distributed
 from .run_state import AdaptResult
 from .trainer import adapt
@@ -33,6 +37,8 @@ from .trainer import adapt
 HELPER_EXIT_WAIT_S = 60.0
 HELPER_START_TIMEOUT_S = 600.0  # importing torch and reading the spec; minutes on a busy machine, not hours
 START_POLL_S = 0.2
+FOLDER_PREFIX = "das-ranks-"  # then rank 0's pid: a folder whose rank 0 died is removed by the next run
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def adapt_on_ranks(procs: int, base: str | Path, corpus: str | Path | list[str], out_dir: str | Path, config,
@@ -44,7 +50,8 @@ def adapt_on_ranks(procs: int, base: str | Path, corpus: str | Path | list[str],
     shared = {k: v for k, v in kwargs.items() if k in ("prev_importance", "domain", "replay", "base_digests")}
     store = dist.TCPStore("127.0.0.1", 0, procs, is_master=True, timeout=distributed.TIMEOUT,
                           wait_for_workers=False)
-    with tempfile.TemporaryDirectory(prefix="das-ranks-") as folder:
+    remove_dead_runs_folders()
+    with tempfile.TemporaryDirectory(prefix=f"{FOLDER_PREFIX}{os.getpid()}-") as folder:
         spec = Path(folder) / "spec.pickle"
         spec.write_bytes(pickle.dumps({"base": base, "corpus": corpus, "out_dir": out_dir, "config": config,
                                        "device": device, **shared}))
@@ -54,10 +61,14 @@ def adapt_on_ranks(procs: int, base: str | Path, corpus: str | Path | list[str],
             rank_device = distributed.join(0, procs, 0, device, store=store)
             result = adapt(base, corpus, out_dir, config, device=rank_device, **kwargs)
             distributed.finish()  # the helpers wait there for rank 0's outputs
-        except BaseException:
+        except BaseException as err:
+            dead = _dead_helper(helpers)  # the first to exit: the others' collectives failed because of it
             for helper in helpers:  # they may wait in a collective rank 0 never reaches
                 helper.kill()
             distributed.leave()
+            if dead is not None and isinstance(err, Exception):
+                raise RuntimeError(f"training rank {dead[0]} of {procs} exited ({describe_exit(dead[1])}); the run "
+                                   "stopped with it") from err
             raise
         finally:
             failed = _wait(helpers)
@@ -66,11 +77,58 @@ def adapt_on_ranks(procs: int, base: str | Path, corpus: str | Path | list[str],
     return result
 
 
+def remove_dead_runs_folders(older_than_s: float = 60.0) -> list[Path]:
+    """Remove the spec folders of runs whose rank 0 died without cleaning up (a kill -9): each is named by its
+    rank 0's pid, and one whose process is gone and that is older than `older_than_s` is left by nobody."""
+    removed = []
+    for folder in Path(tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*-*"):
+        pid = folder.name.removeprefix(FOLDER_PREFIX).split("-", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)) or time.time() - folder.stat().st_mtime < older_than_s:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _dead_helper(helpers: list[subprocess.Popen], wait_s: float = 2.0) -> tuple[int, int] | None:
+    """(rank, exit code) of the helper that died first, if one did (given a moment to be reaped)."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        for rank, helper in enumerate(helpers, start=1):
+            code = helper.poll()
+            if code is not None and code != 0:
+                return rank, code
+        time.sleep(0.05)
+    return None
+
+
+def _die_with_parent() -> None:
+    """In a helper, before it runs: the kernel kills it when rank 0 dies (Linux; elsewhere the collectives' failure
+    ends it)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
 def _start_helper(rank: int, world: int, port: int, spec: Path) -> subprocess.Popen:
     env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
     env.setdefault("OMP_NUM_THREADS", distributed.threads_per_rank(world))
-    return subprocess.Popen([sys.executable, "-m", "das_engine.spawn_ranks", str(spec)], env=env)
+    return subprocess.Popen([sys.executable, "-m", "das_engine.spawn_ranks", str(spec)], env=env,
+                            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
 
 
 def _ready_key(rank: int) -> str:

@@ -145,3 +145,62 @@ def test_a_helper_rank_that_dies_while_starting_fails_the_run_at_once(still_robe
         spawn_ranks.adapt_on_ranks(2, still_roberta, corpus_file, tmp_path / "out", upload_config(SETTINGS))
     assert not (tmp_path / "out" / "model.safetensors").exists()
     assert not torch.distributed.is_initialized()
+
+
+def _children_running(module: str) -> list[int]:
+    """Pids of this process's children whose command line runs `module`."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == os.getpid() and module in command:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_class7_nothing_is_left_behind_a_dead_rank_is_named(still_roberta, given_importance, corpus_file, tmp_path):
+    """A helper rank killed mid-training (SIGKILL) fails the run with which rank died and how, not gloo's message;
+    rank 0 leaves the process group."""
+    import signal
+
+    from das_engine import spawn_ranks
+
+    def kill_rank_one(progress) -> None:
+        if progress.phase == "train" and progress.step >= 2:
+            for pid in _children_running("das_engine.spawn_ranks"):
+                os.kill(pid, signal.SIGKILL)
+
+    with pytest.raises(RuntimeError, match=r"training rank 1 of 2 exited \(killed by SIGKILL\)"):
+        spawn_ranks.adapt_on_ranks(2, still_roberta, corpus_file, tmp_path / "out",
+                                   upload_config({**SETTINGS, "steps": 2000, "checkpoint_every": 0}),
+                                   prev_importance=given_importance, on_progress=kill_rank_one)
+    assert not torch.distributed.is_initialized() and not _children_running("das_engine.spawn_ranks")
+
+
+def test_class7_nothing_is_left_behind_a_killed_runs_folder_is_removed(tmp_path):
+    import tempfile
+    import time
+
+    from das_engine import spawn_ranks
+
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()  # its pid names no process now
+    root = Path(tempfile.gettempdir())
+    dead = root / f"{spawn_ranks.FOLDER_PREFIX}{ended.pid}-abc"
+    fresh_dead = root / f"{spawn_ranks.FOLDER_PREFIX}{ended.pid}-new"
+    mine = root / f"{spawn_ranks.FOLDER_PREFIX}{os.getpid()}-abc"
+    for folder in (dead, fresh_dead, mine):
+        folder.mkdir(exist_ok=True)
+        (folder / "spec.pickle").write_bytes(b"x")
+    old = time.time() - 3600
+    for folder in (dead, mine):
+        os.utime(folder, (old, old))
+    try:
+        assert dead in spawn_ranks.remove_dead_runs_folders()
+        assert not dead.exists() and mine.exists() and fresh_dead.exists()  # alive, or too young to judge
+    finally:
+        shutil.rmtree(mine, ignore_errors=True)
+        shutil.rmtree(fresh_dead, ignore_errors=True)

@@ -1,21 +1,27 @@
 """Embedded mode runs each job in a child process: a child killed mid-training (as the kernel's out-of-memory killer
 kills) fails only its job; the API answers throughout, and the next job runs."""
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 from fastapi.testclient import TestClient
 from service_helpers import upload, wait_for_job
 
 from das.app import build_app
-from worker.job_process import describe_exit, running_children
+from das_formats.exits import describe_exit
+from das_settings import get_settings
+from worker.job_process import running_children
 
 PROBE = {"texts": ["permission is hereby granted, free of [MASK], to any person."], "top_k": 3}
 
 
 def _running_pid(client, job_id: str, timeout_s: float = 120.0) -> int:
-    """The pid of the job's process once it is training (a step done)."""
+    """The pid of the job's process once it is working (a training step, or a batch's first lines, done)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         job = client.get(f"/v1/jobs/{job_id}").json()
@@ -54,3 +60,87 @@ def test_exit_descriptions_name_the_signal_or_status():
     assert describe_exit(-signal.SIGKILL) == "killed by SIGKILL"
     assert describe_exit(-signal.SIGSEGV) == "killed by SIGSEGV"
     assert describe_exit(3) == "exit status 3"
+
+
+def _descendants(root: int) -> set[int]:
+    """Every living process below `root` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def test_class7_nothing_is_left_behind_a_killed_servers_job_process_exits(tmp_path, small_corpus):
+    """kill -9 of `das serve` mid-job: its job process and the fork server exit too (the job does not train on,
+    renewing its lease for nobody)."""
+    import httpx
+    from test_client import free_port
+
+    port = free_port()
+    env = {**os.environ, "DAS_STORE": str(tmp_path / "store"), "DAS_WORK_DIR": str(tmp_path / "work"),
+           "DAS_MODELS_DIR": str(get_settings().models_dir), "DAS_POLL_INTERVAL_S": "0.5"}
+    for name in ("DAS_URL", "DAS_TOKEN", "DAS_BROKER_URL", "DAS_MANAGEMENT_TOKEN", "DAS_INFERENCE_TOKEN"):
+        env.pop(name, None)
+    with open(tmp_path / "server.log", "wb") as log:
+        server = subprocess.Popen([sys.executable, "-c", "from das.cli import app; app()", "serve", "--port",
+                                   str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.3)
+        with open(small_corpus, "rb") as f:
+            job_id = httpx.post(f"{url}/v1/corpora", data={"domain": "legal", "steps": "20000"},
+                                files={"file": ("c.txt", f)}).json()["job_id"]
+        while time.monotonic() < deadline:
+            job = httpx.get(f"{url}/v1/jobs/{job_id}").json()
+            if ((job.get("progress") or {}).get("step") or 0) > 0:
+                break
+            time.sleep(0.2)
+        below = _descendants(server.pid)
+        assert below, "the job runs in no process of its own"
+        server.kill()
+        server.wait()
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in below) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [pid for pid in below if _alive(pid)], (tmp_path / "server.log").read_text()[-2000:]
+    finally:
+        server.kill()
+
+
+def test_class7_nothing_is_left_behind_a_failed_batch_jobs_answers_go(service_settings):
+    from worker.job_kinds import partial_answers
+
+    lines = "".join(json.dumps({"text": f"line {i} of a long batch"}) + "\n" for i in range(20_000)).encode()
+    with TestClient(build_app(service_settings)) as client:
+        answer = client.post("/v1/batch-predictions", data={"kind": "embed"}, files={"file": ("b.jsonl", lines)})
+        job_id = answer.json()["job_id"]
+        pid = _running_pid(client, job_id)
+        partial = partial_answers(service_settings.work_dir, job_id)
+        assert partial.is_file() and partial.stat().st_size > 0
+        os.kill(pid, signal.SIGKILL)
+        job = wait_for_job(client, job_id)
+        assert job["state"] == "failed" and "killed by SIGKILL" in job["error"], job
+        assert not partial.exists()

@@ -94,7 +94,7 @@ def run_predict_job(job: Job, ctx: WorkerContext, reporter: ProgressReporter) ->
               truncate=job.truncate is not False)  # a record from before `truncate`: yes, as every text was then
     if ask.kind == "predict":
         answerer.check_tasks(list(ask.tasks))
-    partial = Path(ctx.work_dir) / OUTPUTS / f"{job.id}.jsonl"
+    partial = partial_answers(ctx.work_dir, job.id)
     done = _resume(partial)
     started, first = time.monotonic(), done
     with open(partial, "a", encoding="utf-8") as out:
@@ -115,6 +115,11 @@ def run_predict_job(job: Job, ctx: WorkerContext, reporter: ProgressReporter) ->
     ctx.jobs.update(job.id, output_sha256=sha)
     partial.unlink(missing_ok=True)
     return job.parent
+
+
+def partial_answers(work_dir: Path | str, job_id: str) -> Path:
+    """Where a batch job's answers so far are kept on this machine (what a retry of the job resumes from)."""
+    return Path(work_dir) / OUTPUTS / f"{job_id}.jsonl"
 
 
 def _resume(partial: Path) -> int:

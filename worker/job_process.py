@@ -18,11 +18,13 @@ import logging
 import logging.handlers
 import multiprocessing
 import multiprocessing.connection
+import os
 import signal
 import threading
 from functools import lru_cache
 from multiprocessing.context import BaseContext
 
+from das_formats.exits import describe_exit
 from das_settings import Settings
 from job_records import TERMINAL
 
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 # imported once by the fork server, so each job's child starts with them loaded
 PRELOAD = ["torch", "transformers", "worker.jobs"]
 POLL_S = 0.2
+EXIT_PARENT_DIED = 70  # a job's process whose server died
 _running: dict[str, int] = {}  # job id -> the pid of its process, while it runs
 
 
@@ -63,11 +66,13 @@ def run_in_child(job_id: str, ctx: WorkerContext, settings: Settings) -> Outcome
         return Outcome.DONE
     context = _fork_server()
     receive, send = context.Pipe(duplex=False)
+    alive_r, alive_w = context.Pipe(duplex=False)  # this process holds the only writing end: EOF once it dies
     child_stop = context.Event()
-    child = context.Process(target=_child_main, args=(job_id, settings, ctx.owner, child_stop, send),
+    child = context.Process(target=_child_main, args=(job_id, settings, ctx.owner, child_stop, send, alive_r),
                             name=f"das-job-{job_id}", daemon=True)
     child.start()
     send.close()  # the child holds the only writing end: end of file once it exits
+    alive_r.close()
     log.debug("job %s runs in process %s", job_id, child.pid, extra={"event": "job_process", "job_id": job_id,
                                                                       "pid": child.pid})
     _running[job_id] = child.pid
@@ -77,6 +82,7 @@ def run_in_child(job_id: str, ctx: WorkerContext, settings: Settings) -> Outcome
     finally:
         _running.pop(job_id, None)
         receive.close()
+        alive_w.close()
     if outcome is not None:
         return outcome
     return _child_died(job_id, ctx, child.exitcode)
@@ -123,18 +129,6 @@ def _child_died(job_id: str, ctx: WorkerContext, exitcode: int | None) -> Outcom
     return end_job(ctx, job_id, "failed", error)
 
 
-def describe_exit(exitcode: int | None) -> str:
-    if exitcode is None:
-        return "it did not exit"
-    if exitcode < 0:
-        try:
-            name = signal.Signals(-exitcode).name
-        except ValueError:
-            name = f"signal {-exitcode}"
-        return f"killed by {name}"
-    return f"exit status {exitcode}"
-
-
 def _advice(exitcode: int | None) -> str:
     if exitcode == -signal.SIGKILL:
         return ("A kill without warning is most often the kernel's out-of-memory killer: submit it again with a "
@@ -158,9 +152,21 @@ def _send(send: multiprocessing.connection.Connection, lock: threading.Lock, wha
         send.send((what, value))
 
 
-def _child_main(job_id: str, settings: Settings, owner: str, stop, send: multiprocessing.connection.Connection) -> None:
-    """A job's process: run the job with a worker context of its own, sending logs and events to the parent."""
+def _exit_with_parent(alive: multiprocessing.connection.Connection) -> None:
+    """Wait for the end of file the parent's death makes (it never writes), then end this process at once: a job
+    whose server died (kill -9, OOM) must not go on training and renewing its lease for nobody."""
+    try:
+        alive.poll(None)
+    finally:
+        os._exit(EXIT_PARENT_DIED)  # (no log line: the pipe the log lines went through died with the parent)
+
+
+def _child_main(job_id: str, settings: Settings, owner: str, stop, send: multiprocessing.connection.Connection,
+                alive: multiprocessing.connection.Connection) -> None:
+    """A job's process: run the job with a worker context of its own, sending logs and events to the parent; it
+    exits when the parent dies."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent's stop event decides
+    threading.Thread(target=_exit_with_parent, args=(alive,), name="das-parent-watch", daemon=True).start()
     lock = threading.Lock()
     root = logging.getLogger()
     for handler in list(root.handlers):

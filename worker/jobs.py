@@ -22,7 +22,7 @@ from pipeline.adaptation import finish_publication
 from pipeline.outcomes import GateRejected, JobStopped, Superseded
 
 from .context import Outcome, WorkerContext
-from .job_kinds import JOB_KINDS
+from .job_kinds import JOB_KINDS, partial_answers
 from .progress import ProgressReporter
 
 log = logging.getLogger(__name__)
@@ -128,6 +128,8 @@ def end_job(ctx: WorkerContext, job_id: str, state: str, error: str | None = Non
     if error is not None:
         fields["error"] = error
     _log_end(ctx.jobs.update(job_id, **fields))
+    if state != "succeeded":  # a batch job's answers so far: no retry will resume from them
+        partial_answers(ctx.work_dir, job_id).unlink(missing_ok=True)
     return Outcome.DONE
 
 
