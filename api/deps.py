@@ -71,3 +71,15 @@ async def inference_auth(settings: SettingsDep, credentials: Credentials) -> Non
 
 ManagementAuth = Depends(management_auth)
 InferenceAuth = Depends(inference_auth)
+
+
+async def caller_role(settings: SettingsDep, credentials: Credentials) -> str | None:
+    """Which token the request came with ("management" or "inference"; None while no token is set), after
+    InferenceAuth let it in: what per-token caps count by."""
+    token = credentials.credentials if credentials is not None else ""
+    if settings.management_token and token and _same(token, settings.management_token):
+        return "management"
+    return "inference" if settings.inference_token else None
+
+
+CallerRole = Annotated[str | None, Depends(caller_role)]

@@ -39,9 +39,9 @@ RETRY_AFTER_S = 5
 OPEN = (health, ui)
 # the error answers each router's routes can give besides 401 (a token) and 503 (a backing service), declared in the
 # OpenAPI schema with their body (api.schemas.ErrorOut); 413 wherever a body is read, 507 wherever one is written
-ROUTER_ERRORS = {corpora: (413, 422, 507), jobs: (404, 409, 422), models: (404, 409, 422, 507),
-                 tasks: (404, 409, 413, 422, 507), inference: (404, 409, 413, 422), batch: (404, 409, 413, 422, 507),
-                 aliases: (404, 409, 413, 422, 507), evaluations: (404, 422)}
+ROUTER_ERRORS = {corpora: (413, 422, 507), jobs: (404, 409, 410, 422), models: (404, 409, 422, 507),
+                 tasks: (404, 409, 413, 422, 507), inference: (404, 409, 413, 422),
+                 batch: (404, 409, 413, 422, 429, 507), aliases: (404, 409, 413, 422, 507), evaluations: (404, 422)}
 
 
 async def unavailable(request: Request, err: Exception) -> JSONResponse:

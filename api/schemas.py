@@ -250,8 +250,11 @@ ERRORS: dict[int, str] = {
          "DAS_MANAGEMENT_TOKEN is set; the routes that change something need the management token)",
     404: "no such job, version, task or output",
     409: "what is asked conflicts with the resource's state (ended, damaged, not fitted yet, ...); detail says why",
+    410: "a batch prediction's answers were removed after DAS_BATCH_RETENTION_S",
     413: "the body or the uploaded file exceeds its limit",
     422: "the request is invalid; detail says what to fix",
+    429: "too many batch predictions are queued or running (of this token, or in all); retry after Retry-After "
+         "seconds",
     503: "a backing service (Redis, the store's lock, the model, the inference queue) is unavailable; "
          "retry after Retry-After seconds",
     507: "the server's disk is full; nothing of the request was kept",

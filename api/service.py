@@ -28,6 +28,7 @@ from serving.pinned import PinnedVersions
 from serving.watch import ActiveVersionWatcher
 from worker.context import RunJob
 from worker.embedded import EmbeddedWorker
+from worker.retention import expire_quietly
 from worker.runtime import announce, build_worker_context, job_registry, open_store
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,7 @@ class Service:
         if removed := clean_uploads(self.settings.work_dir):
             log.info("removed %d temporary uploads left by a process that died", len(removed))
         self.runtime.initialise_store(self.store, self.settings)
+        expire_quietly(self.store, self.jobs, self.settings.batch_retention_s)
         try:
             self.watcher.check()  # load and warm the active version before answering
         except Exception:  # noqa: BLE001 - e.g. a damaged active version: answer 503 saying why (problem())

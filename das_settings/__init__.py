@@ -53,6 +53,13 @@ class Settings(BaseSettings):
     max_texts: int = Field(64, ge=1, description="Most texts in one inference request.")
     max_text_chars: int = Field(4000, ge=1, description="Longest text in an inference request (and in a line of "
                                 "a batch prediction).")
+    max_queued_batch_jobs: int = Field(20, ge=1, le=10_000, description="Most batch predictions queued or running "
+                                       "at once, every token together; one more is a 429.")
+    max_queued_batch_jobs_per_token: int = Field(5, ge=1, le=10_000, description="Most batch predictions queued or "
+                                                 "running at once that one token (inference or management) queued.")
+    batch_retention_s: float = Field(7 * 86400, gt=0, le=10 * 365 * 86400, description="How long a finished batch "
+                                     "prediction's input and answers stay in the store; then they are removed and "
+                                     "its output answers 410.")
     max_batch_prediction_lines: int = Field(100_000, ge=1, le=10_000_000, description="Most lines of one batch "
                                             "prediction's JSONL (POST /v1/batch-predictions); each is one text.")
     max_batch_size: int = Field(32, ge=1, description="Most texts the micro-batcher runs in one forward pass.")

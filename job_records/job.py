@@ -69,6 +69,7 @@ class PredictRequest:
     top_k: int = 5
     input_filename: str = ""
     truncate: bool = False  # cut a text over the model's maximum sequence (False: that line gets an error)
+    submitted_by: str | None = None  # the token's role that queued it ("inference", "management"; None: auth off)
     kind: JobKind = "predict"
 
     @property
@@ -107,6 +108,7 @@ class Job:
     input_filename: str | None = None
     truncate: bool | None = None  # None: another kind, or a predict record from before the field (those cut texts)
     output_sha256: str | None = None  # set once every line is answered
+    submitted_by: str | None = None  # who queued a batch prediction: "inference" or "management" (None: auth off)
     # every kind: how it runs
     started: float | None = None
     finished: float | None = None
@@ -171,11 +173,19 @@ class JobRegistry(Protocol):
     def list(self, limit: int = 100, *, where: JobFilter | None = None, before_seq: int | None = None
              ) -> list[Job]: ...  # newest first (by seq); only those `where` keeps, and older than `before_seq`
     def update(self, job_id: str, **fields: Any) -> Job: ...
-    def earliest_pending(self) -> Job | None: ...
+    def earliest_pending(self) -> Job | None: ...  # the next to run: adaptations and fits before batch predictions
     def claim(self, job_id: str, owner: str, ttl_s: float) -> bool: ...
     def release(self, job_id: str, owner: str) -> None: ...
     def lease_alive(self, job_id: str) -> bool: ...
     def ping(self) -> None: ...  # raises if the records cannot be reached
+
+
+BATCH_LANE = 2**40  # added to a batch prediction's place in the pending order: every other job runs first
+
+
+def pending_rank(job: Job) -> int:
+    """Where a pending job stands in line: by acceptance, each batch prediction behind every adaptation and fit."""
+    return job.seq + (BATCH_LANE if job.kind == "predict" else 0)
 
 
 def new_job(seq: int, request: JobRequest) -> Job:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .job import TERMINAL, Job, JobFilter, JobRequest, apply_fields, new_job
+from .job import TERMINAL, Job, JobFilter, JobRequest, apply_fields, new_job, pending_rank
 
 _EXTEND_IF_OWNER = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
                     "return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0")
@@ -30,7 +30,7 @@ class RedisJobs:
         pipe = self.r.pipeline()
         pipe.set(self._key(job.id), job.to_json())
         pipe.zadd(f"{self.PREFIX}jobs", {job.id: job.seq})
-        pipe.zadd(f"{self.PREFIX}jobs:pending", {job.id: job.seq})
+        pipe.zadd(f"{self.PREFIX}jobs:pending", {job.id: pending_rank(job)})
         pipe.execute()
         return job
 

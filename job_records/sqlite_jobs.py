@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .job import PENDING, Job, JobFilter, JobRequest, apply_fields, new_job
+from .job import BATCH_LANE, PENDING, Job, JobFilter, JobRequest, apply_fields, new_job
 
 _PENDING_SQL = ", ".join(f"'{state}'" for state in PENDING)
 # a record's kind, domain and task as Job.from_json reads them: records written before the kinds had fields of
@@ -83,7 +83,8 @@ class SqliteJobs:
 
     def earliest_pending(self) -> Job | None:
         with self._mutex:
-            row = self._db.execute(f"SELECT data FROM jobs WHERE state IN ({_PENDING_SQL}) ORDER BY seq LIMIT 1"
+            row = self._db.execute(f"SELECT data FROM jobs WHERE state IN ({_PENDING_SQL}) ORDER BY "
+                                   "seq + (json_extract(data, '$.kind') = 'predict') * ? LIMIT 1", (BATCH_LANE,)
                                    ).fetchone()
         return Job.from_json(row[0]) if row else None
 

@@ -38,6 +38,12 @@ class Blobs:
             self.cache.fetch_verified(f"{PREFIX}/{sha256}", sha256, target)
         return target
 
+    def delete(self, sha256: str) -> None:
+        """Remove a blob (a batch prediction's files past their retention); one that is gone already is fine."""
+        self.backend.delete(f"{PREFIX}/{names.digest(sha256)}")
+        if self.cache.cache_dir is not None:
+            (self.cache.root() / PREFIX / sha256).unlink(missing_ok=True)
+
     def put(self, path: Path, sha256: str | None = None) -> str:
         """Store a file under corpora/<its sha256> and return the digest (the same bytes twice are stored once).
         `sha256`: the digest the caller already took of these bytes (an upload hashed as it streamed), so the file

@@ -7,6 +7,11 @@ class JobStopped(Exception):
     """The work stopped at a step (cancel or shutdown) before it finished; an adaptation keeps its checkpoint."""
 
 
+class Yielded(JobStopped):
+    """A batch prediction stopped between two chunks of lines because an adaptation or a fit is waiting: it goes
+    back to the queue behind it and resumes from the lines it answered."""
+
+
 class Superseded(Exception):
     """The request no longer stands (its task was registered again, or deleted): a job ends `cancelled`."""
 

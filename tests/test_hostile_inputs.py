@@ -301,3 +301,75 @@ def test_class3_a_hung_store_never_stalls_the_service(service_settings, tmp_path
             assert "problem" not in client.get("/readyz").json()
         finally:
             stalled.unlink()
+
+
+# -- 5. the lower-privilege token cannot starve the higher one ---------------------------------------------------
+
+def _batch_lines(n: int) -> bytes:
+    return "".join(json.dumps({"text": f"line {i} of a long batch"}) + "\n" for i in range(n)).encode()
+
+
+def test_class5_batch_jobs_cannot_starve_adaptations(service_settings, small_corpus):
+    """A long batch prediction running when an adaptation arrives yields after its current chunk of lines: the
+    adaptation runs next, then the batch resumes where it stopped and answers every line once."""
+    import time
+
+    from service_helpers import upload, wait_for_job
+
+    with TestClient(build_app(service_settings)) as client:
+        batch = client.post("/v1/batch-predictions", data={"kind": "embed"},
+                            files={"file": ("b.jsonl", _batch_lines(20_000))}).json()["job_id"]
+        deadline = time.time() + 120
+        while time.time() < deadline and not (client.get(f"/v1/jobs/{batch}").json().get("progress") or {}).get("step"):
+            time.sleep(0.1)
+        adapt = wait_for_job(client, upload(client, small_corpus, steps="2")["job_id"])
+        batch_now = client.get(f"/v1/jobs/{batch}").json()
+        assert adapt["state"] == "succeeded" and batch_now["state"] in ("queued", "running"), (adapt, batch_now)
+        done = wait_for_job(client, batch, timeout_s=300)
+        assert done["state"] == "succeeded" and done["finished"] > adapt["finished"]  # ISO-8601 UTC: ordered as text
+        lines = client.get(f"/v1/jobs/{batch}/output").text.splitlines()
+        assert [json.loads(line)["id"] for line in lines] == list(range(1, 20_001))  # each line once, in order
+
+
+def test_class5_batch_jobs_are_capped_per_token_and_in_all(service_settings):
+    settings = service_settings.model_copy(update={"inference_token": "infer-token", "management_token": "mgmt-token",
+                                                   "max_queued_batch_jobs_per_token": 2, "max_queued_batch_jobs": 3})
+    infer, mgmt = {"Authorization": "Bearer infer-token"}, {"Authorization": "Bearer mgmt-token"}
+    with TestClient(build_app(settings), raise_server_exceptions=False) as client:
+        def queue(headers):
+            return client.post("/v1/batch-predictions", data={"kind": "embed"}, headers=headers,
+                               files={"file": ("b.jsonl", _batch_lines(20_000))})
+
+        assert queue(infer).status_code == 202 and queue(infer).status_code == 202
+        third = queue(infer)
+        assert third.status_code == 429 and "DAS_MAX_QUEUED_BATCH_JOBS_PER_TOKEN=2" in third.text, third.text
+        assert third.headers["Retry-After"]
+        assert queue(mgmt).status_code == 202  # the other token has its own share
+        over = queue(mgmt)
+        assert over.status_code == 429 and "DAS_MAX_QUEUED_BATCH_JOBS=3" in over.text, over.text
+        jobs = client.get("/v1/jobs", params={"kind": "predict"}, headers=mgmt).json()
+        assert len(jobs) == 3
+        for job in jobs:
+            client.delete(f"/v1/batch-predictions/{job['id']}", headers=mgmt)
+
+
+def test_class5_batch_files_go_after_their_retention(service_settings):
+    import time
+
+    from service_helpers import wait_for_job
+    from worker.retention import expire_batch_files
+
+    with TestClient(build_app(service_settings)) as client:
+        job_id = client.post("/v1/batch-predictions", data={"kind": "embed"},
+                             files={"file": ("b.jsonl", _batch_lines(5))}).json()["job_id"]
+        job = wait_for_job(client, job_id)
+        assert client.get(f"/v1/jobs/{job_id}/output").status_code == 200
+        service = client.app.state.service
+        store, jobs = service.store, service.jobs
+        files = [job["input_sha256"], job["output_sha256"]]
+        assert all(store.blobs.has(sha) for sha in files)
+        assert expire_batch_files(store, jobs, 3600, now=time.time()) == []  # not old yet
+        assert expire_batch_files(store, jobs, 3600, now=jobs.get(job_id).finished + 3601) == [job_id]
+        assert not any(store.blobs.has(sha) for sha in files)
+        gone = client.get(f"/v1/jobs/{job_id}/output")
+        assert gone.status_code == 410 and "DAS_BATCH_RETENTION_S" in gone.text

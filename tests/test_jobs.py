@@ -5,7 +5,8 @@ import uuid
 
 import pytest
 
-from job_records import AdaptRequest, RedisJobs, SqliteJobs
+from job_records import AdaptRequest, FitRequest, RedisJobs, SqliteJobs
+from job_records.job import PredictRequest
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -39,6 +40,23 @@ def test_earliest_pending_follows_acceptance_order(jobs):
     assert jobs.earliest_pending().id == c.id
     jobs.update(c.id, state="failed")
     assert jobs.earliest_pending() is None
+
+
+def test_class5_batch_jobs_cannot_starve_adaptations_the_lane(jobs):
+    """A batch prediction waits behind every adaptation and fit, even one accepted after it (running or not)."""
+    batch = jobs.create(PredictRequest("e" * 64, 10_000, "embed"))
+    assert jobs.earliest_pending().id == batch.id
+    jobs.update(batch.id, state="running")
+    adapt = jobs.create(AdaptRequest("d", "c" * 64, 1, {}))
+    fit = jobs.create(FitRequest("task", "g1", "f" * 64, 10))
+    later_batch = jobs.create(PredictRequest("e" * 64, 10, "embed"))
+    assert jobs.earliest_pending().id == adapt.id
+    jobs.update(adapt.id, state="succeeded")
+    assert jobs.earliest_pending().id == fit.id
+    jobs.update(fit.id, state="failed")
+    assert jobs.earliest_pending().id == batch.id  # then the batches, in acceptance order
+    jobs.update(batch.id, state="succeeded")
+    assert jobs.earliest_pending().id == later_batch.id
 
 
 def test_a_lease_has_one_owner_until_it_lapses(jobs):

@@ -31,6 +31,7 @@ class WorkerContext:
     device: str = "cpu"
     gate_max_drop: float = 1.0  # DAS_GATE_MAX_DROP: macro-F1 points an end task may lose to a new version
     train_procs: int = 1  # DAS_TRAIN_PROCS: processes an adaptation trains on (this one is rank 0)
+    batch_retention_s: float = 7 * 86400  # DAS_BATCH_RETENTION_S: a finished batch prediction's files stay this long
     on_published: Callable[[str], None] = lambda version: None
     submit: Callable[[str], None] = lambda job_id: None  # queue a job the worker created (finetune re-tuning)
     stop: threading.Event = field(default_factory=threading.Event)  # set on shutdown

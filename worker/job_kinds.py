@@ -27,7 +27,7 @@ from model_store.manifest import CorpusInfo
 from model_store.tasks import TaskNotFound, TaskStore
 from pipeline.adaptation import adapt_version, job_config
 from pipeline.endtasks import fit_task_model
-from pipeline.outcomes import JobStopped, Superseded
+from pipeline.outcomes import JobStopped, Superseded, Yielded
 from pipeline.predict import Answerer, Ask
 
 from .context import WorkerContext
@@ -104,6 +104,9 @@ def run_predict_job(job: Job, ctx: WorkerContext, reporter: ProgressReporter) ->
                 if reporter.cancelled:
                     partial.unlink(missing_ok=True)
                 raise JobStopped(f"stopped after {done} of {len(lines)} lines")
+            waiting = ctx.jobs.earliest_pending() if done > first else None  # (one chunk at least per turn)
+            if waiting is not None and waiting.kind != "predict":
+                raise Yielded(f"after {done} of {len(lines)} lines, to {waiting.kind} job {waiting.id}")
             batch = lines[done:done + BATCH_LINES]
             out.writelines(_output_line(line, answer)
                            for line, answer in zip(batch, answerer.answer(ask, [line.text for line in batch]),

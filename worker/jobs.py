@@ -19,11 +19,12 @@ from das_formats.corpus import CorpusError
 from job_records import TERMINAL, Job
 from model_store.locks import StoreLocked
 from pipeline.adaptation import finish_publication
-from pipeline.outcomes import GateRejected, JobStopped, Superseded
+from pipeline.outcomes import GateRejected, JobStopped, Superseded, Yielded
 
 from .context import Outcome, WorkerContext
 from .job_kinds import JOB_KINDS, partial_answers
 from .progress import ProgressReporter
+from .retention import expire_quietly
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ def run_job(job_id: str, ctx: WorkerContext) -> Outcome:
         beating.set()
         heart.join()
         ctx.jobs.release(job_id, ctx.owner)
+        expire_quietly(ctx.store, ctx.jobs, ctx.batch_retention_s)
 
 
 def _heartbeat(ctx: WorkerContext, job_id: str, ttl: float, done: threading.Event) -> None:
@@ -95,14 +97,15 @@ def _run_claimed(job_id: str, ctx: WorkerContext) -> Outcome:
     reporter = ProgressReporter(ctx, job_id)
     try:
         version = work(job, ctx, reporter)
-    except JobStopped:  # by the user, or by a shutdown that leaves it resumable
+    except JobStopped as stopped:  # by the user, by a shutdown that leaves it resumable, or yielding its turn
         if reporter.cancelled:
             return end_job(ctx, job_id, "cancelled")
         job = ctx.jobs.update(job_id, state="queued", attempts=attempts - 1)
         seconds = time.monotonic() - attempt_started
-        log.info("job %s stopped by a shutdown after %.1f s: back in the queue, it resumes from its checkpoint",
-                 job_id, seconds, extra=_fields(job, "job_requeued", seconds=round(seconds, 3)))
-        return Outcome.RETRY
+        why = f"yielded its turn {stopped}" if isinstance(stopped, Yielded) else "stopped by a shutdown"
+        log.info("job %s %s after %.1f s: back in the queue, it resumes where it stopped", job_id, why, seconds,
+                 extra=_fields(job, "job_requeued", seconds=round(seconds, 3)))
+        return Outcome.RETRY  # queued again: the job it yielded to runs first (earliest_pending), then it resumes
     except Superseded as err:
         return end_job(ctx, job_id, "cancelled", str(err))
     except GateRejected as err:

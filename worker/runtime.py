@@ -42,6 +42,7 @@ def build_worker_context(settings: Settings, *, store: ModelStore | None = None,
                          work_dir=settings.work_dir, heartbeat_s=settings.heartbeat_s,
                          max_attempts=settings.max_attempts, device=settings.device,
                          gate_max_drop=settings.gate_max_drop, train_procs=settings.train_procs,
+                         batch_retention_s=settings.batch_retention_s,
                          on_published=on_published or (lambda version: announce(settings, version)), submit=submit)
 
 

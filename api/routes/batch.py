@@ -16,12 +16,12 @@ from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from das_formats.batch_input import BatchInputError, BatchLine, read_batch_input
-from job_records import TERMINAL, cancel_fields
+from job_records import PENDING, TERMINAL, JobFilter, cancel_fields
 from job_records.job import AnswerKind, PredictRequest
 from model_store.names import InvalidName
 from model_store.tasks import TaskStore, task_name
 
-from ..deps import ServiceDep
+from ..deps import CallerRole, ServiceDep
 from ..queueing import queue_job
 from ..schemas import BatchAccepted, JobOut
 from ..uploads import safe_filename, save_upload, upload_dir
@@ -31,7 +31,7 @@ router = APIRouter(prefix="/v1/batch-predictions", tags=["batch predictions"])
 
 @router.post("", status_code=202, response_model=BatchAccepted)
 async def create_batch_prediction(
-    *, service: ServiceDep,
+    *, service: ServiceDep, role: CallerRole,
     file: Annotated[UploadFile, File(description='UTF-8 JSONL, one {"text": ..., "id": ...} object per line '
                                                  '("id" is optional: the line number by default)')],
     kind: Annotated[AnswerKind, Form(description="what each line gets: predict (end-task labels), embed (an "
@@ -47,6 +47,7 @@ async def create_batch_prediction(
     """Check the whole file, store it, and queue a job that answers every line with the version active when the job
     starts; nothing is stored or queued unless every line is valid (a 422 names the first bad one)."""
     names = await run_in_threadpool(_task_names, service, kind, tasks)
+    await run_in_threadpool(_check_caps, service, role)  # before a byte is stored
     limit = service.settings.max_upload_bytes
     with tempfile.TemporaryDirectory(dir=upload_dir(service)) as tmp:
         path = Path(tmp) / "input.jsonl"
@@ -64,7 +65,8 @@ async def create_batch_prediction(
         sha = await run_in_threadpool(service.store.blobs.put, path)
     cut = truncate or service.settings.auto_truncate  # decided now: the job answers as its upload was told
     job = service.jobs.create(PredictRequest(sha, len(lines), kind, tuple(names), top_k,
-                                             safe_filename(file.filename or "input.jsonl"), truncate=cut))
+                                             safe_filename(file.filename or "input.jsonl"), truncate=cut,
+                                             submitted_by=role))
     queue_job(service, job.id, retry="upload the file again later")
     return BatchAccepted(job_id=job.id, lines=len(lines), kind=kind, tasks=names, input_sha256=sha, truncate=cut)
 
@@ -81,6 +83,22 @@ def cancel_batch_prediction(*, service: ServiceDep, job_id: str) -> JobOut:
     if job.state in TERMINAL:
         raise HTTPException(409, f"job {job_id} already ended ({job.state})")
     return JobOut(**dataclasses.asdict(service.jobs.update(job_id, **cancel_fields(job))))
+
+
+def _check_caps(service, role: str | None) -> None:
+    """429 when the batch predictions queued or running, of this token or in all, are at their caps: a token that
+    may only read can never fill the queue the adaptations share (they also run first: job_records' BATCH_LANE)."""
+    settings = service.settings
+    pending = [j for j in service.jobs.list(limit=10_000, where=JobFilter(kind="predict")) if j.state in PENDING]
+    mine = [j for j in pending if j.submitted_by == role]
+    for count, cap, setting, whose in ((len(mine), settings.max_queued_batch_jobs_per_token,
+                                        "DAS_MAX_QUEUED_BATCH_JOBS_PER_TOKEN", "of this token"),
+                                       (len(pending), settings.max_queued_batch_jobs, "DAS_MAX_QUEUED_BATCH_JOBS",
+                                        "in all")):
+        if count >= cap:
+            raise HTTPException(429, f"{count} batch predictions {whose} are queued or running, the most allowed "
+                                     f"({setting}={cap}); wait for one to end (GET /v1/jobs?kind=predict)",
+                                headers={"Retry-After": "30"})
 
 
 def _task_names(service, kind: str, tasks: str | None) -> list[str]:

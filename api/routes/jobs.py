@@ -63,6 +63,8 @@ def get_job_output(*, service: ServiceDep, job_id: str) -> FileResponse:
         raise HTTPException(404, f"no job {job_id}")
     if job.kind != "predict":
         raise HTTPException(409, f"job {job_id} is a {job.kind} job; only batch predictions have an output")
+    if job.output_sha256 is None and job.state == "succeeded":
+        raise HTTPException(410, f"job {job_id}'s answers are gone: {job.note}")
     if job.output_sha256 is None:
         raise HTTPException(404, f"job {job_id} has no output yet ({job.state}); it is there once the job succeeded")
     return FileResponse(service.store.blobs.path(job.output_sha256), media_type="application/x-ndjson",

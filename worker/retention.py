@@ -1,0 +1,45 @@
+"""Batch predictions' files do not stay forever: a finished job's input and answers leave the store once
+DAS_BATCH_RETENTION_S has passed since it ended (its record stays, saying so). Run after every job (worker.jobs)
+and when the service starts (api.service)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from job_records import PENDING, TERMINAL, JobFilter, JobRegistry
+from model_store.store import ModelStore
+
+log = logging.getLogger(__name__)
+EXPIRED = "its input and answers were removed {days:g} days after it ended (DAS_BATCH_RETENTION_S)"
+
+
+def expire_batch_files(store: ModelStore, jobs: JobRegistry, retention_s: float, now: float | None = None
+                       ) -> list[str]:
+    """Remove the input and output blobs of batch predictions that ended over `retention_s` ago (a blob another
+    pending or recent job still names stays); returns the ids of the jobs whose files went."""
+    now = time.time() if now is None else now
+    batch = jobs.list(limit=100_000, where=JobFilter(kind="predict"))
+    old = [j for j in batch if j.state in TERMINAL and j.finished is not None and now - j.finished > retention_s
+           and (j.input_sha256 is not None or j.output_sha256 is not None)]
+    keep = {sha for j in batch if j not in old and j.state in (*PENDING, *TERMINAL)
+            for sha in (j.input_sha256, j.output_sha256) if sha}
+    expired = []
+    for job in old:
+        for sha in {job.input_sha256, job.output_sha256} - keep - {None}:
+            store.blobs.delete(sha)
+        jobs.update(job.id, input_sha256=None, output_sha256=None, note=EXPIRED.format(days=retention_s / 86400))
+        expired.append(job.id)
+    if expired:
+        log.info("removed the files of %d batch predictions that ended over %g s ago", len(expired), retention_s,
+                 extra={"event": "batch_files_expired", "jobs": expired})
+    return expired
+
+
+def expire_quietly(store: ModelStore, jobs: JobRegistry, retention_s: float) -> None:
+    """expire_batch_files, where its failure must fail nothing else (after a job, at start): logged, tried again
+    next time."""
+    try:
+        expire_batch_files(store, jobs, retention_s)
+    except Exception:  # noqa: BLE001 - the next call tries again
+        log.exception("could not remove expired batch prediction files")
