@@ -357,6 +357,7 @@ def test_class5_batch_files_go_after_their_retention(service_settings):
     import time
 
     from service_helpers import wait_for_job
+
     from worker.retention import expire_batch_files
 
     with TestClient(build_app(service_settings)) as client:
