@@ -66,15 +66,19 @@ def adapt_on_ranks(procs: int, base: str | Path, corpus: str | Path | list[str],
             for helper in helpers:  # they may wait in a collective rank 0 never reaches
                 helper.kill()
             distributed.leave()
-            if dead is not None and isinstance(err, Exception):
-                raise RuntimeError(f"training rank {dead[0]} of {procs} exited ({describe_exit(dead[1])}); the run "
-                                   "stopped with it") from err
+            if dead is not None and isinstance(err, Exception) and not isinstance(err, RankFailed):
+                raise RankFailed(f"training rank {dead[0]} of {procs} exited ({describe_exit(dead[1])}); the run "
+                                 "stopped with it") from err
             raise
         finally:
             failed = _wait(helpers)
     if failed:
         raise RuntimeError(f"training rank(s) {failed} of {procs} failed; see their log lines")
     return result
+
+
+class RankFailed(RuntimeError):
+    """A helper rank ended the run: it exited while starting, or died while training (the message names it)."""
 
 
 def remove_dead_runs_folders(older_than_s: float = 60.0) -> list[Path]:
@@ -144,8 +148,8 @@ def _wait_until_ready(store: dist.TCPStore, helpers: list[subprocess.Popen]) -> 
         for rank, helper in enumerate(helpers, start=1):
             code = helper.poll()
             if code is not None:
-                raise RuntimeError(f"training rank {rank} of {len(helpers) + 1} exited with code {code} before it "
-                                   "joined the run; see its log lines")
+                raise RankFailed(f"training rank {rank} of {len(helpers) + 1} exited with code {code} before it "
+                                 "joined the run; see its log lines")
         if time.monotonic() > deadline:
             raise RuntimeError(f"training rank(s) not ready after {HELPER_START_TIMEOUT_S:.0f} s: "
                                f"{[k.rsplit('/', 1)[1] for k in keys if not store.check([k])]}")
