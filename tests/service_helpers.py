@@ -1,8 +1,16 @@
-"""Helpers shared by the service tests: a small job's form, and waiting for a job to end."""
+"""Helpers shared by the service tests: a small job's form, waiting for a job to end, and `das serve` in a process
+of its own."""
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
+
+import httpx
 
 JOB_FORM = {"domain": "legal", "steps": "12", "batch_size": "4", "max_length": "64"}
 
@@ -43,3 +51,27 @@ def wait_serving(client, version: str, timeout_s: float = 30.0) -> None:
             return
         time.sleep(0.1)
     raise AssertionError(f"the API did not swap to {version}")
+
+
+def das_serve(store: Path, work: Path, models: Path, log: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """`das serve` (embedded, no tokens) on a free port over `store`, started and ready: (its process, its URL)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "DAS_STORE": str(store), "DAS_WORK_DIR": str(work), "DAS_MODELS_DIR": str(models),
+           "DAS_POLL_INTERVAL_S": "0.5"}
+    for name in ("DAS_URL", "DAS_TOKEN", "DAS_BROKER_URL", "DAS_MANAGEMENT_TOKEN", "DAS_INFERENCE_TOKEN"):
+        env.pop(name, None)
+    out = open(log, "wb") if log is not None else subprocess.DEVNULL  # noqa: SIM115 - the child holds it
+    server = subprocess.Popen([sys.executable, "-c", "from das.cli import app; app()", "serve", "--port", str(port)],
+                              env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz").status_code == 200:
+                return server, url
+        except httpx.TransportError:
+            time.sleep(0.3)
+    server.kill()
+    raise AssertionError(f"das serve did not get ready at {url}")

@@ -4,8 +4,6 @@ kills) fails only its job; the API answers throughout, and the next job runs."""
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -91,25 +89,11 @@ def test_class7_nothing_is_left_behind_a_killed_servers_job_process_exits(tmp_pa
     """kill -9 of `das serve` mid-job: its job process and the fork server exit too (the job does not train on,
     renewing its lease for nobody)."""
     import httpx
-    from test_client import free_port
+    from service_helpers import das_serve
 
-    port = free_port()
-    env = {**os.environ, "DAS_STORE": str(tmp_path / "store"), "DAS_WORK_DIR": str(tmp_path / "work"),
-           "DAS_MODELS_DIR": str(get_settings().models_dir), "DAS_POLL_INTERVAL_S": "0.5"}
-    for name in ("DAS_URL", "DAS_TOKEN", "DAS_BROKER_URL", "DAS_MANAGEMENT_TOKEN", "DAS_INFERENCE_TOKEN"):
-        env.pop(name, None)
-    with open(tmp_path / "server.log", "wb") as log:
-        server = subprocess.Popen([sys.executable, "-c", "from das.cli import app; app()", "serve", "--port",
-                                   str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    server, url = das_serve(tmp_path / "store", tmp_path / "work", get_settings().models_dir, tmp_path / "server.log")
     try:
-        url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.3)
         with open(small_corpus, "rb") as f:
             job_id = httpx.post(f"{url}/v1/corpora", data={"domain": "legal", "steps": "20000"},
                                 files={"file": ("c.txt", f)}).json()["job_id"]

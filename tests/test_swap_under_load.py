@@ -1,24 +1,15 @@
 """Hot swap under load: concurrent inference (loopback only) while versions are activated; zero failures."""
 
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 
 import httpx
 import pytest
+from service_helpers import das_serve
 
 from das_formats.config import DASConfig
 from model_store.store import ModelStore
 from pipeline.adaptation import adapt_active
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -27,19 +18,7 @@ def server(tmp_path, bert_dir, corpus_file, service_settings):
     store.init_base(bert_dir, "embedded")
     config = DASConfig(steps=6, batch_size=4, max_length=48, importance_samples=8, checkpoint_every=0, lr=1e-3)
     adapt_active(store, corpus_file, "legal", config, work_dir=tmp_path / "work", activate=False)
-    port = _free_port()
-    env = {**os.environ, "DAS_STORE": str(tmp_path / "store"), "DAS_WORK_DIR": str(tmp_path / "work"),
-           "DAS_MODELS_DIR": str(service_settings.models_dir), "DAS_POLL_INTERVAL_S": "0.5"}
-    proc = subprocess.Popen([sys.executable, "-c", "from das.cli import app; app()", "serve", "--port", str(port)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{base}/readyz").status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
+    proc, base = das_serve(tmp_path / "store", tmp_path / "work", service_settings.models_dir)
     yield base
     proc.terminate()
     proc.wait(30)
