@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import reprlib
 
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -108,13 +109,34 @@ MAX_ERRORS = 10  # errors a 422 lists one by one; the rest are counted
 MAX_INPUT_CHARS = 200  # of each error's echoed input
 
 
+def _small(value: object, budget: int = 100) -> int:
+    """What is left of `budget` after counting the strings, numbers and containers in `value` (negative: too big to
+    echo); stops counting as soon as the budget is spent, so a huge input costs no more than a small one."""
+    budget -= 1 + (len(value) // MAX_INPUT_CHARS if isinstance(value, str) else 0)
+    if budget > 0 and isinstance(value, dict):
+        value = list(value.values())
+    if budget > 0 and isinstance(value, list | tuple):
+        for item in value:
+            budget = _small(item, budget)
+            if budget < 0:
+                break
+    return budget
+
+
+_PREVIEW = reprlib.Repr()  # Python 3.11's takes no arguments: its limits are attributes
+_PREVIEW.maxlevel, _PREVIEW.maxlist, _PREVIEW.maxdict = 3, 10, 10
+_PREVIEW.maxstring = _PREVIEW.maxother = MAX_INPUT_CHARS
+
+
 def _echo(value: object) -> object:
-    """An error's input as the answer echoes it: short values as they are, long ones cut to a preview."""
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value if not isinstance(value, str) or len(value) <= MAX_INPUT_CHARS else \
-            f"{value[:MAX_INPUT_CHARS]}... ({len(value)} characters)"
-    text = json.dumps(jsonable_encoder(value), default=str)
-    return value if len(text) <= MAX_INPUT_CHARS else f"{text[:MAX_INPUT_CHARS]}... ({len(text)} characters)"
+    """An error's input as the answer echoes it: a small value as it is, a large one as a short preview (what it
+    holds is counted without encoding it all)."""
+    if _small(value) >= 0:
+        return value
+    if isinstance(value, str):
+        return f"{value[:MAX_INPUT_CHARS]}... ({len(value)} characters)"
+    size = f" of {len(value)} items" if isinstance(value, list | tuple | dict) else ""
+    return f"{_PREVIEW.repr(value)} (a {type(value).__name__}{size})"
 
 
 def bounded_errors(errors: list[dict]) -> list[dict]:

@@ -73,10 +73,29 @@ class CurrentModel(ModelOut):
                               "for requests that name a version (DAS_MAX_LOADED_VERSIONS), least recently used first")
 
 
+# the most texts any request may list (DAS_MAX_TEXTS is at most this), and the most tasks
+MAX_TEXTS = 4096
+MAX_TASKS = 64
+
+
+def _at_most(limit: int):
+    """A list longer than `limit` is refused before its items are looked at: pydantic checks a list's length only
+    after validating every item, so 100,000 wrong items would cost the event loop a second of errors."""
+    def check(value: Any) -> Any:
+        if isinstance(value, list) and len(value) > limit:
+            raise ValueError(f"List should have at most {limit} items, not {len(value)}")
+        return value
+    return BeforeValidator(check)
+
+
+Texts = Annotated[list[str], _at_most(MAX_TEXTS)]
+
+
 class TextsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")  # an unknown key is a 422 naming the nearest field (api.strict)
 
-    texts: list[str] = Field(min_length=1, description="no domain id needed: any text")
+    texts: Texts = Field(min_length=1, max_length=MAX_TEXTS, description="no domain id needed: any text (at most "
+                         "DAS_MAX_TEXTS)")
     truncate: bool = Field(False, description="cut a text longer than the model's maximum sequence to it (the "
                            "answer's `truncated` says which were cut); false: such a text is a 422, unless the "
                            "service runs with DAS_AUTO_TRUNCATE=true")
@@ -110,9 +129,10 @@ class EmbeddingsOut(BaseModel):
 class EmbeddingsIn(TextsIn):
     """This API's {"texts": [...]} or OpenAI's {"input": ..., "model": ...}: exactly one of texts and input."""
 
-    texts: list[str] | None = Field(None, min_length=1, description="no domain id needed: any text")
-    input: str | list[str] | None = Field(None, description="OpenAI's form: one text or a list of texts; the "
-                                          "answer then has OpenAI's shape (object, data, model, usage)")
+    texts: Texts | None = Field(None, min_length=1, max_length=MAX_TEXTS, description="no domain id needed: any text")
+    input: str | Texts | None = Field(
+        None, description="OpenAI's form: one text or a list of texts; the answer then has OpenAI's shape (object, "
+        "data, model, usage)")
     model: str | None = Field(None, description="OpenAI's name for `version`: the version to answer with, an id "
                               "or an alias (omitted: the active one)")
     encoding_format: Literal["float", "base64"] | None = Field(None, description="OpenAI's: a list of floats "
@@ -206,7 +226,7 @@ class TaskAccepted(BaseModel):
 
 
 class PredictIn(TextsIn):
-    tasks: list[str] | None = Field(None, min_length=1, max_length=64,
+    tasks: Annotated[list[str], _at_most(MAX_TASKS)] | None = Field(None, min_length=1, max_length=MAX_TASKS,
                                     description="POST /v1/predict: the tasks to answer (omitted: all served)")
     top_k: int | None = Field(None, ge=1, le=MAX_LABELS, description="score only each task's top_k labels (by "
                               "probability; the label answered is always among them); omitted: every label")

@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     inference_token: str | None = Field(None, description="Bearer token for inference (the management one works too).")
     max_upload_bytes: int = Field(50 * 2**20, ge=1, description="Largest corpus or batch-prediction upload.")
     max_json_bytes: int = Field(2**20, ge=1, description="Largest JSON request body.")
-    max_texts: int = Field(64, ge=1, description="Most texts in one inference request.")
+    max_texts: int = Field(64, ge=1, le=4096, description="Most texts in one inference request.")
     max_text_chars: int = Field(4000, ge=1, description="Longest text in an inference request (and in a line of "
                                 "a batch prediction).")
     max_queued_batch_jobs: int = Field(20, ge=1, le=10_000, description="Most batch predictions queued or running "

@@ -14,8 +14,8 @@ from . import Settings
 
 PREFIX = "DAS_"
 # DAS_ variables the project itself reads outside Settings (documented where they are read), never reported:
-# DAS_TEST_REDIS_URL: the Redis the tests use (tests/conftest.py, README.md).
-NOT_SETTINGS = frozenset({"DAS_TEST_REDIS_URL"})
+# DAS_TEST_REDIS_URL: the Redis the tests use; DAS_TEST_TIMEOUT_S: one test's limit (tests/conftest.py, README.md).
+NOT_SETTINGS = frozenset({"DAS_TEST_REDIS_URL", "DAS_TEST_TIMEOUT_S"})
 log = logging.getLogger(__name__)
 
 

@@ -17,6 +17,33 @@ from das_engine.loading import load_masked_lm
 from das_settings import get_settings
 
 torch.set_num_threads(2)
+TEST_TIMEOUT_S = float(os.environ.get("DAS_TEST_TIMEOUT_S", "600"))  # one test; a hang fails fast, with its stacks
+
+
+@pytest.fixture(autouse=True)
+def _hang_fails_fast(request):
+    """A test that runs past TEST_TIMEOUT_S (a hang: a lock, a read that never returns) ends the run at once, with
+    its name and every thread's stack on the real stderr, instead of holding CI until CI's own limit."""
+    import faulthandler
+    import sys
+    import threading
+
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    limit = TEST_TIMEOUT_S * (6 if request.node.get_closest_marker("slow") else 1)  # the long ones: an hour
+
+    def fail() -> None:
+        with capture.global_and_fixture_disabled():
+            sys.stderr.write(f"\n{request.node.nodeid} ran over {limit:g} s (DAS_TEST_TIMEOUT_S); the "
+                             "stacks of its threads:\n")
+            sys.stderr.flush()
+            faulthandler.dump_traceback(sys.stderr, all_threads=True)
+        os._exit(3)
+
+    timer = threading.Timer(limit, fail)
+    timer.daemon = True
+    timer.start()
+    yield
+    timer.cancel()
 
 
 @pytest.fixture(scope="session")

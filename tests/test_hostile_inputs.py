@@ -164,16 +164,22 @@ def test_class2_an_error_costs_less_than_the_request_validation(service_settings
 
     stream = io.StringIO()
     handler = configure_logging(service_settings, stream)
-    body = json.dumps({"texts": [[i] for i in range(100_000)]})  # 100,000 wrong-typed items (~900 KB)
+    huge = json.dumps({"texts": [[i] for i in range(100_000)]})  # 100,000 wrong-typed items (~900 KB)
+    many = json.dumps({"texts": [[i] for i in range(4_000)]})  # within the list's bound: each item is wrong
     try:
         with TestClient(build_app(service_settings.model_copy(update={"max_json_bytes": 2_000_000})),
                         raise_server_exceptions=False) as client:
-            answer = client.post("/v1/embeddings", content=body, headers={"content-type": "application/json"})
+            answers = [client.post("/v1/embeddings", content=body, headers={"content-type": "application/json"})
+                       for body in (huge, many)]
     finally:
         logging.getLogger().removeHandler(handler)
-    assert answer.status_code == 422 and len(answer.content) < 5_000, len(answer.content)
-    detail = answer.json()["detail"]
-    assert len(detail) == 11 and detail[-1]["msg"] == "and 99990 more errors like these; fix those first"
+    for answer in answers:
+        assert answer.status_code == 422 and len(answer.content) < 5_000, len(answer.content)
+    huge_detail, many_detail = (answer.json()["detail"] for answer in answers)
+    # the long list is refused by its length before any item is looked at, its input echoed as a short preview
+    assert len(huge_detail) == 1 and "at most 4096 items, not 100000" in huge_detail[0]["msg"], huge_detail
+    assert "(a list of 100000 items)" in huge_detail[0]["input"]
+    assert len(many_detail) == 11 and many_detail[-1]["msg"] == "and 3990 more errors like these; fix those first"
     assert all(len(line) < 5_000 for line in stream.getvalue().splitlines())
 
 

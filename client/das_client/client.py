@@ -134,14 +134,17 @@ class Client:
     # -------------------------------------------------------------------------------------------- inference
     # Each takes `version` (a version id or an alias; None: the active version answers) and `truncate` (cut a text
     # longer than the model's maximum sequence, the answer's `truncated` says which; False: such a text is a 422).
-    def predict(self, task: str, texts: Texts, *, version: str | None = None, truncate: bool = False) -> Prediction:
-        """One end task's label and scores for each text (any text, no domain id)."""
-        return from_json(Prediction, self._infer(f"/v1/tasks/{task}/predict", texts, version, truncate))
+    def predict(self, task: str, texts: Texts, *, version: str | None = None, truncate: bool = False,
+                top_k: int | None = None) -> Prediction:
+        """One end task's label and scores for each text (any text, no domain id); `top_k`: only its best k labels'
+        scores (None: every label's)."""
+        fields = {"top_k": top_k} if top_k is not None else {}
+        return from_json(Prediction, self._infer(f"/v1/tasks/{task}/predict", texts, version, truncate, **fields))
 
     def predict_all(self, texts: Texts, tasks: Sequence[str] | None = None, *, version: str | None = None,
-                    truncate: bool = False) -> Predictions:
-        """Several tasks from one backbone pass (`tasks` None: every task served now)."""
-        named = {"tasks": list(tasks)} if tasks is not None else {}
+                    truncate: bool = False, top_k: int | None = None) -> Predictions:
+        """Several tasks from one backbone pass (`tasks` None: every task served now; `top_k` as in predict)."""
+        named = ({"tasks": list(tasks)} if tasks is not None else {}) | ({"top_k": top_k} if top_k is not None else {})
         return from_json(Predictions, self._infer("/v1/predict", texts, version, truncate, **named))
 
     def fill_mask(self, texts: Texts, top_k: int = 5, *, version: str | None = None,
