@@ -158,16 +158,21 @@ class Soak:
             time.sleep(5)
 
     def killer(self, every: float) -> None:
+        """Every `every` seconds, the next job process to run (waited for up to `every` seconds) is SIGKILLed."""
         while not self.stop.wait(every):
-            below = _tree(self.server.pid)
-            jobs = [pid for pid, (ppid, command) in below.items()
-                    if "forkserver" in command and below.get(ppid, (0, ""))[1].find("forkserver") >= 0]
-            for pid in jobs:  # a job's process: a child of the fork server
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                    self.kills.append(time.monotonic() - self.started)
-                except ProcessLookupError:
-                    pass
+            deadline = time.monotonic() + every
+            while not self.stop.is_set() and time.monotonic() < deadline:
+                below = _tree(self.server.pid)
+                jobs = [pid for pid, (ppid, command) in below.items()  # a job's process: the fork server's child
+                        if "forkserver" in command and "forkserver" in below.get(ppid, (0, ""))[1]]
+                if jobs:
+                    try:
+                        os.kill(jobs[0], signal.SIGKILL)
+                        self.kills.append(time.monotonic() - self.started)
+                    except ProcessLookupError:
+                        continue
+                    break
+                time.sleep(0.5)
 
     def sampler(self) -> None:
         while not self.stop.wait(5):
