@@ -12,6 +12,7 @@ import json
 import logging
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -59,12 +60,14 @@ def adapt_version(store: ModelStore, parent: str, corpus: CorpusInfo, domain: st
     meanwhile, the result stays a candidate. The working folder is named by parent, corpus digest
     and settings, so running the same request again resumes from its checkpoint.
     """
+    clock = _Phases()
     if documents is None:
         documents = read_corpus(store.blobs.path(corpus.sha256))
     opened = store.open_version(parent)  # checked once here; the trainer and the gate's references reuse it
     settings_digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()
     work = Path(work_dir) / f"{parent}-{corpus.sha256[:16]}-{settings_digest[:12]}"
     replay = lineage_corpora(store, parent) if config.replay_fraction > 0 or config.merge_auto else None
+    clock.lap("prepare")  # the corpus read, the parent opened and checked, the lineage's corpora read
     Path(work_dir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=work_dir) as judging:
         judge = CandidateJudge(store, opened, Path(judging), max_drop=gate_max_drop, device=device) \
@@ -75,21 +78,42 @@ def adapt_version(store: ModelStore, parent: str, corpus: CorpusInfo, domain: st
                                 base_digests=opened.manifest.files)
     if result.status != "completed":
         raise JobStopped(f"stopped at step {result.step}")
+    clock.lap("train")  # importance, training, the domain importance, a merge
     with tempfile.TemporaryDirectory(dir=work_dir) as fits:
         gate = gate_candidate(store, work, opened, Path(fits), max_drop=gate_max_drop, device=device, force=force)
+        clock.lap("gate")  # every probe task fitted on the candidate, each gated task scored
         request = PublishRequest(folder=work, parent=parent, domain=domain, corpus=corpus,
                                  base_model=opened.manifest.base_model, settings=config.to_dict(),
-                                 metrics=training_summary(result.metrics), request_id=request_id,
+                                 metrics=training_summary(result.metrics) | {"phases_s": clock.seconds},
+                                 request_id=request_id,
                                  status="rejected" if gate.rejected else "candidate", evaluation=gate.evaluation)
         manifest = store.publish(request, activate=False)
         log.info("published %s from %s (domain %s, %d steps) as %s", manifest.id, parent, domain, config.steps,
                  manifest.status, extra={"event": "publish", "version": manifest.id, "parent": parent,
                                          "domain": domain, "status": manifest.status, "job_id": request_id})
         publish_probes(store, manifest.id, gate.probes)
+    clock.lap("publish")
+    log.info("upload to %s: %s", manifest.id, ", ".join(f"{k} {v:.1f} s" for k, v in clock.seconds.items()),
+             extra={"event": "upload_phases", "version": manifest.id, "job_id": request_id, "phases_s": clock.seconds})
     shutil.rmtree(work, ignore_errors=True)
     if gate.rejected:
         raise GateRejected(manifest.id, gate.reason)
     return finish_publication(store, manifest, activate)
+
+
+class _Phases:
+    """Seconds of each phase of an upload, in order: what it spends besides training. The new version's
+    `metrics.phases_s` holds prepare, train and gate (the manifest is written next); the log line `upload_phases`
+    adds publish (the version and its probe models)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = round(now - self._last, 3)
+        self._last = now
 
 
 def lineage_corpora(store: ModelStore, version: str) -> dict[str, list[str]]:
