@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import types
 import typing
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -113,9 +114,7 @@ async def refuse_unknown_inputs(request: Request) -> None:
 
 def _repeated(what: str, where: str, items: list[tuple[str, Any]]) -> list[dict]:
     """An error for each name sent more than once: no route here takes a list from repeated fields."""
-    counts: dict[str, int] = {}
-    for name, _ in items:
-        counts[name] = counts.get(name, 0) + 1
+    counts = Counter(name for name, _ in items)
     return [{"type": REPEATED, "loc": (where, name), "msg": f"{what} {name!r} was sent {n} times; send it once",
              "input": None} for name, n in counts.items() if n > 1]
 

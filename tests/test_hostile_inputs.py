@@ -380,3 +380,30 @@ def test_class5_batch_files_go_after_their_retention(service_settings):
         assert not any(store.blobs.has(sha) for sha in files)
         gone = client.get(f"/v1/jobs/{job_id}/output")
         assert gone.status_code == 410 and "DAS_BATCH_RETENTION_S" in gone.text
+
+
+def test_class7_nothing_is_left_behind_a_batch_cancelled_while_it_waits(service_settings, small_corpus):
+    """A batch that yielded to an adaptation (its partial answers kept to resume from) and is then cancelled while
+    it waits in the queue leaves no partial answers once the worker comes back to it."""
+    import time
+
+    from service_helpers import upload, wait_for_job
+
+    from worker.retention import partial_answers
+
+    with TestClient(build_app(service_settings)) as client:
+        batch = client.post("/v1/batch-predictions", data={"kind": "embed"},
+                            files={"file": ("b.jsonl", _batch_lines(20_000))}).json()["job_id"]
+        deadline = time.time() + 120
+        while time.time() < deadline and not (client.get(f"/v1/jobs/{batch}").json().get("progress") or {}).get("step"):
+            time.sleep(0.1)
+        adapt = upload(client, small_corpus, steps="30")["job_id"]
+        partial = partial_answers(service_settings.work_dir, batch)
+        while time.time() < deadline and client.get(f"/v1/jobs/{batch}").json()["state"] != "queued":
+            time.sleep(0.05)  # it yielded after its current chunk, its answers so far kept
+        assert partial.is_file()
+        assert client.delete(f"/v1/batch-predictions/{batch}").json()["state"] == "cancelled"
+        assert wait_for_job(client, adapt)["state"] == "succeeded"
+        while time.time() < deadline and partial.exists():
+            time.sleep(0.1)
+        assert not partial.exists()

@@ -115,7 +115,7 @@ def test_class7_nothing_is_left_behind_a_killed_servers_job_process_exits(tmp_pa
 
 
 def test_class7_nothing_is_left_behind_a_failed_batch_jobs_answers_go(service_settings):
-    from worker.job_kinds import partial_answers
+    from worker.retention import partial_answers
 
     lines = "".join(json.dumps({"text": f"line {i} of a long batch"}) + "\n" for i in range(20_000)).encode()
     with TestClient(build_app(service_settings)) as client:

@@ -32,10 +32,10 @@ from pipeline.predict import Answerer, Ask
 
 from .context import WorkerContext
 from .progress import ProgressReporter
+from .retention import partial_answers
 from .task_registry import queue_missing_fits
 
 BATCH_LINES = 32  # lines per forward pass, and between two looks at the cancel flag
-OUTPUTS = "batch-predictions"  # under the work folder: the answers of a running job, one file per job
 UNBOUNDED = 10**9  # the stored input was checked at upload, against the limits of that time
 
 
@@ -99,10 +99,7 @@ def run_predict_job(job: Job, ctx: WorkerContext, reporter: ProgressReporter) ->
     started, first = time.monotonic(), done
     with open(partial, "a", encoding="utf-8") as out:
         while done < len(lines):
-            if reporter.should_stop():
-                out.close()
-                if reporter.cancelled:
-                    partial.unlink(missing_ok=True)
+            if reporter.should_stop():  # a cancel's job ends in end_job, which removes the partial answers
                 raise JobStopped(f"stopped after {done} of {len(lines)} lines")
             waiting = ctx.jobs.earliest_pending() if done > first else None  # (one chunk at least per turn)
             if waiting is not None and waiting.kind != "predict":
@@ -118,11 +115,6 @@ def run_predict_job(job: Job, ctx: WorkerContext, reporter: ProgressReporter) ->
     ctx.jobs.update(job.id, output_sha256=sha)
     partial.unlink(missing_ok=True)
     return job.parent
-
-
-def partial_answers(work_dir: Path | str, job_id: str) -> Path:
-    """Where a batch job's answers so far are kept on this machine (what a retry of the job resumes from)."""
-    return Path(work_dir) / OUTPUTS / f"{job_id}.jsonl"
 
 
 def _resume(partial: Path) -> int:

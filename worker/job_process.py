@@ -29,6 +29,7 @@ from das_settings import Settings
 from job_records import TERMINAL
 
 from .context import Outcome, WorkerContext
+from .retention import drop_partial_answers
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ def run_in_child(job_id: str, ctx: WorkerContext, settings: Settings) -> Outcome
     """Run job `job_id` in a child process and return its outcome; a child that died fails the job (DONE)."""
     job = ctx.jobs.get(job_id)
     if job is None or job.state in TERMINAL:  # nothing to run: no child for it
+        if job is not None:  # say, a batch cancelled while it waited after yielding: its answers so far go
+            drop_partial_answers(ctx.work_dir, job_id, job.state)
         return Outcome.DONE
     context = _fork_server()
     receive, send = context.Pipe(duplex=False)

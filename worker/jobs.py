@@ -22,9 +22,9 @@ from pipeline.adaptation import finish_publication
 from pipeline.outcomes import GateRejected, JobStopped, Superseded, Yielded
 
 from .context import Outcome, WorkerContext
-from .job_kinds import JOB_KINDS, partial_answers
+from .job_kinds import JOB_KINDS
 from .progress import ProgressReporter
-from .retention import expire_quietly
+from .retention import drop_partial_answers, expire_quietly
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ def run_job(job_id: str, ctx: WorkerContext) -> Outcome:
     if job is None or job.state in TERMINAL:
         if job is not None:  # say, cancelled while it was queued: the cancel route ended it, nothing to run
             log.info("job %s is %s already: not run", job_id, job.state, extra=_fields(job, "job_skipped"))
+            drop_partial_answers(ctx.work_dir, job_id, job.state)  # say, a batch cancelled after it yielded
         return Outcome.DONE
     if job.cancel_requested:
         return end_job(ctx, job_id, "cancelled")
@@ -131,8 +132,7 @@ def end_job(ctx: WorkerContext, job_id: str, state: str, error: str | None = Non
     if error is not None:
         fields["error"] = error
     _log_end(ctx.jobs.update(job_id, **fields))
-    if state != "succeeded":  # a batch job's answers so far: no retry will resume from them
-        partial_answers(ctx.work_dir, job_id).unlink(missing_ok=True)
+    drop_partial_answers(ctx.work_dir, job_id, state)
     return Outcome.DONE
 
 

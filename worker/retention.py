@@ -1,17 +1,31 @@
-"""Batch predictions' files do not stay forever: a finished job's input and answers leave the store once
-DAS_BATCH_RETENTION_S has passed since it ended (its record stays, saying so). Run after every job (worker.jobs)
-and when the service starts (api.service)."""
+"""Batch predictions' files do not stay forever. The answers a running job has written so far (on the machine that
+runs it) go when it ends without its answers; a finished job's input and answers leave the store once
+DAS_BATCH_RETENTION_S has passed since it ended (its record stays, saying so), swept after every job
+(worker.jobs) and when the service starts (api.service). Torch-free: the embedded worker's parent process uses it."""
 
 from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 from job_records import PENDING, TERMINAL, JobFilter, JobRegistry
 from model_store.store import ModelStore
 
 log = logging.getLogger(__name__)
+OUTPUTS = "batch-predictions"  # under the work folder: the answers of a running job, one file per job
 EXPIRED = "its input and answers were removed {days:g} days after it ended (DAS_BATCH_RETENTION_S)"
+
+
+def partial_answers(work_dir: Path | str, job_id: str) -> Path:
+    """Where a batch job's answers so far are kept on this machine (what a retry of the job resumes from)."""
+    return Path(work_dir) / OUTPUTS / f"{job_id}.jsonl"
+
+
+def drop_partial_answers(work_dir: Path | str, job_id: str, state: str) -> None:
+    """A job that ended without its answers (failed, cancelled): no retry will resume from those it wrote."""
+    if state != "succeeded":
+        partial_answers(work_dir, job_id).unlink(missing_ok=True)
 
 
 def expire_batch_files(store: ModelStore, jobs: JobRegistry, retention_s: float, now: float | None = None
