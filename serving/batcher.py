@@ -252,5 +252,6 @@ def _top_labels(answer: dict, top_k: int) -> dict:
     """A task's answer with only its `top_k` best-scored labels (0: all); the answered label is the best: it stays."""
     if not top_k or len(answer["scores"]) <= top_k:
         return answer
-    best = sorted(answer["scores"].items(), key=lambda item: -item[1])[:top_k]
+    # the scores are rounded, so another label may tie the answered one: the answered label goes first among equals
+    best = sorted(answer["scores"].items(), key=lambda item: (-item[1], item[0] != answer["label"]))[:top_k]
     return {**answer, "scores": dict(best)}

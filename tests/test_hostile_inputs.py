@@ -407,3 +407,12 @@ def test_class7_nothing_is_left_behind_a_batch_cancelled_while_it_waits(service_
         while time.time() < deadline and partial.exists():
             time.sleep(0.1)
         assert not partial.exists()
+
+
+def test_class2_top_k_keeps_the_answered_label_when_rounded_scores_tie():
+    from serving.batcher import _top_labels
+
+    tied = {"label": "b", "scores": {"a": 0.5, "b": 0.5, "c": 0.0}}  # rounded scores; b won before rounding
+    assert _top_labels(tied, 1) == {"label": "b", "scores": {"b": 0.5}}
+    assert _top_labels(tied, 2)["scores"] == {"b": 0.5, "a": 0.5}
+    assert _top_labels(tied, 0) is tied and _top_labels(tied, 3) is tied
