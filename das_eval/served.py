@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from das_eval.files import now, write_json
+from das_eval.files import now, read_json, write_json
 from das_eval.methods import EvalError, Method
 from das_eval.metrics import mean_std
 from das_eval.plan import EvalPlan
@@ -219,7 +219,8 @@ def _base_losses(plan: EvalPlan, domains: list[PreparedDomain], out: Path, say: 
                  ) -> dict[str, float]:
     path = out / BASE_FILE
     if path.is_file():
-        return json.loads(path.read_text(encoding="utf-8"))
+        return read_json(path, what="the base model's held-out losses", fix=f"remove {path} and rerun the same "
+                         "command to measure them again")
     say("base model: held-out MLM loss")
     losses = _mlm_losses(Path(plan.base), domains, plan)
     write_json(path, losses)
@@ -257,7 +258,9 @@ def collect_served(plan: EvalPlan, served: ServedSettings, domains: list[Prepare
             files = [_stage_file(out, method, seed, i, n) for i, n in enumerate(names, start=1)]
             if not all(f.is_file() for f in files):
                 continue
-            stages = [json.loads(f.read_text(encoding="utf-8")) for f in files]
+            stages = [read_json(f, what="a served stage's record", fix=f"remove {f} and rerun the same command to "
+                                "record that upload again (its published version is found, not trained again)")
+                      for f in files]
             per_seed[str(seed)] = {"stages": stages, "summary": summarise_lineage(stages, names, base_losses)}
         if per_seed:
             lineages[method.spec] = {"seeds": per_seed, "summary": _over_seeds(per_seed)}

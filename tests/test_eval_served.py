@@ -145,3 +145,17 @@ def test_the_eval_split_keeps_every_label_on_both_sides_and_is_stable():
     assert split_for_eval(data, 0.2) == (train, evals) and not set(train.texts) & set(evals.texts)
     with pytest.raises(EvalError, match="cannot be split"):
         split_for_eval(LabeledSet(("a", "b", "c"), ("x", "x", "y")), 0.2)
+
+
+def test_a_damaged_record_of_the_served_view_is_refused_naming_it(served_run, domains, bert_dir):
+    for name in ("base-mlm.json", "served/default/seed-0/stage-1-code.json"):
+        damaged = served_run / name
+        kept = damaged.read_bytes()
+        damaged.write_text("{broken", encoding="utf-8")
+        try:
+            result = _served(domains, served_run, "--methods", "default", "--base", str(bert_dir))
+        finally:
+            damaged.write_bytes(kept)
+        said = " ".join(result.output.split())
+        assert result.exit_code == 2 and f"{damaged} is not" in said and "not valid JSON" in said, result.output
+        assert f"remove {damaged} and rerun the same command" in said and "Traceback" not in said
