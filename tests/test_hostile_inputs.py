@@ -382,6 +382,27 @@ def test_class5_batch_files_go_after_their_retention(service_settings):
         assert gone.status_code == 410 and "DAS_BATCH_RETENTION_S" in gone.text
 
 
+def test_class5_batch_files_go_but_a_corpus_with_the_same_bytes_stays(service_settings, legal_docs):
+    """Blobs are content-addressed and shared: a JSONL corpus is also a valid batch input. Expiring the batch leaves
+    the corpus its version names (and the batch's answers go)."""
+    from service_helpers import upload, wait_for_job
+
+    from worker.retention import expire_batch_files
+
+    path = service_settings.work_dir.parent / "legal.jsonl"
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in legal_docs[:40]), encoding="utf-8")
+    with TestClient(build_app(service_settings)) as client:
+        adapted = wait_for_job(client, upload(client, path, steps="1")["job_id"])
+        assert adapted["state"] == "succeeded", adapted
+        job_id = client.post("/v1/batch-predictions", data={"kind": "embed"},
+                             files={"file": ("b.jsonl", path.read_bytes())}).json()["job_id"]
+        job = wait_for_job(client, job_id)
+        store, jobs = client.app.state.service.store, client.app.state.service.jobs
+        assert job["input_sha256"] == store.manifest(adapted["version"]).corpus.sha256  # one blob, two uses
+        assert expire_batch_files(store, jobs, 3600, now=jobs.get(job_id).finished + 3601) == [job_id]
+        assert store.blobs.has(job["input_sha256"]) and not store.blobs.has(job["output_sha256"])
+
+
 def test_class7_nothing_is_left_behind_a_batch_cancelled_while_it_waits(service_settings, small_corpus):
     """A batch that yielded to an adaptation (its partial answers kept to resume from) and is then cancelled while
     it waits in the queue leaves no partial answers once the worker comes back to it."""

@@ -9,8 +9,9 @@ import logging
 import time
 from pathlib import Path
 
-from job_records import PENDING, TERMINAL, JobFilter, JobRegistry
+from job_records import TERMINAL, JobFilter, JobRegistry
 from model_store.store import ModelStore
+from model_store.tasks import TaskStore
 
 log = logging.getLogger(__name__)
 OUTPUTS = "batch-predictions"  # under the work folder: the answers of a running job, one file per job
@@ -31,13 +32,14 @@ def drop_partial_answers(work_dir: Path | str, job_id: str, state: str) -> None:
 def expire_batch_files(store: ModelStore, jobs: JobRegistry, retention_s: float, now: float | None = None
                        ) -> list[str]:
     """Remove the input and output blobs of batch predictions that ended over `retention_s` ago (a blob another
-    pending or recent job still names stays); returns the ids of the jobs whose files went."""
+    batch, a version's corpus or a task's data still names stays); returns the ids of the jobs whose files went."""
     now = time.time() if now is None else now
     batch = jobs.list(limit=100_000, where=JobFilter(kind="predict"))
     old = [j for j in batch if j.state in TERMINAL and j.finished is not None and now - j.finished > retention_s
            and (j.input_sha256 is not None or j.output_sha256 is not None)]
-    keep = {sha for j in batch if j not in old and j.state in (*PENDING, *TERMINAL)
-            for sha in (j.input_sha256, j.output_sha256) if sha}
+    expiring = {j.id for j in old}
+    keep = {sha for j in batch if j.id not in expiring for sha in (j.input_sha256, j.output_sha256) if sha}
+    keep |= _named_by_versions_and_tasks(store) if old else set()  # blobs are shared: a JSONL corpus can be a batch
     expired = []
     for job in old:
         for sha in {job.input_sha256, job.output_sha256} - keep - {None}:
@@ -48,6 +50,13 @@ def expire_batch_files(store: ModelStore, jobs: JobRegistry, retention_s: float,
         log.info("removed the files of %d batch predictions that ended over %g s ago", len(expired), retention_s,
                  extra={"event": "batch_files_expired", "jobs": expired})
     return expired
+
+
+def _named_by_versions_and_tasks(store: ModelStore) -> set[str]:
+    """The blobs a version (its corpus) or a registered task (its data) names: never a batch's to remove."""
+    definitions, _ = TaskStore(store).scan()
+    return ({m.corpus.sha256 for m in store.versions() if m.corpus is not None}
+            | {data.sha256 for d in definitions for data in (d.train, d.eval) if data is not None})
 
 
 def expire_quietly(store: ModelStore, jobs: JobRegistry, retention_s: float) -> None:
