@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from das_formats.task_data import TaskSettings
+
 from . import names
 from .store import StoreError
 from .tasks import TaskDefinition, TaskModel, TaskStore
@@ -36,7 +38,7 @@ class ServedTask:
     @property
     def max_length(self) -> int:
         """The token length a finetune task was tuned at (what das_engine.served_tasks.predict cuts its input to)."""
-        return self.definition.settings.get("max_length", 128)
+        return self.definition.settings.get("max_length", TaskSettings.max_length)  # a definition from before it
 
     def describe(self, backbone: str) -> dict[str, Any]:
         return {"kind": self.record.kind, "fitted_on": self.record.version, "generation": self.record.generation,
