@@ -23,13 +23,12 @@ from pathlib import Path
 
 from .store import CorruptVersion, ModelStore, StoreError, VersionNotFound
 
-CHECK_TIMEOUT_S = 3600.0  # fetching a large version from an object store; a hung child is killed after this
 # the child runs at nice 19 from its start (Python's own start and imports included) where `nice` exists
 _NICE = [shutil.which("nice"), "-n", "19"] if shutil.which("nice") else []
 _ERRORS: dict[str, type[StoreError]] = {cls.__name__: cls for cls in (CorruptVersion, VersionNotFound, StoreError)}
 
 
-def checked_folder(store: ModelStore, version: str, timeout_s: float = CHECK_TIMEOUT_S) -> Path:
+def checked_folder(store: ModelStore, version: str, timeout_s: float) -> Path:
     """`store.model_dir(version)` (fetched, every file checked against its digest), run in a child process at nice
     19. Raises what model_dir raises (CorruptVersion, VersionNotFound, StoreError), or StoreError when the child
     died or ran past `timeout_s`."""

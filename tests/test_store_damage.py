@@ -248,16 +248,16 @@ def test_a_swap_checks_the_files_in_another_process_and_says_what_it_found(store
     from model_store.checking import checked_folder
 
     monkeypatch.setattr(ModelStore, "verify", lambda self, version: pytest.fail("checked in the serving process"))
-    assert checked_folder(store, "v0002") == _folder(store, "v0002")
+    assert checked_folder(store, "v0002", 60) == _folder(store, "v0002")
     weights = _folder(store, "v0002") / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-8] + b"\x00" * 8)
     with pytest.raises(CorruptVersion, match="model.safetensors does not match its sha256") as caught:
-        checked_folder(store, "v0002")
+        checked_folder(store, "v0002", 60)
     assert "das repair" in str(caught.value) and "model.safetensors" in caught.value.reason
-    assert checked_folder(store, "v0003") == _folder(store, "v0003")  # one damaged file affects only its version
+    assert checked_folder(store, "v0003", 60) == _folder(store, "v0003")  # one damaged file affects only its version
     store.opened_with = {**store.opened_with, "location": "s3://bucket/store"}  # the child cannot open it: no Redis
     with pytest.raises(StoreError, match="its process exited with code 1 .*needs a Redis URL"):
-        checked_folder(store, "v0003")
+        checked_folder(store, "v0003", 60)
 
 
 def test_the_service_keeps_serving_when_the_next_version_fails_its_check(store, service_settings):
