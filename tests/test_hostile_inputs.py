@@ -315,19 +315,26 @@ def _batch_lines(n: int) -> bytes:
     return "".join(json.dumps({"text": f"line {i} of a long batch"}) + "\n" for i in range(n)).encode()
 
 
+def _a_long_batch_answering(client) -> tuple[str, float]:
+    """(job id, a deadline 120 s on) of a 20,000-line batch prediction, once it has answered its first lines."""
+    import time
+
+    batch = client.post("/v1/batch-predictions", data={"kind": "embed"},
+                        files={"file": ("b.jsonl", _batch_lines(20_000))}).json()["job_id"]
+    deadline = time.time() + 120
+    while time.time() < deadline and not (client.get(f"/v1/jobs/{batch}").json().get("progress") or {}).get("step"):
+        time.sleep(0.1)
+    return batch, deadline
+
+
 def test_class5_batch_jobs_cannot_starve_adaptations(service_settings, small_corpus):
     """A long batch prediction running when an adaptation arrives yields after its current chunk of lines: the
     adaptation runs next, then the batch resumes where it stopped and answers every line once."""
-    import time
 
     from service_helpers import upload, wait_for_job
 
     with TestClient(build_app(service_settings)) as client:
-        batch = client.post("/v1/batch-predictions", data={"kind": "embed"},
-                            files={"file": ("b.jsonl", _batch_lines(20_000))}).json()["job_id"]
-        deadline = time.time() + 120
-        while time.time() < deadline and not (client.get(f"/v1/jobs/{batch}").json().get("progress") or {}).get("step"):
-            time.sleep(0.1)
+        batch, deadline = _a_long_batch_answering(client)
         adapt = wait_for_job(client, upload(client, small_corpus, steps="2")["job_id"])
         batch_now = client.get(f"/v1/jobs/{batch}").json()
         assert adapt["state"] == "succeeded" and batch_now["state"] in ("queued", "running"), (adapt, batch_now)
@@ -413,11 +420,7 @@ def test_class7_nothing_is_left_behind_a_batch_cancelled_while_it_waits(service_
     from worker.retention import partial_answers
 
     with TestClient(build_app(service_settings)) as client:
-        batch = client.post("/v1/batch-predictions", data={"kind": "embed"},
-                            files={"file": ("b.jsonl", _batch_lines(20_000))}).json()["job_id"]
-        deadline = time.time() + 120
-        while time.time() < deadline and not (client.get(f"/v1/jobs/{batch}").json().get("progress") or {}).get("step"):
-            time.sleep(0.1)
+        batch, deadline = _a_long_batch_answering(client)
         adapt = upload(client, small_corpus, steps="30")["job_id"]
         partial = partial_answers(service_settings.work_dir, batch)
         while time.time() < deadline and client.get(f"/v1/jobs/{batch}").json()["state"] != "queued":
