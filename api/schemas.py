@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model, model_validator
 
 from das_formats.task_data import MAX_LABELS
+from das_formats.texts import FILL_MASK_MAX_TOP_K
 from job_records import Job
 from model_store.manifest import Manifest
 from model_store.tasks import TaskDefinition, TaskModel
@@ -104,7 +105,7 @@ class TextsIn(BaseModel):
 
 
 class FillMaskIn(TextsIn):
-    top_k: int = Field(5, ge=1, le=50)
+    top_k: int = Field(5, ge=1, le=FILL_MASK_MAX_TOP_K)
 
 
 class Candidate(BaseModel):

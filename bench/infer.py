@@ -1,6 +1,7 @@
 """Inference speed of the service against the baseline a user would write, measured in one run.
 
     python bench/infer.py [--seconds 8] [--concurrency 1,4,16,64] [--kinds fill-mask,embeddings,predict]
+                          [--backends onnx,torch] [--model models/roberta-base-shape] [--out results.json]
 
 Starts `das serve` (embedded base model, a fresh store) and bench/naive_server.py (a transformers
 pipeline per request) on loopback, drives each with a bounded closed-loop load generator (one
@@ -10,7 +11,10 @@ head at mask positions, no HTTP) and the machine's fp32 matmul FLOP/s, and repor
 FLOP/s each server achieves. The load generator shares the 2 cores with the servers, for both
 alike: compare the ratios, not the absolute numbers. `predict` registers a probe task (licence
 paragraphs against Python docstrings) on the service first, and the baseline serves the same
-fitted head over a feature-extraction pipeline per request.
+fitted head over a feature-extraction pipeline per request. `--backends` starts one `das serve` per serving backend
+(DAS_SERVE_BACKEND; each waits until /readyz reports it), and the servers take turns at each level, so their
+ratios come from one run. `--model` serves another base folder (bench/production_shape.py builds roberta-base's
+shape) instead of the embedded one.
 """
 
 from __future__ import annotations
@@ -180,6 +184,17 @@ def ceiling(model_dir: str, texts: list[str], batch: int = 64, repeats: int = 10
     return batch * repeats / (time.perf_counter() - t0), float(enc["attention_mask"].sum(1).float().mean())
 
 
+def wait_for_backend(url: str, backend: str, timeout_s: float = 600.0) -> None:
+    """Until /readyz says the active version runs on `backend` (the ONNX export runs in the background)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ready = httpx.get(f"{url}/readyz", timeout=30)
+        if ready.status_code == 200 and ready.json().get("backend") == backend:
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} never served on {backend}")
+
+
 def register_probe(url: str, store: Path) -> Path:
     """Register the `source` probe task on the service, wait for its fit, return its model folder."""
     from das_data.local_corpora import python_doc_documents
@@ -207,9 +222,12 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,4,16,64")
     parser.add_argument("--kinds", default="fill-mask,embeddings")
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--backends", default="onnx", help="das serve's backends to measure, e.g. onnx,torch")
+    parser.add_argument("--model", type=Path, help="base model folder (default: the embedded base)")
+    parser.add_argument("--out", type=Path, help="write the table as JSON here too")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
-    model_dir = resolve_base_model("embedded", get_settings().models_dir)
+    model_dir = str(args.model) if args.model else resolve_base_model("embedded", get_settings().models_dir)
     texts = probe_texts(512)
     from transformers import AutoConfig
 
@@ -225,11 +243,17 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="das-bench-"))
     servers = {}
     try:
-        port = free_port()
-        servers["das"] = (start([sys.executable, "-c", "from das.cli import app; app()", "serve", "--port", str(port),
-                                 "--store", str(tmp / "store")], port, {"DAS_WORK_DIR": str(tmp / "work")}),
-                          f"http://127.0.0.1:{port}")
-        probe = register_probe(servers["das"][1], tmp / "store") if "predict" in args.kinds else None
+        probe = None
+        for backend in args.backends.split(","):
+            name, port = f"das-{backend}", free_port()
+            servers[name] = (start([sys.executable, "-c", "from das.cli import app; app()", "serve", "--port",
+                                    str(port), "--store", str(tmp / name)], port,
+                                   {"DAS_WORK_DIR": str(tmp / "work"), "DAS_SERVE_BACKEND": backend,
+                                    "DAS_ONNX_CACHE_DIR": str(tmp / "onnx"), "DAS_BASE_MODEL": model_dir}),
+                             f"http://127.0.0.1:{port}")
+            wait_for_backend(servers[name][1], backend)
+            if "predict" in args.kinds:
+                probe = register_probe(servers[name][1], tmp / name)
         if not args.skip_baseline:
             port = free_port()
             extra = ["--probe", str(probe)] if probe is not None else []
@@ -246,13 +270,23 @@ def main() -> None:
                     print(f"{name:6} {kind:10} {level:>4} {r['rps']:>8.1f} {r['p50']:>8.1f} {r['p95']:>8.1f} "
                           f"{r['p99']:>8.1f} {r['errors']:>6} {r['rps'] * per_seq / 1e9:>8.2f} "
                           f"{r['rps'] / seq_per_s:>10.1%}", flush=True)
+        ratios = []
         if "naive" in servers:
             print()
             for kind in args.kinds.split(","):
                 for level in levels:
-                    das, naive = results[("das", kind, level)], results[("naive", kind, level)]
-                    print(f"{kind} c={level}: das/naive throughput {das['rps'] / naive['rps']:.2f}x, "
-                          f"p99 {das['p99']:.0f} ms vs {naive['p99']:.0f} ms")
+                    naive = results[("naive", kind, level)]
+                    for name in (n for n in servers if n != "naive"):
+                        das = results[(name, kind, level)]
+                        ratios.append({"server": name, "kind": kind, "concurrency": level,
+                                       "ratio": round(das["rps"] / naive["rps"], 3)})
+                        print(f"{kind} c={level}: {name}/naive throughput {das['rps'] / naive['rps']:.2f}x, "
+                              f"p99 {das['p99']:.0f} ms vs {naive['p99']:.0f} ms (naive p50 {naive['p50']:.0f} ms)")
+        if args.out:
+            rows = [{"server": n, "kind": k, "concurrency": c, **r} for (n, k, c), r in results.items()]
+            args.out.write_text(json.dumps({"model": model_dir, "machine_gflops": round(machine / 1e9, 1),
+                                            "ceiling_seq_per_s": round(seq_per_s, 1), "results": rows,
+                                            "ratios": ratios}, indent=1) + "\n")
     finally:
         for proc, _ in servers.values():
             proc.terminate()

@@ -22,11 +22,17 @@ from worker.context import Outcome, WorkerContext
 
 
 def torch_runtime(settings: Settings) -> ModelRuntime:
+    onnx = None
+
     def load_version(version: str, folder: Path, current):
+        nonlocal onnx
         from serving.model import LoadedModel
+        from serving.onnx_cache import OnnxCache
 
         _freeze_imported_objects()
-        return LoadedModel.load(version, folder, current, device=settings.device, int8=settings.serve_int8)
+        if onnx is None and settings.serves_onnx:
+            onnx = OnnxCache(settings.onnx_cache_dir)
+        return LoadedModel.load(version, folder, current, device=settings.device, int8=settings.serve_int8, onnx=onnx)
 
     def load_tasks(store: ModelStore, version: str, current):
         from serving.tasks import load_task_set

@@ -21,7 +21,7 @@ from das_formats.config import DASConfig, upload_config
 from das_settings import get_settings
 from worker.runtime import open_store
 
-from . import store_cli
+from . import export_cli, store_cli
 from .alias_cli import alias_app
 from .base_cli import base_app
 from .config_options import config_options
@@ -201,7 +201,7 @@ def _adapt_into_store(model_store, corpus: Path, domain: str, overrides: dict, d
 
 # the store's commands (das/store_cli.py), listed after adapt
 for command in (store_cli.versions, store_cli.show, store_cli.card, store_cli.activate, store_cli.importance,
-                store_cli.gc, store_cli.repair):
+                store_cli.gc, store_cli.repair, export_cli.export):
     app.command()(command)
 
 

@@ -116,7 +116,7 @@ def _dead_helper(helpers: list[subprocess.Popen], wait_s: float = 2.0) -> tuple[
     return None
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In a helper, before it runs: the kernel kills it when rank 0 dies (Linux; elsewhere the collectives' failure
     ends it)."""
     try:
@@ -132,7 +132,7 @@ def _start_helper(rank: int, world: int, port: int, spec: Path) -> subprocess.Po
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
     env.setdefault("OMP_NUM_THREADS", distributed.threads_per_rank(world))
     return subprocess.Popen([sys.executable, "-m", "das_engine.spawn_ranks", str(spec)], env=env,
-                            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+                            preexec_fn=die_with_parent if sys.platform == "linux" else None)
 
 
 def _ready_key(rank: int) -> str:

@@ -14,3 +14,6 @@ def unicode_problem(text: str) -> str | None:
         return (f"is not valid Unicode at character {err.start} (a lone UTF-16 surrogate such as \\ud800); "
                 "send UTF-8 text")
     return None
+
+
+FILL_MASK_MAX_TOP_K = 50  # the most candidates a fill-mask answer lists per mask token (API bound, ONNX head's k)

@@ -128,6 +128,13 @@ class Settings(BaseSettings):
     serve_int8: bool = Field(False, description="Serve the encoder's Linear layers as dynamic int8 (CPU only): "
                              "faster inference, embeddings and task answers slightly changed (docs/performance.md); "
                              "training and the stored versions stay fp32.")
+    serve_backend: Literal["onnx", "torch"] = Field(
+        "onnx", description="What runs the served encoder on the CPU: `onnx` (onnxruntime on a graph exported from "
+        "the version's weights in the background at its first load, cached in DAS_ONNX_CACHE_DIR by their digest, "
+        "served once its parity check passes; torch answers meanwhile) or `torch`. Other devices and "
+        "DAS_SERVE_INT8 always serve on torch (docs/performance.md).")
+    onnx_cache_dir: Path = Field(Path("runs/onnx"), description="Where the ONNX backend keeps exported graphs "
+                                 "(one folder per weights digest, safe to delete).")
     # --- logs ---
     log_level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(_upper)] = Field(
         "INFO", description="Least level of the log lines `das serve` and `das worker` write (any case).")
@@ -156,6 +163,11 @@ class Settings(BaseSettings):
         if self.serve_int8 and not self.device.startswith("cpu"):
             raise ValueError(f"DAS_SERVE_INT8 serves on the CPU only (DAS_DEVICE={self.device}): unset one of them")
         return self
+
+    @property
+    def serves_onnx(self) -> bool:
+        """Whether the service runs encoders on onnxruntime: DAS_SERVE_BACKEND=onnx on the CPU, without int8."""
+        return self.serve_backend == "onnx" and self.device.startswith("cpu") and not self.serve_int8
 
     @property
     def queue_name(self) -> str:

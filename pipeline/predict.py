@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import torch
 
-from das_engine.answers import fill_mask_candidates, pooled
+from das_engine.answers import fill_mask_candidates, mlm_top_tokens, pooled
 from das_engine.endtask import served_max_tokens
 from das_engine.loading import load_masked_lm
 from das_engine.served_tasks import load_task_model, predict
@@ -115,8 +115,8 @@ class Answerer:
 
     def _fill_mask(self, hidden: torch.Tensor, input_ids: torch.Tensor, rows: list[list[int]],
                    top_k: int) -> list[dict[str, Any]]:
-        candidates = fill_mask_candidates(hidden, input_ids, self.tokenizer.mask_token_id, self.mlm_head, top_k,
-                                          self._token_text)
+        candidates = fill_mask_candidates(hidden, input_ids, self.tokenizer.mask_token_id,
+                                          mlm_top_tokens(self.mlm_head), top_k, self._token_text)
         return [{"result": found} if self.tokenizer.mask_token_id in ids else
                 {"error": f"the mask token lies beyond the first {self.max_tokens} tokens"}
                 for ids, found in zip(rows, candidates, strict=True)]

@@ -28,6 +28,7 @@ class Servable(Protocol):
     version: str
     mask_token_id: int
     tasks: object  # serving.tasks.TaskSet: the end-task models served with this version
+    backend: str  # what runs its encoder now: "torch" or "onnx" (serving.encoders)
 
     def warm(self) -> None: ...
     def encode(self, texts: list[str]) -> Encoded: ...  # InputError for a text the tokenizer refuses

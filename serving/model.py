@@ -17,7 +17,9 @@ from das_engine.loading import load_masked_lm
 from das_engine.units import resolve_units
 
 from .encoded import Encoded
+from .encoders import RunnerSlot, TorchRunner
 from .errors import InputError, TaskNotServed
+from .onnx_cache import OnnxCache
 from .tasks import TaskSet, predict
 
 hf_logging.disable_progress_bar()  # from_pretrained's "Loading weights" bar: stderr noise on every swap
@@ -62,18 +64,21 @@ class LoadedModel:
     mlm_head: torch.nn.Module  # run only at masked positions
     max_tokens: int
     device: torch.device
+    runs: RunnerSlot  # torch, or the ONNX graphs of the same weights (serving.encoders)
     decoded: dict[int, str] = field(default_factory=dict)  # id -> the token as an answer shows it, decoded once
     tasks: TaskSet = field(default_factory=TaskSet)  # the end-task models served with this version
 
     @classmethod
     def load(cls, version: str, folder: Path, previous: LoadedModel | None = None, device: str = "cpu",
-             int8: bool = False) -> LoadedModel:
+             int8: bool = False, onnx: OnnxCache | None = None) -> LoadedModel:
         """Load a version; `previous` (the one serving now) lends its tokenizer when the folders' tokenizer
         files are identical and their configs name the same tokenizer (`same_tokenizer_files`), as between
         versions of one lineage: building a tokenizer holds the GIL ~20 ms, a pause for every request.
         Sharing is safe because only the batcher thread tokenises (warm() does not).
 
-        `int8` (CPU only, DAS_SERVE_INT8) serves the encoder's Linear layers as dynamic int8 (docs/performance.md)."""
+        `int8` (CPU only, DAS_SERVE_INT8) serves the encoder's Linear layers as dynamic int8 (docs/performance.md).
+        `onnx` (the ONNX backend's cache): the encoder runs on the version's exported graph when the cache holds one,
+        and otherwise on torch until the export that this load starts in the background is ready."""
         reuse = previous is not None and same_tokenizer_files(previous.tokenizer, folder, previous.folder)
         shared = previous.tokenizer if reuse else None
         model, tokenizer = load_masked_lm(folder, tokenizer=shared)
@@ -81,7 +86,15 @@ class LoadedModel:
         if int8:
             model.base_model.encoder = int8_encoder(model.base_model.encoder)
         max_tokens = served_max_tokens(model.config)
-        return cls(version, folder, model, tokenizer, resolve_units(model).mlm_head, max_tokens, torch.device(device))
+        mlm_head = resolve_units(model).mlm_head
+        slot = RunnerSlot(version, TorchRunner(model, mlm_head))
+        if onnx is not None:
+            graphs = onnx.graphs(folder)
+            if graphs is not None:
+                slot.move_to(graphs)
+            else:
+                onnx.export(folder, slot.move_to)
+        return cls(version, folder, model, tokenizer, mlm_head, max_tokens, torch.device(device), slot)
 
     def with_tasks(self, tasks: TaskSet) -> LoadedModel:
         """The same backbone with another set of task models (a new object: requests hold the old one)."""
@@ -99,6 +112,10 @@ class LoadedModel:
                 raise TaskNotServed(f"task {name!r} is {problem}", pending=False, damaged=True)
 
     @property
+    def backend(self) -> str:
+        return self.runs.backend
+
+    @property
     def mask_token(self) -> str:
         return self.tokenizer.mask_token
 
@@ -109,8 +126,8 @@ class LoadedModel:
         tok = self.tokenizer
         ids = torch.tensor([[tok.cls_token_id, tok.mask_token_id, tok.sep_token_id]], device=self.device)
         mask = torch.ones_like(ids)
-        hidden = self.model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
-        self.mlm_head(hidden[ids == tok.mask_token_id]).topk(1, dim=-1)
+        hidden = self.runs.runner.hidden(ids, mask)
+        self.runs.runner.top_tokens(hidden[ids == tok.mask_token_id], 1)
         self._pooled(ids, mask)
 
     def token_text(self, token_id: int) -> str:
@@ -177,8 +194,9 @@ class LoadedModel:
         return self._grouped(texts, lambda ids, mask: self._fill_mask(ids, mask, top_k))
 
     def _fill_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, top_k: int) -> list[list[list[dict]]]:
-        hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return fill_mask_candidates(hidden, input_ids, self.mask_token_id, self.mlm_head, top_k, self.token_text)
+        runner = self.runs.runner  # one runner for the whole batch
+        hidden = runner.hidden(input_ids, attention_mask)
+        return fill_mask_candidates(hidden, input_ids, self.mask_token_id, runner.top_tokens, top_k, self.token_text)
 
     @torch.inference_mode()
     def embed(self, texts: list[str] | Encoded) -> list[list[float]]:
@@ -193,6 +211,6 @@ class LoadedModel:
                                                               mask))
 
     def _pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = self.runs.runner.hidden(input_ids, attention_mask)
         return pooled(hidden, attention_mask)  # hidden: (B, T, D) -> (B, D)
 

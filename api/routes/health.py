@@ -27,7 +27,7 @@ def readyz(*, service: ServiceDep):
         return JSONResponse({"status": "loading", **({"problem": problem} if problem else {})}, status_code=503)
     if not service.batcher.alive():
         return JSONResponse({"status": "inference loop stopped", "version": current.version}, status_code=503)
-    ready = {"status": "ready", "version": current.version, "mode": service.mode}
+    ready = {"status": "ready", "version": current.version, "mode": service.mode, "backend": current.backend}
     problem = service.watcher.error  # the active version cannot be served: an older one serves
     checking = service.holder.checking()
     if problem is None and checking is not None and checking[1] >= service.holder.check_wait_s:
