@@ -22,18 +22,20 @@ class PackedCorpus:
         return self.input_ids.shape[0]
 
 
-def pack_corpus(documents: list[str], tokenizer, max_length: int) -> PackedCorpus:
-    """Tokenise every document once, join them with the separator, cut into blocks of max_length.
+def pack_corpus(documents: list[str], tokenizer, max_length: int,
+                encoded: list[list[int]] | None = None) -> PackedCorpus:
+    """Tokenise every document once (or take `encoded`, each document's ids without specials, e.g. from
+    das_engine.token_cache), join them with the separator, cut into blocks of max_length.
 
     Each block is [CLS] ... [SEP] (<s> ... </s> for RoBERTa); only the last block may be padded.
     """
     cls_id, sep_id, pad_id = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id
     if None in (cls_id, sep_id, pad_id, tokenizer.mask_token_id):
         raise ValueError("the tokenizer needs cls, sep, pad and mask tokens for masked-LM training")
-    encoded = tokenizer(documents, add_special_tokens=False, return_attention_mask=False,
-                        verbose=False)["input_ids"]
-    for ids in encoded:  # one separator after each document (a loop over documents, not tokens)
-        ids.append(sep_id)
+    if encoded is None:
+        encoded = tokenizer(documents, add_special_tokens=False, return_attention_mask=False,
+                            verbose=False)["input_ids"]
+    encoded = [[*ids, sep_id] for ids in encoded]  # one separator after each document (the caller's lists kept)
     total = sum(len(ids) for ids in encoded)
     stream = torch.from_numpy(np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int64, count=total))
     body = max_length - 2

@@ -47,7 +47,8 @@ def adapt_on_ranks(procs: int, base: str | Path, corpus: str | Path | list[str],
     (on_progress, should_stop, judge_tasks) stay on rank 0."""
     if procs <= 1:
         return adapt(base, corpus, out_dir, config, device=device, **kwargs)
-    shared = {k: v for k, v in kwargs.items() if k in ("prev_importance", "domain", "replay", "base_digests")}
+    shared = {k: v for k, v in kwargs.items() if k in ("prev_importance", "domain", "replay", "base_digests",
+                                                               "token_cache")}
     store = dist.TCPStore("127.0.0.1", 0, procs, is_master=True, timeout=distributed.TIMEOUT,
                           wait_for_workers=False)
     remove_dead_runs_folders()

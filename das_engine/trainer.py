@@ -69,7 +69,8 @@ def adapt(base: str | Path, corpus: str | Path | list[str], out_dir: str | Path,
           prev_importance: str | Path | None = None, domain: str = "domain", device: str | torch.device = "cpu",
           replay: dict[str, list[str]] | None = None, judge_tasks: TaskJudge | None = None,
           on_progress: Callable[[Progress], None] | None = None,
-          should_stop: Callable[[], bool] | None = None, base_digests: dict[str, str] | None = None) -> AdaptResult:
+          should_stop: Callable[[], bool] | None = None, base_digests: dict[str, str] | None = None,
+          token_cache: Path | None = None) -> AdaptResult:
     """Run one continual DAS step; resumes from `out_dir/checkpoints` when a checkpoint is there.
 
     `corpus` is a corpus file (see corpus.read_corpus) or its documents, already read. `device` is
@@ -78,7 +79,9 @@ def adapt(base: str | Path, corpus: str | Path | list[str], out_dir: str | Path,
     `replay_fraction` draws from, and what `merge_auto` checks for forgetting. `judge_tasks` tells
     `merge_auto` which registered tasks a candidate drops (the service's; none: held-out losses decide).
     `base_digests`: the sha256 of the base folder's files, where the caller has just checked them (a store version's
-    manifest), so the base's fingerprint does not read them again.
+    manifest), so the base's fingerprint does not read them again. `token_cache`: a folder where the replay corpora's
+    token ids are kept by their documents' and the tokenizer's digests (das_engine.token_cache), so a lineage's
+    earlier corpora are tokenised once, not at every upload.
     """
     ranks = current()  # 0 of 1, or a rank of a torch.distributed run (see distributed.py)
     problem = ranks_problem(config, ranks.world)
@@ -98,7 +101,8 @@ def adapt(base: str | Path, corpus: str | Path | list[str], out_dir: str | Path,
     check_checkpoints(ckpt_dir, config, made_from)  # before anything is loaded
     device = torch.device(device)
     check_precision(config.precision, device)
-    s = _set_up(base, documents, replay, out_dir, config, prev_importance, made_from, device, ranks, report)
+    s = _set_up(base, documents, replay, out_dir, config, prev_importance, made_from, device, ranks, report,
+                token_cache)
 
     # --- training loop ---
     s.model.train()
@@ -179,18 +183,20 @@ class _Session:
 
 def _set_up(base: str | Path, documents: list[str], replay: dict[str, list[str]], out_dir: Path, config: DASConfig,
             prev_importance: str | Path | None, made_from: dict[str, str], device: torch.device, ranks: Ranks,
-            report: Callable[[Progress], None]) -> _Session:
+            report: Callable[[Progress], None], token_cache: Path | None = None) -> _Session:
     """Model (and the parent a merge goes back toward), units, data; the importance the step trains against,
     I(<=t-1) (I(0) for the first domain), and its soft-mask; the optimizer, resumed from the latest checkpoint."""
     ckpt_dir = out_dir / CHECKPOINTS
     torch.manual_seed(config.seed)
+    t0 = time.perf_counter()
     model, tokenizer = load_masked_lm(base)
     model.to(device)
     parent = parent_state(model) if config.merges else None
     units = resolve_units(model)
-    data = TrainingData.prepare(documents, replay, tokenizer, config)
+    t1 = time.perf_counter()
+    data = TrainingData.prepare(documents, replay, tokenizer, config, token_cache)
     out_dir.mkdir(parents=True, exist_ok=True)
-    run = RunState(timings={}, ranks=ranks.world)
+    run = RunState(timings={"load_s": t1 - t0, "data_s": time.perf_counter() - t1}, ranks=ranks.world)
     importance_in = _importance_in(model, units, data.packed, config, prev_importance, ckpt_dir, device, report, run)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     if ranks.main:  # rank 0 writes the checkpoints folder; the others read it when they resume

@@ -4,11 +4,13 @@ corpora, and (for merge_auto) the validation documents kept out of both."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from das_formats.config import DASConfig, corpus_problem
 from das_formats.corpus import split_by_hash
 
 from .data import PackedCorpus, pack_corpus
+from .token_cache import TokenCache
 
 VALIDATION_SALT, VALIDATION_FRACTION, VALIDATION_MAX = "das-merge-validation", 0.05, 100
 
@@ -26,7 +28,10 @@ class TrainingData:
     validation_old: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
-    def prepare(cls, documents: list[str], replay: dict[str, list[str]], tokenizer, config: DASConfig) -> TrainingData:
+    def prepare(cls, documents: list[str], replay: dict[str, list[str]], tokenizer, config: DASConfig,
+                token_cache: Path | None = None) -> TrainingData:
+        """`token_cache`: where each earlier corpus's token ids are kept (das_engine.token_cache), so that a lineage's
+        corpora are tokenised once; the new domain's own documents are tokenised here."""
         validation_new, validation_old = [], {}
         if config.merge_auto:  # the same documents are kept out by every run of a lineage (a hash, not an order)
             problem = corpus_problem(config, documents)
@@ -38,8 +43,12 @@ class TrainingData:
             validation_old = {name: held for name, (held, _) in split.items()}
             replay = {name: rest for name, (_, rest) in split.items() if rest}
         rows = replay_rows(config, bool(replay))
-        packed_replay = pack_corpus([d for docs in replay.values() for d in docs], tokenizer, config.max_length) \
-            if rows else None
+        packed_replay = None
+        if rows:
+            cache = TokenCache(token_cache, tokenizer) if token_cache is not None else None
+            encoded = [ids for docs in replay.values() for ids in cache.token_ids(docs)] if cache else None
+            packed_replay = pack_corpus([d for docs in replay.values() for d in docs], tokenizer, config.max_length,
+                                        encoded)
         return cls(pack_corpus(documents, tokenizer, config.max_length), packed_replay, rows,
                    {name: len(docs) for name, docs in replay.items()} if rows else {}, validation_new, validation_old)
 

@@ -75,7 +75,7 @@ def adapt_version(store: ModelStore, parent: str, corpus: CorpusInfo, domain: st
         result = adapt_on_ranks(train_procs, opened.folder, documents, work, config,
                                 prev_importance=store.importance_file(parent), domain=domain, device=device,
                                 replay=replay, judge_tasks=judge, on_progress=on_progress, should_stop=should_stop,
-                                base_digests=opened.manifest.files)
+                                base_digests=opened.manifest.files, token_cache=Path(work_dir) / TOKEN_CACHE)
     if result.status != "completed":
         raise JobStopped(f"stopped at step {result.step}")
     clock.lap("train")  # importance, training, the domain importance, a merge
@@ -114,6 +114,9 @@ class _Phases:
         now = time.perf_counter()
         self.seconds[phase] = round(now - self._last, 3)
         self._last = now
+
+
+TOKEN_CACHE = "token-cache"  # under the work folder: the lineage's corpora as token ids (das_engine.token_cache)
 
 
 def lineage_corpora(store: ModelStore, version: str) -> dict[str, list[str]]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from task_sets import source_task
 from typer.testing import CliRunner
 
 from das.cli import app
@@ -17,7 +18,6 @@ from das_engine.endtask import ProbeConfig, fit_probe
 from das_engine.onnx_export import GRAPH, HEAD_GRAPH, MAX_LOGIT_DIFF, MIN_COSINE, PARITY, export_folder
 from serving.model import LoadedModel
 from serving.onnx_cache import OnnxCache, weights_digest
-from task_sets import source_task
 
 SCORE_TOLERANCE = 1e-3
 
