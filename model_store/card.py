@@ -184,7 +184,12 @@ def _loading(manifest: Manifest) -> str:
     return "\n".join(["## Use", "", "```python", "from transformers import AutoModelForMaskedLM, AutoTokenizer", "",
                       f'folder = "STORE/versions/{manifest.id}"',
                       "model = AutoModelForMaskedLM.from_pretrained(folder)",
-                      "tokenizer = AutoTokenizer.from_pretrained(folder)", "```", ""])
+                      "tokenizer = AutoTokenizer.from_pretrained(folder)", "```", "",
+                      f"ONNX: `das export {manifest.id} --format onnx` writes the encoder "
+                      "(`input_ids, attention_mask -> last_hidden_state`) and the MLM head's top 50 tokens as the "
+                      "graphs the service runs on the CPU, "
+                      "checked against torch (`parity.json`); load `model.onnx` with "
+                      "`onnxruntime.InferenceSession(\"model.onnx\")` and this folder's tokenizer.", ""])
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:

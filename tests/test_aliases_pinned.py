@@ -147,6 +147,14 @@ def _embed(client, pin: str | None = None, **body) -> dict:
     return answer.json()
 
 
+def _same(answer: dict, served: dict) -> bool:
+    """The same version's embeddings: equal but for what moves within the ONNX parity bounds when a version moves from
+    torch to its exported graphs in the background (docs/service.md, "The serving backend")."""
+    rest = {k: v for k, v in answer.items() if k != "embeddings"}
+    return rest == {k: v for k, v in served.items() if k != "embeddings"} and \
+        answer["embeddings"] == pytest.approx(served["embeddings"], abs=1e-5)
+
+
 def _freed(ref: weakref.ref, timeout_s: float = 10.0) -> bool:
     """Whether the object is collected (a thread of the service may hold it a moment longer); the deadline a guard."""
     deadline = time.time() + timeout_s
@@ -197,15 +205,15 @@ def test_aliases_and_pinned_inference_through_the_service(service_settings, smal
 
         # pinned inference answers exactly as that version did when it was active: by id, by alias, query or body
         assert _loaded(client) == []
-        assert _embed(client, "v0001") == served["v0001"]
-        assert _embed(client, version="staging") == served["v0001"]
-        assert _embed(client, "staging", version="staging") == served["v0001"]
-        assert _embed(client, "production") == served["v0003"] and _loaded(client) == ["v0001"]
+        assert _same(_embed(client, "v0001"), served["v0001"])
+        assert _same(_embed(client, version="staging"), served["v0001"])
+        assert _same(_embed(client, "staging", version="staging"), served["v0001"])
+        assert _same(_embed(client, "production"), served["v0003"]) and _loaded(client) == ["v0001"]
         # at most DAS_MAX_LOADED_VERSIONS=1 other version: v0002 evicts v0001, which answers again by loading again
         evicted = weakref.ref(service.pinned.model("v0001").result())
-        assert _embed(client, "v0002") == served["v0002"] and _loaded(client) == ["v0002"]
+        assert _same(_embed(client, "v0002"), served["v0002"]) and _loaded(client) == ["v0002"]
         assert _freed(evicted)  # dropped: once no request holds it, nothing does
-        assert _embed(client, "before-legal") == served["v0001"] and _loaded(client) == ["v0001"]
+        assert _same(_embed(client, "before-legal"), served["v0001"]) and _loaded(client) == ["v0001"]
         # while a pinned version loads, the active version answers; requests for the loading one share its one load
         loads, release = [], threading.Event()
         real_load = service.holder.load
@@ -222,14 +230,14 @@ def test_aliases_and_pinned_inference_through_the_service(service_settings, smal
             while not loads and time.time() < deadline:
                 time.sleep(0.05)
             assert loads == ["v0002"] and not any(f.done() for f in waiting)
-            assert _embed(client) == served["v0003"]  # the active version answers before the load ends
+            assert _same(_embed(client), served["v0003"])  # the active version answers before the load ends
             assert not any(f.done() for f in waiting)
             release.set()
             assert len({id(f.result(timeout=60)) for f in waiting}) == 1 and loads == ["v0002"]
         finally:
             release.set()
             service.holder.load = real_load
-        assert _embed(client, "v0002") == served["v0002"] and _loaded(client) == ["v0002"]
+        assert _same(_embed(client, "v0002"), served["v0002"]) and _loaded(client) == ["v0002"]
         fill = client.post("/v1/fill-mask", params={"version": "v0001"},
                            json={"texts": ["free of [MASK], to any person."]}).json()
         assert fill["version"] == "v0001"
@@ -252,7 +260,7 @@ def test_aliases_and_pinned_inference_through_the_service(service_settings, smal
             thread.start()
         for thread in threads:
             thread.join()
-        assert len(answers) == 20 and all(answer == served[version] for version, answer in answers)
+        assert len(answers) == 20 and all(_same(answer, served[version]) for version, answer in answers)
 
         # refused: unknown alias or version (404 naming it), a bad name, two different versions, archived
         unknown = client.post("/v1/embeddings?version=nightly", json=TEXT)
@@ -272,7 +280,7 @@ def test_aliases_and_pinned_inference_through_the_service(service_settings, smal
         assert activated.status_code == 200 and activated.json()["previous"] == "v0003", activated.text
         wait_serving(client, "v0001")
         assert client.get("/v1/aliases").json() == {"production": "v0001", "staging": "v0001"}
-        assert _embed(client) == served["v0001"] and _embed(client, "v0003") == served["v0003"]
+        assert _same(_embed(client), served["v0001"]) and _same(_embed(client, "v0003"), served["v0003"])
         assert _loaded(client) == ["v0003"]
         assert client.get("/v1/models/current").json()["aliases"] == ["production", "staging"]
         # a version gc archived no longer answers
@@ -284,4 +292,4 @@ def test_aliases_and_pinned_inference_through_the_service(service_settings, smal
     with TestClient(build_app(service_settings.model_copy(update={"max_loaded_versions": 0}))) as client:
         refused = client.post("/v1/embeddings?version=v0003", json=TEXT)
         assert refused.status_code == 409 and "DAS_MAX_LOADED_VERSIONS=0" in refused.json()["detail"]
-        assert _embed(client, "production") == served["v0001"]
+        assert _same(_embed(client, "production"), served["v0001"])
