@@ -129,18 +129,22 @@ def main() -> None:
                 _wait(client, job["id"])
             print(json.dumps(reference), flush=True)
     second, last = rows[1], rows[-1]
+    same_domain = rows[1 + len(names) * ((len(rows) - 2) // len(names))]  # the last from the 2nd upload's domain
     outside = "outside_steps_and_importance_s"
     summary = {"second_non_training_s": second["non_training_s"], "last_non_training_s": last["non_training_s"],
                "ratio_last_to_second": round(last["non_training_s"] / second["non_training_s"], 3),
                f"second_{outside}": second[outside], f"last_{outside}": last[outside],
                f"last_{outside}_share_of_reference_steps": round(last[outside] / reference["steps_s"], 3),
+               "same_domain_as_second": same_domain["upload"],
+               "same_domain_ratio_to_second": round(same_domain["non_training_s"] / second["non_training_s"], 3),
+               f"same_domain_{outside}_ratio_to_second": round(same_domain[outside] / second[outside], 3),
                "reference_steps": args.reference_steps, "reference_steps_s": reference["steps_s"],
                "last_non_training_share_of_reference_steps": round(last["non_training_s"] / reference["steps_s"], 3),
                "median_non_training_s": statistics.median(r["non_training_s"] for r in rows)}
     print(json.dumps(summary, indent=1))
     if args.out:
-        args.out.write_text(json.dumps({"settings": vars(args) | {"out": str(args.out)}, "uploads": rows,
-                                        "reference": reference, "summary": summary}, indent=1) + "\n")
+        args.out.write_text(json.dumps({"settings": vars(args), "uploads": rows, "reference": reference,
+                                        "summary": summary}, indent=1, default=str) + "\n")
 
 
 if __name__ == "__main__":

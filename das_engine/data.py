@@ -22,22 +22,54 @@ class PackedCorpus:
         return self.input_ids.shape[0]
 
 
-def pack_corpus(documents: list[str], tokenizer, max_length: int,
-                encoded: list[list[int]] | None = None) -> PackedCorpus:
-    """Tokenise every document once (or take `encoded`, each document's ids without specials, e.g. from
-    das_engine.token_cache), join them with the separator, cut into blocks of max_length.
+@dataclass
+class TokenIds:
+    """The token ids of documents (no special tokens) in one array, and where each document starts in it."""
+
+    flat: np.ndarray  # (total,) integer ids
+    starts: np.ndarray  # (documents,) int64 offsets into flat
+
+    @classmethod
+    def from_lists(cls, encoded: list[list[int]]) -> TokenIds:
+        lengths = np.fromiter((len(ids) for ids in encoded), dtype=np.int64, count=len(encoded))
+        flat = np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int64, count=int(lengths.sum()))
+        return cls(flat, np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if len(encoded) else lengths)
+
+    @classmethod
+    def concat(cls, parts: list[TokenIds]) -> TokenIds:
+        offsets = np.cumsum([0] + [len(p.flat) for p in parts[:-1]])
+        return cls(np.concatenate([p.flat for p in parts]) if parts else np.zeros(0, np.int64),
+                   np.concatenate([p.starts + o for p, o in zip(parts, offsets, strict=True)]) if parts else
+                   np.zeros(0, np.int64))
+
+    def to_lists(self) -> list[list[int]]:
+        ends = [*self.starts[1:].tolist(), len(self.flat)]
+        flat = self.flat.tolist()
+        return [flat[a:b] for a, b in zip(self.starts.tolist(), ends, strict=True)]
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+
+def tokenize(documents: list[str], tokenizer) -> TokenIds:
+    """Each document's token ids, no special tokens."""
+    return TokenIds.from_lists(tokenizer(documents, add_special_tokens=False, return_attention_mask=False,
+                                         verbose=False)["input_ids"])
+
+
+def pack_corpus(documents: list[str], tokenizer, max_length: int, token_ids: TokenIds | None = None) -> PackedCorpus:
+    """Tokenise every document once (or take `token_ids`, the documents' ids, e.g. from das_engine.token_cache), join
+    them with the separator, cut into blocks of max_length.
 
     Each block is [CLS] ... [SEP] (<s> ... </s> for RoBERTa); only the last block may be padded.
     """
     cls_id, sep_id, pad_id = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id
     if None in (cls_id, sep_id, pad_id, tokenizer.mask_token_id):
         raise ValueError("the tokenizer needs cls, sep, pad and mask tokens for masked-LM training")
-    if encoded is None:
-        encoded = tokenizer(documents, add_special_tokens=False, return_attention_mask=False,
-                            verbose=False)["input_ids"]
-    encoded = [[*ids, sep_id] for ids in encoded]  # one separator after each document (the caller's lists kept)
-    total = sum(len(ids) for ids in encoded)
-    stream = torch.from_numpy(np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int64, count=total))
+    if token_ids is None:
+        token_ids = tokenize(documents, tokenizer)
+    ends = np.append(token_ids.starts[1:], len(token_ids.flat)) if len(token_ids) else token_ids.starts
+    stream = torch.from_numpy(np.insert(token_ids.flat.astype(np.int64), ends, sep_id))  # a separator after each
     body = max_length - 2
     n_blocks = max(1, -(-len(stream) // body))
     padded = torch.full((n_blocks * body,), pad_id, dtype=torch.long)

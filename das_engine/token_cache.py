@@ -20,6 +20,8 @@ import numpy as np
 
 from das_formats.fingerprint import corpus_fingerprint
 
+from .data import TokenIds, tokenize
+
 log = logging.getLogger(__name__)
 
 
@@ -36,17 +38,12 @@ def tokenizer_digest(tokenizer) -> str | None:
     return hashlib.sha256(json.dumps(definition, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def tokenize(documents: list[str], tokenizer) -> list[list[int]]:
-    """Each document's token ids, no special tokens."""
-    return tokenizer(documents, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
-
-
 class TokenCache:
     def __init__(self, root: Path, tokenizer) -> None:
         self.root, self.tokenizer = Path(root), tokenizer
         self.tokenizer_key = tokenizer_digest(tokenizer)
 
-    def token_ids(self, documents: list[str]) -> list[list[int]]:
+    def token_ids(self, documents: list[str]) -> TokenIds:
         """What tokenize(documents, tokenizer) gives, read from the cache when it holds these documents."""
         if self.tokenizer_key is None:
             return tokenize(documents, self.tokenizer)
@@ -54,8 +51,11 @@ class TokenCache:
         path = self.root / f"{key[:40]}.npz"
         try:
             with np.load(path) as entry:
-                ids, starts = entry["ids"].tolist(), entry["starts"].tolist()
-            return [ids[a:b] for a, b in zip(starts, starts[1:] + [len(ids)], strict=True)]
+                found = TokenIds(entry["ids"].astype(np.int64), entry["starts"])
+            if len(found) != len(documents) or (len(found) and (found.starts[-1] > len(found.flat) or
+                                                                 np.any(np.diff(found.starts) < 0))):
+                raise ValueError(f"{len(found)} documents' offsets for {len(documents)} documents")
+            return found
         except FileNotFoundError:
             pass
         except Exception as err:  # noqa: BLE001 - damaged (a cut zip, a bad array): tokenise again and rewrite it
@@ -64,14 +64,11 @@ class TokenCache:
         self._write(path, encoded)
         return encoded
 
-    def _write(self, path: Path, encoded: list[list[int]]) -> None:
-        starts = np.cumsum([0] + [len(ids) for ids in encoded[:-1]], dtype=np.int64) if encoded else \
-            np.zeros(0, np.int64)
-        flat = np.fromiter((i for ids in encoded for i in ids), dtype=np.int32, count=sum(map(len, encoded)))
+    def _write(self, path: Path, encoded: TokenIds) -> None:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=self.root, prefix=".", suffix=".npz", delete=False) as tmp:
-                np.savez(tmp, ids=flat, starts=starts)
+                np.savez(tmp, ids=encoded.flat.astype(np.int32), starts=encoded.starts)
             os.replace(tmp.name, path)
         except OSError as err:  # a full or read-only disk costs the next upload a tokenisation, nothing more
             log.warning("token cache: %s not written (%s)", path, err)

@@ -9,7 +9,7 @@ from pathlib import Path
 from das_formats.config import DASConfig, corpus_problem
 from das_formats.corpus import split_by_hash
 
-from .data import PackedCorpus, pack_corpus
+from .data import PackedCorpus, TokenIds, pack_corpus
 from .token_cache import TokenCache
 
 VALIDATION_SALT, VALIDATION_FRACTION, VALIDATION_MAX = "das-merge-validation", 0.05, 100
@@ -46,9 +46,9 @@ class TrainingData:
         packed_replay = None
         if rows:
             cache = TokenCache(token_cache, tokenizer) if token_cache is not None else None
-            encoded = [ids for docs in replay.values() for ids in cache.token_ids(docs)] if cache else None
+            ids = TokenIds.concat([cache.token_ids(docs) for docs in replay.values()]) if cache else None
             packed_replay = pack_corpus([d for docs in replay.values() for d in docs], tokenizer, config.max_length,
-                                        encoded)
+                                        ids)
         return cls(pack_corpus(documents, tokenizer, config.max_length), packed_replay, rows,
                    {name: len(docs) for name, docs in replay.items()} if rows else {}, validation_new, validation_old)
 

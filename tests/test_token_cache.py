@@ -7,8 +7,8 @@ import logging
 
 import torch
 
-from das_engine.data import pack_corpus
-from das_engine.token_cache import TokenCache, tokenize
+from das_engine.data import pack_corpus, tokenize
+from das_engine.token_cache import TokenCache
 from das_engine.training_data import TrainingData
 from das_formats.config import upload_config
 
@@ -26,14 +26,15 @@ class Refusing:
 def test_the_cache_gives_the_tokenizers_ids_and_reads_them_back_without_it(model_and_tokenizer, legal_docs, tmp_path):
     _, tokenizer = model_and_tokenizer
     docs = legal_docs[:40] + [""]  # an empty document keeps its place
-    want = tokenize(docs, tokenizer)
-    assert TokenCache(tmp_path, tokenizer).token_ids(docs) == want
+    want = tokenizer(docs, add_special_tokens=False)["input_ids"]
+    assert TokenCache(tmp_path, tokenizer).token_ids(docs).to_lists() == want
     assert len(list(tmp_path.glob("*.npz"))) == 1
-    assert TokenCache(tmp_path, Refusing(tokenizer)).token_ids(docs) == want
+    assert TokenCache(tmp_path, Refusing(tokenizer)).token_ids(docs).to_lists() == want
     tokenizer(["a call that sets truncation and padding on the backend"], truncation=True, max_length=8,
               padding="max_length")
-    assert TokenCache(tmp_path, tokenizer).token_ids(docs) == want  # the same entry
-    assert TokenCache(tmp_path, tokenizer).token_ids(docs[:-2]) == want[:-2]  # other documents, another entry
+    assert TokenCache(tmp_path, tokenizer).token_ids(docs).to_lists() == want  # the same entry
+    # other documents: another entry
+    assert TokenCache(tmp_path, tokenizer).token_ids(docs[:-2]).to_lists() == want[:-2]
     assert len(list(tmp_path.glob("*.npz"))) == 2
 
 
@@ -44,9 +45,9 @@ def test_a_damaged_entry_is_tokenised_again_and_rewritten(model_and_tokenizer, l
     [entry] = tmp_path.glob("*.npz")
     entry.write_bytes(entry.read_bytes()[:50])
     with caplog.at_level(logging.WARNING, logger="das_engine.token_cache"):
-        assert TokenCache(tmp_path, tokenizer).token_ids(docs) == tokenize(docs, tokenizer)
+        assert TokenCache(tmp_path, tokenizer).token_ids(docs).to_lists() == tokenize(docs, tokenizer).to_lists()
     assert "does not read" in caplog.text
-    assert TokenCache(tmp_path, Refusing(tokenizer)).token_ids(docs) == tokenize(docs, tokenizer)
+    assert TokenCache(tmp_path, Refusing(tokenizer)).token_ids(docs).to_lists() == tokenize(docs, tokenizer).to_lists()
 
 
 def test_replay_packed_from_the_cache_is_the_same_blocks(model_and_tokenizer, legal_docs, code_docs, tmp_path):
@@ -59,5 +60,9 @@ def test_replay_packed_from_the_cache_is_the_same_blocks(model_and_tokenizer, le
         assert torch.equal(cached.replay.input_ids, plain.replay.input_ids)
         assert torch.equal(cached.replay.attention_mask, plain.replay.attention_mask)
         assert cached.replay_documents == plain.replay_documents
-    assert torch.equal(pack_corpus(legal_docs[:5], tokenizer, 64).input_ids,
-                       pack_corpus([], tokenizer, 64, tokenize(legal_docs[:5], tokenizer)).input_ids)
+    docs = ["", *legal_docs[:5], "", ""]  # empty documents keep their separators
+    want = [i for ids in tokenizer(docs, add_special_tokens=False)["input_ids"] for i in (*ids, tokenizer.sep_token_id)]
+    for packed in (pack_corpus(docs, tokenizer, 64), pack_corpus(docs, tokenizer, 64, tokenize(docs, tokenizer))):
+        lengths = packed.attention_mask.sum(1) - 2  # each block: [CLS] its part of the stream [SEP]
+        got = [i for row, n in zip(packed.input_ids.tolist(), lengths.tolist(), strict=True) for i in row[1:1 + n]]
+        assert got == want
