@@ -50,13 +50,11 @@ demo: serve-model
 test: base-model
 	$(MAKE) --no-print-directory check
 
-# lint, import contracts and the tests, in whichever environment VENV names; the tests on PYTEST_WORKERS processes
-# (pytest-xdist; PYTEST_WORKERS=0 runs them in this one)
-PYTEST_WORKERS ?= 2
+# lint, import contracts and the tests, in whichever environment VENV names
 check:
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/pytest --numprocesses $(PYTEST_WORKERS) $(PYTEST_ARGS)
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 $(UV):
 	python3 -m venv $(TOOLS)

@@ -131,7 +131,8 @@ def main() -> None:
     ratio = statistics.median(b_runs) / statistics.median(a_runs)
     print(f"median {a}: {statistics.median(a_runs):.1f}, {b}: {statistics.median(b_runs):.1f} requests/s; "
           f"{b}/{a} = {ratio:.3f}")
-    out = ROOT / "bench" / "results" / f"ab-{a}-{b}-{args.load}-{date.today().isoformat()}.json"
+    settings = "".join(f"-{v}" for v in extra.values())  # e.g. -torch for DAS_SERVE_BACKEND=torch
+    out = ROOT / "bench" / "results" / f"ab-{a}-{b}-{args.load}{settings}-{date.today().isoformat()}.json"
     command = " ".join(["python", "bench/ab.py", *sys.argv[1:]])
     out.write_text(json.dumps({"command": command, "kind": args.kind, "load": args.load, "env": extra,
                                "concurrency": args.concurrency, "seconds": args.seconds, "runs": runs,

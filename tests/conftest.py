@@ -16,9 +16,7 @@ from das_data.local_corpora import licence_documents, python_doc_documents
 from das_engine.loading import load_masked_lm
 from das_settings import get_settings
 
-# `make test` runs the tests on two pytest-xdist workers (PYTEST_XDIST_WORKER is set in each): one torch thread each
-# then, so two workers share the two cores instead of four threads contending for them
-torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
+torch.set_num_threads(2)
 TEST_TIMEOUT_S = float(os.environ.get("DAS_TEST_TIMEOUT_S", "600"))  # one test; a hang fails fast, with its stacks
 
 

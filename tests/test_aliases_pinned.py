@@ -151,8 +151,9 @@ def _same(answer: dict, served: dict) -> bool:
     """The same version's embeddings: equal but for what moves within the ONNX parity bounds when a version moves from
     torch to its exported graphs in the background (docs/service.md, "The serving backend")."""
     rest = {k: v for k, v in answer.items() if k != "embeddings"}
-    return rest == {k: v for k, v in served.items() if k != "embeddings"} and \
-        answer["embeddings"] == pytest.approx(served["embeddings"], abs=1e-5)
+    vectors, want = answer["embeddings"], served["embeddings"]
+    return rest == {k: v for k, v in served.items() if k != "embeddings"} and len(vectors) == len(want) and \
+        all(v == pytest.approx(w, abs=1e-5) for v, w in zip(vectors, want, strict=True))
 
 
 def _freed(ref: weakref.ref, timeout_s: float = 10.0) -> bool:
