@@ -19,6 +19,8 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperCommand, TyperGroup
 
+from das_settings import SettingsError, get_settings
+
 from .config_options import config_options
 from .console import console, fail, os_problem
 
@@ -42,9 +44,15 @@ def server_options(
         "--token", envvar="DAS_TOKEN", show_envvar=True, show_default=False,
         help="bearer token for the server (the management token to submit or activate)")] = None,
 ) -> None:
-    """The `das` callback: checks --url; `ServerSwitch` has read it already to pick the commands."""
+    """The `das` callback: checks --url; `ServerSwitch` has read it already to pick the commands. A local command
+    first checks the DAS_ settings: a bad value is one line naming the variable, not a traceback."""
     if url is not None and not url.startswith(("http://", "https://")):
         fail(f"--url {url!r}: give the server's address with its scheme, e.g. http://127.0.0.1:8000")
+    if url is None:
+        try:
+            get_settings()
+        except SettingsError as err:
+            fail(f"{err} (fix the variable, or unset it for its default)")
 
 
 class ServerSwitch(TyperGroup):

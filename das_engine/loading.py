@@ -14,6 +14,10 @@ Two rules every load follows:
   through a kernel built for inference, and results depend on whatever the hub serves that day.
   The engine scales units with hooks on plain torch layers and needs the same arithmetic on every
   machine, so every model is loaded with `use_kernels=False` (docs/engine.md, "Hub kernels").
+
+And no progress bars: transformers draws a "Loading weights" bar on stderr for every load, which lands in the
+server's log from the swap and from every job process (breaking JSON log lines); they are off wherever this
+module is imported.
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from transformers import AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 LOAD_LOCK = threading.Lock()
+hf_logging.disable_progress_bar()
 
 
 def load_pretrained(auto_class: Any, source: str | Path, **kwargs: Any) -> PreTrainedModel:

@@ -200,9 +200,6 @@ def check_parity(model: torch.nn.Module, tokenizer, graph, head_graph, texts: li
 def export_folder(model_folder: Path, out: Path) -> Parity:
     """Export the masked LM in `model_folder` and check the graph: `out` gets model.onnx and parity.json, written
     into a sibling folder first and renamed into place (a reader sees both files or neither)."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
     model, tokenizer = load_masked_lm(model_folder)
     model.eval()
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -180,6 +180,26 @@ class Settings(BaseSettings):
         return f"{self.redis_prefix}active-version"
 
 
+class SettingsError(ValueError):
+    """A DAS_ variable whose value no setting accepts; the message names the variables, one per line."""
+
+
+def describe_invalid(err: ValidationError) -> str:
+    """A pydantic error of Settings as the user wrote it: `DAS_LOG_FORMAT='xml': Input should be 'text' or 'json'`."""
+    lines = []
+    for problem in err.errors():
+        message = problem["msg"].removeprefix("Value error, ")
+        if problem["loc"]:
+            lines.append(f"DAS_{str(problem['loc'][0]).upper()}={problem.get('input')!r}: {message}")
+        else:
+            lines.append(message)
+    return "; ".join(lines)
+
+
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    """The settings from the environment (and .env); a SettingsError naming each bad DAS_ variable."""
+    try:
+        return Settings()
+    except ValidationError as err:
+        raise SettingsError(describe_invalid(err)) from None

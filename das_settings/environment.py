@@ -14,8 +14,10 @@ from . import Settings
 
 PREFIX = "DAS_"
 # DAS_ variables the project itself reads outside Settings (documented where they are read), never reported:
-# DAS_TEST_REDIS_URL: the Redis the tests use; DAS_TEST_TIMEOUT_S: one test's limit (tests/conftest.py, README.md).
-NOT_SETTINGS = frozenset({"DAS_TEST_REDIS_URL", "DAS_TEST_TIMEOUT_S"})
+# DAS_TEST_REDIS_URL: the Redis the tests use; DAS_TEST_TIMEOUT_S: one test's limit (tests/conftest.py, README.md);
+# DAS_URL and DAS_TOKEN: the server and token of `das --url` and the Python client (das/remote_cli.py,
+# client/das_client/client.py), which the README tells users to export beside a server's own settings.
+NOT_SETTINGS = frozenset({"DAS_TEST_REDIS_URL", "DAS_TEST_TIMEOUT_S", "DAS_URL", "DAS_TOKEN"})
 log = logging.getLogger(__name__)
 
 

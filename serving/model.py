@@ -9,7 +9,6 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer
-from transformers.utils import logging as hf_logging
 
 from das_engine.answers import fill_mask_candidates, pooled
 from das_engine.endtask import served_max_tokens
@@ -22,7 +21,6 @@ from .errors import InputError, TaskNotServed
 from .onnx_cache import OnnxCache
 from .tasks import TaskSet, predict
 
-hf_logging.disable_progress_bar()  # from_pretrained's "Loading weights" bar: stderr noise on every swap
 TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja")
 
 

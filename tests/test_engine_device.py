@@ -6,6 +6,8 @@ A gate, mask, multiplier or target made on the CPU for a model elsewhere fails t
 """
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -230,3 +232,12 @@ def test_gates_keep_the_activation_dtype_and_their_gradient_fp32(model_and_token
     assert seen == [torch.bfloat16, torch.bfloat16]  # the FFN output layer's input, ungated then gated
     grads = torch.autograd.grad(loss, [t for _, t in scales.items()])
     assert all(g.dtype == torch.float32 and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+
+
+def test_loading_a_model_draws_no_progress_bar(bert_dir):
+    """Every load goes through das_engine.loading, which turns transformers' "Loading weights" bar off: in a job
+    process or a swap it would land in the server's log (and break JSON log lines)."""
+    code = f"from das_engine.loading import load_masked_lm; load_masked_lm({str(bert_dir)!r})"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Loading weights" not in done.stderr and "%|" not in done.stderr, done.stderr

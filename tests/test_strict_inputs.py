@@ -149,7 +149,7 @@ def test_a_route_added_later_is_covered_with_no_code_of_its_own():
 
 def test_an_unknown_das_variable_is_reported_with_the_nearest_setting(caplog):
     environ = {"DAS_MAX_TEXT": "3", "das_store": "s", "DAS_TEST_REDIS_URL": "redis://x", "DAS_ZZZ": "1",
-               "PATH": "/bin"}
+               "PATH": "/bin", "DAS_URL": "http://127.0.0.1:8000", "DAS_TOKEN": "t"}  # the client's: no setting
     assert unknown_variables(environ) == [
         "DAS_MAX_TEXT is not a setting and is ignored; did you mean DAS_MAX_TEXTS?",
         "DAS_ZZZ is not a setting and is ignored; the settings are the fields of das_settings.Settings"]
@@ -285,3 +285,16 @@ def test_embeddings_in_openais_shape(client, token_count):
     assert "differ; send one of them" in message
     assert "exactly one of `texts`" in refused(client.post("/v1/embeddings", json={"input": "x", "texts": ["y"]}))[0]
     assert "exactly one of `texts`" in refused(client.post("/v1/embeddings", json={}))[0]
+
+
+@pytest.mark.parametrize("command", [["versions"], ["serve", "--port", "1"], ["card", "v0001"]])
+def test_a_bad_setting_is_one_line_naming_its_variable(command, tmp_path):
+    """Every local command checks the DAS_ settings first: a value no setting accepts is exit code 2 and one line
+    that names the variable as the user set it (not a pydantic field, not a traceback)."""
+    env = {**os.environ, "DAS_STORE": str(tmp_path / "store"), "DAS_LOG_FORMAT": "xml", "DAS_MAX_TEXTS": "-3"}
+    done = subprocess.run([sys.executable, "-c", "from das.cli import app; app()", *command], env=env,
+                          capture_output=True, text=True, timeout=120)
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output
+    assert "DAS_LOG_FORMAT='xml'" in output and "DAS_MAX_TEXTS='-3'" in output and "Traceback" not in output
+    assert "log_format\n" not in output
