@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import typer.rich_utils
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
 from das_data.base_models import ensure_initialised, resolve_base_model
@@ -32,6 +33,10 @@ from .remote_cli import ServerSwitch, server_options
 from .task_cli import task_app
 
 MAX_NPROC = 256  # das adapt --nproc
+PIPED_HELP_WIDTH = 200  # columns of --help when stdout is no terminal (rich would fit 80 and cut option names)
+
+if typer.rich_utils.MAX_WIDTH is None and not sys.stdout.isatty():  # $TERMINAL_WIDTH, when set, wins
+    typer.rich_utils.MAX_WIDTH = PIPED_HELP_WIDTH
 
 app = typer.Typer(help="Continual domain-adaptive pre-training (DAS) of masked language models.",
                   no_args_is_help=True, add_completion=False, cls=ServerSwitch)  # --url: das/remote_cli.py

@@ -133,3 +133,27 @@ def test_the_other_commands_check_their_paths(tmp_path, args, says):
     names = {"dir": tmp_path / "dir", "file": tmp_path / "train.jsonl", "binary": tmp_path / "bin.jsonl",
              "tmp": tmp_path}
     _refused([a.format(**names) for a in args], says.format(**names))
+
+
+def _command_paths(group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    paths = []
+    for name, command in group.commands.items():
+        paths.append((*prefix, name))
+        if hasattr(command, "commands"):  # a group (typer's own click)
+            paths += _command_paths(command, (*prefix, name))
+    return paths
+
+
+def test_piped_help_shows_whole_option_names():
+    """--help into a pipe or a file (no terminal) is as wide as it needs: no option name cut to `--prev-importa…`."""
+    import typer
+
+    from das.remote_cli import remote_app
+
+    local = _command_paths(typer.main.get_command(app))
+    remote = [("--url", "http://127.0.0.1:1", *path) for path in _command_paths(typer.main.get_command(remote_app))]
+    assert len(local) > 25 and remote
+    for path in [(), *local, *remote]:
+        shown = CliRunner().invoke(app, [*path, "--help"])
+        assert shown.exit_code == 0, (path, shown.output)
+        assert "…" not in shown.output, (path, [line for line in shown.output.splitlines() if "…" in line])
