@@ -11,9 +11,8 @@ from model_store.aliases import PRODUCTION, AliasStore
 from model_store.locks import StoreLocked
 from model_store.names import InvalidName
 from model_store.store import StoreError
-from worker.runtime import open_store
 
-from .console import StoreOption, console, fail
+from .console import StoreOption, console, existing_store, fail
 from .store_cli import activate  # the activation, with its end-task fits
 
 alias_app = typer.Typer(help="Aliases: names for versions (production is the active version).", no_args_is_help=True)
@@ -28,7 +27,7 @@ def set_alias(name: Annotated[str, typer.Argument(help="the alias, e.g. staging 
         activate(version, store)
         return
     try:
-        previous = AliasStore(open_store(location=store)).set(name, version)
+        previous = AliasStore(existing_store(store)).set(name, version)
     except (StoreError, StoreLocked, InvalidName) as err:
         fail(str(err))
     console.print(f"{name} -> {version}" + (f" (was {previous})" if previous and previous != version else ""))
@@ -39,7 +38,7 @@ def remove_alias(name: Annotated[str, typer.Argument(help="the alias to remove (
                  store: StoreOption = None) -> None:
     """Remove an alias; the version stays."""
     try:
-        version = AliasStore(open_store(location=store)).remove(name)
+        version = AliasStore(existing_store(store)).remove(name)
     except (StoreError, StoreLocked, InvalidName) as err:
         fail(str(err))
     console.print(f"removed {name} (it named {version})")
@@ -50,7 +49,7 @@ def list_aliases(store: StoreOption = None,
                  as_json: Annotated[bool, typer.Option("--json", help="print a JSON object")] = False) -> None:
     """Every alias with its version (production is the active version)."""
     try:
-        aliases = AliasStore(open_store(location=store)).all()
+        aliases = AliasStore(existing_store(store)).all()
     except StoreError as err:
         fail(str(err))
     if as_json:

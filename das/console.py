@@ -39,3 +39,17 @@ def clear_errors() -> Iterator[None]:
         yield
     except (CorpusError, BaseModelError, StoreError, StoreLocked, InvalidName, ValueError) as err:
         fail(str(err))
+
+
+def existing_store(location: str | None = None):
+    """The store a command works on (--store, else $DAS_STORE): opening a local folder creates it, so one that does
+    not exist is an error here, not an empty store made by a typo. (An s3:// store is opened as it is.)"""
+    from pathlib import Path
+
+    from das_settings import get_settings
+    from worker.runtime import open_store
+
+    where = location or get_settings().store
+    if "://" not in where and not Path(where).is_dir():
+        fail(f"no store at {where}: check --store or $DAS_STORE (`das serve` and `das adapt --store` create one)")
+    return open_store(location=where)

@@ -9,9 +9,7 @@ from typing import Annotated
 
 import typer
 
-from worker.runtime import open_store
-
-from .console import StoreOption, clear_errors, console, fail
+from .console import StoreOption, clear_errors, console, existing_store, fail
 
 LOAD_EXAMPLE = """import numpy as np, onnxruntime as ort
 from transformers import AutoTokenizer
@@ -41,7 +39,7 @@ def export(version: Annotated[str, typer.Argument(help="version id, e.g. v0002")
     if out.exists():
         fail(f"{out} exists; remove it or name another folder with --out")
     with clear_errors():
-        folder = open_store(location=store).model_dir(version)
+        folder = existing_store(store).model_dir(version)
     parity = export_folder(folder, out)
     typer.echo(json.dumps(parity.to_json(), indent=1))
     if not parity.ok:

@@ -14,16 +14,15 @@ from rich.table import Table
 from das_settings import get_settings
 from model_store import maintenance
 from model_store.store import Finding
-from worker.runtime import open_store
 
-from .console import StoreOption, clear_errors, console, fail
+from .console import StoreOption, clear_errors, console, existing_store, fail
 
 
 def versions(store: StoreOption = None,
              as_json: Annotated[bool, typer.Option("--json", help="print JSON manifests")] = False) -> None:
     """List the store's versions with their lineage and status."""
     with clear_errors():
-        manifests, damaged = open_store(location=store).scan()
+        manifests, damaged = existing_store(store).scan()
     for d in damaged:
         console.print(f"[yellow]damaged:[/] {d.id}: {d.reason} (`das repair` sets it aside)", soft_wrap=True)
     if as_json:
@@ -41,7 +40,7 @@ def versions(store: StoreOption = None,
 def show(version: Annotated[str, typer.Argument(help="version id, e.g. v0002")], store: StoreOption = None) -> None:
     """Print one version's manifest (JSON)."""
     with clear_errors():
-        typer.echo(open_store(location=store).manifest(version).to_json())
+        typer.echo(existing_store(store).manifest(version).to_json())
 
 
 def card(version: Annotated[str, typer.Argument(help="version id, e.g. v0002")], store: StoreOption = None) -> None:
@@ -49,7 +48,7 @@ def card(version: Annotated[str, typer.Argument(help="version id, e.g. v0002")],
     from model_store.card import version_card
 
     with clear_errors():
-        typer.echo(version_card(open_store(location=store), version), nl=False)
+        typer.echo(version_card(existing_store(store), version), nl=False)
 
 
 def activate(version: Annotated[str, typer.Argument(help="version id to make active")],
@@ -62,7 +61,7 @@ def activate(version: Annotated[str, typer.Argument(help="version id to make act
     from worker.task_registry import queue_missing_fits
 
     with clear_errors():
-        model_store = open_store(location=store)
+        model_store = existing_store(store)
         manifest = model_store.activate(version)
         settings = get_settings().model_copy(update={"store": store} if store else {})
         jobs = job_registry(settings)
@@ -83,7 +82,7 @@ def importance(
     from model_store import importance_history as history
 
     with clear_errors():
-        model_store = open_store(location=store)
+        model_store = existing_store(store)
         found = history.version_importance(model_store, version)
         if found is None:
             fail(f"{version} has no importance: it is the base model (its first adaptation computes it)")
@@ -104,7 +103,7 @@ def gc(keep: Annotated[int, typer.Option(help="keep the weights of the newest N 
        store: StoreOption = None) -> None:
     """Remove old versions' weights; manifests and importance stay, so the history survives."""
     with clear_errors():
-        archived = maintenance.gc(open_store(location=store), keep)
+        archived = maintenance.gc(existing_store(store), keep)
     console.print(f"archived {', '.join(archived) if archived else 'nothing'}")
 
 
@@ -126,7 +125,7 @@ def repair(
     from model_store.tasks import TaskStore
 
     with clear_errors():
-        model_store = open_store(location=store)
+        model_store = existing_store(store)
         found = (maintenance.repair(model_store, dry_run=dry_run, verify=verify)
                  + TaskStore(model_store).repair(dry_run=dry_run))
     found += [Finding(str(path), "a temporary upload of a process that died", "remove it", not dry_run)

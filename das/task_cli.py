@@ -20,7 +20,7 @@ from pipeline.task_intake import check_task_files, store_task_data
 from worker.runtime import open_store
 
 from .config_options import config_options
-from .console import StoreOption, console, fail
+from .console import StoreOption, console, existing_store, fail
 
 task_app = typer.Typer(help="End tasks: classifiers on the continually adapted backbone (no domain id).",
                        no_args_is_help=True)
@@ -55,7 +55,7 @@ def add(
         task_settings = TaskSettings(**config_values)
         train_set, eval_set = check_task_files(kind, task_settings, train, eval, settings,
                                                (train.name, eval.name if eval else "eval"))
-        model_store = open_store(location=store)
+        model_store = open_store(location=store)  # a new store gets the base as v0001, as `das adapt` does
         ensure_initialised(model_store, settings)
         tasks = TaskStore(model_store)
         if not replace and tasks.exists(name):
@@ -79,7 +79,7 @@ def add(
 def list_tasks(store: StoreOption = None,
                as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
     """The registered tasks, with their eval macro-F1 on each version they were fitted on."""
-    tasks = TaskStore(open_store(location=store))
+    tasks = TaskStore(existing_store(store))
     definitions = tasks.definitions()
     if as_json:
         typer.echo(json.dumps([dataclasses.asdict(d) | {"history": [dataclasses.asdict(m) for m in tasks.history(d)]}
@@ -97,7 +97,7 @@ def list_tasks(store: StoreOption = None,
 def delete(name: Annotated[str, typer.Argument(help="the task")], store: StoreOption = None) -> None:
     """Forget a task and all its models."""
     try:
-        TaskStore(open_store(location=store)).delete(name)
+        TaskStore(existing_store(store)).delete(name)
     except (TaskNotFound, ValueError) as err:
         fail(str(err))
     console.print(f"deleted {name}")

@@ -81,3 +81,14 @@ def test_gc_keeps_history(cli_store):
     listed = {v["id"]: v["status"] for v in json.loads(_ok(["versions", "--store", store, "--json"]))}
     assert listed == {"v0001": "archived", "v0002": "archived", "v0003": "active"}
     assert json.loads(_ok(["importance", "v0002", "--store", store, "--json"]))["version"] == "v0002"
+
+
+@pytest.mark.parametrize("command", [["versions"], ["show", "v0001"], ["card", "v0001"], ["importance", "v0001"],
+                                     ["activate", "v0001"], ["gc", "--keep", "2"], ["repair"], ["alias", "ls"], ["task", "list"],
+                                     ["export", "v0001"]])
+def test_a_store_that_does_not_exist_is_an_error_not_created(command, tmp_path):
+    missing = tmp_path / "no-such-store"
+    done = CliRunner().invoke(app, [*command, "--store", str(missing)])
+    assert done.exit_code == 2, done.output
+    assert f"no store at {missing}" in done.output
+    assert not missing.exists()
