@@ -84,8 +84,8 @@ def test_gc_keeps_history(cli_store):
 
 
 @pytest.mark.parametrize("command", [["versions"], ["show", "v0001"], ["card", "v0001"], ["importance", "v0001"],
-                                     ["activate", "v0001"], ["gc", "--keep", "2"], ["repair"], ["alias", "ls"], ["task", "list"],
-                                     ["export", "v0001"]])
+                                     ["activate", "v0001"], ["gc", "--keep", "2"], ["repair"], ["alias", "ls"],
+                                     ["task", "list"], ["export", "v0001"]])
 def test_a_store_that_does_not_exist_is_an_error_not_created(command, tmp_path):
     missing = tmp_path / "no-such-store"
     done = CliRunner().invoke(app, [*command, "--store", str(missing)])
