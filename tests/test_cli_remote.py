@@ -108,6 +108,7 @@ def test_server_commands_need_a_url_and_local_ones_refuse_it(tmp_path):
     assert result.exit_code == 2 and "`das adapt` works on a local store" in result.stderr
     result = das("--url", "127.0.0.1:8000", "versions")
     assert result.exit_code == 2 and "with its scheme" in result.stderr
+    (tmp_path / "store").mkdir()
     result = das("versions", "--store", str(tmp_path / "store"), "--json")  # no URL: the local store, as before
     assert result.exit_code == 0 and json.loads(result.stdout) == []
 
