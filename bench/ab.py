@@ -22,15 +22,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from datetime import date
 from pathlib import Path
 
-import httpx
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from infer import free_port, load, probe_texts, start  # noqa: E402 - bench/ is not a package
+from infer import free_port, load, probe_texts, start, wait_for_backend  # noqa: E402 - bench/ is not a package
 
 from das_settings import get_settings  # noqa: E402
 
@@ -66,17 +63,6 @@ def _wrk(url: str, kind: str, concurrency: int, seconds: float, scratch: Path) -
     return {"rps": rps, "p50": float(p50.group(1)) * scale, "errors": errors}
 
 
-def _wait_for_backend(url: str, backend: str, timeout_s: float = 600.0) -> None:
-    """Until /readyz names `backend` (a commit whose /readyz names none has one backend: no wait)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        ready = httpx.get(f"{url}/readyz", timeout=30)
-        if ready.status_code == 200 and ready.json().get("backend", backend) == backend:
-            return
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} never served on {backend}")
-
-
 def _one_run(folder: Path, kind: str, concurrency: int, seconds: float, scratch: Path, generator: str,
              extra: dict[str, str]) -> dict:
     port = free_port()
@@ -87,7 +73,7 @@ def _one_run(folder: Path, kind: str, concurrency: int, seconds: float, scratch:
     try:
         url = f"http://127.0.0.1:{port}"
         texts = probe_texts(512)
-        _wait_for_backend(url, extra.get("DAS_SERVE_BACKEND", "onnx"))
+        wait_for_backend(url, extra.get("DAS_SERVE_BACKEND", "onnx"))
         asyncio.run(load(url, kind, texts, concurrency, 2.0))  # warm-up
         if generator == "wrk":
             return _wrk(url, kind, concurrency, seconds, scratch)

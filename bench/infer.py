@@ -185,11 +185,12 @@ def ceiling(model_dir: str, texts: list[str], batch: int = 64, repeats: int = 10
 
 
 def wait_for_backend(url: str, backend: str, timeout_s: float = 600.0) -> None:
-    """Until /readyz says the active version runs on `backend` (the ONNX export runs in the background)."""
+    """Until /readyz says the active version runs on `backend` (the ONNX export runs in the background); a server
+    whose /readyz names no backend (a commit from before the ONNX backend, bench/ab.py) has one: no wait."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         ready = httpx.get(f"{url}/readyz", timeout=30)
-        if ready.status_code == 200 and ready.json().get("backend") == backend:
+        if ready.status_code == 200 and ready.json().get("backend", backend) == backend:
             return
         time.sleep(0.5)
     raise TimeoutError(f"{url} never served on {backend}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
@@ -44,8 +45,6 @@ def clear_errors() -> Iterator[None]:
 def existing_store(location: str | None = None):
     """The store a command works on (--store, else $DAS_STORE): opening a local folder creates it, so one that does
     not exist is an error here, not an empty store made by a typo. (An s3:// store is opened as it is.)"""
-    from pathlib import Path
-
     from das_settings import get_settings
     from worker.runtime import open_store
 

@@ -172,10 +172,10 @@ def session_top_tokens(head_graph):
 
 
 @torch.inference_mode()
-def check_parity(model: torch.nn.Module, tokenizer, graph, head_graph, texts: list[str] | None = None) -> Parity:
-    """Torch and the graphs on the same batches: the probe texts (or `texts`, each holding the mask token) padded
-    together, each alone, and one row at the model's longest input."""
-    texts = texts or [t.format(mask=tokenizer.mask_token) for t in PROBE_TEXTS]
+def check_parity(model: torch.nn.Module, tokenizer, graph, head_graph) -> Parity:
+    """Torch and the graphs on the same batches: the probe texts padded together, each alone, and one row at the
+    model's longest input."""
+    texts = [t.format(mask=tokenizer.mask_token) for t in PROBE_TEXTS]
     longest = served_max_tokens(model.config)
     batches = [tokenizer(texts, padding=True, truncation=True, max_length=longest, return_tensors="pt")]
     batches += [tokenizer([t], truncation=True, max_length=longest, return_tensors="pt") for t in texts]
@@ -198,8 +198,8 @@ def check_parity(model: torch.nn.Module, tokenizer, graph, head_graph, texts: li
 
 
 def export_folder(model_folder: Path, out: Path) -> Parity:
-    """Export the masked LM in `model_folder` and check the graph: `out` gets model.onnx and parity.json, written
-    into a sibling folder first and renamed into place (a reader sees both files or neither)."""
+    """Export the masked LM in `model_folder` and check the graphs: `out` gets GRAPH, HEAD_GRAPH and PARITY, written
+    into a sibling folder first and renamed into place (a reader sees all of them or none)."""
     model, tokenizer = load_masked_lm(model_folder)
     model.eval()
     out.parent.mkdir(parents=True, exist_ok=True)

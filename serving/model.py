@@ -59,7 +59,6 @@ class LoadedModel:
     folder: Path
     model: AutoModelForMaskedLM
     tokenizer: AutoTokenizer
-    mlm_head: torch.nn.Module  # run only at masked positions
     max_tokens: int
     device: torch.device
     runs: RunnerSlot  # torch, or the ONNX graphs of the same weights (serving.encoders)
@@ -84,15 +83,11 @@ class LoadedModel:
         if int8:
             model.base_model.encoder = int8_encoder(model.base_model.encoder)
         max_tokens = served_max_tokens(model.config)
-        mlm_head = resolve_units(model).mlm_head
-        slot = RunnerSlot(version, TorchRunner(model, mlm_head))
-        if onnx is not None:
-            graphs = onnx.graphs(folder)
-            if graphs is not None:
-                slot.move_to(graphs)
-            else:
-                onnx.export(folder, slot.move_to)
-        return cls(version, folder, model, tokenizer, mlm_head, max_tokens, torch.device(device), slot)
+        slot = RunnerSlot(version, TorchRunner(model, resolve_units(model).mlm_head))
+        graphs = onnx.graphs(folder, slot.move_to) if onnx is not None else None
+        if graphs is not None:
+            slot.move_to(graphs)
+        return cls(version, folder, model, tokenizer, max_tokens, torch.device(device), slot)
 
     def with_tasks(self, tasks: TaskSet) -> LoadedModel:
         """The same backbone with another set of task models (a new object: requests hold the old one)."""

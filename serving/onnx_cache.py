@@ -1,10 +1,9 @@
 """Exported ONNX graphs of served versions, cached on local disk by the digest of the weights they come from.
 
-`OnnxCache.graphs(folder)` is the folder of a version's ready graphs (their parity check passed) or None;
-`OnnxCache.export(folder, on_ready)` starts one export per digest in a child process at nice 19
-(das_engine.onnx_export: exporting is Python tracing that would hold the serving process's GIL for seconds), and
-calls `on_ready(graphs)` from a thread once it passed. Graphs whose parity check failed are remembered and never
-served: that version stays on torch.
+`OnnxCache.graphs(folder, on_ready)` is the folder of a version's ready graphs (their parity check passed), or None
+after starting one export per digest in a child process at nice 19 (das_engine.onnx_export: exporting is Python
+tracing that would hold the serving process's GIL for seconds); `on_ready(graphs)` runs from a thread once it
+passed. Graphs whose parity check failed are remembered and never served: that version stays on torch.
 """
 
 from __future__ import annotations
@@ -47,39 +46,41 @@ class OnnxCache:
         self._running: dict[str, list[Callable[[Path], None]]] = {}  # digest -> who waits for it
 
     def entry(self, folder: Path) -> Path:
+        """Where the graphs of `folder`'s weights live (its weights' digest, taken once per call)."""
         return self.root / weights_digest(folder)[:32]
 
-    def parity(self, folder: Path) -> dict | None:
-        """The parity record of `folder`'s graph, or None when none was exported (or the record is unreadable)."""
+    @staticmethod
+    def parity(entry: Path) -> dict | None:
+        """The parity record of an entry, or None when none was exported (or the record is unreadable)."""
         try:
-            return json.loads((self.entry(folder) / PARITY).read_text("utf-8"))
+            return json.loads((entry / PARITY).read_text("utf-8"))
         except (OSError, ValueError):
             return None
 
-    def graphs(self, folder: Path) -> Path | None:
-        """The folder of the graphs to serve `folder` with: exported, and their parity check passed."""
-        record, entry = self.parity(folder), self.entry(folder)
-        ready = record is not None and record.get("ok") is True
-        return entry if ready and (entry / GRAPH).is_file() and (entry / HEAD_GRAPH).is_file() else None
+    @classmethod
+    def ready(cls, entry: Path) -> Path | None:
+        """The entry when its graphs may serve: exported, and their parity check passed."""
+        record = cls.parity(entry)
+        ok = record is not None and record.get("ok") is True
+        return entry if ok and (entry / GRAPH).is_file() and (entry / HEAD_GRAPH).is_file() else None
 
-    def export(self, folder: Path, on_ready: Callable[[Path], None]) -> None:
-        """Export `folder` in the background unless it was exported (passed or not) or is being exported;
-        `on_ready(graphs)` runs once the graphs passed their parity check."""
+    def graphs(self, folder: Path, on_ready: Callable[[Path], None]) -> Path | None:
+        """The graphs to serve `folder` with when they are ready; otherwise None, and an export starts in the background
+        unless one was made (passed or not) or is running: `on_ready(graphs)` runs once its graphs passed their parity
+        check."""
         entry = self.entry(folder)
+        if (graphs := self.ready(entry)) is not None:
+            return graphs
         with self._lock:
-            if (entry / PARITY).is_file():
-                waiting = None
-            elif entry.name in self._running:
+            if (entry / PARITY).is_file():  # exported: failed its parity check, or finished since ready() looked
+                return self.ready(entry)
+            if entry.name in self._running:
                 self._running[entry.name].append(on_ready)
-                return
-            else:
-                waiting = self._running[entry.name] = [on_ready]
-        if waiting is None:  # exported meanwhile
-            if (graphs := self.graphs(folder)) is not None:
-                on_ready(graphs)
-            return
+                return None
+            self._running[entry.name] = [on_ready]
         threading.Thread(target=self._export, args=(folder, entry), name=f"das-onnx-{entry.name[:8]}",
                          daemon=True).start()
+        return None
 
     def _export(self, folder: Path, entry: Path) -> None:
         if entry.exists():  # graphs without their parity record: not an export's (it renames both in at once)
@@ -95,9 +96,9 @@ class OnnxCache:
             log.warning("the ONNX export of %s failed; torch serves it: %s", folder, err)
         with self._lock:
             waiting = self._running.pop(entry.name, [])
-        graphs = self.graphs(folder)
+        graphs = self.ready(entry)
         if graphs is None:
-            record = self.parity(folder)
+            record = self.parity(entry)
             if record is not None:
                 log.warning("the ONNX graph of %s failed its parity check (%s); torch serves it", folder, record)
             return
