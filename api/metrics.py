@@ -36,7 +36,18 @@ class Metrics:
                              registry=self.registry)
         self.swap_seconds = Histogram("das_swap_seconds", "seconds to load and warm a version before the swap",
                                       buckets=SWAP_BUCKETS, registry=self.registry)
+        self.generation_batch = Histogram("das_generation_batch_size", "sequences per decode step of generation",
+                                          buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=self.registry)
+        self.generation_ended = Counter("das_generation_sequences_ended", "generated sequences that ended, by how: "
+                                        "stop, length, timeout (length to the client), cancelled (the client left), "
+                                        "failed", ["how"], registry=self.registry)
         self.registry.register(_ServiceCollector(service))
+
+    def observe_generation_step(self, rows: int) -> None:
+        self.generation_batch.observe(rows)
+
+    def observe_generation_end(self, how: str) -> None:
+        self.generation_ended.labels(how).inc()
 
     def observe_batch(self, kind: str, size: int) -> None:
         self.batch_size.labels(kind).observe(size)
@@ -58,6 +69,13 @@ class _ServiceCollector:
         queue = GaugeMetricFamily("das_inference_queue_depth", "inference requests waiting for the model")
         queue.add_metric([], self.service.batcher.depth())
         yield queue
+        if self.service.generation is not None:
+            running = GaugeMetricFamily("das_generation_running", "sequences decoding now")
+            running.add_metric([], self.service.generation.running())
+            yield running
+            waiting = GaugeMetricFamily("das_generation_queue_depth", "generation requests waiting for a sequence")
+            waiting.add_metric([], self.service.generation.depth())
+            yield waiting
         active = GaugeMetricFamily("das_active_version", "1 for the version this process serves", labels=["version"])
         served = InfoMetricFamily("das_served_version", "the version this process serves")
         if self.service.holder.current is not None:

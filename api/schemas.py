@@ -29,12 +29,16 @@ class CorpusAccepted(BaseModel):
 
 
 class JobProgress(BaseModel):
-    phase: str | None = None
-    step: int | None = None
+    phase: str | None = Field(None, description="an adaptation: prepare, general-importance, train, "
+                              "domain-importance, merge, saving, gate, publish, activate (the importance passes and "
+                              "merge only where its settings use them); a fit: load, features, fit, publish; a batch "
+                              "prediction: predict")
+    step: int | None = Field(None, description="units of the phase done: steps, batches, texts, tasks, lines")
     total: int | None = None
     losses: dict[str, float] = {}
     tokens_per_s: float | None = None
     eta_s: float | None = None
+    detail: str = Field("", description="what the phase works on now, where it says more (the task a gate scores)")
 
 
 def schema_of(record: type, name: str, overrides: dict[str, Any] | None = None) -> type[BaseModel]:
@@ -54,8 +58,10 @@ def iso_utc(value: float | str | None) -> str | None:
 
 IsoTime = Annotated[str, BeforeValidator(iso_utc), Field(description="ISO-8601, UTC")]
 IsoTimeOrNone = Annotated[str | None, BeforeValidator(iso_utc), Field(description="ISO-8601, UTC; null: not yet")]
-JobOut = schema_of(Job, "JobOut", {"progress": JobProgress, "created": IsoTime, "started": IsoTimeOrNone,
-                                   "finished": IsoTimeOrNone, "dispatched": IsoTimeOrNone})
+class JobOut(schema_of(Job, "JobRecord", {"progress": JobProgress, "created": IsoTime, "started": IsoTimeOrNone,
+                                          "finished": IsoTimeOrNone, "dispatched": IsoTimeOrNone})):
+    waiting_for: str | None = Field(None, description="a queued job, on GET /v1/jobs/{id}: what it waits for (the job "
+                                    "that runs before it, with its phase, and how many more are ahead; or a worker)")
 
 
 class ModelOut(schema_of(Manifest, "ManifestOut")):
@@ -139,6 +145,9 @@ class EmbeddingsIn(TextsIn):
     encoding_format: Literal["float", "base64"] | None = Field(None, description="OpenAI's: a list of floats "
                                                               "(float, the default) or base64 of little-endian "
                                                               "float32 (what OpenAI's clients ask for by default)")
+    dimensions: int | None = Field(None, ge=1, description="OpenAI's: the length of the vectors wanted; accepted when "
+                                   "it is the model's own (a 422 says which that is), as vectors are never cut")
+    user: str | None = Field(None, max_length=256, description="OpenAI's end-user id: accepted and not used")
 
     @model_validator(mode="after")
     def _texts_or_input(self) -> EmbeddingsIn:

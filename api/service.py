@@ -23,6 +23,7 @@ from job_records import JobRegistry
 from model_store.checking import checked_folder
 from model_store.store import STALE_S, ModelStore
 from serving.batcher import MicroBatcher
+from serving.generation import GenerationScheduler
 from serving.holder import ModelHolder, Servable
 from serving.pinned import PinnedVersions
 from serving.watch import ActiveVersionWatcher
@@ -57,6 +58,7 @@ class Service:
     runtime: ModelRuntime
     pinned: PinnedVersions  # other versions kept loaded for requests that name one (DAS_MAX_LOADED_VERSIONS)
     embedded: EmbeddedWorker | None = None
+    generation: GenerationScheduler | None = None  # decodes a causal LM's sequences together (/v1/completions)
 
     @property
     def mode(self) -> str:
@@ -107,6 +109,8 @@ class Service:
         except Exception:  # noqa: BLE001 - e.g. a damaged active version: answer 503 saying why (problem())
             log.exception("cannot serve the active version")
         self.batcher.start()
+        if self.generation is not None:
+            self.generation.start()
         self.watcher.start()
         if self.embedded is not None:
             self.embedded.start()
@@ -116,6 +120,8 @@ class Service:
         if self.embedded is not None:
             self.embedded.stop()
         self.watcher.stop()
+        if self.generation is not None:
+            self.generation.stop()
         self.batcher.stop()
 
 
@@ -157,7 +163,9 @@ def build_service(settings: Settings, runtime: ModelRuntime) -> Service:
     watcher = ActiveVersionWatcher(store.active_id, _follow(holder, pinned), settings.poll_interval_s,
                                    redis_url=settings.broker_url, channel=settings.active_channel)
     holder.on_checked = watcher.poke  # a check that outlived ensure()'s wait ended: swap (or report) now
-    service = Service(settings, store, jobs, holder, batcher, watcher, runtime, pinned)
+    generation = GenerationScheduler(holder, settings.max_concurrent_sequences, settings.generation_queue_size,
+                                     settings.generation_timeout_s)
+    service = Service(settings, store, jobs, holder, batcher, watcher, runtime, pinned, generation=generation)
     if not settings.broker_url:
         ctx = build_worker_context(settings, store=store, jobs=jobs, on_published=lambda version: watcher.poke())
         service.embedded = EmbeddedWorker(ctx, runtime.run_job, prepare=runtime.prepare_jobs)

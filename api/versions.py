@@ -42,15 +42,16 @@ def version_manifest(service, version: str) -> Manifest:
         raise HTTPException(409, str(err)) from None
 
 
-def activate_version(service, version: str) -> ActivatedOut:
-    """Make `version` active; every task without a model on it gets a fit job (listed in `fit_jobs`)."""
+def activate_version(service, version: str, request_id: str | None = None) -> ActivatedOut:
+    """Make `version` active; every task without a model on it gets a fit job (listed in `fit_jobs`, carrying the
+    HTTP request's `request_id`)."""
     version_manifest(service, version)
     try:
         manifest = service.store.activate(version)
     except StoreError as err:
         raise HTTPException(409, str(err)) from None
     service.activated(version)
-    jobs = queue_missing_fits(service.store, service.jobs, version, service.submit)
+    jobs = queue_missing_fits(service.store, service.jobs, version, service.submit, request_id)
     return ActivatedOut(**dataclasses.asdict(manifest), fit_jobs=[job.id for job in jobs],
                         aliases=AliasStore(service.store).by_version().get(version, []))
 

@@ -15,7 +15,6 @@ from typing import Annotated
 
 import typer
 import typer.rich_utils
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
 from das_data.base_models import ensure_initialised, resolve_base_model
 from das_formats.config import DASConfig, upload_config
@@ -29,6 +28,7 @@ from .config_options import config_options
 from .console import StoreOption, clear_errors, console, fail
 from .data_cli import data_app
 from .eval_cli import eval_command, merge_command
+from .progress_lines import engine_reporter, progress_lines
 from .remote_cli import ServerSwitch, server_options
 from .task_cli import task_app
 
@@ -58,20 +58,9 @@ def _quiet_transformers() -> None:
 
 
 def _with_progress(domain: str, steps: int, run: Callable[[Callable], object]) -> object:
-    """Run `run(on_progress)` under a progress bar: phase, loss, tokens/s, ETA."""
-    bar = Progress(TextColumn("[bold]{task.fields[domain]}[/] {task.description}"), BarColumn(),
-                   TaskProgressColumn(), TextColumn("loss {task.fields[loss]}"),
-                   TextColumn("{task.fields[speed]} tok/s"), TimeRemainingColumn(), console=console)
-    task = bar.add_task("loading", total=steps, domain=domain, loss="-", speed="-")
-
-    def on_progress(p) -> None:
-        loss = f"{p.losses['loss']:.3f}" if "loss" in p.losses else "-"
-        bar.update(task, completed=p.step, description=p.phase, loss=loss)
-        if p.tokens_per_s:
-            bar.update(task, speed=f"{p.tokens_per_s:,.0f}")
-
-    with bar:
-        return run(on_progress)
+    """Run `run(on_progress)` under a progress bar (phase, step/total, loss, ETA), or plain lines off a terminal."""
+    with progress_lines(console, domain, get_settings().progress_every_s) as update:
+        return run(engine_reporter(update))
 
 
 @app.command("fetch-base")
@@ -275,15 +264,22 @@ def serve(
     from .app import build_app
 
     with clear_errors():
-        # the access log is opt-in (DAS_ACCESS_LOG): a line per request cost ~10% of the event loop under load
+        # uvicorn's access log stays off: the app writes its own (api.access_log, opt-in with DAS_ACCESS_LOG)
         uvicorn.run(build_app(settings), host=settings.host, port=settings.port, timeout_graceful_shutdown=30,
-                    log_config=None, access_log=settings.access_log, log_level=settings.log_level.lower())
+                    log_config=None, access_log=False, log_level=settings.log_level.lower())
 
 
 @app.command()
 def worker(
     broker: Annotated[str | None, typer.Option(help="Celery broker (default: $DAS_BROKER_URL)")] = None,
     store: StoreOption = None,
+    node: Annotated[str | None, typer.Option(
+        help="the worker's Celery node name, to run under or to --ping (default: celery@HOSTNAME)")] = None,
+    ping: Annotated[bool, typer.Option(
+        "--ping", help="run no worker: exit 0 if this machine's worker answers through the broker (or runs a job "
+                       "under a live lease), 1 if not (the compose healthcheck)")] = False,
+    timeout: Annotated[float, typer.Option(min=0.1, help="--ping: seconds to wait for the broker, then the answer")
+                       ] = 3.0,
 ) -> None:
     """Run a Celery worker for adaptation jobs (distributed mode); one job at a time."""
     import os
@@ -295,12 +291,20 @@ def worker(
     get_settings.cache_clear()
     if not get_settings().broker_url:
         fail("a worker needs a broker: pass --broker redis://... or set DAS_BROKER_URL")
+    from worker.health import check_worker, default_node
+
+    node = node or default_node()
+    if ping:
+        health = check_worker(get_settings(), node, timeout)
+        typer.echo(health.message, err=not health.alive)
+        raise typer.Exit(0 if health.alive else 1)
     _apply_threads()
     _quiet_transformers()
     from worker.celery_worker import celery
 
     celery.worker_main(["worker", "--loglevel=INFO", "--pool=solo", "--concurrency=1",
-                        "--queues", get_settings().queue_name, "--without-gossip", "--without-mingle"])
+                        "--queues", get_settings().queue_name, "--hostname", node, "--without-gossip",
+                        "--without-mingle"])
 
 
 def _apply_threads() -> None:

@@ -7,6 +7,7 @@ the results of several runs of one evaluation into one report.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Annotated, Any
@@ -54,14 +55,29 @@ def _print_stage(event: StageEvent) -> None:
                       f"ETA for the rest {_duration(event.eta_s)}", soft_wrap=True)
 
 
-def _print_training(stage: Stage | None, progress: Any) -> None:
-    """A line at each phase change of the trainer and every tenth of its steps."""
-    tenth = max(1, progress.total // 10)
-    if progress.phase != "train" or progress.step % tenth == 0:
+class _TrainingLines:
+    """A line at each phase change of the trainer (and the pipeline after it), every tenth of a phase's units, and
+    at least every DAS_PROGRESS_EVERY_S seconds while a phase runs (an importance pass or a gate says it is alive)."""
+
+    def __init__(self) -> None:
+        self.phase: str | None = None
+        self.written = 0.0
+
+    def __call__(self, stage: Stage | None, progress: Any) -> None:
+        now = time.monotonic()
+        tenth = max(1, progress.total // 10)
+        if (progress.phase == self.phase and progress.step % tenth != 0
+                and now - self.written < get_settings().progress_every_s):
+            return
+        self.phase, self.written = progress.phase, now
         loss = progress.losses.get("loss")
         tail = f" loss {loss:.3f}" if loss is not None else ""
+        detail = f" {progress.detail}" if getattr(progress, "detail", "") else ""
         eta = f" eta {_duration(progress.eta_s)}" if progress.eta_s else ""
-        console.print(f"    {progress.phase} {progress.step}/{progress.total}{tail}{eta}", highlight=False)
+        console.print(f"    {progress.phase} {progress.step}/{progress.total}{detail}{tail}{eta}", highlight=False)
+
+
+_print_training = _TrainingLines()
 
 
 # the options of `das eval` (ScoringSettings' defaults are the scoring options' own)

@@ -1,15 +1,16 @@
 """`das --url URL ...`: the CLI against a running server, through `das_client` (no HTTP here).
 
-With --url (or $DAS_URL) the commands in `REMOTE_COMMANDS` ask that server; activate and versions, which also
-work on a local store, switch to their server form; every other command works locally as always, and is refused
-when --url is given on the command line (it would not do what the URL suggests).
+With --url (or $DAS_URL) the commands in `REMOTE_COMMANDS` ask that server; those that also work on a local store
+(`SWITCHED`: versions, show, card, importance, activate, task ..., alias ...) switch to their server form, with the
+same command line less --store; every other command works locally as always, and is refused when --url is given on
+the command line (it would not do what the URL suggests), saying what to use instead. The server forms live in
+remote_tasks.py (task ...), remote_store.py (show, card, importance, alias ...), remote_jobs.py (jobs, cancel) and
+remote_generate.py (generate).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -21,19 +22,29 @@ from typer.core import TyperCommand, TyperGroup
 
 from das_settings import SettingsError, get_settings
 
+from . import remote_generate, remote_jobs, remote_store
 from .config_options import config_options
-from .console import console, fail, os_problem
+from .console import console, fail
+from .remote_connection import answers_table, connected, read_texts
+from .remote_tasks import FileOption, remote_task_app
 
 if TYPE_CHECKING:  # das_client (httpx) is imported when a command talks to a server, not for every `das` command
-    from das_client import Client, Job, Version
+    from das_client import Job, Version
 
-REMOTE_COMMANDS = ("submit", "watch", "predict", "activate", "versions")
-SWITCHED = ("activate", "versions")  # also local commands: --url switches them to the server
-URL_HELP = ("talk to the DAS server at URL (e.g. http://127.0.0.1:8000): submit, watch, predict, activate and "
-            "versions then ask it instead of a local store")
-GROUP_EPILOG = ("With --url URL (or $DAS_URL), submit, watch, predict, activate and versions talk to that server "
-                "(token: --token or $DAS_TOKEN); see `das --url URL COMMAND --help`. Without it, every command "
-                "works on a local store.")
+REMOTE_COMMANDS = ("submit", "watch", "predict", "generate", "jobs", "cancel", "versions", "show", "card",
+                   "importance", "activate", "task", "alias")
+SWITCHED = ("versions", "show", "card", "importance", "activate", "task", "alias")  # local too: --url switches them
+URL_HELP = (f"talk to the DAS server at URL (e.g. http://127.0.0.1:8000): {', '.join(REMOTE_COMMANDS)} then ask it "
+            "instead of a local store")
+GROUP_EPILOG = (f"With --url URL (or $DAS_URL), {', '.join(REMOTE_COMMANDS)} talk to that server (token: --token or "
+                "$DAS_TOKEN), with the same command line less --store; see `das --url URL COMMAND --help`. Without "
+                "it, every command works on a local store.")
+INSTEAD = {  # a local command's nearest server form, or where to run it
+    "adapt": "`das --url URL submit CORPUS --domain DOMAIN` uploads the corpus and the server adapts it",
+    "gc": "the server has no route for it: run `das gc --store STORE` where the server's store is",
+    "repair": "the server has no route for it: run `das repair --store STORE` where the server's store is",
+    "export": "the server has no route for it: run `das export VERSION --store STORE` where the server's store is",
+}
 
 remote_app = typer.Typer(add_completion=False)
 
@@ -70,6 +81,15 @@ class ServerSwitch(TyperGroup):
         own = super().list_commands(ctx)
         return own + [name for name in REMOTE_COMMANDS if name not in own]
 
+    def resolve_command(self, ctx: typer.Context, args: list[str]) -> tuple[str | None, Any, list[str]]:
+        """As the group does, but a server's command given --store says why it cannot take it."""
+        name, command, rest = super().resolve_command(ctx, args)
+        if command is remote_commands().get(name) and any(a == "--store" or a.startswith("--store=") for a in rest):
+            shown = f"{name} {rest[0]}" if isinstance(command, TyperGroup) and rest else name  # task add
+            fail(f"--store names a local store, but --url (or $DAS_URL) sends `das {shown}` to the server; drop "
+                 "--store to ask the server, or drop --url (unset DAS_URL) to use the store")
+        return name, command, rest
+
     def get_command(self, ctx: typer.Context, cmd_name: str) -> TyperCommand | TyperGroup | None:
         url = ctx.params.get("url")
         remote = remote_commands().get(cmd_name)
@@ -78,6 +98,9 @@ class ServerSwitch(TyperGroup):
         local = super().get_command(ctx, cmd_name)
         if local is not None and url and _source(ctx, "url") == "COMMANDLINE":
             return _refused(cmd_name)
+        if isinstance(local, TyperGroup) and isinstance(remote, TyperGroup):  # `task show`: a server's only
+            for name in set(remote.commands) - set(local.commands):
+                local.commands[name] = _needs_url(f"{cmd_name} {name}")
         return local
 
 
@@ -94,38 +117,31 @@ def remote_commands() -> dict[str, TyperCommand]:
 
 def _refused(name: str) -> TyperCommand:
     def refuse() -> None:
-        fail(f"`das {name}` works on a local store and has no server form; with --url: "
-             f"{', '.join(REMOTE_COMMANDS)} (drop --url to run `das {name}` here)")
+        instead = INSTEAD.get(name, f"with --url: {', '.join(REMOTE_COMMANDS)}")
+        fail(f"`das {name}` works on a local store and has no server form; {instead} (drop --url to run "
+             f"`das {name}` here)")
 
     return TyperCommand(name, callback=refuse, add_help_option=False,
                         context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 
 
-# ------------------------------------------------------------------------------------------------ the client
-@contextmanager
-def connected(ctx: typer.Context) -> Iterator[Client]:
-    """A client of the server named by `das --url` / $DAS_URL; its errors become one red line and exit code 2."""
-    from das_client import Client, DasClientError, Unauthorized
+def _needs_url(name: str) -> TyperCommand:
+    """A server's-only command of a local group (`das task show` without --url): it says how to reach a server."""
+    def refuse() -> None:
+        fail(f"`das {name}` asks a server: give its address as `das --url URL {name} ...` or set DAS_URL")
 
-    root = ctx.find_root().params
-    if not root.get("url"):
-        fail(f"`das {ctx.info_name}` talks to a server: give its address as `das --url URL {ctx.info_name} ...` "
-             "or set DAS_URL")
-    try:
-        with Client(root["url"], token=root.get("token")) as client:
-            yield client
-    except Unauthorized as err:
-        fail(f"{err} (pass --token or set DAS_TOKEN)")
-    except OSError as err:  # the corpus file
-        fail(os_problem(err, "check the path"))
-    except (DasClientError, ValueError) as err:
-        fail(str(err))
+    return TyperCommand(name.rsplit(" ", 1)[-1], callback=refuse, add_help_option=False, hidden=True,
+                        context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 
 
 def _finish(job: Job, as_json: bool) -> None:
     """Say how a job ended; exit code 1 unless it succeeded."""
     if as_json:
         typer.echo(json.dumps(job.raw, indent=2))
+    from das_client.progress import phases_line
+
+    if job.phases_s:
+        console.print(f"  phases: {phases_line(job)}", soft_wrap=True, highlight=False)
     if job.succeeded:
         made = f": {job.version} (parent {job.parent})" if job.version else ""
         console.print(f"job {job.id} succeeded{made}", soft_wrap=True)
@@ -157,7 +173,8 @@ def submit(
         job = client.upload_corpus(corpus, domain, force=force, **given)
         typer.echo(job.id)
         if watch:
-            job = client.wait(job, progress=True, raise_on_failure=False)
+            job = client.wait(job, progress=True, raise_on_failure=False,
+                              progress_every_s=get_settings().progress_every_s)
     if watch:
         _finish(job, as_json)
 
@@ -168,19 +185,25 @@ def watch(
     job_id: Annotated[str, typer.Argument(help="the job's id (as `das submit` printed it)")],
     timeout: Annotated[float | None, typer.Option(help="give up after this many seconds (the job goes on)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the job's last record as JSON")] = False,
+    serving: Annotated[bool, typer.Option("--serving", help="an adaptation: return once the server answers with "
+                                                            "its new version (the swap follows the job's end)")
+                       ] = False,
 ) -> None:
     """Follow a job on the server (--url) with a progress bar (phase, step/total, loss, ETA) until it ends.
+    Off a terminal, a line at each phase change and every DAS_PROGRESS_EVERY_S seconds (30).
 
     Exit code 0 if it succeeded, 1 if it failed, was rejected or cancelled, 2 for an error (an unknown job...)."""
     with connected(ctx) as client:
-        job = client.wait(job_id, progress=True, timeout=timeout, raise_on_failure=False)
+        job = client.wait(job_id, progress=True, timeout=timeout, raise_on_failure=False, serving=serving,
+                          progress_every_s=get_settings().progress_every_s)
     _finish(job, as_json)
 
 
 @remote_app.command()
 def predict(
     ctx: typer.Context,
-    texts: Annotated[list[str], typer.Argument(help="the texts to answer (any text, no domain id)")],
+    texts: Annotated[list[str] | None, typer.Argument(help="the texts to answer (any text, no domain id)")] = None,
+    file: FileOption = None,
     task: Annotated[list[str] | None, typer.Option(
         "--task", help="an end task to answer (repeat for several; none: every task the server serves)")] = None,
     version: Annotated[str | None, typer.Option(
@@ -188,6 +211,7 @@ def predict(
     as_json: Annotated[bool, typer.Option("--json", help="print the server's answer as JSON")] = False,
 ) -> None:
     """Answer texts with registered end tasks on the server (--url): a label and its score per task and text."""
+    texts = read_texts(texts, file)
     with connected(ctx) as client:
         if task and len(task) == 1:
             one = client.predict(task[0], texts, version=version)
@@ -199,12 +223,7 @@ def predict(
     if as_json:
         typer.echo(json.dumps(raw, indent=2))
         return
-    table = Table("text", "task", "label", "score", title=f"answered by {version}")
-    for text, answers in zip(texts, rows, strict=True):
-        for name, answer in answers.items():
-            table.add_row(text if len(text) <= 60 else text[:57] + "...", name, answer.label,
-                          f"{answer.scores.get(answer.label, 0.0):.3f}")
-    Console(width=max(Console().width, 120)).print(table)
+    Console(width=max(Console().width, 120)).print(answers_table(texts, rows, version))
 
 
 @remote_app.command()
@@ -241,5 +260,12 @@ def _version_row(v: Version) -> list[str]:
             str(v.corpus.documents) if v.corpus else "-", str(v.metrics.get("steps", "-")),
             f"{final['loss']:.3f}" if "loss" in final else "-"]
 
+
+# the server forms of the other commands, named as their local forms (das/cli.py)
+for command in (remote_jobs.jobs, remote_jobs.cancel, remote_store.show, remote_store.card, remote_store.importance,
+                remote_generate.generate):
+    remote_app.command()(command)
+remote_app.add_typer(remote_task_app, name="task")
+remote_app.add_typer(remote_store.remote_alias_app, name="alias")
 
 __all__ = ["REMOTE_COMMANDS", "ServerSwitch", "remote_app", "server_options"]

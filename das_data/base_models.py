@@ -96,7 +96,8 @@ def resolve_base_model(spec: str, models_dir: Path) -> str:
 
 
 def ensure_initialised(store: ModelStore, settings: Settings) -> Manifest | None:
-    """An empty store gets v0001: the base model as given (a hub id is saved as safetensors first).
+    """An empty store gets v0001: the base model as given, masked or causal (a local folder is copied as it is; a hub
+    id is saved as safetensors first).
 
     A store that holds versions is left as it is, even with no active pointer or only damaged
     versions (None): that is for `das repair`, never a second base.
@@ -109,10 +110,10 @@ def ensure_initialised(store: ModelStore, settings: Settings) -> Manifest | None
     base = resolve_base_model(settings.base_model, settings.models_dir)
     if Path(base).is_dir():
         return store.init_base(Path(base), settings.base_model)
-    from das_engine.loading import load_masked_lm  # a hub id: torch only on this path
+    from das_engine.loading import load_lm  # a hub id: torch only on this path
 
     with tempfile.TemporaryDirectory() as tmp:
-        model, tokenizer = load_masked_lm(base, safetensors_only=False)  # saved below as safetensors
+        model, tokenizer, _ = load_lm(base, safetensors_only=False)  # saved below as safetensors
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         return store.init_base(Path(tmp), settings.base_model)

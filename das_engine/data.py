@@ -1,4 +1,4 @@
-"""Packing a corpus into fixed-length blocks (once), and MLM masking."""
+"""Packing a corpus into fixed-length blocks (once), MLM masking (masked LMs) and next-token labels (causal LMs)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from .units import LMKind
 
 
 @dataclass
@@ -57,12 +59,18 @@ def tokenize(documents: list[str], tokenizer) -> TokenIds:
                                          verbose=False)["input_ids"])
 
 
-def pack_corpus(documents: list[str], tokenizer, max_length: int, token_ids: TokenIds | None = None) -> PackedCorpus:
+def pack_corpus(documents: list[str], tokenizer, max_length: int, token_ids: TokenIds | None = None,
+                kind: LMKind = "masked") -> PackedCorpus:
     """Tokenise every document once (or take `token_ids`, the documents' ids, e.g. from das_engine.token_cache), join
     them with the separator, cut into blocks of max_length.
 
-    Each block is [CLS] ... [SEP] (<s> ... </s> for RoBERTa); only the last block may be padded.
+    Masked LMs: each block is [CLS] ... [SEP] (<s> ... </s> for RoBERTa). Causal LMs (`kind="causal"`): each document
+    ends with the tokenizer's EOS token and the stream is cut into blocks of max_length tokens with no special tokens
+    of their own (a block may start or end mid-document, as in causal pre-training). Either way only the last block
+    may be padded.
     """
+    if kind == "causal":
+        return _pack_causal(documents, tokenizer, max_length, token_ids)
     cls_id, sep_id, pad_id = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id
     if None in (cls_id, sep_id, pad_id, tokenizer.mask_token_id):
         raise ValueError("the tokenizer needs cls, sep, pad and mask tokens for masked-LM training")
@@ -85,6 +93,39 @@ def pack_corpus(documents: list[str], tokenizer, max_length: int, token_ids: Tok
     input_ids[torch.arange(n_blocks), lengths + 1] = sep_id
     attention_mask = (torch.arange(max_length)[None, :] < (lengths + 2)[:, None]).long()
     return PackedCorpus(input_ids, attention_mask, len(documents), int(attention_mask.sum()))
+
+
+def _pack_causal(documents: list[str], tokenizer, max_length: int, token_ids: TokenIds | None) -> PackedCorpus:
+    """Causal LM blocks: doc EOS doc EOS ..., cut every max_length tokens; the last block padded (with the pad token,
+    or EOS where the tokenizer has none: padding is masked out of attention and labels alike)."""
+    eos_id = tokenizer.eos_token_id
+    if eos_id is None:
+        raise ValueError("the tokenizer needs an EOS token for causal-LM training (it ends each document)")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
+    if token_ids is None:
+        token_ids = tokenize(documents, tokenizer)
+    ends = np.append(token_ids.starts[1:], len(token_ids.flat)) if len(token_ids) else token_ids.starts
+    stream = torch.from_numpy(np.insert(token_ids.flat.astype(np.int64), ends, eos_id))  # EOS after each document
+    n_blocks = max(1, -(-len(stream) // max_length))
+    input_ids = torch.full((n_blocks * max_length,), pad_id, dtype=torch.long)
+    input_ids[: len(stream)] = stream
+    attention_mask = (torch.arange(n_blocks * max_length) < len(stream)).long()
+    return PackedCorpus(input_ids.view(n_blocks, max_length), attention_mask.view(n_blocks, max_length),
+                        len(documents), len(stream))
+
+
+def next_token_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """A causal LM's labels: the inputs themselves, -100 at padding (the loss shifts them: position t predicts t+1)."""
+    return input_ids.masked_fill(attention_mask == 0, -100)
+
+
+def lm_inputs(kind: LMKind, input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer,
+              probability: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, labels) of a batch for the LM loss: masked by `mask_tokens` for a masked LM; for a causal LM the
+    inputs as they are and `next_token_labels` (nothing is masked and `generator` is not drawn from)."""
+    if kind == "causal":
+        return input_ids, next_token_labels(input_ids, attention_mask)
+    return mask_tokens(input_ids, attention_mask, tokenizer, probability, generator)
 
 
 def mask_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer, probability: float,

@@ -65,8 +65,9 @@ class Ranks:
 
 @dataclass(frozen=True)
 class LossShares:
-    """What a rank needs for its share of the global batch's loss: the ranks, and the global batch's masked tokens
-    (the MLM loss is the sum over its own masked tokens divided by those)."""
+    """What a rank needs for its share of the global batch's loss: the ranks, and the global batch's scored tokens
+    (masked positions of a masked LM, next-token targets of a causal one: `mlm.scored_tokens`); the LM loss is the
+    sum over its own scored tokens divided by those."""
 
     ranks: Ranks
     masked_tokens: int

@@ -54,19 +54,23 @@ def served_max_tokens(config) -> int:
 
 @torch.inference_mode()
 def pooled_features(model: nn.Module, tokenizer, texts: Sequence[str], *, max_length: int,
-                    batch_size: int = 64) -> torch.Tensor:
+                    batch_size: int = 64, on_batch: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """The embeddings the service serves: mean of the last hidden states over real tokens, L2-normalised.
 
-    `model` is a masked LM (its encoder, `model.base_model`, runs in eval mode). Returns (N, D)
-    float32 on the CPU, row i for texts[i].
+    `model` is a masked or a causal LM (its encoder or decoder stack, `model.base_model`, runs in eval mode).
+    Returns (N, D) float32 on the CPU, row i for texts[i]. `on_batch(texts done, texts)` after each batch.
     """
     out = torch.zeros(len(texts), model.config.hidden_size)
+    done = 0
     with _eval_mode(model):
         for rows, input_ids, attention_mask in _length_sorted_batches(tokenizer, texts, max_length, batch_size,
                                                                       model_device(model)):
             hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
             pooled = F.normalize(mean_pool(hidden, attention_mask).float(), dim=-1)  # hidden (B, T, D) -> (B, D)
             out[rows] = pooled.cpu()
+            done += len(rows)
+            if on_batch is not None:
+                on_batch(done, len(texts))
     return out
 
 
@@ -80,15 +84,23 @@ def _length_sorted_batches(tokenizer, texts: Sequence[str], max_length: int, bat
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # stable: ties keep their order
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
-        input_ids, attention_mask = _padded([ids[i] for i in rows], tokenizer.pad_token_id)
+        input_ids, attention_mask = _padded([ids[i] for i in rows], _pad_id(tokenizer))
         yield torch.tensor(rows), input_ids.to(device), attention_mask.to(device)
 
 
 def _encode(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
     """Token ids per text, specials included, truncated to max_length."""
-    if tokenizer.pad_token_id is None:
-        raise ValueError("the tokenizer has no pad token; batching needs one")
+    _pad_id(tokenizer)
     return tokenizer(list(texts), truncation=True, max_length=max_length, verbose=False)["input_ids"]
+
+
+def _pad_id(tokenizer) -> int:
+    """What batches are padded with (masked out of every pass): the pad token, else, for a causal LM's tokenizer
+    without one (GPT-2's), its end-of-text token."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_id is None:
+        raise ValueError("the tokenizer has neither a pad nor an end-of-text token; batching needs one")
+    return pad_id
 
 
 def _padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

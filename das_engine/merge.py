@@ -25,7 +25,7 @@ from torch import nn
 
 from das_formats.config import DASConfig
 
-from .mlm_head import heldout_mlm_loss
+from .mlm_head import heldout_loss
 from .softmask import SoftMask
 from .units import ModelUnits, UnitTensors
 
@@ -77,7 +77,7 @@ def interpolate(model: nn.Module, parent: dict[str, torch.Tensor], alpha: float,
 class MergeScores:
     """What the caller measured on one candidate share: every number the choice reads."""
 
-    new_gain: float  # the new domain's held-out MLM loss drop from the parent (nats; higher is better)
+    new_gain: float  # the new domain's held-out LM loss drop from the parent (nats; MLM or next-token; higher: better)
     old_rise: float | None  # the earlier domains' mean held-out loss rise from the parent (nats); None: none
     task_drops: dict[str, bool] = field(default_factory=dict)  # registered task -> it fell beyond its noise
     details: dict[str, Any] = field(default_factory=dict)  # anything else to record (per task and domain)
@@ -152,8 +152,8 @@ def merge_candidate(model: nn.Module, tokenizer: Any, parent: dict[str, torch.Te
 
     def losses() -> dict[str, Any]:
         def loss(docs: list[str]) -> float:
-            return heldout_mlm_loss(model, tokenizer, docs, max_length=config.max_length,
-                                    batch_size=config.importance_batch_size, seed=0)
+            return heldout_loss(model, tokenizer, docs, max_length=config.max_length,
+                                batch_size=config.importance_batch_size, seed=0)
         return {"new": loss(data.validation_new), "old": {name: loss(d) for name, d in data.validation_old.items()}}
 
     load_parameters(model, parent)

@@ -1,4 +1,4 @@
-"""Fit the MLM head of a masked LM whose encoder and embeddings stay frozen.
+"""Fit the MLM head of a masked LM whose encoder and embeddings stay frozen; held-out LM losses (MLM, next token).
 
 A base model that ships only an encoder (a sentence-embedding BERT, say) gets a fresh MLM head;
 before DAS can use its MLM loss, the head has to learn to read the frozen encoder. Only the head's
@@ -23,9 +23,9 @@ from torch import nn
 
 from das_formats.config import DASConfig
 
-from .data import PackedCorpus, get_batch, mask_tokens, pack_corpus, step_seed
-from .mlm import hidden_states, masked_lm_loss
-from .units import resolve_units
+from .data import PackedCorpus, get_batch, lm_inputs, mask_tokens, pack_corpus, step_seed
+from .mlm import hidden_states, lm_loss, masked_lm_loss, scored_tokens
+from .units import ModelUnits, resolve_units
 
 
 @dataclass(frozen=True)
@@ -170,15 +170,33 @@ def heldout_mlm_loss(model: nn.Module, tokenizer, documents: list[str], *, max_l
     """Mean MLM cross-entropy over every masked token of `documents` (eval mode, no gradients).
 
     Deterministic: the documents are packed in order and masked from one generator seeded with
-    `seed`, so two models are compared on exactly the same masked tokens.
+    `seed`, so two models are compared on exactly the same masked tokens. A causal LM is refused by name
+    (`heldout_loss` scores either kind).
     """
-    packed = pack_corpus(documents, tokenizer, max_length)
-    return _packed_mlm_loss(model, tokenizer, packed, batch_size, seed, mlm_probability)
-
-
-def _packed_mlm_loss(model: nn.Module, tokenizer, packed: PackedCorpus, batch_size: int, seed: int,
-                     mlm_probability: float) -> float:
     units = resolve_units(model)
+    if units.kind != "masked":
+        raise ValueError(f"this {units.family} model is a causal LM: it has no MLM loss; score it with "
+                         "das_engine.mlm_head.heldout_loss (the next-token loss)")
+    return heldout_loss(model, tokenizer, documents, max_length=max_length, batch_size=batch_size, seed=seed,
+                        mlm_probability=mlm_probability)
+
+
+def heldout_loss(model: nn.Module, tokenizer, documents: list[str], *, max_length: int = 128,
+                 batch_size: int = 32, seed: int = 0, mlm_probability: float = 0.15) -> float:
+    """The model's own held-out LM loss on `documents` (eval mode, no gradients), in nats per scored token: a masked
+    LM's MLM loss over every masked token (as `heldout_mlm_loss`), a causal LM's next-token loss over every token of
+    the packed blocks but each block's first (`mlm_probability` and `seed` are then not used).
+
+    Deterministic: the documents are packed in order (and masked from one generator seeded with `seed`), so two
+    models are compared on exactly the same tokens.
+    """
+    units = resolve_units(model)
+    packed = pack_corpus(documents, tokenizer, max_length, kind=units.kind)
+    return _packed_lm_loss(model, units, tokenizer, packed, batch_size, seed, mlm_probability)
+
+
+def _packed_lm_loss(model: nn.Module, units: ModelUnits, tokenizer, packed: PackedCorpus, batch_size: int, seed: int,
+                    mlm_probability: float) -> float:
     device = units.device
     generator = torch.Generator().manual_seed(seed)
     total, count = 0.0, 0
@@ -189,11 +207,15 @@ def _packed_mlm_loss(model: nn.Module, tokenizer, packed: PackedCorpus, batch_si
             for start in range(0, len(packed), batch_size):
                 input_ids = packed.input_ids[start:start + batch_size]
                 attention_mask = packed.attention_mask[start:start + batch_size]
-                masked, labels = mask_tokens(input_ids, attention_mask, tokenizer, mlm_probability, generator)
-                hidden = hidden_states(model, masked.to(device), attention_mask.to(device))
-                n = int((labels != -100).sum())
-                total += masked_lm_loss(units, hidden, labels.to(device)).item() * n
+                inputs, labels = lm_inputs(units.kind, input_ids, attention_mask, tokenizer, mlm_probability,
+                                           generator)
+                hidden = hidden_states(model, inputs.to(device), attention_mask.to(device))
+                n = scored_tokens(units.kind, labels)
+                if n:
+                    total += lm_loss(units, hidden, labels.to(device)).item() * n
                 count += n
     finally:
         model.train(was_training)
+    if count == 0:
+        raise ValueError("no token to score: the held-out documents are empty")
     return total / count

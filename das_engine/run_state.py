@@ -28,12 +28,17 @@ MADE_FROM = "made_from.json"  # in the checkpoints folder: the fingerprints its 
 
 @dataclass
 class Progress:
-    phase: Literal["general-importance", "train", "domain-importance", "merge", "saving", "done"]
+    """Where a run stands: `step` of `total` units of its phase (training steps; batches of an importance pass;
+    0 or 1 of 1 for merge, saving and done, which have no finer grain). The pipeline reports its own phases
+    after the trainer's (pipeline.adaptation.PHASES)."""
+
+    phase: str  # the trainer's: general-importance, train, domain-importance, merge, saving, done
     step: int
     total: int
     losses: dict[str, float] = field(default_factory=dict)
     tokens_per_s: float = 0.0
     eta_s: float | None = None
+    detail: str = ""  # what the unit is about, where it says more than the count (say, the task a gate scores)
 
 
 @dataclass
@@ -55,6 +60,9 @@ class RunState:
     train_time: float = 0.0
     merge: dict | None = None  # the merge toward the parent (merge.merge_candidate's record), if any
     ranks: int = 1  # the processes it trained on (torch.distributed)
+    # what the general-importance pass's two passes differed by ("model", or "added p=0.1" for a causal LM without
+    # dropout: importance.importance_dropout); None when the run computed no I(0)
+    importance_dropout: str | None = None
 
     def resume(self, step: int, state: dict) -> None:
         """Continue from a checkpoint's step and state."""
@@ -87,7 +95,8 @@ class RunState:
             "train_time_s": self.train_time, "wall_time_s": wall_time_s,
             "resumed_from_step": self.start or None, "timings": self.timings,
             "corpus": {"documents": packed.num_documents, "blocks": len(packed), "tokens": packed.num_tokens},
-            "history": self.history, "settings": config.to_dict(), "family": units.family,
+            "history": self.history, "settings": config.to_dict(), "family": units.family, "kind": units.kind,
+            "importance_dropout": self.importance_dropout,
             "made_from": made_from, "device": str(device), "ranks": self.ranks,
             "replay": {"rows_per_batch": data.replay_rows, "corpora": data.replay_documents},
             "merge": self.merge,

@@ -1,16 +1,21 @@
 """Soft-masking: scale the learning of each unit's parameters by (1 - importance), or (1 - s * importance) at a
 strength s below 1 (`DASConfig.softmask_strength`).
 
-Masked parameters per layer l:
+Masked parameters per layer l (the entries each unit owns, `units.LayerUnits.owned`):
 - head h: rows h*d..(h+1)*d-1 of query, key and value (weights and biases), and the same
   columns of the attention output projection (its bias is shared by all heads: not masked);
-- intermediate neuron j: row j (and bias j) of the intermediate dense layer;
+  under grouped-query attention a key/value head's rows are shared by a group of query heads and
+  learn at 1 - max(I) over the group; GPT-2's fused c_attn holds q, k and v side by side;
+- intermediate neuron j: row j (and bias j) of the intermediate dense layer (a gated FFN: of the
+  gate and the up projections);
 - output neuron k: row k (and bias k) of the FFN output dense layer.
-Embeddings, LayerNorms and the MLM head are not masked, except with `protect_embeddings`:
+"Row" is the output feature: a column of a GPT-2 Conv1D weight, whose layout is (in, out).
+Embeddings, LayerNorms and the LM head (MLM or next-token) are not masked, except with `protect_embeddings`:
 - word-embedding row v: scaled by (1 - I_emb[v]). BERT and RoBERTa tie the word embeddings to
   the MLM decoder weight: that is one parameter, and it is masked once (every parameter appears
   in one entry at most). Only the rows with I_emb > 0 are touched (the vocabulary is most of a
-  small model's weights), so a free row learns exactly as without the mask.
+  small model's weights), so a free row learns exactly as without the mask. GPT-2 (and Llama-family
+  models with tie_word_embeddings) tie the next-token head the same way; an untied head is not masked.
 """
 
 from __future__ import annotations
@@ -47,14 +52,9 @@ class SoftMask:
             importance = importance.map(lambda t: strength * t)
         entries: list[tuple[nn.Parameter, torch.Tensor]] = []
         for idx, layer in enumerate(units.layers):
-            keep_head = (1.0 - importance.head[idx]).repeat_interleave(units.head_size)  # (H*d,)
-            keep_inter = 1.0 - importance.intermediate[idx]  # (I,)
-            keep_out = 1.0 - importance.output[idx]  # (D,)
-            for linear in (layer.query, layer.key, layer.value):
-                entries += _rows(linear, keep_head)
-            entries.append((layer.attention_output.weight, keep_head[None, :]))  # columns
-            entries += _rows(layer.intermediate, keep_inter)
-            entries += _rows(layer.output, keep_out)
+            for group, owned in layer.owned.items():  # head, intermediate, output
+                unit_importance = getattr(importance, group)[idx]  # (U,)
+                entries += [(o.param, o.keep(unit_importance)) for o in owned]
         rows = []
         if embeddings:
             if importance.embeddings is None:
@@ -93,9 +93,3 @@ class SoftMask:
         for (param, index, keep), old in zip(self.rows, rows, strict=True):
             param.index_copy_(0, index, param.index_select(0, index).sub_(old).mul_(keep).add_(old))
 
-
-def _rows(linear: nn.Linear, keep: torch.Tensor) -> list[tuple[nn.Parameter, torch.Tensor]]:
-    pairs = [(linear.weight, keep[:, None])]
-    if linear.bias is not None:
-        pairs.append((linear.bias, keep))
-    return pairs

@@ -1,6 +1,7 @@
-"""One training step of a DAS run: the learning rate, the DAS loss (MLM + lambda * InfoNCE against the
-soft-masked previous model), backward and the soft-masked optimizer step; on a rank of a distributed run, the
-same step under DistributedDataParallel. das_engine.trainer runs these in its loop."""
+"""One training step of a DAS run: the learning rate, the DAS loss (LM loss + lambda * InfoNCE against the
+soft-masked previous model; the LM loss is the MLM loss of a masked LM, the next-token loss of a causal one),
+backward and the soft-masked optimizer step; on a rank of a distributed run, the same step under
+DistributedDataParallel. das_engine.trainer runs these in its loop."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from torch import nn
 from das_formats.config import DASConfig
 
 from .contrastive import contrastive_loss
-from .data import get_batch, mask_tokens, step_seed
+from .data import get_batch, lm_inputs, step_seed
 from .distributed import LossShares, Ranks, gather_rows
-from .mlm import hidden_states, masked_lm_loss, mean_pool
+from .mlm import LOSS_PART, hidden_states, lm_loss, mean_pool, scored_tokens
 from .precision import autocast
 from .softmask import SoftMask
 from .training_data import TrainingData
@@ -30,10 +31,27 @@ def get_lr(config: DASConfig, step: int) -> float:
     return config.lr * max(0.0, (config.steps - step) / max(1, config.steps - warmup))
 
 
+def _contrastive_views(config: DASConfig, input_ids: torch.Tensor, masked: torch.Tensor, k: int
+                       ) -> tuple[list[torch.Tensor], torch.Tensor, bool]:
+    """The passes of one contrastive step, in order: the LM pass, the positive(s), and o_prev when it takes
+    gradients; the anchors' ids; whether o_prev is among the passes."""
+    anchor_ids = masked[:k] if config.mlm_pass_as_anchor else input_ids[:k]
+    views = [masked, masked[:k]] if config.mlm_pass_as_anchor else [masked, input_ids[:k], input_ids[:k]]
+    with_prev = not config.prev_pass_no_grad
+    if with_prev:
+        views.append(anchor_ids)
+    return views, anchor_ids, with_prev
+
+
 def das_loss(model: nn.Module, units: ModelUnits, input_ids: torch.Tensor, masked: torch.Tensor,
              attention_mask: torch.Tensor, labels: torch.Tensor, previous: UnitTensors | None,
              config: DASConfig, shares: LossShares | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """MLM loss + lambda * InfoNCE(o_full, o_full+, negatives o_prev), passes concatenated on the batch axis.
+    """LM loss + lambda * InfoNCE(o_full, o_full+, negatives o_prev), passes concatenated on the batch axis.
+
+    The LM loss is the model's own (`mlm.lm_loss`): MLM at the masked positions of `masked` (a masked LM), or the
+    next-token loss, where `masked` is the unmasked input and `labels` the inputs (a causal LM). Its part is named
+    "mlm" or "next_token" (`mlm.LOSS_PART`). For a causal LM without dropout (Llama-style) o_full+ is o_full itself:
+    the term then only pushes each sample away from o_prev and the other samples.
 
     With `contrastive_samples=k` only the batch's first k samples get the positive and o_prev passes
     (and are the InfoNCE's anchors); the MLM loss still covers the whole batch.
@@ -41,30 +59,27 @@ def das_loss(model: nn.Module, units: ModelUnits, input_ids: torch.Tensor, maske
     The forward passes run in `config.precision`; the loss is fp32. The parts ("loss", "mlm",
     "contrastive") are detached 0-dim tensors: reading them costs a device sync, so the caller
     reads them once per step (see `as_floats`). With `contrastive_weight=0` or `softmask=False`
-    it is the MLM loss alone (one pass; `previous` is not read and may be None).
+    it is the LM loss alone (one pass; `previous` is not read and may be None).
 
     On a rank of a distributed run (`shares`), the inputs are the rank's rows of the global batch and the loss is
-    its share of the global batch's loss (the shares sum to it): the MLM sum over its masked tokens divided by the
-    global count, and the InfoNCE over its anchors against every rank's positives and o_prev passes.
+    its share of the global batch's loss (the shares sum to it): the LM loss sum over its scored tokens divided by
+    the global count, and the InfoNCE over its anchors against every rank's positives and o_prev passes.
     """
     device = units.device
     ranks = shares.ranks if shares is not None else Ranks()
     mlm_total = shares.masked_tokens if shares is not None else None
+    part = LOSS_PART[units.kind]
     if config.contrastive_weight == 0 or not config.softmask:
         with autocast(device, config.precision):
-            mlm = masked_lm_loss(units, hidden_states(model, masked, attention_mask), labels, mlm_total)
-        return mlm, {"loss": mlm.detach(), "mlm": mlm.detach()}
+            mlm = lm_loss(units, hidden_states(model, masked, attention_mask), labels, mlm_total)
+        return mlm, {"loss": mlm.detach(), part: mlm.detach()}
     # the o_prev scales (units only) must sit beside the activations they scale
     previous = previous.units_only().to(device)
     with autocast(device, config.precision):
         batch = input_ids.shape[0]
         # the samples that get the contrastive passes (this rank's share of them)
         k = min(config.contrastive_samples // ranks.world or batch, batch)
-        anchor_ids = masked[:k] if config.mlm_pass_as_anchor else input_ids[:k]
-        views = [masked, masked[:k]] if config.mlm_pass_as_anchor else [masked, input_ids[:k], input_ids[:k]]
-        with_prev = not config.prev_pass_no_grad
-        if with_prev:
-            views.append(anchor_ids)
+        views, anchor_ids, with_prev = _contrastive_views(config, input_ids, masked, k)
         sizes = [len(v) for v in views]
         mask = torch.cat([attention_mask[:n] for n in sizes])  # (sum(sizes), T)
         scale_ctx = nullcontext()
@@ -75,7 +90,7 @@ def das_loss(model: nn.Module, units: ModelUnits, input_ids: torch.Tensor, maske
             scale_ctx = scales_applied(units, scales)
         with scale_ctx:
             hidden = hidden_states(model, torch.cat(views), mask)  # (rows, T, D)
-        mlm = masked_lm_loss(units, hidden[:batch], labels, mlm_total)
+        mlm = lm_loss(units, hidden[:batch], labels, mlm_total)
         pooled = mean_pool(hidden, mask).split(sizes)  # one (n, D) per view
         anchor, positive = (pooled[0][:k], pooled[1]) if config.mlm_pass_as_anchor else (pooled[1], pooled[2])
         if with_prev:
@@ -85,7 +100,7 @@ def das_loss(model: nn.Module, units: ModelUnits, input_ids: torch.Tensor, maske
                 prev = mean_pool(hidden_states(model, anchor_ids, attention_mask[:k]), attention_mask[:k])
         contrast = _infonce(anchor, positive, prev, config.temperature, ranks, grad_prev=with_prev)
     loss = mlm + config.contrastive_weight * contrast
-    return loss, {"loss": loss.detach(), "mlm": mlm.detach(), "contrastive": contrast.detach()}
+    return loss, {"loss": loss.detach(), part: mlm.detach(), "contrastive": contrast.detach()}
 
 
 def _infonce(anchor: torch.Tensor, positive: torch.Tensor, prev: torch.Tensor, temperature: float, ranks: Ranks, *,
@@ -140,7 +155,8 @@ def train_step(model: nn.Module, units: ModelUnits, tokenizer, optimizer: torch.
                softmask: SoftMask | None, previous: UnitTensors | None, data: TrainingData,
                config: DASConfig, step: int, device: torch.device, ranks: Ranks = Ranks(),
                wrapped: nn.Module | None = None) -> tuple[dict[str, float], int]:
-    """Step `step`: its lr, batch (with its replay rows), masks and dropout (each drawn from (seed, step)), the DAS
+    """Step `step`: its lr, batch (with its replay rows), masks (a masked LM's) and dropout (each drawn from
+    (seed, step)), the DAS
     loss, backward and the (soft-masked) optimizer step. Returns the loss parts and the batch's real tokens.
 
     On a rank of a distributed run, `wrapped` is the DistributedDataParallel StepLoss: the rank builds and masks the
@@ -148,8 +164,8 @@ def train_step(model: nn.Module, units: ModelUnits, tokenizer, optimizer: torch.
     for group in optimizer.param_groups:
         group["lr"] = get_lr(config, step)
     input_ids, attention_mask = get_batch(data.packed, config, step, data.replay, data.replay_rows)
-    masked, labels = mask_tokens(input_ids, attention_mask, tokenizer, config.mlm_probability,
-                                 torch.Generator().manual_seed(step_seed(config.seed, step, 3)))
+    masked, labels = lm_inputs(units.kind, input_ids, attention_mask, tokenizer, config.mlm_probability,
+                               torch.Generator().manual_seed(step_seed(config.seed, step, 3)))
     torch.manual_seed(step_seed(config.seed, step, 4) + ranks.rank)  # dropout, each rank its own
     batch_tokens = int(attention_mask.sum())  # the global batch's, counted on the CPU copy: no device sync
     if not ranks.distributed:
@@ -157,7 +173,7 @@ def train_step(model: nn.Module, units: ModelUnits, tokenizer, optimizer: torch.
         loss, parts = das_loss(model, units, input_ids, masked, attention_mask, labels, previous, config)
         loss.backward()
     else:
-        shares = LossShares(ranks, int((labels != -100).sum()))
+        shares = LossShares(ranks, scored_tokens(units.kind, labels))
         rows = to_device(tuple(ranks.rows(t) for t in (input_ids, masked, attention_mask, labels)), device)
         loss, parts = wrapped(*rows, shares)
         (loss * ranks.world).backward()  # DDP averages the ranks' gradients; the shares sum to the global loss

@@ -1,4 +1,5 @@
-"""One continual DAS step: adapt a masked LM to one domain corpus with soft-masking.
+"""One continual DAS step: adapt a language model (masked or causal: units.FAMILIES) to one domain corpus with
+soft-masking.
 
 Read top to bottom: set-up, data, importance the step trains against, optimizer, resume, the
 training loop (stop, batch, forward, backward, mask, step, log, checkpoint), then the domain
@@ -43,11 +44,13 @@ from .importance import (
     accumulate,
     domain_importance_raw,
     general_importance_raw,
+    importance_dropout,
     normalise,
     sample_batches,
 )
-from .loading import load_masked_lm
+from .loading import load_lm
 from .merge import TaskJudge, merge_candidate, parent_state
+from .mlm import LOSS_PART
 from .precision import check_precision
 from .run_state import (
     CHECKPOINTS,
@@ -131,28 +134,28 @@ def _finish(s: _Session, base: str | Path, out_dir: Path, domain: str, config: D
     ckpt_dir = out_dir / CHECKPOINTS
     domain_importance, cumulative = None, s.importance_in
     if config.uses_importance:
-        report(Progress("domain-importance", config.steps, config.steps))
-        domain_importance = _domain_importance(s.model, s.units, s.tokenizer, s.data.packed, config, device, s.run)
+        domain_importance = _domain_importance(s.model, s.units, s.tokenizer, s.data.packed, config, device, s.run,
+                                               report)
         cumulative = accumulate(s.importance_in, domain_importance)
     if not ranks.main:  # rank 0 merges and writes the outputs
         return AdaptResult("completed", out_dir, config.steps, {})
 
     # --- the candidate: the trained model, or its merge toward the parent ---
     if s.parent is not None:
-        report(Progress("merge", config.steps, config.steps))
+        report(Progress("merge", 0, 1))
         s.run.merge = merge_candidate(s.model, s.tokenizer, s.parent, s.units, s.importance_in, config, s.data,
                                       judge_tasks, s.run)
 
     # --- outputs ---
-    report(Progress("saving", config.steps, config.steps))
+    report(Progress("saving", 0, 1))
     save_model(out_dir, s.model, s.tokenizer, base, {IMPORTANCE_IN: s.importance_in,
                                                      DOMAIN_IMPORTANCE: domain_importance, IMPORTANCE: cumulative})
     metrics = s.run.metrics(domain, base, config, s.data, s.units, made_from, device, time.perf_counter() - wall_start)
     (out_dir / METRICS).write_text(json.dumps(metrics, indent=2))
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     last = s.run.history[-1] if s.run.history else {}
-    final = {k: v for k, v in last.items() if k in ("loss", "mlm", "contrastive")}
-    report(Progress("done", config.steps, config.steps, final))
+    final = {k: v for k, v in last.items() if k in ("loss", LOSS_PART[s.units.kind], "contrastive")}
+    report(Progress("done", 1, 1, final))
     return AdaptResult("completed", out_dir, config.steps, metrics)
 
 
@@ -189,12 +192,12 @@ def _set_up(base: str | Path, documents: list[str], replay: dict[str, list[str]]
     ckpt_dir = out_dir / CHECKPOINTS
     torch.manual_seed(config.seed)
     t0 = time.perf_counter()
-    model, tokenizer = load_masked_lm(base)
+    model, tokenizer, _ = load_lm(base)
     model.to(device)
     parent = parent_state(model) if config.merges else None
     units = resolve_units(model)
     t1 = time.perf_counter()
-    data = TrainingData.prepare(documents, replay, tokenizer, config, token_cache)
+    data = TrainingData.prepare(documents, replay, tokenizer, config, token_cache, kind=units.kind)
     out_dir.mkdir(parents=True, exist_ok=True)
     run = RunState(timings={"load_s": t1 - t0, "data_s": time.perf_counter() - t1}, ranks=ranks.world)
     importance_in = _importance_in(model, units, data.packed, config, prev_importance, ckpt_dir, device, report, run)
@@ -217,15 +220,23 @@ def _set_up(base: str | Path, documents: list[str], replay: dict[str, list[str]]
     return _Session(model, tokenizer, units, data, run, importance_in, previous, softmask, optimizer, parent, wrapped)
 
 
+def _batches_reported(phase: str, report: Callable[[Progress], None]) -> Callable[[int, int], None]:
+    """An importance pass's progress, as batches done of its batches."""
+    return lambda done, total: report(Progress(phase, done, total))
+
+
 def _domain_importance(model: nn.Module, units: ModelUnits, tokenizer, packed: PackedCorpus, config: DASConfig,
-                       device: torch.device, run: RunState) -> UnitTensors:
-    """I(t): what the trained model needs for its domain (the MLM-loss pass on the domain's own blocks)."""
+                       device: torch.device, run: RunState, report: Callable[[Progress], None]) -> UnitTensors:
+    """I(t): what the trained model needs for its domain (the LM-loss pass on the domain's own blocks: MLM or
+    next-token)."""
     t0 = time.perf_counter()
     batches = sample_batches(packed, config.importance_samples, config.importance_batch_size,
                              step_seed(config.seed, config.steps, 5))
+    report(Progress("domain-importance", 0, len(batches)))
     raw = domain_importance_raw(model, units, to_device(batches, device), tokenizer, config.mlm_probability,
                                 step_seed(config.seed, config.steps, 6), precision=config.precision,
-                                embeddings=config.protect_embeddings)
+                                embeddings=config.protect_embeddings,
+                                on_batch=_batches_reported("domain-importance", report))
     importance = normalise(raw, config.negative_rule).to("cpu")
     run.timings["domain_importance_s"] = time.perf_counter() - t0
     return importance
@@ -243,18 +254,22 @@ def _importance_in(model: nn.Module, units: ModelUnits, packed: PackedCorpus, co
         importance_in = incoming
     elif saved_in.is_file():
         importance_in = UnitTensors.load(saved_in)
+        if incoming is None:  # the I(0) an interrupted run computed, with the dropout it records
+            run.importance_dropout = importance_dropout(model, units)
         if incoming is not None and not importance_in.equals(incoming):
             raise ValueError(f"{ckpt_dir} was trained against another importance than {prev_importance}; "
                              f"remove {ckpt_dir} to start over")
     elif incoming is not None:
         importance_in = incoming
     else:
-        report(Progress("general-importance", 0, config.steps))
         t0 = time.perf_counter()
         batches = sample_batches(packed, config.importance_samples, config.importance_batch_size,
                                  step_seed(config.seed, 0, 2))
+        report(Progress("general-importance", 0, len(batches)))
+        run.importance_dropout = importance_dropout(model, units)
         raw = general_importance_raw(model, units, to_device(batches, device), precision=config.precision,
-                                     embeddings=config.protect_embeddings)
+                                     embeddings=config.protect_embeddings,
+                                     on_batch=_batches_reported("general-importance", report))
         importance_in = normalise(raw, config.negative_rule).to("cpu")
         run.timings["general_importance_s"] = time.perf_counter() - t0
     if importance_in is not None:

@@ -11,6 +11,7 @@ from das_formats.corpus import split_by_hash
 
 from .data import PackedCorpus, TokenIds, pack_corpus
 from .token_cache import TokenCache
+from .units import LMKind
 
 VALIDATION_SALT, VALIDATION_FRACTION, VALIDATION_MAX = "das-merge-validation", 0.05, 100
 
@@ -29,9 +30,10 @@ class TrainingData:
 
     @classmethod
     def prepare(cls, documents: list[str], replay: dict[str, list[str]], tokenizer, config: DASConfig,
-                token_cache: Path | None = None) -> TrainingData:
+                token_cache: Path | None = None, kind: LMKind = "masked") -> TrainingData:
         """`token_cache`: where each earlier corpus's token ids are kept (das_engine.token_cache), so that a lineage's
-        corpora are tokenised once; the new domain's own documents are tokenised here."""
+        corpora are tokenised once; the new domain's own documents are tokenised here. `kind`: the model's, which
+        says how blocks are packed (data.pack_corpus)."""
         validation_new, validation_old = [], {}
         if config.merge_auto:  # the same documents are kept out by every run of a lineage (a hash, not an order)
             problem = corpus_problem(config, documents)
@@ -48,8 +50,8 @@ class TrainingData:
             cache = TokenCache(token_cache, tokenizer) if token_cache is not None else None
             ids = TokenIds.concat([cache.token_ids(docs) for docs in replay.values()]) if cache else None
             packed_replay = pack_corpus([d for docs in replay.values() for d in docs], tokenizer, config.max_length,
-                                        ids)
-        return cls(pack_corpus(documents, tokenizer, config.max_length), packed_replay, rows,
+                                        ids, kind=kind)
+        return cls(pack_corpus(documents, tokenizer, config.max_length, kind=kind), packed_replay, rows,
                    {name: len(docs) for name, docs in replay.items()} if rows else {}, validation_new, validation_old)
 
 

@@ -1,9 +1,11 @@
 """Unit scales: multiply every unit's output by a scale value, through hooks on the model's own modules.
 
 transformers 5 has no `head_mask`, so heads are scaled by a forward pre-hook on the attention
-output projection (its input is the concatenation of the heads' context vectors), and FFN
-neurons by forward hooks on the two dense layers. Scales are [L, U] (shared by the batch) or
-[B, L, U] (one row per sample, for concatenated passes). Hooks are removed on exit.
+output projection (its input is the concatenation of the (query) heads' context vectors), and FFN
+neurons by forward hooks on the two dense layers; in a gated FFN (Llama-style) the intermediate
+neurons by a forward pre-hook on the down projection (its input is act(gate) * up). The hooks read
+activations, not weights, so Linear and Conv1D layers are alike. Scales are [L, U] (shared by the
+batch) or [B, L, U] (one row per sample, for concatenated passes). Hooks are removed on exit.
 """
 
 from __future__ import annotations
@@ -47,6 +49,13 @@ def _neuron_hook(scale: torch.Tensor):
     return hook
 
 
+def _neuron_input_hook(scale: torch.Tensor):
+    def hook(module, args):
+        (x, *rest) = args  # x: (B, T, U)
+        return (_scaled(x, _per_sample(scale, x.dim() - 1)), *rest)
+    return hook
+
+
 @contextmanager
 def scales_applied(units: ModelUnits, scales: UnitTensors) -> Iterator[None]:
     """Within the block, every forward pass multiplies each unit's output by its scale.
@@ -62,7 +71,10 @@ def scales_applied(units: ModelUnits, scales: UnitTensors) -> Iterator[None]:
             inter = scales.intermediate[:, idx] if batched else scales.intermediate[idx]
             out = scales.output[:, idx] if batched else scales.output[idx]
             handles.append(layer.attention_output.register_forward_pre_hook(_head_hook(head, units.num_heads)))
-            handles.append(layer.intermediate.register_forward_hook(_neuron_hook(inter)))
+            if units.intermediate_at_output_input:  # a gated FFN: its neurons are the down projection's input
+                handles.append(layer.output.register_forward_pre_hook(_neuron_input_hook(inter)))
+            else:
+                handles.append(layer.intermediate.register_forward_hook(_neuron_hook(inter)))
             handles.append(layer.output.register_forward_hook(_neuron_hook(out)))
         yield
     finally:

@@ -7,7 +7,7 @@ import json
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from das_formats.jsonl import JsonInputError, parse_json
 
@@ -19,6 +19,18 @@ RUN_FILE = "run.json"
 SCORES_FILE = "scores.json"
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
+
+# The held-out LM loss every stage is scored on, by the model's kind (das_engine.units.LMKind): a masked LM's MLM
+# loss, a causal LM's next-token loss (the names of das_engine.mlm.LOSS_PART). The score files keep it under the key
+# `mlm_loss` for both, with `loss_kind` beside it; a file without `loss_kind` was written before causal LMs: "mlm".
+LossKind = Literal["mlm", "next_token"]
+LOSS_KINDS: dict[str, LossKind] = {"masked": "mlm", "causal": "next_token"}
+LOSS_NAMES: dict[str, str] = {"mlm": "MLM loss", "next_token": "next-token loss"}
+
+
+def loss_kind(record: dict[str, Any]) -> LossKind:
+    """The `loss_kind` of a scores.json, results.json or served.json ("mlm" for one written before it existed)."""
+    return record.get("loss_kind", "mlm")
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -7,7 +7,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from .files import RESULTS_JSON, RESULTS_MD, write_json
+from .files import LOSS_NAMES, RESULTS_JSON, RESULTS_MD, loss_kind, write_json
 from .matched_gain import matched_gain
 from .methods import method_folder
 from .metrics import pareto_front, probe_family
@@ -45,9 +45,15 @@ def _pm(stat: dict[str, Any], digits: int = 2) -> str:
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
+def _loss_name(results: dict[str, Any]) -> str:
+    """"MLM loss" or "next-token loss": the held-out loss the run's base model is scored on (`loss_kind`)."""
+    return LOSS_NAMES[loss_kind(results)]
+
+
 def results_markdown(results: dict[str, Any]) -> str:
     names = results["domains"]
     seeds = len(results["seeds"])
+    loss = _loss_name(results)
     lines = [f"# DAS evaluation: {' → '.join(names)}", "",
              f"Base `{results['base']}`; methods {', '.join(f'`{m}`' for m in results['methods'])}; "
              f"{seeds} seed(s) ({', '.join(map(str, results['seeds']))}); "
@@ -55,7 +61,7 @@ def results_markdown(results: dict[str, Any]) -> str:
              "Values are mean ± sample std over seeds. a[T, i]: task i scored after T domains (T = 0: base model).",
              "FR (forgetting rate): mean over earlier domains of (a[i, i] − a[N, i]), higher = more forgetting. "
              "Plasticity: a[i, i] − a[i−1, i], what learning domain i gave its own task. "
-             "MLM-loss rise: held-out loss of domain i at the end minus right after stage i (nats).", ""]
+             f"Rise of the held-out {loss}: domain i's at the end minus right after stage i (nats).", ""]
     for family in results["families"]:
         lines += [f"## {FAMILY_TITLES[family]}", "",
                   "| method | final average | FR | plasticity (mean) | " + " | ".join(
@@ -66,7 +72,7 @@ def results_markdown(results: dict[str, Any]) -> str:
             lines.append(f"| `{spec}` | {_pm(s['final_average'])} | {_pm(s['forgetting_rate'])} | "
                          f"{_pm(s['plasticity'])} | " + " | ".join(_pm(p) for p in s["plasticity_per_domain"]) + " |")
         lines.append("")
-    lines += ["## Held-out MLM loss (nats, on corpus documents never trained on)", "",
+    lines += [f"## Held-out {loss} (nats, on corpus documents never trained on)", "",
               "| method | final mean loss | rise (mean) | " + " | ".join(f"rise {d}" for d in names[:-1]) + " |",
               "|---|---:|---:|" + "---:|" * (len(names) - 1)]
     for spec, summary in results["summary"].items():
@@ -108,15 +114,16 @@ def equal_learning_lines(results: dict[str, Any]) -> list[str]:
     """results.md's "Equal learning" table: per method what it learned next to what it forgot, so that a method
     is only said to forget less at matched learning; and the two Pareto plots."""
     family = probe_family(results)
+    loss = _loss_name(results)
     lines = ["", "## Equal learning", "",
              "A method forgets less only if it learned as much: compare forgetting at matched gain. "
-             "New-domain gain: held-out MLM loss of domain i just before its stage minus just after it (nats, "
+             f"New-domain gain: held-out {loss} of domain i just before its stage minus just after it (nats, "
              "higher = learned more). Probe gain: plasticity, and FR: forgetting rate, of "
-             f"{family} (points). Forgetting: the MLM-loss rise (nats, lower = forgot less); rise / gain: nats "
+             f"{family} (points). Forgetting: the {loss} rise (nats, lower = forgot less); rise / gain: nats "
              "forgotten per nat learned. Right→wrong: % of an earlier domain's test examples the probe got right "
              "just after the domain was learned and wrong at the end (mean over those domains; n/a for runs "
              "scored before per-example results were recorded). × ncl step: the step cost ratio to `ncl`.", "",
-             "| method | new-domain gain (nats) | probe gain | forgetting: MLM rise (nats) | rise / gain | FR | "
+             f"| method | new-domain gain (nats) | probe gain | forgetting: {loss} rise (nats) | rise / gain | FR | "
              "right→wrong (%) | final probe average | × ncl step |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for spec, summary in results["summary"].items():
@@ -128,9 +135,9 @@ def equal_learning_lines(results: dict[str, Any]) -> list[str]:
                      f"{_pm(losses['rise'], 3)} | {_ratio(losses['rise'], gain)} | "
                      f"{_pm(probe['forgetting_rate'])} | {_pm(flipped['right_to_wrong']) if flipped else 'n/a'} | "
                      f"{_pm(probe['final_average'])} | {'n/a' if ratio is None else f'{ratio:.2f}'} |")
-    lines += ["", f"![Forgetting against learning, held-out MLM loss]({PARETO_MLM_PNG}) "
+    lines += ["", f"![Forgetting against learning, held-out {loss}]({PARETO_MLM_PNG}) "
                   f"![Forgetting against learning, {family}]({PARETO_PROBE_PNG})", "",
-              f"Pareto plots: [MLM loss]({PARETO_MLM_PNG}), [probe]({PARETO_PROBE_PNG}); one point per trained "
+              f"Pareto plots: [{loss}]({PARETO_MLM_PNG}), [probe]({PARETO_PROBE_PNG}); one point per trained "
               "method (std over seeds as error bars); the dashed line joins the methods no other both learns more "
               "and forgets less than (filled markers)."]
     return lines
@@ -148,7 +155,8 @@ def matched_gain_lines(results: dict[str, Any]) -> list[str]:
              f"new-domain gain ({_pm(target, 3)} nats), by linear interpolation between the two a whose gains "
              "bracket it, seed by seed; mean ± std over the seeds that reach it. A curve of one point is read only "
              "at its own gain. das_eval/matched_gain.py.", "",
-             "| curve | a: gain (nats) | seeds reaching it | forgetting: MLM rise (nats) | final probe average | "
+             f"| curve | a: gain (nats) | seeds reaching it | forgetting: {_loss_name(results)} rise (nats) | "
+             "final probe average | "
              "FR | right→wrong (%) |", "|---|---|---:|---:|---:|---:|---:|"]
     for r in readings:
         points = ", ".join(f"{a:g}: {'n/a' if g['mean'] is None else format(g['mean'], '.3f')}"
@@ -184,7 +192,7 @@ def matched_gain_png(results: dict[str, Any], path: Path) -> Path:
                 ax.annotate(f"{a:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
             if r.values[key]["mean"] is not None:
                 ax.plot(r.target["mean"], r.values[key]["mean"], "*", color="black", markersize=11)
-    for ax, ylabel in ((rise_ax, "forgetting: MLM loss rise on earlier domains (nats; ↓ better)"),
+    for ax, ylabel in ((rise_ax, f"forgetting: {_loss_name(results)} rise on earlier domains (nats; ↓ better)"),
                        (probe_ax, f"final probe average, {family} (points; ↑ better)")):
         if readings:
             ax.axvline(readings[0].target["mean"], color="grey", linestyle="--", linewidth=1)
@@ -211,11 +219,13 @@ def _pareto_points(results: dict[str, Any], x_of: Any, y_of: Any) -> list[tuple[
 
 
 def pareto_mlm_png(results: dict[str, Any], path: Path) -> Path:
-    """Forgetting (MLM-loss rise) against learning (new-domain MLM gain), one point per trained method."""
+    """Forgetting (held-out loss rise) against learning (new-domain loss gain), one point per trained method; the
+    loss is the run's (`loss_kind`: MLM or next-token)."""
+    loss = _loss_name(results)
     points = _pareto_points(results, lambda s: s["mlm_loss"].get("gain"), lambda s: s["mlm_loss"]["rise"])
-    return pareto_png(points, path, title="Equal learning, held-out MLM loss",
-                      xlabel="new-domain gain: MLM loss drop when learned (nats; → higher = learned more)",
-                      ylabel="forgetting: MLM loss rise on earlier domains (nats; ↓ lower = forgot less)")
+    return pareto_png(points, path, title=f"Equal learning, held-out {loss}",
+                      xlabel=f"new-domain gain: {loss} drop when learned (nats; → higher = learned more)",
+                      ylabel=f"forgetting: {loss} rise on earlier domains (nats; ↓ lower = forgot less)")
 
 
 def pareto_probe_png(results: dict[str, Any], path: Path) -> Path:

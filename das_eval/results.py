@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .files import FORMAT, FORMAT_VERSION, SCORES_FILE, now, read_json, read_run
+from .files import FORMAT, FORMAT_VERSION, SCORES_FILE, loss_kind, now, read_json, read_run
 from .methods import EvalError
 from .metrics import CORRECT, mean_std, step_costs, summarise_method
 from .plan import EvalPlan, Stage
@@ -39,6 +39,7 @@ def collect_results(plan: EvalPlan, domains: list[PreparedDomain], out: Path) ->
     summary: dict[str, Any] = {}
     step_times: dict[str, list[float]] = {}
     stage_seconds: dict[str, list[float]] = {}
+    loss_kinds: set[str] = set()  # the held-out loss every stage was scored on: one per run (its base's kind)
     for method in plan.methods:
         by_seed: dict[str, Any] = {}
         for seed in plan.seeds:
@@ -49,6 +50,7 @@ def collect_results(plan: EvalPlan, domains: list[PreparedDomain], out: Path) ->
                                               trained=True) for t in range(n)]
             else:
                 records *= n + 1  # the base model at every stage
+            loss_kinds.update(loss_kind(r) for r in records)
             entry = {family: _matrix(records, names, family) for family in families}
             entry["mlm_loss"] = [[r["scores"][d]["mlm_loss"] for d in names] for r in records]
             correct = [[r["scores"][d]["probe"].get("correct") for d in names] for r in records]
@@ -61,13 +63,16 @@ def collect_results(plan: EvalPlan, domains: list[PreparedDomain], out: Path) ->
                     stage_seconds.setdefault(method.spec, []).append(r["train"]["wall_time_s"])
         scores[method.spec] = by_seed
         summary[method.spec] = summarise_method(list(by_seed.values()), families)
+    if len(loss_kinds) > 1:
+        raise EvalError(f"the stages of {out} were scored on different held-out losses ({sorted(loss_kinds)}): "
+                        "one base model gives one; choose another --out")
     run = read_run(out)
     costs = step_costs(step_times)
     for spec, cost in costs.items():
         cost["stage_wall_time_s"] = mean_std(stage_seconds[spec])
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "date": now(),
-        "domains": names, "stages": ["base", *names], "families": families,
+        "domains": names, "stages": ["base", *names], "families": families, "loss_kind": loss_kinds.pop(),
         "methods": {m.spec: {"kind": m.kind, "folder": m.folder, "overrides": m.overrides,
                              "config": (plan.config(m, plan.seeds[0]).to_dict() if m.trains else None)}
                     for m in plan.methods},
@@ -176,7 +181,7 @@ def merge_results(parts: Sequence[dict[str, Any]], seeds: Sequence[int] | None =
             raise EvalError(f"keeping {len(seeds)} seed(s): give 1..{most}, the most seeds a run has")
         parts = [_only_seeds(part, list(seeds), name) for part, name in zip(parts, names, strict=True)]
     # what must agree between runs: domains, score families, seeds and settings (fields added since filled in)
-    made_with = [{"domains": p["domains"], "families": p["families"], "seeds": p["seeds"],
+    made_with = [{"domains": p["domains"], "families": p["families"], "seeds": p["seeds"], "loss_kind": loss_kind(p),
                   "settings": comparable_settings(p["settings"])} for p in parts]
     for name, other in zip(names[1:], made_with[1:], strict=True):
         differ = differences(made_with[0], other)

@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 
 from das_formats.config import DASConfig, setting_fields
 
-from .files import FORMAT, FORMAT_VERSION
+from .files import FORMAT, FORMAT_VERSION, LOSS_NAMES
 from .methods import METHOD_KINDS, EvalError, method_folder, parse_method
 from .metrics import CORRECT, summarise_method
 from .plan import KINDS, ScoringSettings
@@ -152,6 +152,8 @@ def _check_comparable(r: Any) -> None:
     if _get(r, "format_version", "") != FORMAT_VERSION or isinstance(r["format_version"], bool):
         raise _Bad("format_version", f"is {_short(r['format_version'])}; this `das` reads version {FORMAT_VERSION}")
     domains = _strings(_get(r, "domains", ""), "domains")
+    if "loss_kind" in r and r["loss_kind"] not in LOSS_NAMES:  # absent: written before causal LMs, "mlm"
+        raise _Bad("loss_kind", f"is {_short(r['loss_kind'])}, expected one of {', '.join(LOSS_NAMES)}")
     for i, family in enumerate(_strings(_get(r, "families", ""), "families")):
         if family not in FAMILIES:
             raise _Bad(f"families.{i}", f"is {family!r}, expected one of {', '.join(FAMILIES)}")

@@ -142,9 +142,10 @@ def run_base_stage(plan: EvalPlan, stage: Stage, domains: list[PreparedDomain], 
         record.update(seed=stage.seed, copied_from=str(first.relative_to(out)))
     else:
         started = time.perf_counter()
-        scores = score_model(plan.base, domains, plan, stage.seed)
+        scores, kind = score_model(plan.base, domains, plan, stage.seed)
         record = {"stage": 0, "domain": None, "method": "base", "seed": stage.seed, "scores": scores,
-                  "train": None, "scoring_s": time.perf_counter() - started, "device": plan.device, "date": now()}
+                  "loss_kind": kind, "train": None, "scoring_s": time.perf_counter() - started, "device": plan.device,
+                  "date": now()}
     write_json(stage.folder(out) / SCORES_FILE, record)
 
 
@@ -197,9 +198,9 @@ def run_training_stage(plan: EvalPlan, stage: Stage, domains: list[PreparedDomai
              "settings": config.to_dict(), "prev_importance": str(prev_importance) if prev_importance else None,
              "replay": metrics.get("replay"), "merge": metrics.get("merge")}
     started = time.perf_counter()
-    scores = score_model(folder, domains, plan, stage.seed)
+    scores, kind = score_model(folder, domains, plan, stage.seed)
     record = {"stage": stage.index, "domain": domain.name, "method": stage.method.spec, "seed": stage.seed,
-              "scores": scores, "train": train, "scoring_s": time.perf_counter() - started,
+              "scores": scores, "loss_kind": kind, "train": train, "scoring_s": time.perf_counter() - started,
               "device": plan.device, "date": now()}
     write_json(folder / SCORES_FILE, record)
     if plan.prune_models and previous is not None:

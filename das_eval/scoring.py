@@ -1,5 +1,6 @@
 """What every stage is scored on, and how: each domain's corpus minus a fixed held-out slice (kept out
-of training, scored by MLM loss) and its end task capped for speed; a model's scores on all of them.
+of training, scored by the model's own LM loss: MLM for a masked LM, next-token for a causal one) and its end task
+capped for speed; a model's scores on all of them.
 
 End tasks are scored by the one path the service's forgetting gate takes too
 (`das_engine.endtask.probe_task` and `finetune_task`).
@@ -18,6 +19,7 @@ from das_data.splits import cap_balanced
 from das_formats.corpus import read_corpus, split_by_hash
 from das_formats.task_data import LabeledSet
 
+from .files import LOSS_KINDS, LossKind
 from .methods import EvalError
 from .plan import EvalPlan, ScoringSettings
 
@@ -30,7 +32,7 @@ class PreparedDomain:
     name: str
     domain: Domain
     training_documents: list[str]  # what the trainer sees
-    heldout_documents: list[str]  # never trained on; scored by MLM loss after every stage
+    heldout_documents: list[str]  # never trained on; scored by the held-out LM loss after every stage
     train: LabeledSet  # the end task, capped
     test: LabeledSet
     fingerprint: str  # sha256 over the folder's files
@@ -68,24 +70,26 @@ def folder_fingerprint(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def score_model(folder: str | Path, domains: list[PreparedDomain], plan: EvalPlan, seed: int) -> dict[str, Any]:
-    """Every domain's end-task scores (probe; fine-tuning if asked) and held-out MLM loss, for one model."""
-    from das_engine.loading import load_masked_lm
-    from das_engine.mlm_head import heldout_mlm_loss
+def score_model(folder: str | Path, domains: list[PreparedDomain], plan: EvalPlan,
+                seed: int) -> tuple[dict[str, Any], LossKind]:
+    """Every domain's end-task scores (probe; fine-tuning if asked) and held-out LM loss, for one model; and which
+    loss that is (LOSS_KINDS: a masked LM's MLM loss, a causal LM's next-token loss), under the key `mlm_loss`."""
+    from das_engine.loading import load_lm
+    from das_engine.mlm_head import heldout_loss
 
     s = plan.scoring
-    mlm_length = plan.shared_config()["max_length"]  # every method's loss on the same blocks
-    model, tokenizer = load_masked_lm(folder)
+    loss_length = plan.shared_config()["max_length"]  # every method's loss on the same blocks
+    model, tokenizer, kind = load_lm(folder)
     model.to(plan.device)
     scores: dict[str, Any] = {}
     for d in domains:
         entry: dict[str, Any] = {"probe": probe_scores(model, tokenizer, d, s)}
         if s.finetune:
             entry["finetune"] = finetune_scores(Path(folder), d, s, seed, plan.device)
-        entry["mlm_loss"] = heldout_mlm_loss(model, tokenizer, d.heldout_documents, max_length=mlm_length,
-                                             batch_size=s.heldout_batch_size, seed=0)
+        entry["mlm_loss"] = heldout_loss(model, tokenizer, d.heldout_documents, max_length=loss_length,
+                                         batch_size=s.heldout_batch_size, seed=0)
         scores[d.name] = entry
-    return scores
+    return scores, LOSS_KINDS[kind]
 
 
 def probe_scores(model: Any, tokenizer: Any, domain: PreparedDomain, s: ScoringSettings) -> dict[str, Any]:

@@ -7,10 +7,11 @@ For each trained method and seed, a store of its own starts from the base model.
 2. its end task is registered as a service task (a probe; the train split cut into the task's train and eval
    sets, so the gate never sees the test split) and fitted on the active version, before the next domain arrives;
 3. every registered task is answered as the service answers it (the active version's pooled features through the
-   task's published probe) on its test split, and the candidate's held-out MLM loss is taken on every domain.
+   task's published probe) on its test split, and the candidate's held-out LM loss is taken on every domain (MLM
+   for a masked base, next-token for a causal one: `loss_kind`; the records keep it under `mlm_loss`).
 
 What it reports: which uploads the gate refused, each registered task's served macro-F1 along the lineage against
-its best, and the new-domain gain of the uploads accepted (held-out MLM loss on the parent the upload adapted minus
+its best, and the new-domain gain of the uploads accepted (held-out loss on the parent the upload adapted minus
 on the new version).
 
 The evaluation's domains, held-out slices and plan, with the pipeline's own workflows (`pipeline`): no HTTP, queue
@@ -19,7 +20,7 @@ or job record is involved, and the adaptations are the ones a job runs.
 Layout of OUT (its own kind of folder: `served.json` settings, never mixed with a probe evaluation):
 
     served-run.json                                 settings, commands
-    base-mlm.json                                   the base model's held-out MLM loss per domain
+    base-mlm.json                                   the base model's held-out loss per domain (MLM or next-token)
     served/METHOD/seed-S/store/                     the lineage's store (versions, corpora, tasks)
     served/METHOD/seed-S/stage-T-DOMAIN.json        one upload's record; written last: the stage is done
     served.json, served.md, served.png
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from das_eval.files import now, read_json, write_json
+from das_eval.files import LOSS_KINDS, LOSS_NAMES, LossKind, loss_kind, now, read_json, write_json
 from das_eval.methods import EvalError, Method
 from das_eval.metrics import mean_std
 from das_eval.plan import EvalPlan
@@ -132,7 +133,8 @@ def run_upload(plan: EvalPlan, served: ServedSettings, method: Method, seed: int
     return {"stage": index, "domain": domain.name, "method": method.spec, "seed": seed, "version": manifest.id,
             "parent": manifest.parent, "status": manifest.status, "accepted": manifest.status == "active",
             "active": active, "gate": manifest.evaluation.get("gate"), "merge": manifest.metrics.get("merge"),
-            "mlm_loss": _mlm_losses(store.model_dir(manifest.id), domains, plan),
+            "mlm_loss": heldout_losses(store.model_dir(manifest.id), domains, plan),
+            "loss_kind": base_loss_kind(plan),
             "served": served_scores(store, active, domains[:index], plan.device), "date": now()}
 
 
@@ -204,15 +206,23 @@ def served_scores(store: Any, version: str, domains: list[PreparedDomain], devic
     return scores
 
 
-def _mlm_losses(folder: Path, domains: list[PreparedDomain], plan: EvalPlan) -> dict[str, float]:
-    from das_engine.loading import load_masked_lm
-    from das_engine.mlm_head import heldout_mlm_loss
+def heldout_losses(folder: Path, domains: list[PreparedDomain], plan: EvalPlan) -> dict[str, float]:
+    """The model's held-out LM loss on every domain (`base_loss_kind`: MLM or next-token), as `das eval` scores it."""
+    from das_engine.loading import load_lm
+    from das_engine.mlm_head import heldout_loss
 
-    model, tokenizer = load_masked_lm(folder)
+    model, tokenizer, _ = load_lm(folder)
     model.to(plan.device)
     length = plan.shared_config()["max_length"]
-    return {d.name: heldout_mlm_loss(model, tokenizer, d.heldout_documents, max_length=length,
-                                     batch_size=plan.scoring.heldout_batch_size, seed=0) for d in domains}
+    return {d.name: heldout_loss(model, tokenizer, d.heldout_documents, max_length=length,
+                                 batch_size=plan.scoring.heldout_batch_size, seed=0) for d in domains}
+
+
+def base_loss_kind(plan: EvalPlan) -> LossKind:
+    """The held-out loss every version of the plan's lineages is scored on: its base's kind (a lineage keeps it)."""
+    from das_engine.loading import lm_kind
+
+    return LOSS_KINDS[lm_kind(plan.base)]
 
 
 def _base_losses(plan: EvalPlan, domains: list[PreparedDomain], out: Path, say: Callable[[str], None]
@@ -221,8 +231,8 @@ def _base_losses(plan: EvalPlan, domains: list[PreparedDomain], out: Path, say: 
     if path.is_file():
         return read_json(path, what="the base model's held-out losses", fix=f"remove {path} and rerun the same "
                          "command to measure them again")
-    say("base model: held-out MLM loss")
-    losses = _mlm_losses(Path(plan.base), domains, plan)
+    say(f"base model: held-out {LOSS_NAMES[base_loss_kind(plan)]}")
+    losses = heldout_losses(Path(plan.base), domains, plan)
     write_json(path, losses)
     return losses
 
@@ -266,14 +276,14 @@ def collect_served(plan: EvalPlan, served: ServedSettings, domains: list[Prepare
             lineages[method.spec] = {"seeds": per_seed, "summary": _over_seeds(per_seed)}
     return {"format": "das-served-view", "date": now(), "domains": names, "base": plan.base_spec,
             "gate_max_drop": served.gate_max_drop, "eval_fraction": served.eval_fraction,
-            "base_mlm_loss": base_losses, "methods": lineages}
+            "base_mlm_loss": base_losses, "loss_kind": base_loss_kind(plan), "methods": lineages}
 
 
 def summarise_lineage(stages: list[dict[str, Any]], names: list[str], base_losses: dict[str, float]
                       ) -> dict[str, Any]:
     """One lineage: uploads accepted; per task, its best served macro-F1 on the lineage, its final one and the drop
-    (best - final, points); per accepted upload, the new domain's gain: its held-out MLM loss on the parent the upload
-    adapted minus on the new version (nats; `das_eval.metrics.mlm_gain`'s definition)."""
+    (best - final, points); per accepted upload, the new domain's gain: its held-out loss (MLM or next-token) on the
+    parent the upload adapted minus on the new version (nats; `das_eval.metrics.mlm_gain`'s definition)."""
     accepted = [s for s in stages if s["accepted"]]
     losses = {s["version"]: s["mlm_loss"] for s in stages}  # a parent that is no upload's version is the base
     tasks = {}
@@ -301,7 +311,8 @@ def served_markdown(results: dict[str, Any]) -> str:
              f"Forgetting gate: a registered task may lose at most {results['gate_max_drop']} points of eval-set "
              f"macro-F1 (beyond the eval set's noise) against its best on the lineage; each task's eval set is "
              f"{results['eval_fraction']:.0%} of its train split. Served scores: macro-F1 on the test split, "
-             "answered as the service answers (points).", ""]
+             f"answered as the service answers (points). Gain: the new domain's held-out "
+             f"{LOSS_NAMES[loss_kind(results)]} on the version the upload adapted minus on the new one.", ""]
     for spec, entry in results["methods"].items():
         s = entry["summary"]
         lines += [f"## `{spec}` ({s['seeds']} seed(s))", "",

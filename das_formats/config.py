@@ -30,6 +30,10 @@ class DASConfig:
     - `protect_embeddings=True` (the default, beyond the paper) soft-masks the word-embedding rows too,
       by a per-row importance (the key "embeddings" in the importance files). With `softmask=False` it is
       ignored, like `contrastive_weight`. docs/results.md has the evidence for the default.
+
+    A causal base (Llama, Qwen2, Gemma, GPT-2) takes the same settings and needs none of its own: "MLM" in a name
+    or a help text then means its next-token loss (`mlm_pass_as_anchor`: the LM pass doubles as o_full;
+    `merge_max_rise`: the held-out next-token loss), and `mlm_probability` is ignored (nothing is masked).
     """
 
     # --- training ---
@@ -40,7 +44,8 @@ class DASConfig:
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW decoupled weight decay"})
     warmup_ratio: float = field(default=0.1, metadata={"help": "share of steps for linear warm-up"})
     max_grad_norm: float | None = field(default=1.0, metadata={"help": "clip gradients (None: no clipping)"})
-    mlm_probability: float = field(default=0.15, metadata={"help": "share of tokens masked for MLM"})
+    mlm_probability: float = field(default=0.15, metadata={"help": "share of tokens masked for MLM (masked LMs; a "
+                                   "causal LM masks nothing and ignores it)"})
     seed: int = field(default=0, metadata={"help": "seed for data order, masking, dropout and samples"})
     precision: Precision = field(default="fp32", metadata={"help": "'bf16' runs the forward passes (training "
                                  "and importance) under bf16 autocast; weights, optimizer state, importance "
@@ -246,7 +251,7 @@ def model_max_length(model_config: dict[str, Any]) -> int | None:
 
     BERT uses every position embedding; the RoBERTa family reserves `padding_idx + 1` of them.
     """
-    positions = model_config.get("max_position_embeddings")
+    positions = model_config.get("max_position_embeddings", model_config.get("n_positions"))  # n_positions: GPT-2
     if not isinstance(positions, int) or positions < 1:
         return None
     if model_config.get("model_type") in POSITIONS_AFTER_PADDING:

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(None, description="Redis for the store's writer lock (needed for s3://).")
     work_dir: Path = Field(Path("runs/work"), description="Resumable working folders of adaptations.")
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 keeps torch's default.")
+    progress_every_s: float = Field(30.0, ge=1, le=3600, description="Off a terminal (a log file, a pipe, CI), "
+                                    "how often `das adapt`, `das base build`, `das eval` and `das watch` write a "
+                                    "progress line while nothing else changes (a phase change always writes one).")
 
     # --- the service ---
     host: str = Field("127.0.0.1", description="Address `das serve` binds (non-loopback needs both tokens).")
@@ -88,6 +91,21 @@ class Settings(BaseSettings):
     auto_truncate: bool = Field(False, description="Cut an inference text longer than the model's maximum "
                                 "sequence to it, as if every request sent truncate=true (TEI's --auto-truncate); "
                                 "false: such a text is a 422 unless its request sends truncate=true.")
+    # --- generation from a causal LM (POST /v1/completions, /v1/chat/completions; serving/generation.py) ---
+    max_new_tokens: int = Field(256, ge=1, le=32768, description="Most tokens one generation request may ask for "
+                                "(max_tokens); more is a 422. A chat request that names none gets this many, at most "
+                                "what the model's context leaves.")
+    max_prompt_tokens: int = Field(4096, ge=1, le=1_000_000, description="Most tokens of one prompt (a chat's "
+                                   "messages through its template); more is a 422. The model's context bounds the "
+                                   "prompt and max_tokens together too.")
+    max_concurrent_sequences: int = Field(8, ge=1, le=256, description="Sequences decoded together at once (one per "
+                                          "prompt); requests beyond them wait in the generation queue. Also the "
+                                          "most prompts of one completions request.")
+    generation_queue_size: int = Field(64, ge=1, le=10_000, description="Generation requests waiting for a free "
+                                       "sequence; more get 503 with Retry-After.")
+    generation_timeout_s: float = Field(300.0, gt=0, le=86400, description="Longest a generation request may take, "
+                                        "waiting included: past it, each of its sequences ends with the text so far "
+                                        "and finish_reason \"length\" (logged as generation_timeout).")
     # --- what one adaptation job may ask for (checked at upload, before anything is stored) ---
     max_steps: int = Field(100_000, ge=1, description="Most optimizer steps of one job (also the longest "
                            "checkpoint_every and log_every).")
@@ -141,8 +159,9 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field("text", description="Log lines as text (time, level, logger, "
                                                 "message) or as one JSON object per line (ts, level, logger, "
                                                 "message and the event's fields).")
-    access_log: bool = Field(False, description="One log line per HTTP request (uvicorn's access log); off by "
-                             "default: it costs ~10% of the event loop under load, and /metrics counts requests.")
+    access_log: bool = Field(False, description="One log line per HTTP request: method, path, status, milliseconds, "
+                             "request id (api.access_log; uvicorn's own stays off); off by default: uvicorn's cost "
+                             "~10% of the event loop under load, and /metrics counts requests.")
     # --- the /ui page ---
     eval_results: list[Path] = Field(default_factory=list, max_length=32, description="results.json files of "
                                      "`das eval` that the API lists at /v1/evaluations and the /ui page draws "

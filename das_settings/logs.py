@@ -4,6 +4,8 @@ Standard library logging only. Every logger of the project (and uvicorn's, and C
 the root, so one handler there writes them all. The JSON form writes one object per line: `ts`
 (ISO-8601, UTC), `level`, `logger`, `message`, then any fields the call passed with `extra=`
 (`log.info("...", extra={"job_id": ..., "seconds": ...})`), so a log shipper can filter on them.
+Fields that hold for a stretch of work rather than one call (a request's id, a job's id) are set once with
+`log_fields` and land on every line logged in that context.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import TextIO
 
@@ -20,6 +25,31 @@ from . import Settings
 _RECORD_FIELDS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime",
                                                                                        "taskName", "color_message"}
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+_CONTEXT_FIELDS: ContextVar[dict[str, object] | None] = ContextVar("das_log_fields", default=None)
+
+
+@contextmanager
+def log_fields(**fields: object) -> Iterator[None]:
+    """Every line logged inside the block, by this thread or task (and what it awaits, and the thread-pool calls it
+    makes), carries `fields` (those that are None left out), as if each call had passed them with `extra=`."""
+    token = _CONTEXT_FIELDS.set((_CONTEXT_FIELDS.get() or {}) | {k: v for k, v in fields.items() if v is not None})
+    try:
+        yield
+    finally:
+        _CONTEXT_FIELDS.reset(token)
+
+
+class ContextFields(logging.Filter):
+    """A handler's filter that puts the `log_fields` of the logging context on each record it writes; a field the
+    call passed itself (or a record relayed from a job's process already carries) is kept."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in (_CONTEXT_FIELDS.get() or {}).items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
+        return True
 
 
 def extra_fields(record: logging.LogRecord) -> dict[str, object]:
@@ -81,6 +111,7 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> loggi
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.das_handler = True  # type: ignore[attr-defined]
     handler.setFormatter(make_formatter(settings.log_format))
+    handler.addFilter(ContextFields())
     root.addHandler(handler)
     root.setLevel(settings.log_level)
     logging.captureWarnings(True)  # warnings.warn(...) lines go through the same handler

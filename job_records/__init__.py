@@ -8,25 +8,30 @@ from pathlib import Path
 
 from .job import (
     KINDS,
+    MIN_JOB_PREFIX,
     PENDING,
     STATES,
     TERMINAL,
     AdaptRequest,
+    AmbiguousJobId,
     FitRequest,
     Job,
     JobFilter,
+    JobIdError,
     JobKind,
     JobRegistry,
     JobRequest,
     State,
     cancel_fields,
+    resolve_job,
+    waiting_for,
 )
 from .redis_jobs import RedisJobs
 from .sqlite_jobs import SqliteJobs
 
-__all__ = ["KINDS", "PENDING", "STATES", "TERMINAL", "AdaptRequest", "FitRequest", "Job", "JobFilter", "JobKind",
-           "JobRegistry", "JobRequest", "State", "RedisJobs", "cancel_fields",
-           "SqliteJobs", "open_job_records", "sqlite_path"]
+__all__ = ["KINDS", "MIN_JOB_PREFIX", "PENDING", "STATES", "TERMINAL", "AdaptRequest", "AmbiguousJobId", "FitRequest",
+           "Job", "JobFilter", "JobIdError", "JobKind", "JobRegistry", "JobRequest", "State", "RedisJobs",
+           "cancel_fields", "SqliteJobs", "open_job_records", "resolve_job", "sqlite_path", "waiting_for"]
 
 
 def open_job_records(broker_url: str | None, redis_prefix: str, work_dir: Path, store: str) -> JobRegistry:

@@ -38,6 +38,7 @@ class AdaptRequest:
     corpus_documents: int
     settings: dict[str, Any]
     corpus_filename: str = ""
+    request_id: str | None = None  # the X-Request-ID of the HTTP request that asked for it (None: not asked by one)
     kind: JobKind = "adapt"
 
 
@@ -50,6 +51,7 @@ class FitRequest:
     data_sha256: str
     examples: int
     data_filename: str = ""
+    request_id: str | None = None
     kind: JobKind = "fit"
 
     @property
@@ -70,6 +72,7 @@ class PredictRequest:
     input_filename: str = ""
     truncate: bool = False  # cut a text over the model's maximum sequence (False: that line gets an error)
     submitted_by: str | None = None  # the token's role that queued it ("inference", "management"; None: auth off)
+    request_id: str | None = None
     kind: JobKind = "predict"
 
     @property
@@ -113,6 +116,7 @@ class Job:
     started: float | None = None
     finished: float | None = None
     progress: dict[str, Any] = field(default_factory=dict)
+    phases_s: dict[str, float] = field(default_factory=dict)  # seconds in each phase so far, queued included
     # the version the job builds on (adapt), fits on (fit) or answers with (predict), fixed when it first starts
     parent: str | None = None
     version: str | None = None
@@ -121,6 +125,10 @@ class Job:
     cancel_requested: bool = False
     dispatched: float | None = None  # when it was last handed to the queue (redelivery looks at it)
     note: str | None = None  # how it ended, when that needs saying (say, published as a candidate)
+    # the X-Request-ID of the HTTP request that created it (an upload, a registration, an activation; None: made by
+    # no request, or recorded before the field); every log line of the job carries it. (A manifest's `request_id`
+    # is another thing: the id of the job that published the version.)
+    request_id: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -170,6 +178,7 @@ class JobFilter:
 class JobRegistry(Protocol):
     def create(self, request: JobRequest) -> Job: ...
     def get(self, job_id: str) -> Job | None: ...
+    def find_prefix(self, prefix: str, limit: int = 10) -> list[str]: ...  # ids that start with it, sorted (<= limit)
     def list(self, limit: int = 100, *, where: JobFilter | None = None, before_seq: int | None = None
              ) -> list[Job]: ...  # newest first (by seq); only those `where` keeps, and older than `before_seq`
     def update(self, job_id: str, **fields: Any) -> Job: ...
@@ -180,12 +189,66 @@ class JobRegistry(Protocol):
     def ping(self) -> None: ...  # raises if the records cannot be reached
 
 
+MIN_JOB_PREFIX = 6  # the shortest prefix that names a job (every list prints 8 characters)
+PREFIX_CANDIDATES = 5  # the ids an ambiguous prefix's error names
+_HEX = frozenset("0123456789abcdef")
+
+
+class JobIdError(ValueError):
+    """A job id that cannot name a job: too short a prefix, or not hexadecimal."""
+
+
+class AmbiguousJobId(LookupError):
+    """A prefix that more than one job's id starts with; `candidates` are some of them."""
+
+    def __init__(self, prefix: str, candidates: list[str]) -> None:
+        shown = ", ".join(candidates[:PREFIX_CANDIDATES]) + (", ..." if len(candidates) > PREFIX_CANDIDATES else "")
+        super().__init__(f"job id prefix {prefix!r} names more than one job ({shown}); give more characters")
+        self.prefix = prefix
+        self.candidates = candidates
+
+
+def resolve_job(jobs: JobRegistry, given: str) -> Job | None:
+    """The job `given` names: its whole id, or a unique prefix of at least MIN_JOB_PREFIX hex characters (any case);
+    None when no job has it. Raises JobIdError for a shorter or non-hex prefix, AmbiguousJobId for a shared one."""
+    job = jobs.get(given)
+    if job is not None:
+        return job
+    prefix = given.lower()
+    if len(prefix) < MIN_JOB_PREFIX or not set(prefix) <= _HEX:
+        raise JobIdError(f"job id {given[:100]!r}: give the whole id or at least its first {MIN_JOB_PREFIX} "
+                         "characters (hexadecimal, 0-9 and a-f), as every job list prints them")
+    found = jobs.find_prefix(prefix, limit=PREFIX_CANDIDATES + 1)
+    if len(found) > 1:
+        raise AmbiguousJobId(prefix, found)
+    return jobs.get(found[0]) if found else None
+
+
 BATCH_LANE = 2**40  # added to a batch prediction's place in the pending order: every other job runs first
 
 
 def pending_rank(job: Job) -> int:
     """Where a pending job stands in line: by acceptance, each batch prediction behind every adaptation and fit."""
     return job.seq + (BATCH_LANE if job.kind == "predict" else 0)
+
+
+def waiting_for(job: Job, pending: list[Job]) -> str | None:
+    """What a queued job waits for, in words: the job that runs before it (with its phase) and how many more are
+    ahead, or, with none ahead, its own `waiting:` error or a worker to take it. None for a job that is not queued.
+    `pending`: the queued and running jobs (any order)."""
+    if job.state != "queued":
+        return None
+    ahead = sorted((j for j in pending if j.id != job.id and pending_rank(j) < pending_rank(job)), key=pending_rank)
+    if not ahead:
+        if job.error and job.error.startswith("waiting:"):
+            return job.error.removeprefix("waiting:").strip()
+        return "a worker to take it (none has yet: is a worker running?)"
+    first = next((j for j in ahead if j.state == "running"), ahead[0])
+    subject = {"adapt": first.domain, "fit": first.task, "predict": f"{first.lines} lines"}.get(first.kind)
+    p = first.progress
+    where = f", {p['phase']} {p.get('step')}/{p.get('total')}" if first.state == "running" and p.get("phase") else ""
+    more = f" and {len(ahead) - 1} more ahead of it" if len(ahead) > 1 else ""
+    return f"{first.state} {first.kind} job {first.id[:8]} ({subject}{where}){more}"
 
 
 def new_job(seq: int, request: JobRequest) -> Job:

@@ -10,6 +10,7 @@ _EXTEND_IF_OWNER = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
                     "return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0")
 _DELETE_IF_OWNER = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 LIST_BATCH = 500  # records read per round trip while a filtered listing looks for matches
+PREFIX_SCAN_BATCH = 1000  # ids a ZSCAN looks at per round trip while it looks for a prefix
 
 
 class RedisJobs:
@@ -37,6 +38,16 @@ class RedisJobs:
     def get(self, job_id: str) -> Job | None:
         raw = self.r.get(self._key(job_id))
         return Job.from_json(raw) if raw else None
+
+    def find_prefix(self, prefix: str, limit: int = 10) -> list[str]:
+        """Ids that start with `prefix` (hex: no glob characters), sorted: a ZSCAN of the registry's own index of ids
+        (not the keyspace), a batch at a time, that stops once `limit` are found."""
+        found: set[str] = set()
+        for member, _ in self.r.zscan_iter(f"{self.PREFIX}jobs", match=f"{prefix}*", count=PREFIX_SCAN_BATCH):
+            found.add(member.decode())  # ZSCAN may return an element twice
+            if len(found) >= limit:
+                break
+        return sorted(found)[:limit]
 
     def list(self, limit: int = 100, *, where: JobFilter | None = None, before_seq: int | None = None) -> list[Job]:
         """Walk the sorted set down from `before_seq`, a batch at a time, keeping the records `where` matches; each

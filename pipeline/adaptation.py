@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 
 
 JOB_OPTIONS = ("force",)  # job settings that are not DASConfig fields
+# the phases an adaptation reports, in order: the trainer's (das_engine.run_state.Progress: the importance passes
+# run only where the settings use importance, merge only with a merge), then the gate's and the store's
+PHASES = ("prepare", "general-importance", "train", "domain-importance", "merge", "saving", "gate", "publish",
+          "activate")
 
 
 def job_config(settings: dict) -> tuple[DASConfig, bool]:
@@ -61,6 +65,8 @@ def adapt_version(store: ModelStore, parent: str, corpus: CorpusInfo, domain: st
     and settings, so running the same request again resumes from its checkpoint.
     """
     clock = _Phases()
+    report = on_progress or (lambda progress: None)
+    report(Progress("prepare", 0, 1))
     if documents is None:
         documents = read_corpus(store.blobs.path(corpus.sha256))
     opened = store.open_version(parent)  # checked once here; the trainer and the gate's references reuse it
@@ -74,23 +80,23 @@ def adapt_version(store: ModelStore, parent: str, corpus: CorpusInfo, domain: st
             if config.merge_auto else None
         result = adapt_on_ranks(train_procs, opened.folder, documents, work, config,
                                 prev_importance=store.importance_file(parent), domain=domain, device=device,
-                                replay=replay, judge_tasks=judge, on_progress=on_progress, should_stop=should_stop,
+                                replay=replay, judge_tasks=judge, on_progress=_until_trained(report),
+                                should_stop=should_stop,
                                 base_digests=opened.manifest.files, token_cache=Path(work_dir) / TOKEN_CACHE)
     if result.status != "completed":
         raise JobStopped(f"stopped at step {result.step}")
     clock.lap("train")  # importance, training, the domain importance, a merge
     with tempfile.TemporaryDirectory(dir=work_dir) as fits:
-        gate = gate_candidate(store, work, opened, Path(fits), max_drop=gate_max_drop, device=device, force=force)
+        gate = gate_candidate(store, work, opened, Path(fits), max_drop=gate_max_drop, device=device, force=force,
+                              report=report)
         clock.lap("gate")  # every probe task fitted on the candidate, each gated task scored
         request = PublishRequest(folder=work, parent=parent, domain=domain, corpus=corpus,
                                  base_model=opened.manifest.base_model, settings=config.to_dict(),
                                  metrics=training_summary(result.metrics) | {"phases_s": clock.seconds},
                                  request_id=request_id,
                                  status="rejected" if gate.rejected else "candidate", evaluation=gate.evaluation)
-        manifest = store.publish(request, activate=False)
-        log.info("published %s from %s (domain %s, %d steps) as %s", manifest.id, parent, domain, config.steps,
-                 manifest.status, extra={"event": "publish", "version": manifest.id, "parent": parent,
-                                         "domain": domain, "status": manifest.status, "job_id": request_id})
+        report(Progress("publish", 0, 1))
+        manifest = _publish(store, request, config.steps)
         publish_probes(store, manifest.id, gate.probes)
     clock.lap("publish")
     log.info("upload to %s: %s", manifest.id, ", ".join(f"{k} {v:.1f} s" for k, v in clock.seconds.items()),
@@ -98,7 +104,23 @@ def adapt_version(store: ModelStore, parent: str, corpus: CorpusInfo, domain: st
     shutil.rmtree(work, ignore_errors=True)
     if gate.rejected:
         raise GateRejected(manifest.id, gate.reason)
+    report(Progress("activate", 0, 1))
     return finish_publication(store, manifest, activate)
+
+
+def _publish(store: ModelStore, request: PublishRequest, steps: int) -> Manifest:
+    """The candidate (or the rejected version) into the store, not active yet; logged."""
+    manifest = store.publish(request, activate=False)
+    log.info("published %s from %s (domain %s, %d steps) as %s", manifest.id, request.parent, request.domain, steps,
+             manifest.status, extra={"event": "publish", "version": manifest.id, "parent": request.parent,
+                                     "domain": request.domain, "status": manifest.status,
+                                     "job_id": request.request_id})
+    return manifest
+
+
+def _until_trained(report: Callable[[Progress], None]) -> Callable[[Progress], None]:
+    """The trainer's progress, but not its `done`: the job goes on (the gate, the store), and says so itself."""
+    return lambda progress: None if progress.phase == "done" else report(progress)
 
 
 class _Phases:

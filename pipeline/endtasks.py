@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from das_engine import endtask, task_scores
-from das_engine.loading import load_masked_lm
+from das_engine.loading import load_lm
+from das_engine.run_state import Progress
 from das_formats.task_data import LabeledSet, TaskDataError, TaskSettings, label_ids, read_labeled_jsonl
 from model_store.locks import StoreLocked
 from model_store.manifest import Manifest
@@ -29,6 +30,11 @@ from model_store.tasks import TaskDefinition, TaskModel, TaskStore
 
 log = logging.getLogger(__name__)
 BOOTSTRAP_SAMPLES = 1000
+Report = Callable[[Progress], None]  # where a phase's progress goes (a job's record, a CLI's line)
+
+
+def _unreported(progress: Progress) -> None:
+    """No one listens."""
 
 
 @dataclass
@@ -43,15 +49,16 @@ class Backbone:
 
     @classmethod
     def load(cls, folder: Path, device: str = "cpu") -> Backbone:
-        model, tokenizer = load_masked_lm(folder)
+        model, tokenizer, _ = load_lm(folder)  # masked or causal: probes read pooled last hidden states
         return cls(Path(folder), model.eval().to(device), tokenizer, device)
 
-    def features(self, key: str, texts: tuple[str, ...]):
-        """Pooled features truncated as the service truncates them (a probe serves on exactly these)."""
+    def features(self, key: str, texts: tuple[str, ...], on_batch: Callable[[int, int], None] | None = None):
+        """Pooled features truncated as the service truncates them (a probe serves on exactly these);
+        `on_batch(texts done, texts)` while they are computed."""
         max_length = endtask.served_max_tokens(self.model.config)
         if (key, max_length) not in self.cache:
             self.cache[(key, max_length)] = endtask.pooled_features(self.model, self.tokenizer, texts,
-                                                                    max_length=max_length)
+                                                                    max_length=max_length, on_batch=on_batch)
         return self.cache[(key, max_length)]
 
 
@@ -77,24 +84,36 @@ class Fitted:
 
 
 def fit_probe_on(backbone: Backbone, definition: TaskDefinition, train: LabeledSet,
-                 evals: LabeledSet | None, out: Path) -> Fitted:
-    """Fit a probe on `backbone`'s frozen features; save it into `out`; score it on the eval set."""
+                 evals: LabeledSet | None, out: Path, report: Report | None = None) -> Fitted:
+    """Fit a probe on `backbone`'s frozen features; save it into `out`; score it on the eval set. `report`: the
+    phases `features` (train and eval texts encoded, of all) and `fit`."""
+    report = report or _unreported
     config = endtask.ProbeConfig.of(TaskSettings.from_dict(definition.settings))
+    texts = len(train.texts) + (len(evals.texts) if evals is not None else 0)
+    report(Progress("features", 0, texts))
     started = time.perf_counter()
-    train_x = backbone.features(f"{definition.name}/train", train.texts)
+    train_x = backbone.features(f"{definition.name}/train", train.texts,
+                                lambda done, _: report(Progress("features", done, texts, detail="train set")))
     features_seconds = time.perf_counter() - started
-    eval_x = backbone.features(f"{definition.name}/eval", evals.texts) if evals is not None else None
+    eval_x = backbone.features(
+        f"{definition.name}/eval", evals.texts,
+        lambda done, _: report(Progress("features", len(train.texts) + done, texts, detail="eval set"))) \
+        if evals is not None else None
+    report(Progress("fit", 0, 1))
     fit = endtask.probe_task(train_x, train, definition.labels, config, eval_x, evals)
+    report(Progress("fit", 1, 1))
     fit.head.save(out)
     return _fitted(definition, out, fit.scores, features_seconds + fit.fit_seconds)
 
 
 def fit_finetune_on(folder: Path, definition: TaskDefinition, train: LabeledSet,
-                    evals: LabeledSet | None, out: Path, device: str = "cpu",
-                    on_step: Callable[[int, int, float], None] | None = None) -> Fitted:
-    """Fine-tune all parameters of the backbone in `folder` for the task; save the model into `out`."""
+                    evals: LabeledSet | None, out: Path, device: str = "cpu", report: Report | None = None) -> Fitted:
+    """Fine-tune all parameters of the backbone in `folder` for the task; save the model into `out`. `report`: the
+    phase `fit`, step by step, with the loss."""
+    report = report or _unreported
     config = endtask.FinetuneConfig.of(TaskSettings.from_dict(definition.settings))
-    fit = endtask.finetune_task(folder, train, config, evals, device=device, on_step=on_step)
+    fit = endtask.finetune_task(folder, train, config, evals, device=device,
+                                on_step=lambda step, total, loss: report(Progress("fit", step, total, {"loss": loss})))
     fit.model.save_pretrained(out)
     fit.tokenizer.save_pretrained(out)
     return _fitted(definition, out, fit.scores, fit.fit_seconds)
@@ -125,20 +144,28 @@ def publish_fitted(store: ModelStore, tasks: TaskStore, version: str, fitted: Fi
     return record
 
 
+FIT_PHASES = ("load", "features", "fit", "publish")  # a fit job's phases, in order (a finetune task has no features)
+
+
 def fit_task_model(store: ModelStore, definition: TaskDefinition, version: str, *, device: str = "cpu",
-                   on_step: Callable[[int, int, float], None] | None = None) -> TaskModel:
-    """Fit a registered task on one version of the store and publish it (idempotent per generation)."""
+                   report: Report | None = None) -> TaskModel:
+    """Fit a registered task on one version of the store and publish it (idempotent per generation). `report`
+    hears each of FIT_PHASES: the version loaded, its features of the texts (a probe), the fit (a finetune
+    task: step by step), the publication; a caller may raise from it to stop the fit."""
+    report = report or _unreported
     tasks = TaskStore(store)
     existing = tasks.sound_model(version, definition.name, definition.generation)
     if existing is not None:
         return existing
+    report(Progress("load", 0, 1))
     train, evals = read_sets(tasks, definition)
     folder = store.model_dir(version)
     with tempfile.TemporaryDirectory() as tmp:
         if definition.kind == "probe":
-            fitted = fit_probe_on(Backbone.load(folder, device), definition, train, evals, Path(tmp))
+            fitted = fit_probe_on(Backbone.load(folder, device), definition, train, evals, Path(tmp), report)
         else:
-            fitted = fit_finetune_on(folder, definition, train, evals, Path(tmp), device, on_step)
+            fitted = fit_finetune_on(folder, definition, train, evals, Path(tmp), device, report)
+        report(Progress("publish", 0, 1))
         return publish_fitted(store, tasks, version, fitted)
 
 
@@ -266,7 +293,7 @@ def as_probe(definition: TaskDefinition) -> TaskDefinition:
 
 
 def gate_candidate(store: ModelStore, candidate_folder: Path, parent: VersionFolder, work: Path, *, max_drop: float,
-                   device: str = "cpu", force: bool = False) -> GateResult:
+                   device: str = "cpu", force: bool = False, report: Report | None = None) -> GateResult:
     """Fit every probe task on the candidate; score each task with an eval set against its reference: the best score
     it reached on the active lineage (`task_reference`), so a task cannot lose a little with every version.
 
@@ -274,14 +301,19 @@ def gate_candidate(store: ModelStore, candidate_folder: Path, parent: VersionFol
     of the eval set (paired bootstrap over its examples); `force` records the decision but never rejects.
     A task that cannot be scored (its definition, data or fit fails) is never skipped in silence: it is
     listed under the gate's `unscored`, with why, and recorded on the task; the others decide.
+    `report` hears the phase `gate`: tasks done of the tasks, with the one being scored.
     """
+    report = report or _unreported
     references = TaskReferences(store, parent, work, device)
     unscored = [{"task": name, "problem": why} for name, why in references.unreadable.items()]
     if not references.definitions and not unscored:
+        report(Progress("gate", 0, 0, detail="no end tasks registered"))
         return GateResult({}, [], [])
     candidate: Backbone | None = None
     probes, decisions, records, scores = [], [], [], {}
-    for definition in references.definitions:
+    count = len(references.definitions)
+    for done, definition in enumerate(references.definitions):
+        report(Progress("gate", done, count, detail=f"task {definition.name}"))
         try:
             candidate = candidate or Backbone.load(candidate_folder, device)
             fitted, record, decision = references.judge(candidate, definition, work / definition.name, max_drop)
@@ -297,6 +329,7 @@ def gate_candidate(store: ModelStore, candidate_folder: Path, parent: VersionFol
             decisions.append(decision)
             records.append(record)
             _log_decision(parent.id, decision, record["reference"]["version"], force)
+    report(Progress("gate", count, count))
     rejected = [] if force else [d for d in decisions if d.rejected]
     gate = {"max_drop": max_drop, "forced": force, "rejected": bool(rejected), "against": "best on the lineage",
             "parent": parent.id, "decisions": records, "unscored": unscored}

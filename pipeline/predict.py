@@ -17,7 +17,7 @@ import torch
 
 from das_engine.answers import fill_mask_candidates, mlm_top_tokens, pooled
 from das_engine.endtask import served_max_tokens
-from das_engine.loading import load_masked_lm
+from das_engine.loading import load_lm
 from das_engine.served_tasks import load_task_model, predict
 from das_engine.units import resolve_units
 from model_store.served_tasks import TaskSet, load_task_set
@@ -44,12 +44,13 @@ class Ask:
 
 @dataclass
 class Answerer:
-    """A version loaded to answer texts as the service does: the backbone, its MLM head and its task models."""
+    """A version loaded to answer texts as the service does: the backbone, its MLM head (a masked LM's; None for a
+    causal LM, which answers embeddings and tasks from its base model's last hidden states) and its task models."""
 
     version: str
     model: Any
     tokenizer: Any
-    mlm_head: torch.nn.Module
+    mlm_head: torch.nn.Module | None
     max_tokens: int
     device: torch.device
     tasks: TaskSet
@@ -57,11 +58,11 @@ class Answerer:
 
     @classmethod
     def load(cls, store: ModelStore, version: str, device: str = "cpu") -> Answerer:
-        model, tokenizer = load_masked_lm(store.model_dir(version))
+        model, tokenizer, kind = load_lm(store.model_dir(version))
         model.eval().to(device)
         tasks = load_task_set(TaskStore(store), version, None, load_task_model) or TaskSet()
-        return cls(version, model, tokenizer, resolve_units(model).mlm_head, served_max_tokens(model.config),
-                   torch.device(device), tasks)
+        head = resolve_units(model).mlm_head if kind == "masked" else None
+        return cls(version, model, tokenizer, head, served_max_tokens(model.config), torch.device(device), tasks)
 
     def check_tasks(self, names: list[str]) -> None:
         missing = {name: self.tasks.problem(name) or "not registered" for name in names if name not in self.tasks.tasks}
@@ -74,7 +75,10 @@ class Answerer:
     def answer(self, ask: Ask, texts: list[str]) -> list[dict[str, Any]]:
         """One answer per text, {"result": ..., "truncated": ...} or {"error": ...}, in the order of `texts`. A text
         over the model's maximum sequence is cut when the ask says `truncate`, else it gets an error and the others
-        are answered without it."""
+        are answered without it. Fill-mask on a causal LM is a ValueError (the job is rejected, saying why)."""
+        if ask.kind == "fill_mask" and self.mlm_head is None:
+            raise ValueError(f"{self.version} is a causal language model ({self.model.config.model_type}): it has no "
+                             "mask token to fill; ask for kind embed or predict")
         rows, lengths = self._encoded(texts)
         cut = ask.truncate
         refused = {i: {"error": f"text has {whole} tokens; the model reads at most {self.max_tokens} (specials "
@@ -124,7 +128,9 @@ class Answerer:
     def _padded(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """(input_ids, attention_mask), (B, T) each, padded on the right as the service pads them."""
         width = max(len(ids) for ids in rows)
-        input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        tok = self.tokenizer  # a GPT-2 has no pad token: any id does, the attention mask hides it (as serving pads)
+        pad = next((i for i in (tok.pad_token_id, tok.eos_token_id, tok.bos_token_id) if i is not None), 0)
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
         for row, ids in enumerate(rows):
             input_ids[row, : len(ids)] = torch.tensor(ids)

@@ -24,6 +24,9 @@ from .errors import InputError, NotReady, QueueFull
 from .holder import ModelHolder, Servable
 
 log = logging.getLogger(__name__)
+# what a request asks for; each kind runs as a group of its own. "embed_unnormalised": the mean-pooled vector before
+# its L2 normalisation (TEI's normalize: false); "tokenize": the tokenizer's view of each text, no forward pass
+KINDS = ("fill_mask", "embed", "embed_unnormalised", "predict", "tokenize")
 
 
 class Answer(Future):
@@ -38,7 +41,7 @@ class Answer(Future):
 
 @dataclass
 class _Request:
-    kind: str  # "fill_mask" | "embed" | "predict"
+    kind: str  # one of KINDS
     texts: list[str]
     top_k: int
     tasks: tuple[str, ...] = ()  # predict: the end tasks to answer
@@ -48,6 +51,7 @@ class _Request:
     encoded: Encoded | None = None  # tokenised once, by the check, for the forward pass too
     truncate: bool = True  # False: a text longer than the model's maximum sequence is refused, not cut
     model: Servable | None = None  # the version the request names (serving/pinned.py); None: the one serving
+    special_tokens: bool = True  # tokenize: add the model's special tokens around each text
 
 
 class MicroBatcher:
@@ -72,7 +76,7 @@ class MicroBatcher:
 
     def submit(self, kind: str, texts: list[str], top_k: int = 5, *, max_tokens: int | None = None,
                max_masks: int | None = None, tasks: tuple[str, ...] = (), truncate: bool = True,
-               model: Servable | None = None) -> Answer:
+               model: Servable | None = None, special_tokens: bool = True) -> Answer:
         """Queue a request; its future resolves to (version, answers) or raises InputError/NotReady.
 
         `max_tokens` and `max_masks` bound the request (InputError over them); None: no bound.
@@ -82,8 +86,12 @@ class MicroBatcher:
         the text); the future's `truncated` says which were.
         `model`: the loaded version that must answer (a request that names a version); None: the one serving
         when the batch runs. A batch runs each version's requests apart: it never mixes versions.
+        `special_tokens` (tokenize): whether [CLS]/[SEP] (or the model's own) are added around each text.
         """
-        request = _Request(kind, texts, top_k, tasks, max_tokens, max_masks, truncate=truncate, model=model)
+        if kind not in KINDS:  # a kind no group runs would leave its future waiting for ever
+            raise ValueError(f"unknown request kind {kind!r}; one of {', '.join(KINDS)}")
+        request = _Request(kind, texts, top_k, tasks, max_tokens, max_masks, truncate=truncate, model=model,
+                           special_tokens=special_tokens)
         try:
             self.queue.put_nowait(request)
         except queue.Full:
@@ -145,7 +153,7 @@ class MicroBatcher:
             for request in batch:
                 request.future.set_exception(NotReady("no model version is loaded yet"))
             return
-        for kind in ("fill_mask", "embed", "predict"):
+        for kind in KINDS:
             group = [r for r in batch if r.kind == kind]
             if group:
                 self._run_group(model, kind, group)
@@ -154,6 +162,13 @@ class MicroBatcher:
         self._encode_together(model, group)
         valid = [r for r in group if self._checked(model, kind, r)]
         if not valid:
+            return
+        if kind == "tokenize":  # no forward pass: the tokenizer (which only this thread uses) answers each request
+            for request in valid:
+                try:
+                    request.future.set_result((model.version, model.tokenize(request.texts, request.special_tokens)))
+                except InputError as err:
+                    request.future.set_exception(err)
             return
         texts, top_k = Encoded.join([r.encoded for r in valid]), max(r.top_k for r in valid)
         tasks = sorted({task for r in valid for task in r.tasks})
@@ -227,7 +242,9 @@ class MicroBatcher:
     def _answer(model: Servable, kind: str, texts: Encoded, top_k: int, tasks: list[str]) -> list:
         if kind == "fill_mask":
             return model.fill_mask(texts, top_k)
-        return model.predict(texts, tasks) if kind == "predict" else model.embed(texts)
+        if kind == "predict":
+            return model.predict(texts, tasks)
+        return model.embed(texts) if kind == "embed" else model.embed(texts, normalize=False)
 
 
 def _refuse_truncated(encoded: Encoded) -> None:

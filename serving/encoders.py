@@ -22,13 +22,19 @@ log = logging.getLogger(__name__)
 class TorchRunner:
     name = "torch"
 
-    def __init__(self, model: torch.nn.Module, mlm_head: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, mlm_head: torch.nn.Module | None) -> None:
+        """`mlm_head`: a masked LM's (fill-mask); None for a causal LM, whose base model's last hidden states serve
+        embeddings and end tasks alone."""
         self.encoder = model.base_model
-        self.top_tokens: TopTokens = mlm_top_tokens(mlm_head)
+        self.top_tokens: TopTokens = mlm_top_tokens(mlm_head) if mlm_head is not None else _no_mlm_head
 
     def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """last_hidden_state, (B, T, D)."""
         return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def _no_mlm_head(hidden: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    raise ValueError("a causal LM has no MLM head: fill-mask is a masked LM's (LoadedModel.check_fill_mask says so)")
 
 
 class OnnxRunner:

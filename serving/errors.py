@@ -20,3 +20,11 @@ class TaskNotServed(InputError):
         super().__init__(message)
         self.pending = pending  # registered, no model for the serving version yet
         self.damaged = damaged  # registered, its definition or model cannot be used
+
+
+class WrongKind(InputError):
+    """The version is the other kind of language model: fill-mask needs a masked LM, generation a causal one (409)."""
+
+
+class NoChatTemplate(InputError):
+    """The version's tokenizer has no chat template, so chat messages cannot be put into a prompt (409)."""

@@ -26,7 +26,11 @@ class Servable(Protocol):
     """A loaded version that answers requests (serving.model.LoadedModel; torch lives there)."""
 
     version: str
-    mask_token_id: int
+    kind: str  # "masked" (fill-mask) or "causal" (generation, serving/generation.py)
+    decoder: object | None  # a causal LM's decoding steps (serving.decoding.CausalDecoder); None for a masked LM
+    mask_token_id: int | None  # None for a causal LM
+    mask_token: str | None  # as the texts hold it: [MASK], <mask>; None for a causal LM
+    max_tokens: int  # tokens it reads of one text, special tokens included
     tasks: object  # serving.tasks.TaskSet: the end-task models served with this version
     backend: str  # what runs its encoder now: "torch" or "onnx" (serving.encoders)
 
@@ -34,7 +38,8 @@ class Servable(Protocol):
     def encode(self, texts: list[str]) -> Encoded: ...  # InputError for a text the tokenizer refuses
     def check_fill_mask(self, texts: list[str], encoded: Encoded) -> None: ...
     def fill_mask(self, texts: list[str] | Encoded, top_k: int) -> list[list[list[dict]]]: ...
-    def embed(self, texts: list[str] | Encoded) -> list[list[float]]: ...
+    def embed(self, texts: list[str] | Encoded, normalize: bool = True) -> list[list[float]]: ...
+    def tokenize(self, texts: list[str], special_tokens: bool = True) -> list[list[dict]]: ...  # TEI's tokens
     def check_tasks(self, names: list[str]) -> None: ...  # TaskNotServed unless each task is served
     def predict(self, texts: list[str] | Encoded, tasks: list[str]) -> list[dict[str, dict]]: ...
     def with_tasks(self, tasks: object) -> Servable: ...

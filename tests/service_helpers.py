@@ -53,8 +53,10 @@ def wait_serving(client, version: str, timeout_s: float = 30.0) -> None:
     raise AssertionError(f"the API did not swap to {version}")
 
 
-def das_serve(store: Path, work: Path, models: Path, log: Path | None = None) -> tuple[subprocess.Popen, str]:
-    """`das serve` (embedded, no tokens) on a free port over `store`, started and ready: (its process, its URL)."""
+def das_serve(store: Path, work: Path, models: Path, log: Path | None = None,
+              extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """`das serve` (embedded, no tokens unless `extra_env` sets them) on a free port over `store`, started and ready:
+    (its process, its URL). `extra_env`: settings of its own (DAS_INFERENCE_TOKEN, ...)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -62,6 +64,7 @@ def das_serve(store: Path, work: Path, models: Path, log: Path | None = None) ->
            "DAS_POLL_INTERVAL_S": "0.5"}
     for name in ("DAS_URL", "DAS_TOKEN", "DAS_BROKER_URL", "DAS_MANAGEMENT_TOKEN", "DAS_INFERENCE_TOKEN"):
         env.pop(name, None)
+    env.update(extra_env or {})
     out = open(log, "wb") if log is not None else subprocess.DEVNULL  # noqa: SIM115 - the child holds it
     server = subprocess.Popen([sys.executable, "-c", "from das.cli import app; app()", "serve", "--port", str(port)],
                               env=env, stdout=out, stderr=subprocess.STDOUT)

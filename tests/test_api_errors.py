@@ -81,7 +81,8 @@ def test_malformed_and_oversized_json(client):
 
 
 @pytest.mark.parametrize("path,status", [("/v1/models/v0042", 404), ("/v1/models/..%2Fetc", 404),
-                                         ("/v1/models/..etc", 422), ("/v1/models/v1", 422), ("/v1/jobs/nope", 404),
+                                         ("/v1/models/..etc", 422), ("/v1/models/v1", 422), ("/v1/jobs/nope", 422),
+                                         ("/v1/jobs/0000000000", 404),
                                          ("/v1/models/v0042/importance", 404)])
 def test_unknown_and_invalid_ids(client, path, status):
     assert client.get(path, headers=_auth(MGMT)).status_code == status

@@ -220,7 +220,9 @@ def test_waiting_times_out_and_a_cancelled_job_fails_the_wait(das, corpus):
     with pytest.raises(Conflict) as ended:
         das.cancel(job)
     assert ended.value.status == 409 and "already ended" in ended.value.detail
-    with pytest.raises(NotFound, match="no job nope"):
+    with pytest.raises(NotFound, match="no job 00000000"):
+        das.job("00000000")
+    with pytest.raises(InvalidRequest, match="at least its first 6 characters"):  # a job id or a prefix of one
         das.job("nope")
 
 

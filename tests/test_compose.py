@@ -54,10 +54,14 @@ def test_api_and_worker_share_a_declared_named_volume():
     assert shared <= set(COMPOSE.get("volumes") or {}), f"volumes {shared} are not declared at the top level"
 
 
-@pytest.mark.parametrize("where", ["compose api", "compose worker", "Dockerfile CMD"])
+@pytest.mark.parametrize("where", ["compose api", "compose worker", "Dockerfile CMD", "worker healthcheck"])
 def test_commands_exist_in_the_cli(where: str):
     if where == "Dockerfile CMD":
         argv = dockerfile_cmd()
+    elif where == "worker healthcheck":
+        test = SERVICES["worker"]["healthcheck"]["test"]
+        assert test[0] == "CMD", f"{where}: exec form expected, got {test!r}"
+        argv = test[1:]
     else:
         command = SERVICES[where.split()[1]]["command"]
         argv = shlex.split(command) if isinstance(command, str) else list(command)
@@ -71,3 +75,20 @@ def test_the_image_copies_every_package():
     dockerfile = (ROOT / "Dockerfile").read_text()
     missing = [p for p in packages if f"COPY {p}/ {p}/" not in dockerfile]
     assert not missing, f"the Dockerfile does not copy {missing}"
+
+
+def test_the_worker_healthcheck_asks_celery():
+    """Not only Redis: `das worker --ping` asks this container's Celery worker (tests/test_worker_health.py runs it
+    against a real worker)."""
+    assert SERVICES["worker"]["healthcheck"]["test"] == ["CMD", "das", "worker", "--ping"]
+
+
+def test_the_image_installs_the_client():
+    """`import das_client` works in the image: client/ is copied and installed with the package, from the lock."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    lines = dockerfile.splitlines()
+    copy = lines.index("COPY client/ client/")
+    install = next(i for i, line in enumerate(lines) if line.startswith("RUN pip install") and " -e . " in line)
+    assert copy < install, "client/ is copied after the install that needs it"
+    assert "./client" in lines[install].split(), lines[install]
+    assert "--no-deps" in lines[install], "the client's dependencies come from the lock, not from a resolver"

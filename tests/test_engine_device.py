@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
 import das_engine.importance as importance_module
+import das_engine.mlm as mlm_module
 import das_engine.train_step as train_step_module
 from das_engine.contrastive import contrastive_loss
 from das_engine.data import mask_tokens, pack_corpus
@@ -48,8 +49,7 @@ def on_meta(family_dir, legal_docs, monkeypatch):
     # transformers skips building the attention mask when it holds no padding, a look at the data
     # that meta cannot answer: always build it (the same mask, data-independent)
     monkeypatch.setattr(transformers.masking_utils, "_ignore_bidirectional_mask_sdpa", lambda *a, **k: False)
-    monkeypatch.setattr(train_step_module, "masked_lm_loss", _full_vocabulary_loss)
-    monkeypatch.setattr(importance_module, "masked_lm_loss", _full_vocabulary_loss)
+    monkeypatch.setattr(mlm_module, "masked_lm_loss", _full_vocabulary_loss)  # what mlm.lm_loss calls for a masked LM
     model, tokenizer = load_masked_lm(family_dir)  # the engine's own loader: what trainer.adapt trains
     batches = sample_batches(pack_corpus(legal_docs, tokenizer, max_length=32), 4, 2, seed=0)
     model.to(META)

@@ -152,11 +152,11 @@ def test_a_fit_and_an_adaptation_are_logged_and_counted(service_settings, small_
         assert events(log_stream, "swap", version="v0001"), "the first version loaded is logged too"
 
         # refused requests: the reason is logged, the answer is as before
-        missing = client.get("/v1/jobs/no-such-job")
-        assert (missing.status_code, missing.json()) == (404, {"detail": "no job no-such-job"})
-        [refused] = events(log_stream, "refused", path="/v1/jobs/no-such-job")
+        missing = client.get("/v1/jobs/00000000")
+        assert (missing.status_code, missing.json()) == (404, {"detail": "no job 00000000"})
+        [refused] = events(log_stream, "refused", path="/v1/jobs/00000000")
         assert (refused["level"], refused["method"], refused["status"]) == ("INFO", "GET", 404)
-        assert refused["detail"] == "no job no-such-job"
+        assert refused["detail"] == "no job 00000000"
         invalid = client.post("/v1/fill-mask", json={"texts": ["a [MASK]"], "top_k": "many"})
         assert invalid.status_code == 422 and invalid.json()["detail"][0]["loc"] == ["body", "top_k"]
         [refused] = events(log_stream, "refused", path="/v1/fill-mask", status=422)

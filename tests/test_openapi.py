@@ -83,7 +83,7 @@ def test_the_error_answers_are_declared_with_their_schema(schema):
 def test_real_error_answers_match_error_out(client, schema):
     auth = {"Authorization": f"Bearer {INFER}"}
     answers = {("get", "/v1/jobs/{job_id}", 401): client.get("/v1/jobs/nope"),
-               ("get", "/v1/jobs/{job_id}", 404): client.get("/v1/jobs/nope", headers=auth),
+               ("get", "/v1/jobs/{job_id}", 404): client.get("/v1/jobs/0000000000", headers=auth),
                ("get", "/v1/tasks/{name}", 404): client.get("/v1/tasks/nope", headers=auth),
                ("post", "/v1/predict", 409): client.post("/v1/predict", json={"texts": ["hi"]}, headers=auth),
                ("post", "/v1/models/{version}/activate", 401): client.post("/v1/models/v0001/activate",

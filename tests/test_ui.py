@@ -1,6 +1,7 @@
 """The /ui page in a real browser: headless Chromium (Debian's `chromium` + `chromium-driver`) driven by Selenium,
-against a real `das serve` (embedded mode, tokens on) holding three accepted versions, one the forgetting gate
-rejected, two end tasks and a running adaptation job. The test reads what the page renders.
+against a real `das serve` (embedded mode, tokens on) holding four accepted versions (one of them rolled back, off the
+active lineage), one the forgetting gate rejected, two end tasks and a running adaptation job. The test reads what
+the page renders, and what the browser's console logged.
 
 Screenshots go to the test's tmp folder; with UI_SCREENSHOTS_DIR set (say, docs/img) they are written there too.
 """
@@ -75,9 +76,13 @@ def _upload(api: httpx.Client, path: Path, domain: str, form: dict) -> str:
     return answer.json()["job_id"]
 
 
+RETRAINED = {**HARMLESS, "lr": "0.00002"}  # v0005: v0004's corpus again, at another learning rate
+
+
 def build_history(url: str, folder: Path, legal_docs: list[str], code_docs: list[str]) -> str:
-    """v0001 (base), v0002 (legal), v0003 (legal, rejected by the gate), v0004 (code, active), two tasks, and a
-    long adaptation running; returns that job's id."""
+    """v0001 (base), v0002 (legal), v0003 (legal, rejected by the gate), v0004 (code, accepted, then rolled back to
+    v0002), v0005 (code from v0002, active), two tasks fitted on v0001, and a long adaptation running; returns that
+    job's id."""
     legal, code = folder / "legal-notes.txt", folder / "python-docs.txt"
     legal.write_text("\n".join(legal_docs[:60]) + "\n", encoding="utf-8")
     code.write_text("\n".join(code_docs[:60]) + "\n", encoding="utf-8")
@@ -88,6 +93,12 @@ def build_history(url: str, folder: Path, legal_docs: list[str], code_docs: list
         rejected = _job_done(api, _upload(api, legal, "legal", FORGETFUL))
         assert (rejected["state"], rejected["version"]) == ("rejected", "v0003"), rejected
         assert _job_done(api, _upload(api, code, "code", HARMLESS))["version"] == "v0004"
+        rollback = api.post("/v1/models/v0002/activate")
+        assert rollback.status_code == 200, rollback.text
+        for job_id in rollback.json()["fit_jobs"]:
+            assert _job_done(api, job_id)["state"] == "succeeded"
+        retrained = _job_done(api, _upload(api, code, "code", RETRAINED))
+        assert (retrained["parent"], retrained["version"]) == ("v0002", "v0005"), retrained
         assert api.put("/v1/aliases/staging", json={"version": "v0002"}).status_code == 200
         running = _upload(api, legal, "contracts", LONG)
         _until(lambda: (api.get(f"/v1/jobs/{running}").json()["progress"].get("step") or 0) > 0, "a running job")
@@ -115,6 +126,7 @@ def driver() -> Iterator[Any]:
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, read by the tests
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,800"):
         options.add_argument(arg)
     chrome = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
@@ -168,6 +180,41 @@ def _crossed(a: list[list[float]], b: list[list[float]]) -> int:
     return sum(x <= 0.5 < y for ra, rb in zip(a, b, strict=True) for x, y in zip(ra, rb, strict=True))
 
 
+# the boxes the browser laid out: each pair of a point's value label and an axis tick label, a mark or another
+# point's label that intersect (by at least half a pixel each way)
+OVERLAPS = """
+const chart = arguments[0];
+const rect = (e) => e.getBoundingClientRect();
+const hit = (a, b) => a.left < b.right - 0.5 && b.left < a.right - 0.5 && a.top < b.bottom - 0.5
+  && b.top < a.bottom - 0.5;
+const name = (e) => (e.closest('.point') ? e.closest('.point').dataset.version + ' ' : '') + e.getAttribute('class')
+  + ' "' + e.textContent + '"';
+const labels = [...chart.querySelectorAll('.point-label')];
+const others = [...chart.querySelectorAll('.tick-label, .point circle, .point path:not(.halo)')];
+const found = [];
+labels.forEach((label, i) => {
+  for (const other of others) {
+    if (other.closest('.point') !== label.closest('.point') && hit(rect(label), rect(other))) {
+      found.push(name(label) + ' on ' + name(other));
+    }
+  }
+  labels.slice(i + 1).forEach((next) => {
+    if (hit(rect(label), rect(next))) found.push(name(label) + ' on ' + name(next));
+  });
+});
+return found;
+"""
+
+
+def _console(driver: Any) -> list[dict]:
+    """What the page's console logged since the last call (the browser log, goog:loggingPrefs)."""
+    return driver.get_log("browser")
+
+
+def _failed_loads(entries: list[dict]) -> list[str]:
+    return [e["message"] for e in entries if e["level"] == "SEVERE" or "Failed to load resource" in e["message"]]
+
+
 # -------------------------------------------------------------------------------- the page, read in the browser
 @browser
 def test_the_page_shows_versions_importance_tasks_and_jobs(history, driver, tmp_path):
@@ -176,23 +223,64 @@ def test_the_page_shows_versions_importance_tasks_and_jobs(history, driver, tmp_
 
     url, running = history
     driver.set_window_size(1280, 800)
+    _console(driver)  # what an earlier page logged
     driver.get(f"{url}/ui")
     # no token yet: the API answers 401 and the page says what to do
     _wait(driver, lambda d: "paste the inference or management token" in d.find_element("id", "versions-body").text,
           "the missing-token hint")
+    _wait(driver, lambda d: "updated" in d.find_element("id", "status").text, "the first load's end")
+    refused = _failed_loads(_console(driver))
+    assert refused and all("401" in m for m in refused), refused  # 401s only: no 404 (no favicon, no evaluations)
     token = driver.find_element("id", "token")
     token.send_keys(INFER, Keys.ENTER)  # the form, as a keyboard user submits it
     assert driver.execute_script("return sessionStorage.getItem('das-ui-token')") == INFER
 
     # versions: the lineage tree with every version, the active one selected with its gate decision
-    nodes = _wait(driver, lambda d: len(_css(d, ".version-node")) == 4 and _css(d, ".version-node"), "four versions")
-    assert [n.get_attribute("data-version") for n in nodes] == ["v0001", "v0002", "v0003", "v0004"]
-    by_id = {n.get_attribute("data-version"): n.text for n in nodes}
-    assert "active" in by_id["v0004"] and "rejected" in by_id["v0003"] and "@staging" in by_id["v0002"]
+    nodes = _wait(driver, lambda d: len(_css(d, ".version-node")) == 5 and _css(d, ".version-node"), "five versions")
+    assert [n.get_attribute("data-version") for n in nodes] == ["v0001", "v0002", "v0003", "v0004", "v0005"]
+    by_id = {n.get_attribute("data-version"): n for n in nodes}
+    assert "active" in by_id["v0005"].text and "@staging" in by_id["v0002"].text
+    # the rolled-back v0004 passed its gate: marked off the lineage, not like the rejected v0003
+    assert by_id["v0003"].get_attribute("data-place") == "rejected" and "✕ rejected" in by_id["v0003"].text
+    assert "off the active lineage" not in by_id["v0003"].text
+    assert by_id["v0004"].get_attribute("data-place") == "branch" and "✕" not in by_id["v0004"].text
+    assert "◌ retired" in by_id["v0004"].text and "gate accepted" in by_id["v0004"].text
+    assert "◇ off the active lineage" in by_id["v0004"].text
+    assert {by_id[v].get_attribute("data-place") for v in ("v0001", "v0002", "v0005")} == {"lineage"}
+    legend = _css(driver, "#versions .legend-words")[0].text
+    assert "✕ rejected: rejected by the forgetting gate" in legend and "◇ off the active lineage: accepted" in legend
     detail = _css(driver, ".version-detail")[0]
-    assert detail.get_attribute("data-version") == "v0004"
+    assert detail.get_attribute("data-version") == "v0005"
     assert {r.get_attribute("data-task") for r in _css(driver, ".gate-table tbody tr")} == {"source", "topic"}
     assert "python-docs.txt, 60 documents" in detail.text and "final loss" in detail.text
+
+    # the selected version's training-loss curve: a point per logged step of its run, axes with ticks, a label
+    with _api(url) as api:
+        logged = api.get("/v1/models/v0005/training").json()["history"]
+    curve = _wait(driver, lambda d: (f := _css(d, '.training-figure[data-version="v0005"]')) and f[0], "the curve")
+    assert len(curve.find_elements("css selector", '.loss-point[data-series="loss"]')) == len(logged) >= 2
+    assert [int(p.get_attribute("data-step")) for p in curve.find_elements(
+        "css selector", '.loss-point[data-series="loss"]')] == [h["step"] for h in logged]
+    assert curve.find_elements("css selector", ".loss-line") and len(curve.find_elements("css selector",
+                                                                                        ".tick-label")) >= 4
+    assert "training loss per logged step" in curve.find_element("css selector", "svg").get_attribute("aria-label")
+
+    # settings side by side: v0005 against its parent v0002 by default; the learning rate differs, in words
+    compare = _wait(driver, lambda d: (r := _css(d, '#settings-compare tr[data-setting="lr"]')) and r[0], "lr's row")
+    assert Select(driver.find_element("id", "compare-a")).first_selected_option.get_attribute("value") == "v0002"
+    assert Select(driver.find_element("id", "compare-b")).first_selected_option.get_attribute("value") == "v0005"
+    assert compare.get_attribute("data-differs") == "yes" and "≠ differs" in compare.text
+    assert "1e-05" in compare.text or "0.000010" in compare.text
+    same = _css(driver, '#settings-compare tr[data-setting="max_length"]')[0]
+    assert same.get_attribute("data-differs") == "no" and "= same" in same.text
+    Select(driver.find_element("id", "compare-a")).select_by_value("v0003")  # the rejected run: other steps too
+    _wait(driver, lambda d: _css(d, '#settings-compare tr[data-setting="steps"]')[0].get_attribute("data-differs")
+          == "yes", "steps differing between v0003 and v0005")
+    assert "differ between v0003 and v0005" in driver.find_element("id", "compare-summary").text
+
+    # importance: the diff opens on the selected version against its parent, not on a version against itself
+    diff = _wait(driver, lambda d: (f := _css(d, ".diff-heatmap")) and f[0], "the diff")
+    assert (diff.get_attribute("data-a"), diff.get_attribute("data-b")) == ("v0002", "v0005")
 
     # keyboard: Tab reaches the rejected version's node, Enter selects it, and its gate says rejected per task
     body = driver.find_element("tag name", "body")
@@ -211,12 +299,13 @@ def test_the_page_shows_versions_importance_tasks_and_jobs(history, driver, tmp_
                                                                                       "topic": "rejected"}
     assert all("✕ rejected" in r.text and "v0002" in r.text for r in rows)
     assert "Forgetting gate: rejected" in _css(driver, ".version-detail")[0].text
+    _wait(driver, lambda d: _css(d, '.training-figure[data-version="v0003"]'), "v0003's curve")
     _screenshot(driver.find_element("id", "versions"), "ui-versions.png", tmp_path)
 
     # importance: a heatmap per adapted version, a cell per head or neuron of each layer, one shared scale
-    figures = _wait(driver, lambda d: len(_css(d, ".version-heatmap")) == 3 and _css(d, ".version-heatmap"),
-                    "three heatmaps")
-    assert [f.get_attribute("data-version") for f in figures] == ["v0002", "v0003", "v0004"]
+    figures = _wait(driver, lambda d: len(_css(d, ".version-heatmap")) == 4 and _css(d, ".version-heatmap"),
+                    "four heatmaps")
+    assert [f.get_attribute("data-version") for f in figures] == ["v0002", "v0003", "v0004", "v0005"]
     units = _units(url, "v0002")["cumulative"]
     for figure in figures:
         for panel in figure.find_elements("css selector", ".panel"):
@@ -228,8 +317,7 @@ def test_the_page_shows_versions_importance_tasks_and_jobs(history, driver, tmp_
     assert len(_css(driver, "#importance-body > svg.legend")) == 1  # one scale, labelled, for every version
     assert "0.00" in _css(driver, "#importance-body > svg.legend")[0].text
 
-    # the diff of two chosen versions: which units v0003 claimed over v0002
-    Select(driver.find_element("id", "diff-b")).select_by_value("v0003")
+    # the diff followed the selection: which units v0003 claimed over its parent v0002
     diff = _wait(driver, lambda d: (f := _css(d, ".diff-heatmap")) and f[0].get_attribute("data-b") == "v0003"
                  and f[0], "the diff v0002 -> v0003")
     assert diff.get_attribute("data-a") == "v0002"
@@ -239,21 +327,50 @@ def test_the_page_shows_versions_importance_tasks_and_jobs(history, driver, tmp_
     assert claimed == {g: _crossed(a[g], b[g]) for g in ("head", "intermediate", "output")}
     assert len(diff.find_elements("css selector", "rect.cell")) == sum(len(m) * len(m[0]) for m in a.values())
     _screenshot(driver.find_element("id", "importance-diff"), "ui-importance-diff.png", tmp_path)
+    # v0002's parent is the base model, which has no importance: the page says so and shows a child against it
+    _click(driver, '.version-node[data-version="v0002"]')
+    note = _wait(driver, lambda d: (n := _css(d, "#importance-diff .diff-note")) and n[0], "the note")
+    assert "parent v0001 is the base model" in note.text and "nothing to compare v0002 with" in note.text
+    diff = _wait(driver, lambda d: (f := _css(d, ".diff-heatmap")) and f[0].get_attribute("data-a") == "v0002"
+                 and f[0], "the diff from v0002")
+    assert diff.get_attribute("data-b") == "v0005"  # its child on the active lineage
 
-    # end tasks: both tasks, a score per version, the rejected version off the lineage's line
+    # end tasks: both tasks, a score per version; the line runs through the active lineage only, the rolled-back
+    # v0004 hangs off its fork as a dashed branch, the rejected v0003 is a cross without a line
     tasks = _css(driver, "article.task")
     assert [t.get_attribute("data-task") for t in tasks] == ["source", "topic"]
     for task in tasks:
-        points = {p.get_attribute("data-version"): p.get_attribute("class")
+        places = {p.get_attribute("data-version"): p.get_attribute("data-place")
                   for p in task.find_elements("css selector", ".point")}
-        assert set(points) == {"v0001", "v0002", "v0003", "v0004"} and "off-lineage" in points["v0003"]
+        assert places == {"v0001": "lineage", "v0002": "lineage", "v0003": "rejected", "v0004": "branch",
+                          "v0005": "lineage"}
+        assert task.find_elements("css selector", '.point[data-version="v0003"] .cross')
+        assert task.find_elements("css selector", '.point[data-version="v0004"] .diamond')
+        assert task.find_element("css selector", ".score-line").get_attribute("data-versions") == "v0001 v0002 v0005"
+        branches = [(b.get_attribute("data-from"), b.get_attribute("data-to"))
+                    for b in task.find_elements("css selector", ".branch-line")]
+        assert branches == [("v0002", "v0004")]
         assert task.find_elements("css selector", ".band") and "reference" in task.text
+        assert "rejected by the forgetting gate" in task.find_element("css selector", ".chart-legend").text
+        # no value label sits on an axis tick label, a mark or another value label
+        chart = task.find_element("css selector", "svg.task-chart")
+        assert len(chart.find_elements("css selector", ".point-label")) == 5
+        assert driver.execute_script(OVERLAPS, chart) == []
     texts = driver.find_element("id", "predict-texts")
     texts.send_keys("Permission is hereby granted, free of charge, to any person obtaining a copy")
     driver.find_element("css selector", "form.predict button[type=submit]").click()
     answer = _wait(driver, lambda d: (t := _css(d, "#predict-out table")) and t[0], "a prediction")
-    assert "answered by v0004" in answer.text
+    assert "answered by v0005" in answer.text
     assert answer.find_elements("css selector", "tbody td")[1].text in {"code", "licence"}
+
+    # jobs: a fit says which task on which version, an adaptation parent → version (read at once: the table is
+    # redrawn every second while a job runs)
+    rows = _wait(driver, lambda d: d.execute_script(
+        "return [...document.querySelectorAll('tr.job')].map((r) => [r.cells[1].textContent, "
+        "r.querySelector('.job-version').textContent])"), "the jobs table")
+    assert sorted(text for kind, text in rows if kind == "fit") == ["task source on v0001", "task topic on v0001"]
+    assert not [text for _, text in rows if "v0001 → v0001" in text]
+    assert ["adapt", "v0002 → v0005"] in rows
 
     # jobs: the running adaptation's progress moves while the page polls it
     def step() -> int:
@@ -268,6 +385,8 @@ def test_the_page_shows_versions_importance_tasks_and_jobs(history, driver, tmp_
           "the rejected job with its error")
     assert driver.execute_script("return document.documentElement.scrollWidth") <= 1280  # no sideways scrolling
     driver.save_screenshot(str(tmp_path / "ui-page-1280x800.png"))
+    # with the token, nothing the page asked for failed: no 404 (no evaluations configured, no favicon), no error
+    assert _failed_loads(_console(driver)) == []
 
     # cancel: refused with the inference token (the page shows the 401), done with the management token
     _click(driver, f'button.cancel[data-job="{running}"]')

@@ -96,15 +96,20 @@ def test_the_api_lists_an_evaluation_and_gives_its_matrices_and_points(service_s
         assert missing.status_code == 404 and NAME in missing.json()["detail"]
 
 
-def test_without_eval_results_the_routes_answer_404(service_settings):
+def test_without_eval_results_the_list_is_empty_and_a_name_is_404(service_settings):
+    """None configured: the collection is empty (200, what the page asks for without an error in the console), and
+    an evaluation named anyway is a 404 that says how to configure one."""
     from fastapi.testclient import TestClient
 
     from das.app import build_app
 
     settings = service_settings.model_copy(update={"inference_token": INFER, "management_token": MGMT})
     with TestClient(build_app(settings)) as client:
-        answer = client.get("/v1/evaluations", headers={"Authorization": f"Bearer {INFER}"})
-        assert answer.status_code == 404 and "--eval-results" in answer.json()["detail"]
+        auth = {"Authorization": f"Bearer {INFER}"}
+        listed = client.get("/v1/evaluations", headers=auth)
+        assert listed.status_code == 200 and listed.json() == []
+        named = client.get("/v1/evaluations/eval18", headers=auth)
+        assert named.status_code == 404 and "--eval-results" in named.json()["detail"]
 
 
 @pytest.mark.parametrize("content, says", [

@@ -5,6 +5,7 @@ Start it with `das worker --broker redis://...`; the task runs worker.jobs.run_j
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -17,6 +18,7 @@ from das_settings.environment import warn_unknown_variables
 from das_settings.logs import configure_logging
 
 from .context import Outcome
+from .health import busy_marker
 from .jobs import run_job
 from .queue import TASK_NAME, make_celery, send_job
 from .redelivery import start_redelivery
@@ -67,6 +69,17 @@ def _watch_for_stalled_jobs(**_) -> None:
     settings, ctx = get_settings(), _context()
     start_redelivery(ctx.jobs, lambda job_id: send_job(celery, settings, job_id), settings.redeliver_after_s,
                      ctx.stop)
+
+
+@signals.task_prerun.connect
+def _mark_busy(task, args, **_) -> None:
+    """While a task runs the solo pool answers no ping: `das worker --ping` finds the job here (worker.health)."""
+    busy_marker(task.request.hostname).write_text(json.dumps({"job": args[0], "pid": os.getpid()}))
+
+
+@signals.task_postrun.connect
+def _mark_idle(task, **_) -> None:
+    busy_marker(task.request.hostname).unlink(missing_ok=True)
 
 
 @signals.worker_shutting_down.connect

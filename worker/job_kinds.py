@@ -50,7 +50,8 @@ def run_adapt_job(job: Job, ctx: WorkerContext, reporter: ProgressReporter) -> s
                              force=force, on_progress=reporter, should_stop=reporter.should_stop, request_id=job.id,
                              train_procs=ctx.train_procs)
     if manifest.status == "active":
-        queue_missing_fits(ctx.store, ctx.jobs, manifest.id, ctx.submit)  # finetune tasks, and any a gate missed
+        # finetune tasks, and any a gate missed; asked for by the request that asked for this job
+        queue_missing_fits(ctx.store, ctx.jobs, manifest.id, ctx.submit, job.request_id)
     else:
         active = ctx.store.active_id()
         ctx.jobs.update(job.id, note=f"published as a candidate: {active} became active while this job ran from "
@@ -73,12 +74,12 @@ def run_fit_job(job: Job, ctx: WorkerContext, reporter: ProgressReporter) -> str
     if reporter.should_stop():
         raise JobStopped("stopped before the fit began")
 
-    def on_step(step: int, total: int, loss: float) -> None:
-        reporter(Progress(phase="train", step=step, total=total, losses={"loss": loss}))
-        if reporter.should_stop():
-            raise JobStopped(f"stopped at step {step} of {total}")
+    def report(progress: Progress) -> None:
+        reporter(progress)
+        if progress.phase == "fit" and progress.step < progress.total and reporter.should_stop():
+            raise JobStopped(f"stopped at {progress.phase} {progress.step} of {progress.total}")
 
-    fit_task_model(ctx.store, definition, job.parent, device=ctx.device, on_step=on_step)
+    fit_task_model(ctx.store, definition, job.parent, device=ctx.device, report=report)
     return job.parent
 
 
@@ -110,7 +111,7 @@ def run_predict_job(job: Job, ctx: WorkerContext, reporter: ProgressReporter) ->
                                                    strict=True))
             out.flush()
             done += len(batch)
-            _report(ctx, job, done, len(lines), (done - first) / max(time.monotonic() - started, 1e-9))
+            _report(reporter, done, len(lines), (done - first) / max(time.monotonic() - started, 1e-9))
     sha = ctx.store.blobs.put(partial)
     ctx.jobs.update(job.id, output_sha256=sha)
     partial.unlink(missing_ok=True)
@@ -133,10 +134,9 @@ def _output_line(line: BatchLine, answer: dict[str, Any]) -> str:
     return json.dumps({"id": line.id, **answer}, ensure_ascii=False, separators=(",", ":")) + "\n"
 
 
-def _report(ctx: WorkerContext, job: Job, done: int, total: int, lines_per_s: float) -> None:
+def _report(reporter: ProgressReporter, done: int, total: int, lines_per_s: float) -> None:
     eta = (total - done) / lines_per_s if lines_per_s > 0 else None
-    ctx.jobs.update(job.id, progress={"phase": "predict", "step": done, "total": total, "losses": {},
-                                      "eta_s": None if eta is None else round(eta, 1)})
+    reporter(Progress("predict", done, total, eta_s=eta))
 
 
 # kind -> the work itself: returns the version it published (fitted on, answered with), or raises JobStopped

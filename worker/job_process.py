@@ -26,6 +26,7 @@ from multiprocessing.context import BaseContext
 
 from das_formats.exits import describe_exit
 from das_settings import Settings
+from das_settings.logs import log_fields
 from job_records import TERMINAL
 
 from .context import Outcome, WorkerContext
@@ -61,7 +62,14 @@ def start_fork_server() -> None:
 
 
 def run_in_child(job_id: str, ctx: WorkerContext, settings: Settings) -> Outcome:
-    """Run job `job_id` in a child process and return its outcome; a child that died fails the job (DONE)."""
+    """Run job `job_id` in a child process and return its outcome; a child that died fails the job (DONE). The
+    lines logged here, and those of the child relayed here, carry the job's id and its request's."""
+    job = ctx.jobs.get(job_id)
+    with log_fields(job_id=job_id, request_id=job.request_id if job is not None else None):
+        return _run_in_child(job_id, ctx, settings)
+
+
+def _run_in_child(job_id: str, ctx: WorkerContext, settings: Settings) -> Outcome:
     job = ctx.jobs.get(job_id)
     if job is None or job.state in TERMINAL:  # nothing to run: no child for it
         if job is not None:  # say, a batch cancelled while it waited after yielding: its answers so far go

@@ -16,6 +16,7 @@ import time
 import redis.exceptions
 
 from das_formats.corpus import CorpusError
+from das_settings.logs import log_fields
 from job_records import TERMINAL, Job
 from model_store.locks import StoreLocked
 from pipeline.adaptation import finish_publication
@@ -36,6 +37,14 @@ INVALID_INPUT = (CorpusError, ValueError)
 
 
 def run_job(job_id: str, ctx: WorkerContext) -> Outcome:
+    """Run job `job_id`; every line logged meanwhile carries the job's id and the id of the HTTP request that asked
+    for it (`request_id`, when one did)."""
+    job = ctx.jobs.get(job_id)
+    with log_fields(job_id=job_id, request_id=job.request_id if job is not None else None):
+        return _run_job(job_id, ctx)
+
+
+def _run_job(job_id: str, ctx: WorkerContext) -> Outcome:
     job = ctx.jobs.get(job_id)
     if job is None or job.state in TERMINAL:
         if job is not None:  # say, cancelled while it was queued: the cancel route ended it, nothing to run
@@ -97,7 +106,10 @@ def _run_claimed(job_id: str, ctx: WorkerContext) -> Outcome:
     attempt_started = time.monotonic()
     reporter = ProgressReporter(ctx, job_id)
     try:
-        version = work(job, ctx, reporter)
+        try:
+            version = work(job, ctx, reporter)
+        finally:
+            reporter.finish()
     except JobStopped as stopped:  # by the user, by a shutdown that leaves it resumable, or yielding its turn
         if reporter.cancelled:
             return end_job(ctx, job_id, "cancelled")

@@ -12,7 +12,7 @@ from model_store.aliases import PRODUCTION, AliasNotFound, AliasStore, alias_nam
 from model_store.names import InvalidName, version_id
 from model_store.store import StoreError, VersionNotFound
 
-from ..deps import ManagementAuth, ServiceDep
+from ..deps import ManagementAuth, RequestId, ServiceDep
 from ..versions import activate_version
 
 router = APIRouter(prefix="/v1/aliases", tags=["aliases"])
@@ -47,7 +47,7 @@ def list_aliases(*, service: ServiceDep) -> dict[str, str]:
 
 
 @router.put("/{name}", response_model=AliasOut, dependencies=[ManagementAuth])
-def set_alias(*, service: ServiceDep, name: str, body: AliasIn) -> AliasOut:
+def set_alias(*, service: ServiceDep, request_id: RequestId, name: str, body: AliasIn) -> AliasOut:
     """Point an alias at a version (an alias that exists moves). Setting `production` activates the version, exactly
     as POST /v1/models/{version}/activate does (every API process swaps to it, end-task fits are queued)."""
     try:
@@ -57,7 +57,7 @@ def set_alias(*, service: ServiceDep, name: str, body: AliasIn) -> AliasOut:
         raise _invalid(err) from None
     if name == PRODUCTION:
         before = service.store.active_id()
-        activated = activate_version(service, body.version)
+        activated = activate_version(service, body.version, request_id)
         return AliasOut(name=name, version=activated.id, previous=before, fit_jobs=activated.fit_jobs)
     try:
         previous = AliasStore(service.store).set(name, body.version)

@@ -21,7 +21,8 @@ from job_records.job import AnswerKind, PredictRequest
 from model_store.names import InvalidName
 from model_store.tasks import TaskStore, task_name
 
-from ..deps import CallerRole, ServiceDep
+from ..deps import CallerRole, RequestId, ServiceDep
+from ..job_ids import named_job
 from ..queueing import queue_job
 from ..schemas import BatchAccepted, JobOut
 from ..uploads import safe_filename, save_upload, upload_dir
@@ -31,7 +32,7 @@ router = APIRouter(prefix="/v1/batch-predictions", tags=["batch predictions"])
 
 @router.post("", status_code=202, response_model=BatchAccepted)
 async def create_batch_prediction(
-    *, service: ServiceDep, role: CallerRole,
+    *, service: ServiceDep, role: CallerRole, request_id: RequestId,
     file: Annotated[UploadFile, File(description='UTF-8 JSONL, one {"text": ..., "id": ...} object per line '
                                                  '("id" is optional: the line number by default)')],
     kind: Annotated[AnswerKind, Form(description="what each line gets: predict (end-task labels), embed (an "
@@ -66,7 +67,7 @@ async def create_batch_prediction(
     cut = truncate or service.settings.auto_truncate  # decided now: the job answers as its upload was told
     job = service.jobs.create(PredictRequest(sha, len(lines), kind, tuple(names), top_k,
                                              safe_filename(file.filename or "input.jsonl"), truncate=cut,
-                                             submitted_by=role))
+                                             submitted_by=role, request_id=request_id))
     queue_job(service, job.id, retry="upload the file again later")
     return BatchAccepted(job_id=job.id, lines=len(lines), kind=kind, tasks=names, input_sha256=sha, truncate=cut)
 
@@ -74,9 +75,8 @@ async def create_batch_prediction(
 @router.delete("/{job_id}", response_model=JobOut)
 def cancel_batch_prediction(*, service: ServiceDep, job_id: str) -> JobOut:
     """Cancel a batch prediction: a queued one at once, a running one after its current batch of lines."""
-    job = service.jobs.get(job_id)
-    if job is None:
-        raise HTTPException(404, f"no job {job_id}")
+    job = named_job(service, job_id)
+    job_id = job.id
     if job.kind != "predict":
         raise HTTPException(409, f"job {job_id} is a {job.kind} job, not a batch prediction; cancel it with "
                                  f"DELETE /v1/jobs/{job_id} (management token)")
@@ -134,6 +134,9 @@ def _check_masks(service, lines: list[BatchLine]) -> None:
     if current is None:
         raise HTTPException(503, "no version is loaded yet, so the mask token is unknown; retry shortly",
                             headers={"Retry-After": "2"})
+    if current.kind != "masked":
+        raise HTTPException(409, f"{current.version} is a {current.kind} language model: it has no mask token to "
+                                 "fill; upload with kind=embed or kind=predict (generation is POST /v1/completions)")
     for line in lines:
         if current.mask_token not in line.text:
             raise HTTPException(422, f'line {line.number}: "text" holds no mask token {current.mask_token!r}')

@@ -12,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from job_records import PENDING, AdaptRequest
 from pipeline.corpus_intake import IntakeRefused, check_corpus, check_request, job_limits, too_large
 
-from ..deps import ManagementAuth, ServiceDep
+from ..deps import ManagementAuth, RequestId, ServiceDep
 from ..queueing import queue_job
 from ..schemas import CorpusAccepted
 from ..uploads import safe_filename, save_upload, setting_form_fields, upload_dir
@@ -23,7 +23,7 @@ router = APIRouter(prefix="/v1/corpora", tags=["corpora"], dependencies=[Managem
 @router.post("", status_code=202, response_model=CorpusAccepted)
 @setting_form_fields
 async def upload_corpus(
-    *, service: ServiceDep,
+    *, service: ServiceDep, request_id: RequestId,
     file: Annotated[UploadFile, File(description="UTF-8 text, one document per line, or JSONL with 'text'")],
     domain: Annotated[str, Form(description="name of the domain, e.g. clinical")],
     force: Annotated[bool, Form(description="activate the new version even if the forgetting gate rejects it "
@@ -59,7 +59,8 @@ async def upload_corpus(
     if pending is not None:
         return CorpusAccepted(job_id=pending.id, corpus_id=info.sha256, documents=documents,
                               corpus_known=known, duplicate_of_pending_job=True)
-    job = service.jobs.create(AdaptRequest(domain, info.sha256, documents, settings, info.filename))
+    job = service.jobs.create(AdaptRequest(domain, info.sha256, documents, settings, info.filename,
+                                           request_id=request_id))
     queue_job(service, job.id)
     return CorpusAccepted(job_id=job.id, corpus_id=info.sha256, documents=documents, corpus_known=known,
                           duplicate_of_pending_job=False)

@@ -145,17 +145,12 @@ def load_evaluations(paths: Sequence[Path]) -> dict[str, Evaluation]:
 
 
 def _configured(request: Request) -> dict[str, Evaluation]:
-    evaluations = getattr(request.app.state, "evaluations", {})
-    if not evaluations:
-        raise HTTPException(404, "no evaluation results are configured: start the server with "
-                                 "`das serve --eval-results FILE` (or DAS_EVAL_RESULTS) to show a `das eval` "
-                                 "results.json")
-    return evaluations
+    return getattr(request.app.state, "evaluations", {})
 
 
 @router.get("", response_model=list[EvaluationItem])
 def list_evaluations(request: Request) -> list[EvaluationItem]:
-    """The `das eval` results this server was started with (`das serve --eval-results`); 404 when none."""
+    """The `das eval` results this server was started with (`das serve --eval-results`); an empty list when none."""
     return [e.item for e in _configured(request).values()]
 
 
@@ -164,6 +159,10 @@ def get_evaluation(name: str, request: Request) -> EvaluationOut:
     """One evaluation as the /ui page draws it: per method the a[T, i] matrices (mean over seeds) and the
     equal-learning points (forgetting against new-domain gain)."""
     evaluations = _configured(request)
+    if not evaluations:
+        raise HTTPException(404, f"no evaluation {name!r}: none is configured; start the server with "
+                                 "`das serve --eval-results FILE` (or DAS_EVAL_RESULTS) to show a `das eval` "
+                                 "results.json")
     if name not in evaluations:
         raise HTTPException(404, f"no evaluation {name!r}; the configured ones: {', '.join(evaluations)}")
     return evaluations[name].detail

@@ -2,48 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import struct
 
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import Response
 
-from serving.errors import InputError, NotReady, QueueFull
-
 from ..deps import ServiceDep
 from ..schemas import EmbeddingsIn, EmbeddingsOut, FillMaskIn, FillMaskOut, OpenAIEmbeddingsOut
-from ..texts import check_texts, json_response
+from ..texts import answer_texts, json_response
 from ..versions import VersionQuery, served_version
 
 router = APIRouter(prefix="/v1", tags=["inference"])  # the inference token: api.deps.read_auth, app-wide
-
-
-async def _answer(service, kind: str, texts: list[str], top_k: int = 5, truncate: bool = False, model=None):
-    """(version, answers, the batcher's Answer: `truncated` per text and `tokens`); a text over the model's
-    maximum sequence is a 422 unless `truncate` or DAS_AUTO_TRUNCATE."""
-    check_texts(service, kind, texts)
-    settings = service.settings
-    try:
-        future = service.batcher.submit(kind, texts, top_k, max_tokens=settings.max_request_tokens,
-                                        max_masks=settings.max_masks_per_request,
-                                        truncate=truncate or settings.auto_truncate, model=model)
-    except QueueFull:
-        raise HTTPException(503, "too many requests are waiting; retry shortly", headers={"Retry-After": "1"}) from None
-    try:
-        version, answers = await asyncio.wrap_future(future)
-    except InputError as err:
-        raise HTTPException(422, str(err)) from None
-    except NotReady as err:
-        raise HTTPException(503, str(err), headers={"Retry-After": "2"}) from None
-    return version, answers, future
 
 
 @router.post("/fill-mask", response_model=FillMaskOut)
 async def fill_mask(*, service: ServiceDep, body: FillMaskIn, version: VersionQuery = None) -> Response:
     """Top-k tokens for every mask token in each text (use the model's mask token, see /v1/models/current)."""
     model = await served_version(service, version, body.version)
-    version, results, seen = await _answer(service, "fill_mask", body.texts, body.top_k, body.truncate, model)
+    version, results, seen = await answer_texts(service, "fill_mask", body.texts, body.top_k, body.truncate, model)
     return json_response({"version": version, "results": results, "truncated": seen.truncated})
 
 
@@ -52,7 +29,10 @@ async def embeddings(*, service: ServiceDep, body: EmbeddingsIn, version: Versio
     """Mean-pooled, L2-normalised last hidden states. Sent OpenAI's form ({"input", "model"}), the answer has
     OpenAI's shape ({"object": "list", "data", "model", "usage"}) plus `version` and `truncated`."""
     model = await served_version(service, version, _named_in_body(body))
-    version, vectors, seen = await _answer(service, "embed", body.items, truncate=body.truncate, model=model)
+    version, vectors, seen = await answer_texts(service, "embed", body.items, truncate=body.truncate, model=model)
+    if body.dimensions is not None and body.dimensions != len(vectors[0]):
+        raise HTTPException(422, f"{version}'s vectors have {len(vectors[0])} dimensions, not {body.dimensions}: "
+                                 f"send dimensions={len(vectors[0])} or leave it out")
     if not body.openai:
         return json_response({"version": version, "dimensions": len(vectors[0]), "embeddings": vectors,
                       "truncated": seen.truncated})

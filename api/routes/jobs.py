@@ -8,15 +8,17 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse
 
-from job_records import KINDS, STATES, TERMINAL, Job, JobFilter, cancel_fields
+from job_records import KINDS, PENDING, STATES, TERMINAL, Job, JobFilter, cancel_fields, waiting_for
 from model_store.names import domain_name
 from model_store.tasks import task_name
 
 from ..deps import ManagementAuth, ServiceDep
+from ..job_ids import named_job
 from ..paging import Cursor, Limit, decode_cursor, job_number, page
 from ..schemas import JobOut
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+PENDING_SCAN = 1000  # the pending jobs a queued job's `waiting_for` looks at (of each pending state)
 
 
 def _out(job: Job) -> JobOut:
@@ -46,11 +48,13 @@ def list_jobs(
 
 @router.get("/{job_id}", response_model=JobOut)
 def get_job(*, service: ServiceDep, job_id: str) -> JobOut:
-    """One job: state, progress (step, total, losses, tokens/s, ETA), resulting version, error."""
-    job = service.jobs.get(job_id)
-    if job is None:
-        raise HTTPException(404, f"no job {job_id}")
-    return _out(job)
+    """One job: state, progress (step, total, losses, tokens/s, ETA), resulting version, error. `job_id`: the whole
+    id or a unique prefix of at least 6 characters (409 naming the jobs a shared prefix fits)."""
+    job = named_job(service, job_id)
+    if job.state != "queued":
+        return _out(job)
+    pending = [j for state in PENDING for j in service.jobs.list(PENDING_SCAN, where=JobFilter(state=state))]
+    return JobOut(**dataclasses.asdict(job), waiting_for=waiting_for(job, pending))
 
 
 @router.get("/{job_id}/output", response_class=FileResponse, responses={200: {
@@ -58,9 +62,8 @@ def get_job(*, service: ServiceDep, job_id: str) -> JobOut:
     "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}})
 def get_job_output(*, service: ServiceDep, job_id: str) -> FileResponse:
     """A batch prediction's answers, streamed: 404 until the job has written them, 409 for any other kind of job."""
-    job = service.jobs.get(job_id)
-    if job is None:
-        raise HTTPException(404, f"no job {job_id}")
+    job = named_job(service, job_id)
+    job_id = job.id
     if job.kind != "predict":
         raise HTTPException(409, f"job {job_id} is a {job.kind} job; only batch predictions have an output")
     if job.output_sha256 is None and job.state == "succeeded":
@@ -74,9 +77,7 @@ def get_job_output(*, service: ServiceDep, job_id: str) -> FileResponse:
 @router.delete("/{job_id}", response_model=JobOut, dependencies=[ManagementAuth])
 def cancel_job(*, service: ServiceDep, job_id: str) -> JobOut:
     """Cancel a job: a queued one at once, a running one at its next step (its checkpoint is kept)."""
-    job = service.jobs.get(job_id)
-    if job is None:
-        raise HTTPException(404, f"no job {job_id}")
+    job = named_job(service, job_id)
     if job.state in TERMINAL:
-        raise HTTPException(409, f"job {job_id} already ended ({job.state})")
-    return _out(service.jobs.update(job_id, **cancel_fields(job)))
+        raise HTTPException(409, f"job {job.id} already ended ({job.state})")
+    return _out(service.jobs.update(job.id, **cancel_fields(job)))

@@ -3,27 +3,40 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import tempfile
 from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
+from pydantic import BaseModel, Field
 
 from model_store import importance_history as history
 from model_store.aliases import AliasStore
+from model_store.card import version_card
 from model_store.manifest import STATUSES, Manifest
 from model_store.names import InvalidName, domain_name, version_number
-from model_store.store import DamagedVersion, StoreError
+from model_store.store import CorruptVersion, DamagedVersion, StoreError
+from model_store.training_history import training_history
 
-from ..deps import ManagementAuth, ServiceDep
+from ..deps import ManagementAuth, RequestId, ServiceDep
 from ..paging import Cursor, Limit, decode_cursor, page
 from ..schemas import ActivatedOut, CurrentModel, ModelOut, schema_of
 from ..versions import activate_version, version_manifest
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 DamagedOut = schema_of(DamagedVersion, "DamagedOut")
+
+
+class TrainingOut(BaseModel):
+    version: str
+    steps: int | None = Field(description="the steps the run trained; the history logs every `log_every`-th and the "
+                                          "last")
+    losses: list[str] = Field(description="the loss parts each logged step holds (loss, mlm, contrastive, ...)")
+    history: list[dict[str, int | float | None]] = Field(
+        description="per logged step: step (1-based), lr, tokens_per_s and each loss part (null: not finite)")
 
 
 def _out(manifest: Manifest, aliases: dict[str, list[str]]) -> ModelOut:
@@ -90,12 +103,17 @@ async def get_importance(*, service: ServiceDep, version: str,
                          format: Annotated[Literal["json", "png"], Query()] = "json",
                          units: Annotated[bool, Query(description="JSON only: also every unit's value, layers x "
                                                       "units per group, under `units` (the /ui page draws them)")]
-                         = False):
+                         = False,
+                         diff: Annotated[str | None, Query(description="JSON only: also the change from this other "
+                                                           "version's cumulative importance, under `diff` (as "
+                                                           "`das importance VERSION --diff OTHER`)")] = None):
     """Per-layer importance summaries (cumulative and added), or heatmaps with ?format=png."""
     version_manifest(service, version)
     found = history.version_importance(service.store, version)
     if found is None:
         raise HTTPException(404, f"{version} has no importance: it is the base model")
+    if diff is not None and format == "json":
+        return found.report(units=units) | {"diff": await run_in_threadpool(_importance_diff, service, diff, found)}
     if format == "png":
         def draw() -> bytes:
             with tempfile.TemporaryDirectory() as tmp:
@@ -104,8 +122,50 @@ async def get_importance(*, service: ServiceDep, version: str,
     return found.report(units=units)
 
 
+@router.get("/{version}/training", response_model=TrainingOut)
+def get_training(*, service: ServiceDep, version: str) -> TrainingOut:
+    """The per-step training log of a version (its train_metrics.json's history: the losses, learning rate and
+    tokens/s of every logged step); the manifest's `metrics` holds only the run's summary. 404 for the base model."""
+    version_manifest(service, version)
+    try:
+        found = training_history(service.store, version)
+    except CorruptVersion as err:
+        raise HTTPException(409, str(err)) from None
+    if found is None:
+        raise HTTPException(404, f"{version} has no training history: no run trained it (the base model)")
+    return TrainingOut(version=found.version, steps=found.steps, losses=found.losses,
+                       history=[{k: _finite(v) for k, v in step.items()} for step in found.history])
+
+
+def _finite(value: object) -> int | float | None:
+    """A logged number as JSON can carry it: NaN and infinities (a diverged run) as null."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value if isinstance(value, int) or math.isfinite(value) else None
+
+
+def _importance_diff(service, other: str, found: history.VersionImportance) -> dict:
+    """`das importance --diff`'s figures: `found`'s cumulative importance less `other`'s (404 if it has none)."""
+    version_manifest(service, other)
+    before = history.version_importance(service.store, other)
+    if before is None:
+        raise HTTPException(404, f"{other} has no importance to compare with: it is the base model")
+    try:
+        groups = history.diff(before.cumulative, found.cumulative)
+    except ValueError as err:  # other model shapes
+        raise HTTPException(409, str(err)) from None
+    return {"from": other, "to": found.version, "groups": groups}
+
+
+@router.get("/{version}/card", responses={200: {"content": {"text/markdown": {"schema": {"type": "string"}}}}})
+def get_card(*, service: ServiceDep, version: str) -> PlainTextResponse:
+    """The version's model card: the README.md of its folder (Markdown with YAML front matter), as `das card`."""
+    version_manifest(service, version)
+    return PlainTextResponse(version_card(service.store, version), media_type="text/markdown; charset=utf-8")
+
+
 @router.post("/{version}/activate", response_model=ActivatedOut, dependencies=[ManagementAuth])
-def activate_model(*, service: ServiceDep, version: str) -> ActivatedOut:
+def activate_model(*, service: ServiceDep, request_id: RequestId, version: str) -> ActivatedOut:
     """Make a version active (rollback); every API process swaps to it, and later jobs build on it. Every end task
     without a model on it gets a fit job (listed in `fit_jobs`), so its predictions answer once that job ends."""
-    return activate_version(service, version)
+    return activate_version(service, version, request_id)

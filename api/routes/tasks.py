@@ -21,7 +21,7 @@ from pipeline.task_intake import check_task_files, store_task_data
 from serving.errors import InputError, NotReady, QueueFull, TaskNotServed
 from worker.task_registry import fit_jobs, fit_request
 
-from ..deps import ManagementAuth, ServiceDep
+from ..deps import ManagementAuth, RequestId, ServiceDep
 from ..paging import Cursor, Limit, decode_cursor, page
 from ..queueing import queue_job
 from ..schemas import FitOut, PredictIn, PredictOut, TaskAccepted, TaskOut, TaskPredictOut
@@ -58,7 +58,7 @@ def _task_setting_fields(endpoint):
 @router.post("/tasks", status_code=202, response_model=TaskAccepted, dependencies=[ManagementAuth])
 @_task_setting_fields
 async def register_task(
-    *, service: ServiceDep, request: Request,
+    *, service: ServiceDep, request: Request, request_id: RequestId,
     name: Annotated[str, Form(description="1-64 lowercase letters, digits, '_' or '-'")],
     train: Annotated[UploadFile, File(description='JSONL, one {"text", "label"} per line')],
     eval: Annotated[UploadFile | None, File(description="optional JSONL eval set: scored on every version, "
@@ -103,7 +103,7 @@ async def register_task(
         definition = await run_in_threadpool(
             store_task_data, service.store, name, kind, settings, (train_path, train_set, filenames[0]),
             (eval_path, eval_set, filenames[1]) if eval_path else None)
-    job = service.jobs.create(fit_request(definition))
+    job = service.jobs.create(fit_request(definition, request_id))
     try:
         stored = await run_in_threadpool(tasks.put_definition, dataclasses.replace(definition, job_id=job.id),
                                          replace)

@@ -2,16 +2,21 @@
 import { ApiError, get, listAll, setToken, token } from "./api.js";
 import { h, replace } from "./dom.js";
 import { renderEvaluation } from "./evaluation.js";
-import { renderImportance } from "./importance.js";
+import { renderDiffForSelection, renderImportance } from "./importance.js";
 import { pollJobs, renderJobs } from "./jobs.js";
 import { renderTasks } from "./tasks.js";
 import { renderVersions } from "./versions.js";
 
 const POLL_MS = 1000;
-const state = { models: [], tasks: [], jobs: [], aliases: {}, selected: null, message };
+const state = { models: [], tasks: [], jobs: [], aliases: {}, selected: null, message, onSelect };
 
 function message(text, error = false) {
   replace("status", h("span", { class: error ? "error" : "" }, text));
+}
+
+// a version selected in the tree: the importance diff opens on it against its parent
+function onSelect() {
+  renderDiffForSelection(state).catch((err) => failed("importance-diff", err));
 }
 
 function failed(section, err) {

@@ -1,6 +1,6 @@
 // The Evaluation section: a `das eval` results.json the server was started with (`das serve --eval-results`):
 // per method the a[T, i] matrices (mean over seeds) and the equal-learning (Pareto) plots. Hidden when none.
-import { ApiError, get } from "./api.js";
+import { get } from "./api.js";
 import { h, replace, s } from "./dom.js";
 import { Scale } from "./scale.js";
 
@@ -155,17 +155,9 @@ async function renderOne(state, name) {
 }
 
 export async function renderEvaluation(state) {
-  let listed;
-  try {
-    listed = await get("/v1/evaluations");
-  } catch (err) {
-    if (err instanceof ApiError && err.status === 404) {
-      show(false);  // the server was started without --eval-results
-      return;
-    }
-    throw err;
-  }
-  show(true);
+  const listed = await get("/v1/evaluations");
+  show(listed.length > 0); // none: the server was started without --eval-results
+  if (!listed.length) return;
   const names = listed.map((e) => e.name);
   const chosen = names.includes(state.evaluation) ? state.evaluation : names[0];
   state.evaluation = chosen;

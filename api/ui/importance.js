@@ -2,6 +2,7 @@
 // colour scale, and the difference between two versions (which units the newer one claimed).
 import { get } from "./api.js";
 import { h, replace, s } from "./dom.js";
+import { nearestAncestor, placements } from "./lineage.js";
 import { Scale } from "./scale.js";
 
 const GROUPS = ["head", "intermediate", "output"];
@@ -127,13 +128,70 @@ function versionSelect(id, label, models, selected, onchange) {
       `${m.id} · ${m.domain || "base"} · ${m.status}`)))];
 }
 
+// The pair the diff opens on: the selected version (else the active one) against its nearest ancestor with
+// importance (its parent, unless that is the base model, which has none). A version without one has nothing to be
+// compared with: `note` says so, and the next sensible pair is shown (one of its children against it, else the
+// active version's pair, else the newest version that has a pair, else the two newest versions with importance).
+export function defaultPair(state, models) {
+  const has = new Set(models.map((m) => m.id));
+  const pairOf = (id) => (has.has(id) ? nearestAncestor(state.models, id, (a) => has.has(a)) : null);
+  const active = state.models.find((m) => m.status === "active");
+  const focus = state.models.find((m) => m.id === state.selected) || active || state.models[state.models.length - 1];
+  const a = pairOf(focus.id);
+  if (a) return { a, b: focus.id, note: null };
+  const why = !has.has(focus.id) ? `${focus.id} has no importance (the base model has none), so it has no ` +
+    "difference to show" : `${focus.id}'s parent ${focus.parent} is the base model, which has no importance: ` +
+    `there is nothing to compare ${focus.id} with`;
+  const place = placements(state.models);
+  const paired = models.filter((m) => pairOf(m.id)).reverse(); // newest first
+  const next = paired.find((m) => pairOf(m.id) === focus.id && place.get(m.id) === "lineage")
+    || paired.find((m) => pairOf(m.id) === focus.id && place.get(m.id) !== "rejected")
+    || paired.find((m) => pairOf(m.id) === focus.id)
+    || paired.find((m) => m.id === active?.id) || paired[0];
+  if (next) return { a: pairOf(next.id), b: next.id, note: `${why}; showing ${next.id} against ${pairOf(next.id)}.` };
+  if (models.length >= 2) {
+    const [older, newer] = models.slice(-2);
+    return { a: older.id, b: newer.id, note: `${why}; no version with importance has a parent with importance, so ` +
+      `${newer.id} is shown against ${older.id}, which is not its parent.` };
+  }
+  return { a: null, b: null, note: `${why}; only ${models.length ? models[0].id : "no version"} has importance, ` +
+    "and a difference needs two." };
+}
+
+let diffTicket = 0;
+
+// The diff again, for the version just selected in the tree (versions.js calls it through state.onSelect).
+export function renderDiffForSelection(state) {
+  const models = state.models.filter((m) => m.files && m.files["importance.safetensors"]);
+  if (document.getElementById("importance-diff") && models.length) return renderDiff(state, models);
+  return Promise.resolve();
+}
+
 async function renderDiff(state, models) {
   const root = document.getElementById("importance-diff");
-  const active = models.find((m) => m.status === "active") || models[models.length - 1];
-  const before = models.find((m) => m.id === active.parent) || models[0];
-  state.diffA = state.diffA && models.some((m) => m.id === state.diffA) ? state.diffA : before.id;
-  state.diffB = state.diffB && models.some((m) => m.id === state.diffB) ? state.diffB : active.id;
+  const ticket = ++diffTicket;
+  const known = (id) => models.some((m) => m.id === id);
+  if (state.diffFor !== state.selected || !known(state.diffA) || !known(state.diffB)) {
+    const pair = defaultPair(state, models);
+    [state.diffA, state.diffB, state.diffFor, state.diffNote] = [pair.a, pair.b, state.selected, pair.note];
+  }
+  const note = state.diffNote;
+  const pick = (key) => (e) => { state[key] = e.target.value; state.diffNote = null; renderDiff(state, models); };
+  const controls = h("div", { class: "controls" },
+    versionSelect("diff-a", "From ", models, state.diffA, pick("diffA")), " ",
+    versionSelect("diff-b", " to ", models, state.diffB, pick("diffB")));
+  const said = note ? h("p", { class: "diff-note", role: "note" }, note) : null;
+  if (state.diffA === null || state.diffB === null) {
+    replace(root, controls, said);
+    return;
+  }
+  if (state.diffA === state.diffB) {
+    replace(root, controls, said, h("p", { class: "diff-note" }, `${state.diffA} against itself has no difference: ` +
+      "choose two versions."));
+    return;
+  }
   const [a, b] = await Promise.all([unitsOf(state.diffA), unitsOf(state.diffB)]);
+  if (ticket !== diffTicket) return; // another selection drew the diff meanwhile
   const delta = {};
   const rows = [];
   let shapes = true;
@@ -152,17 +210,14 @@ async function renderDiff(state, models) {
       h("td", {}, (change.reduce((x, y) => x + y, 0) / change.length).toFixed(4)),
       h("td", {}, Math.max(...change.map(Math.abs)).toFixed(4))));
   }
-  const pick = (key) => (e) => { state[key] = e.target.value; renderDiff(state, models); };
-  const controls = h("div", { class: "controls" },
-    versionSelect("diff-a", "From ", models, state.diffA, pick("diffA")), " ",
-    versionSelect("diff-b", " to ", models, state.diffB, pick("diffB")));
   if (!shapes) {
-    replace(root, controls, h("p", { class: "error" }, "These versions' importance has other shapes (other models)."));
+    replace(root, controls, said, h("p", { class: "error" }, "These versions' importance has other shapes (other " +
+      "models)."));
     return;
   }
   const m = Math.max(0.05, ...GROUPS.map((g) => Math.max(...delta[g].flat().map(Math.abs))));
   const scale = new Scale(-m, m, true);
-  replace(root, controls,
+  replace(root, controls, said,
     h("p", { class: "muted" }, `Cumulative importance of ${state.diffB} minus that of ${state.diffA}: units ` +
       `${state.diffB} claimed are red, units it released blue.`),
     scale.legend(`change ${state.diffA} → ${state.diffB}`, `less important in ${state.diffB}`,

@@ -11,6 +11,20 @@ function what(job) {
   return job.kind;
 }
 
+// The version a job works with, said per kind: an adaptation builds a new one from its parent, a fit fits a task's
+// model on one, a batch prediction answers with one (the record's `parent`, set when the job first starts).
+function versionOf(job) {
+  const on = job.version || job.parent;
+  if (job.kind === "adapt") {
+    if (job.parent && job.version) return `${job.parent} → ${job.version}`;
+    return job.parent ? `from ${job.parent}` : "–";
+  }
+  if (!on) return "– (chosen when it starts)";
+  if (job.kind === "fit") return `task ${job.task} on ${on}`;
+  if (job.kind === "predict") return `answers with ${on}`;
+  return on;
+}
+
 function progressOf(job) {
   const p = job.progress || {};
   if (!p.step && p.step !== 0) return h("span", { class: "muted" }, p.phase || "–");
@@ -41,7 +55,7 @@ function jobRow(job, state, refresh) {
   return h("tr", { class: `job job-${job.state}`, "data-job": job.id, "data-state": job.state },
     h("td", {}, h("code", { title: job.id }, job.id.slice(0, 8))),
     h("td", {}, job.kind), h("td", {}, h("span", { class: `state state-${job.state}` }, job.state)),
-    h("td", {}, what(job)), h("td", {}, job.parent || "–", job.version ? ` → ${job.version}` : ""),
+    h("td", {}, what(job)), h("td", { class: "job-version" }, versionOf(job)),
     h("td", {}, (job.created || "").replace("T", " ").slice(0, 19)),
     h("td", {}, PENDING.includes(job.state) ? progressOf(job) : job.finished ? `ended ${job.finished
       .replace("T", " ").slice(0, 19)}` : "–",

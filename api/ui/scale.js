@@ -52,3 +52,14 @@ export class Scale {
              s("text", { x: width + 24, y: 64, "text-anchor": "end", class: "tick" }, `${highWord} →`));
   }
 }
+
+// Round axis ticks (steps of 1, 2 or 5 times a power of ten) from lo to hi, about n of them.
+export function niceTicks(lo, hi, n = 5) {
+  if (!(hi > lo)) return [lo];
+  const raw = (hi - lo) / n;
+  const power = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 5, 10].map((f) => f * power).find((st) => st >= raw);
+  const ticks = [];
+  for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) ticks.push(Number(v.toPrecision(12)));
+  return ticks;
+}

@@ -1,6 +1,9 @@
 // Versions: the lineage as a tree, and the selected version's detail (corpus, settings, training, the gate).
 import { call } from "./api.js";
-import { duration, fmt, h, replace, statusBadge } from "./dom.js";
+import { STATUS_MARK, duration, fmt, h, replace, statusBadge } from "./dom.js";
+import { PLACES, placements } from "./lineage.js";
+import { renderSettingsCompare } from "./settings.js";
+import { drawTraining } from "./training.js";
 
 function children(models) {
   const byParent = new Map();
@@ -19,18 +22,31 @@ function gateWord(m) {
   return gate.rejected ? "gate rejected" : "gate accepted";
 }
 
-function node(m, byParent, state, select) {
+function node(m, byParent, state, select, place) {
   const aliases = (m.aliases || []).filter((a) => a !== "production");
+  const where = place.get(m.id);
   const button = h("button", { type: "button", class: `version-node${m.id === state.selected ? " selected" : ""}`,
-                               "data-version": m.id, "aria-pressed": m.id === state.selected ? "true" : "false",
-                               onclick: () => select(m.id) },
+                               "data-version": m.id, "data-place": where,
+                               "aria-pressed": m.id === state.selected ? "true" : "false", onclick: () => select(m.id) },
     h("span", { class: "version-id" }, m.id), " ", statusBadge(m.status), " ",
     h("span", { class: "muted" }, m.domain ? `${m.domain}` : "base model"),
     aliases.map((a) => [" ", h("span", { class: "alias" }, `@${a}`)]),
     gateWord(m) ? [" ", h("span", { class: `gate-word ${m.evaluation.gate.rejected ? "rejected" : ""}` },
-                          gateWord(m))] : null);
+                          gateWord(m))] : null,
+    // a rolled-back or other-branch version that its gate accepted: not marked like a rejected one
+    where === "branch" ? [" ", h("span", { class: "branch-word" }, `${PLACES.branch.mark} off the active lineage`)]
+      : null);
   const kids = byParent.get(m.id) || [];
-  return h("li", {}, button, kids.length ? h("ul", {}, kids.map((k) => node(k, byParent, state, select))) : null);
+  return h("li", {}, button, kids.length ? h("ul", {}, kids.map((k) => node(k, byParent, state, select, place)))
+    : null);
+}
+
+function legend() {
+  const statuses = Object.entries(STATUS_MARK).filter(([status]) => status !== "rejected")
+    .map(([status, mark]) => `${mark} ${status}`);
+  return h("p", { class: "legend-words muted" }, "Marks: ", [...statuses,
+    `${STATUS_MARK.rejected} rejected: ${PLACES.rejected.words}`,
+    `${PLACES.branch.mark} ${PLACES.branch.words}`].join(" · "));
 }
 
 function row(label, ...value) {
@@ -81,6 +97,8 @@ function detail(m, state, refresh) {
         await refresh();
       } catch (err) { state.message(err.message, true); }
     } }, m.status === "active" ? "Active now" : `Activate ${m.id} (management token)`);
+  const training = h("div", { class: "training", id: "training-chart" });
+  drawTraining(training, m);
   return h("article", { class: "version-detail", "data-version": m.id, "aria-labelledby": "version-title" },
     h("h3", { id: "version-title", tabindex: "-1" }, `${m.id} `, statusBadge(m.status)),
     h("dl", {},
@@ -96,6 +114,7 @@ function detail(m, state, refresh) {
       row("steps", fmt(metrics.steps), metrics.tokens_per_s ? `, ${fmt(metrics.tokens_per_s, 0)} tokens/s` : ""),
       row("final loss", losses.length ? losses.map(([k, v]) => `${k} ${fmt(v, 4)}`).join(", ") : "–")),
     settingsTable(m.settings),
+    training,
     m.evaluation && m.evaluation.gate ? gateTable(m.evaluation.gate) : h("p", {}, "No gate decision recorded " +
       "(the base model, or no end task had an eval set when it was made)."),
     h("p", {}, activate));
@@ -113,15 +132,21 @@ export function renderVersions(state, refresh) {
     state.selected = id;
     renderVersions(state, refresh);
     document.querySelector(`.version-node[data-version="${id}"]`)?.focus();
+    if (state.onSelect) state.onSelect(); // the importance diff follows the selection
   };
   const byParent = children(models);
+  const place = placements(models);
+  const compare = h("div", { id: "settings-compare", class: "compare" });
   const counts = ["active", "candidate", "retired", "rejected", "archived"]
     .map((st) => [st, models.filter((m) => m.status === st).length]).filter(([, n]) => n);
   replace("versions-body",
     h("p", { class: "muted" }, `${models.length} versions: ` + counts.map(([st, n]) => `${n} ${st}`).join(", ") +
       (active ? `; ${active.id} answers requests.` : ".")),
+    legend(),
     h("div", { class: "split" },
       h("nav", { class: "lineage", "aria-label": "lineage" },
-        h("ul", { class: "tree" }, (byParent.get(null) || []).map((m) => node(m, byParent, state, select)))),
-      detail(models.find((m) => m.id === state.selected), state, refresh)));
+        h("ul", { class: "tree" }, (byParent.get(null) || []).map((m) => node(m, byParent, state, select, place)))),
+      detail(models.find((m) => m.id === state.selected), state, refresh)),
+    compare);
+  renderSettingsCompare(state, compare);
 }

@@ -19,12 +19,14 @@ from .models import (
     Activation,
     AliasChange,
     Candidate,
+    Completion,
     CorpusInfo,
     CurrentVersion,
     Embeddings,
     FillMask,
     FitInfo,
     Job,
+    JobPage,
     JobProgress,
     Prediction,
     Predictions,
@@ -33,13 +35,16 @@ from .models import (
     TaskData,
     TaskInfo,
     TaskModelInfo,
+    Usage,
     Version,
 )
 from .progress import ProgressBar, progress_line
+from .streams import GenerationStream
 
 __version__ = "0.1.0"
-__all__ = ["Activation", "AliasChange", "Candidate", "Client", "Conflict", "CorpusInfo", "CurrentVersion",
-           "DasClientError", "DasError", "Embeddings", "FillMask", "FitInfo", "Forbidden", "InvalidRequest", "Job",
-           "JobFailed", "JobProgress", "NotFound", "PayloadTooLarge", "Prediction", "Predictions", "ProgressBar",
-           "ServedTaskModel", "TaskAnswer", "TaskData", "TaskInfo", "TaskModelInfo", "Unauthorized", "Unavailable",
-           "Unreachable", "Version", "WaitTimeout", "progress_line"]
+__all__ = ["Activation", "AliasChange", "Candidate", "Client", "Completion", "Conflict", "CorpusInfo",
+           "CurrentVersion", "DasClientError", "DasError", "Embeddings", "FillMask", "FitInfo", "Forbidden",
+           "GenerationStream", "InvalidRequest", "Job", "JobFailed", "JobPage", "JobProgress", "NotFound",
+           "PayloadTooLarge", "Prediction", "Predictions", "ProgressBar", "ServedTaskModel", "TaskAnswer", "TaskData",
+           "TaskInfo", "TaskModelInfo", "Unauthorized", "Unavailable", "Unreachable", "Usage", "Version",
+           "WaitTimeout", "progress_line"]

@@ -19,21 +19,25 @@ from typing import Any
 
 import httpx
 
-from .errors import ERRORS_BY_STATUS, DasError, JobFailed, Unreachable, WaitTimeout
+from .errors import ERRORS_BY_STATUS, DasError, JobFailed, Unavailable, Unreachable, WaitTimeout
 from .models import (
     Activation,
     AliasChange,
+    Completion,
     CurrentVersion,
     Embeddings,
     FillMask,
     Job,
+    JobPage,
     Prediction,
     Predictions,
     TaskInfo,
+    Usage,
     Version,
     from_json,
 )
-from .progress import ProgressBar
+from .progress import PROGRESS_EVERY_S, ProgressBar
+from .streams import GenerationStream
 
 TOKEN_VARIABLE = "DAS_TOKEN"
 MAX_PAGE = 1000  # the most items a list route gives in one page
@@ -80,7 +84,9 @@ class Client:
         return self.job(accepted["job_id"])
 
     def job(self, job: Job | str) -> Job:
-        """A job's record now: state, progress (phase, step/total, losses, ETA), version, error."""
+        """A job's record now: state, progress (phase, step/total, losses, ETA), version, error. `job`: a Job, its id,
+        or a unique prefix of at least 6 characters of it (the server resolves it; one that several jobs share is a
+        409, Conflict, naming them)."""
         return from_json(Job, self._get(f"/v1/jobs/{_job_id(job)}"))
 
     def jobs(self, limit: int = 100, *, state: str | None = None, kind: str | None = None, domain: str | None = None,
@@ -101,19 +107,42 @@ class Client:
         for item in self._pages("/v1/jobs", {"limit": page_size, **filters}):
             yield from_json(Job, item)
 
+    def job_page(self, limit: int = 100, cursor: str | None = None, *, state: str | None = None,
+                 kind: str | None = None, domain: str | None = None, task: str | None = None) -> JobPage:
+        """One page of jobs that match (filters as in `jobs`), newest first, and the cursor of the next page (None: it
+        was the last); give that cursor to get the next one."""
+        params = {"limit": limit, "cursor": cursor, "state": state, "kind": kind, "domain": domain, "task": task}
+        response = self._request("GET", "/v1/jobs", params={k: v for k, v in params.items() if v is not None})
+        return JobPage([from_json(Job, item) for item in response.json()],
+                       response.headers.get("X-Next-Cursor") or None)
+
+    def cancel_batch_prediction(self, job: Job | str) -> Job:
+        """Cancel a batch prediction (a `predict` job) with the inference token: a queued one at once, a running one
+        after its current batch of lines. 409 (Conflict) for another kind of job or one that already ended."""
+        return from_json(Job, self._request("DELETE", f"/v1/batch-predictions/{_job_id(job)}").json())
+
     def cancel(self, job: Job | str) -> Job:
         """Cancel a job: a queued one at once, a running one at its next step. 409 (Conflict) if it already ended."""
         return from_json(Job, self._request("DELETE", f"/v1/jobs/{_job_id(job)}").json())
 
     def wait(self, job: Job | str, progress: bool = True, timeout: float | None = None, *,
-             poll_s: float = 0.5, raise_on_failure: bool = True) -> Job:
-        """Poll the job until it ends and return its last record; with `progress`, show a bar on stderr.
+             poll_s: float = 0.5, raise_on_failure: bool = True, serving: bool = False,
+             progress_every_s: float = PROGRESS_EVERY_S) -> Job:
+        """Poll the job until it ends and return its last record; with `progress`, show its phase and progress on
+        stderr (redrawn in place on a terminal; elsewhere a line at each phase change and at least every
+        `progress_every_s` seconds).
+
+        With `serving`, an adaptation that succeeded is waited for until the server answers with its new version
+        (the job ends when the version is active in the store; the server swaps it in a moment later, and an
+        inference request in between is answered by the old version). A new version that did not become active
+        (a candidate: another became active meanwhile) is not waited for. Behind a load balancer, `serving` sees
+        the replica that answered its last poll.
 
         Raises JobFailed if it ends failed, rejected or cancelled (unless `raise_on_failure` is False), and
         WaitTimeout if it has not ended after `timeout` seconds (the job goes on)."""
         job_id = _job_id(job)
         deadline = None if timeout is None else time.monotonic() + timeout
-        bar = ProgressBar() if progress else None
+        bar = ProgressBar(every_s=progress_every_s) if progress else None
         try:
             while True:
                 current = self.job(job_id)
@@ -124,12 +153,39 @@ class Client:
                 if deadline is not None and time.monotonic() >= deadline:
                     raise WaitTimeout(current, timeout or 0.0)
                 time.sleep(poll_s)
+            if serving and current.succeeded and current.kind == "adapt" and current.version:
+                self._wait_serving(current, deadline, timeout, poll_s, bar)
         finally:
             if bar is not None:
                 bar.close()
         if raise_on_failure and not current.succeeded:
             raise JobFailed(current)
         return current
+
+    def _wait_serving(self, job: Job, deadline: float | None, timeout: float | None, poll_s: float,
+                      bar: ProgressBar | None) -> None:
+        """Until the server answers with `job.version`, or that version is not the active one (nothing to wait for)."""
+        while True:
+            try:
+                served = self.readiness().get("version")
+            except Unavailable:  # loading, or its store is away for a moment: ask again
+                served = None
+            if served == job.version:
+                if bar is not None:
+                    bar.serving(job, served)
+                return
+            if self.version(job.version).status != "active":
+                return
+            if bar is not None:
+                bar.serving(job, served)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(job, timeout or 0.0)
+            time.sleep(poll_s)
+
+    def readiness(self) -> dict[str, Any]:
+        """GET /readyz: {"status": "ready", "version": the version this server answers with, ...}; a server that is
+        not ready answers 503 with why (raised as Unavailable)."""
+        return self._get("/readyz")
 
     # -------------------------------------------------------------------------------------------- inference
     # Each takes `version` (a version id or an alias; None: the active version answers) and `truncate` (cut a text
@@ -161,6 +217,39 @@ class Client:
         params = {"version": version} if version is not None else None
         return self._request("POST", path, json=body, params=params).json()
 
+    # -------------------------------------------------------------------------------------------- generation
+    # From a causal LM version (a masked one answers 409, Conflict), OpenAI's routes. Options: max_tokens (None: the
+    # server's default), temperature (0: greedy), top_p, stop (a string or up to 4), seed (the same seed, the same
+    # text), and `version` as above. Over a server bound (DAS_MAX_NEW_TOKENS, ...) is a 422 (InvalidRequest).
+    def complete(self, prompt: str, *, version: str | None = None, **options: Any) -> Completion:
+        """The text after `prompt` (POST /v1/completions)."""
+        return _completion(self._generation("/v1/completions", {"prompt": prompt}, version, options), chat=False)
+
+    def chat(self, messages: Sequence[dict[str, str]], *, version: str | None = None, **options: Any) -> Completion:
+        """The assistant's next message after `messages` ([{"role": "user", "content": ...}, ...]), through the
+        version's chat template (POST /v1/chat/completions; a tokenizer without one: 409, Conflict)."""
+        body = {"messages": list(messages)}
+        return _completion(self._generation("/v1/chat/completions", body, version, options), chat=True)
+
+    def stream_complete(self, prompt: str, *, version: str | None = None, **options: Any) -> GenerationStream:
+        """`complete`, streamed: iterate for the text as it is generated (GenerationStream)."""
+        return self._stream("/v1/completions", {"prompt": prompt}, version, options, chat=False)
+
+    def stream_chat(self, messages: Sequence[dict[str, str]], *, version: str | None = None,
+                    **options: Any) -> GenerationStream:
+        """`chat`, streamed: iterate for the message's text as it is generated (GenerationStream)."""
+        return self._stream("/v1/chat/completions", {"messages": list(messages)}, version, options, chat=True)
+
+    def _generation(self, path: str, body: dict[str, Any], version: str | None, options: dict[str, Any]) -> Any:
+        return self._request("POST", path, json=body | _generation_options(options),
+                             params={"version": version} if version is not None else None).json()
+
+    def _stream(self, path: str, body: dict[str, Any], version: str | None, options: dict[str, Any],
+                chat: bool) -> GenerationStream:
+        body = body | _generation_options(options) | {"stream": True, "stream_options": {"include_usage": True}}
+        opened = self._http.stream("POST", path, json=body, params={"version": version} if version else None)
+        return GenerationStream(opened, chat, error_from)
+
     # -------------------------------------------------------------------------------------------- versions
     def versions(self, *, status: str | None = None, domain: str | None = None) -> list[Version]:
         """Every healthy version (of that status, adapted to that domain), oldest first, with parent and status."""
@@ -179,6 +268,22 @@ class Client:
         job (`fit_jobs`)."""
         version_id = version.id if isinstance(version, Version) else version
         return from_json(Activation, self._request("POST", f"/v1/models/{version_id}/activate").json())
+
+    def importance(self, version: str, *, diff: str | None = None, units: bool = False) -> dict[str, Any]:
+        """A version's per-layer importance summaries as `das importance --json` prints them: {"version", "cumulative",
+        "added", "domain"?}, each {group: {"mean": [per layer], "share_above_half": [...], ...}}; with `diff`, also
+        "diff": the change from that version's cumulative importance; with `units`, every unit's value ("units").
+        404 (NotFound) for the base version, which has none."""
+        params = {"diff": diff} if diff is not None else {}
+        return dict(self._get(f"/v1/models/{version}/importance", params | ({"units": "true"} if units else {})))
+
+    def importance_png(self, version: str) -> bytes:
+        """The version's importance heatmaps (cumulative and added) as a PNG image."""
+        return self._request("GET", f"/v1/models/{version}/importance", params={"format": "png"}).content
+
+    def card(self, version: str) -> str:
+        """The version's model card: the README.md of its folder (Markdown with YAML front matter)."""
+        return self._request("GET", f"/v1/models/{version}/card").text
 
     def aliases(self) -> dict[str, str]:
         """Every alias with the version it names; `production` is the active version."""
@@ -271,6 +376,25 @@ def _seconds(value: str | None) -> float | None:
         return float(value) if value is not None else None
     except ValueError:
         return None  # an HTTP date: not what this server sends
+
+
+GENERATION_OPTIONS = ("max_tokens", "temperature", "top_p", "stop", "seed")
+
+
+def _generation_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The options given (None: the server's default), checked by name: a misspelt one is a TypeError here."""
+    unknown = set(options) - set(GENERATION_OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown generation option(s) {sorted(unknown)}; the options are {list(GENERATION_OPTIONS)}")
+    return {name: value for name, value in options.items() if value is not None}
+
+
+def _completion(answer: dict[str, Any], chat: bool) -> Completion:
+    """The first choice of OpenAI's answer as a Completion."""
+    choice = answer["choices"][0]
+    text = choice["message"]["content"] if chat else choice["text"]
+    return Completion(answer["version"], text, choice["finish_reason"], from_json(Usage, answer["usage"]),
+                      raw=answer)
 
 
 def _job_id(job: Job | str) -> str:

@@ -10,7 +10,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 T = TypeVar("T")
 TERMINAL_STATES = ("succeeded", "failed", "cancelled", "rejected")
@@ -55,6 +55,7 @@ class JobProgress:
     losses: dict[str, float] = field(default_factory=dict)
     tokens_per_s: float | None = None
     eta_s: float | None = None
+    detail: str = ""  # what the phase works on now (the task a gate scores), where it says more
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
@@ -70,6 +71,7 @@ class Job:
     started: float | str | None = None
     finished: float | str | None = None
     progress: JobProgress = field(default_factory=JobProgress)
+    phases_s: dict[str, float] = field(default_factory=dict)  # seconds in each phase so far, queued first
     settings: dict[str, Any] = field(default_factory=dict)
     domain: str | None = None
     corpus_id: str | None = None
@@ -84,6 +86,7 @@ class Job:
     note: str | None = None
     attempts: int = 0
     cancel_requested: bool = False
+    waiting_for: str | None = None  # a queued job (GET /v1/jobs/{id}): the job before it, or a worker
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -94,6 +97,14 @@ class Job:
     @property
     def succeeded(self) -> bool:
         return self.state == "succeeded"
+
+
+class JobPage(NamedTuple):
+    """A page of `GET /v1/jobs` (`Client.job_page`): its jobs, newest first, and the next page's cursor (None: the
+    last page)."""
+
+    jobs: list[Job]
+    next_cursor: str | None
 
 
 # ------------------------------------------------------------------------------------------------ versions
@@ -273,4 +284,26 @@ class Embeddings:
     dimensions: int
     embeddings: list[list[float]]  # mean-pooled, L2-normalised, one per text
     truncated: list[bool] = field(default_factory=list)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+# ------------------------------------------------------------------------------------------------ generation
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int  # as the model read the prompt (specials and a chat's template included)
+    completion_tokens: int  # generated, an end-of-sequence token included
+    total_tokens: int
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Completion:
+    """Generated text (POST /v1/completions or /v1/chat/completions, the first choice): `finish_reason` "stop" (an
+    end-of-sequence token or a stop string, which is left out) or "length" (max_tokens, the context, the server's
+    time limit). `raw` holds the server's whole answer (OpenAI's shape)."""
+
+    version: str
+    text: str
+    finish_reason: str
+    usage: Usage
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
