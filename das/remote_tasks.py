@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from das_formats.task_data import TaskSettings
-
-from .config_options import config_options
 from .console import console
 from .remote_connection import answers_table, connected, given, print_table, read_texts
+from .task_options import EvalOption, KindOption, NameArg, ReplaceOption, TrainArg, task_settings_options
 
 if TYPE_CHECKING:
     from das_client import Client, Job
@@ -25,21 +23,17 @@ FileOption = Annotated[Path | None, typer.Option(
     "--file", help="also answer each line of this UTF-8 file (- reads standard input)")]
 
 
-def _task_options(command):
-    return config_options(command, TaskSettings)
 
 
 @remote_task_app.command("add")
-@_task_options
+@task_settings_options
 def add(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="1-64 lowercase letters, digits, '_' or '-'")],
-    train: Annotated[Path, typer.Argument(help='JSONL, one {"text", "label"} per line')],
-    eval: Annotated[Path | None, typer.Option("--eval", help="JSONL eval set: scored on every version, and "
-                                                             "the forgetting gate's evidence")] = None,
-    kind: Annotated[Literal["probe", "finetune"], typer.Option(
-        help="probe: a classifier on frozen pooled features; finetune: all parameters tuned")] = "probe",
-    replace: Annotated[bool, typer.Option("--replace", help="overwrite a task of this name")] = False,
+    name: NameArg,
+    train: TrainArg,
+    eval: EvalOption = None,
+    kind: KindOption = "probe",
+    replace: ReplaceOption = False,
     watch: Annotated[bool, typer.Option("--watch", help="follow the fit job until it ends, then print the task's "
                                                         "scores (as `das task add` on a store)")] = False,
     *, config_values: dict,

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -19,27 +18,23 @@ from model_store.tasks import TaskExists, TaskNotFound, TaskStore
 from pipeline.task_intake import check_task_files, store_task_data
 from worker.runtime import open_store
 
-from .config_options import config_options
 from .console import StoreOption, console, existing_store, fail
+from .task_options import EvalOption, KindOption, NameArg, ReplaceOption, TrainArg, task_settings_options
 
 task_app = typer.Typer(help="End tasks: classifiers on the continually adapted backbone (no domain id).",
                        no_args_is_help=True)
 
 
-def _task_options(command):
-    return config_options(command, TaskSettings)
 
 
 @task_app.command("add")
-@_task_options
+@task_settings_options
 def add(
-    name: Annotated[str, typer.Argument(help="1-64 lowercase letters, digits, '_' or '-'")],
-    train: Annotated[Path, typer.Argument(help='JSONL, one {"text", "label"} per line')],
-    eval: Annotated[Path | None, typer.Option("--eval", help="JSONL eval set: scored on every version, and "
-                                                             "the forgetting gate's evidence")] = None,
-    kind: Annotated[Literal["probe", "finetune"], typer.Option(
-        help="probe: a classifier on frozen pooled features; finetune: all parameters tuned")] = "probe",
-    replace: Annotated[bool, typer.Option("--replace", help="overwrite a task of this name")] = False,
+    name: NameArg,
+    train: TrainArg,
+    eval: EvalOption = None,
+    kind: KindOption = "probe",
+    replace: ReplaceOption = False,
     store: StoreOption = None,
     *, config_values: dict,
 ) -> None:
