@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from das_formats.layout import GROUPS
+from das_formats.model_kind import config_kind
 
 EMBEDDINGS = "embeddings"  # the key of the word-embedding row importance in an importance file
 
@@ -169,10 +170,7 @@ def family_kind(config: Any) -> LMKind:
     family = FAMILIES.get(getattr(config, "model_type", None))
     if family is not None:
         return family.kind
-    for architecture in getattr(config, "architectures", None) or []:
-        if architecture.endswith(("ForCausalLM", "LMHeadModel")):
-            return "causal"
-    return "masked"
+    return config_kind({"architectures": getattr(config, "architectures", None)})
 
 
 def resolve_units(model: nn.Module) -> ModelUnits:

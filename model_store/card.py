@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from das_formats.layout import DOMAIN_IMPORTANCE, GROUPS, IMPORTANCE, IMPORTANCE_IN
+from das_formats.model_kind import LMKind, config_kind
 
 from .manifest import Manifest
 
@@ -23,7 +24,11 @@ if TYPE_CHECKING:
     from .store import ModelStore
 
 CARD = "README.md"
-TAGS = ("das", "continual-pretraining", "domain-adaptive-pretraining", "masked-lm")
+TAGS = ("das", "continual-pretraining", "domain-adaptive-pretraining")
+# per kind of LM: its hub tag, pipeline and transformers class
+KIND_TAG = {"masked": "masked-lm", "causal": "causal-lm"}
+PIPELINE = {"masked": "fill-mask", "causal": "text-generation"}
+AUTO_CLASS = {"masked": "AutoModelForMaskedLM", "causal": "AutoModelForCausalLM"}
 GROUP_NAMES = {"head": "attention heads", "intermediate": "FFN intermediate neurons", "output": "FFN output neurons"}
 # The front matter's base_model is a Hugging Face hub id (the hub's metadata refuses a path), mapped from the store's
 # record (manifest.base_model: the DAS_BASE_MODEL a store began with), which stays as it was given.
@@ -84,14 +89,15 @@ def base_recipe(store: ModelStore, lineage: list[Manifest], folder: Path | None 
 
 
 def render_card(manifest: Manifest, lineage: list[Manifest], importance: dict[str, Any] | None,
-                recipe: dict[str, Any] | None = None) -> str:
+                recipe: dict[str, Any] | None = None, kind: LMKind = "masked") -> str:
     """The card of `manifest`'s version; `lineage`: its ancestors, parent first; `importance`: `importance_report`
-    of its files (None for the base version); `recipe`: `base_recipe` (None: the base has none)."""
+    of its files (None for the base version); `recipe`: `base_recipe` (None: the base has none); `kind`: a masked
+    or a causal LM (`folder_kind`)."""
     base = base_origin(manifest.base_model, recipe)
-    sections = [_front_matter(manifest, base), f"# {manifest.id}\n", _summary(manifest, base),
+    sections = [_front_matter(manifest, base, kind), f"# {manifest.id}\n", _summary(manifest, base),
                 _lineage(manifest, lineage),
                 _corpus(manifest), _settings(manifest), _gate(manifest), _metrics(manifest),
-                _importance(importance), _loading(manifest)]
+                _importance(importance), _loading(manifest, kind)]
     return "\n".join(sections)
 
 
@@ -105,8 +111,17 @@ def version_card(store: ModelStore, version_id: str) -> str:
     files = {kind: store.importance_file(version_id, kind) for kind in ("importance", "importance_in",
                                                                         "domain_importance")}
     recipe = base_recipe(store, lineage or [manifest])  # the base version's own recipe when it is the base
+    try:
+        kind = config_kind(json.loads(store.backend.read_bytes(f"versions/{version_id}/config.json")))
+    except (OSError, ValueError):  # an archived version (no weights, no config): the store's first kind
+        kind = "masked"
     return render_card(manifest, lineage, importance_report(files["importance"], files["importance_in"],
-                                                            files["domain_importance"]), recipe)
+                                                            files["domain_importance"]), recipe, kind)
+
+
+def folder_kind(folder: Path) -> LMKind:
+    """A model folder's kind (das_formats.model_kind), from its config.json."""
+    return config_kind(json.loads((Path(folder) / "config.json").read_text(encoding="utf-8")))
 
 
 def folder_importance(folder: Path) -> dict[str, Any] | None:
@@ -136,11 +151,11 @@ def _yaml(value: str) -> str:
     return json.dumps(value)  # a JSON string is a YAML scalar, quoted and escaped
 
 
-def _front_matter(manifest: Manifest, base: BaseOrigin) -> str:
-    tags = [*TAGS, *([f"domain:{manifest.domain}"] if manifest.domain else [])]
+def _front_matter(manifest: Manifest, base: BaseOrigin, kind: LMKind) -> str:
+    tags = [*TAGS, KIND_TAG[kind], *([f"domain:{manifest.domain}"] if manifest.domain else [])]
     return "\n".join(["---", "library_name: transformers",
                       *([f"base_model: {_yaml(base.hub_id)}"] if base.hub_id else []),
-                      "pipeline_tag: fill-mask", "tags:", *[f"- {_yaml(t)}" for t in tags], "---", ""])
+                      f"pipeline_tag: {PIPELINE[kind]}", "tags:", *[f"- {_yaml(t)}" for t in tags], "---", ""])
 
 
 def _summary(manifest: Manifest, base: BaseOrigin) -> str:
@@ -253,11 +268,14 @@ def _importance(report: dict[str, Any] | None) -> str:
     return "\n".join([*lines, ""])
 
 
-def _loading(manifest: Manifest) -> str:
-    return "\n".join(["## Use", "", "```python", "from transformers import AutoModelForMaskedLM, AutoTokenizer", "",
-                      f'folder = "STORE/versions/{manifest.id}"',
-                      "model = AutoModelForMaskedLM.from_pretrained(folder)",
-                      "tokenizer = AutoTokenizer.from_pretrained(folder)", "```", "",
+def _loading(manifest: Manifest, kind: LMKind) -> str:
+    use = ["## Use", "", "```python", f"from transformers import {AUTO_CLASS[kind]}, AutoTokenizer", "",
+           f'folder = "STORE/versions/{manifest.id}"', f"model = {AUTO_CLASS[kind]}.from_pretrained(folder)",
+           "tokenizer = AutoTokenizer.from_pretrained(folder)", "```", ""]
+    if kind == "causal":  # the service generates with it (POST /v1/completions); the ONNX export is masked-only
+        return "\n".join([*use, "The service answers `POST /v1/completions` and `POST /v1/chat/completions` with it.",
+                          ""])
+    return "\n".join([*use,
                       f"ONNX: `das export {manifest.id} --format onnx` writes the encoder "
                       "(`input_ids, attention_mask -> last_hidden_state`) and the MLM head's top 50 tokens as the "
                       "graphs the service runs on the CPU, "

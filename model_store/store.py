@@ -30,7 +30,7 @@ from das_formats.layout import IMPORTANCE_FILES, MANIFEST, PICKLE_SUFFIXES, is_w
 from . import names
 from .backends import Backend, FsspecBackend, LocalBackend, open_backend
 from .blobs import Blobs
-from .card import CARD, base_recipe, folder_importance, render_card
+from .card import CARD, base_recipe, folder_importance, folder_kind, render_card
 from .errors import CorruptVersion, LineageError, StoreError, VersionNotFound
 from .local_cache import LocalCache
 from .locks import FileLock, RedisLock, WriterLock
@@ -382,8 +382,8 @@ class ModelStore:
         It says what is known now: the status it is published with (active when it is activated at once)."""
         shown = manifest.with_status("active") if activate and manifest.status != "rejected" else manifest
         lineage = self.lineage(manifest.parent) if manifest.parent else []
-        path.write_text(render_card(shown, lineage, folder_importance(folder), base_recipe(self, lineage, folder)),
-                        encoding="utf-8")
+        path.write_text(render_card(shown, lineage, folder_importance(folder), base_recipe(self, lineage, folder),
+                                    kind=folder_kind(folder)), encoding="utf-8")
         return sha256_file(path)
 
     def mark_archived(self, manifest: Manifest) -> Manifest:

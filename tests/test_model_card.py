@@ -113,3 +113,18 @@ def test_the_card_says_what_each_corpus_digest_is(tmp_path, bert_dir):
     metrics = card[card.index("## Metrics"):card.index("## Importance")]
     assert MADE_FROM["corpus_sha256"] not in metrics  # shown once, with its explanation
     assert f"| `made_from.base_sha256` | {MADE_FROM['base_sha256']} |" in metrics
+
+
+def test_a_causal_lineage_gets_a_text_generation_card(tmp_path, legal_docs):
+    from causal_models import chat_tokenizer, tiny_causal
+
+    folder = tiny_causal("llama", chat_tokenizer(legal_docs[:200]), tmp_path / "tiny-llama")
+    store = ModelStore.open(tmp_path / "store")
+    store.init_base(folder, str(folder))
+    store.publish(PublishRequest(folder=folder, parent="v0001", domain="legal", base_model=str(folder), corpus=CORPUS,
+                                 metrics={"steps": 2, "made_from": MADE_FROM}))
+    for card in cards(store) + [version_card(store, "v0002")]:
+        meta = front_matter(card)
+        assert meta["pipeline_tag"] == "text-generation" and "causal-lm" in meta["tags"]
+        assert "masked-lm" not in meta["tags"] and "AutoModelForCausalLM.from_pretrained(folder)" in card
+        assert "das export" not in card  # the ONNX export is for masked LMs
