@@ -75,6 +75,8 @@ class ActivatedOut(ModelOut):
 
 class CurrentModel(ModelOut):
     serving: str | None = Field(description="the version this API process answers with right now")
+    kind: str | None = Field(None, description="what the version it answers with is: masked (fill-mask) or causal "
+                             "(/v1/completions, /v1/chat/completions)")
     mask_token: str | None
     loaded: list[str] = Field(default_factory=list, description="the other versions this API process keeps loaded "
                               "for requests that name a version (DAS_MAX_LOADED_VERSIONS), least recently used first")

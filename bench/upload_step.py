@@ -1,4 +1,4 @@
-"""Time the upload step kinds against a plain MLM step, in one run.
+"""Time the upload step kinds against a plain MLM step (next-token on a causal base), in one run.
 
     python bench/upload_step.py [--model embedded] [--batch-size 16] [--max-length 128] [--rounds 12]
 
@@ -28,7 +28,7 @@ from das_data.base_models import resolve_base_model
 from das_data.local_corpora import licence_documents, python_doc_documents
 from das_engine.data import pack_corpus
 from das_engine.importance import general_importance_raw, normalise, sample_batches
-from das_engine.loading import load_masked_lm
+from das_engine.loading import load_lm
 from das_engine.softmask import SoftMask
 from das_engine.train_step import train_step
 from das_engine.training_data import TrainingData, replay_rows
@@ -51,10 +51,10 @@ def main() -> None:
                "softmask": DASConfig(contrastive_weight=0.0, **replayed),
                "das-k4": DASConfig(contrastive_samples=4, **replayed), "das": DASConfig(**shared)}
     folder = resolve_base_model(args.model, get_settings().models_dir)
-    model, tokenizer = load_masked_lm(folder)
+    model, tokenizer, kind = load_lm(folder)  # a masked LM's step (MLM) or a causal one's (next token)
     units = resolve_units(model)
-    domain = pack_corpus(licence_documents(), tokenizer, args.max_length)
-    replay = pack_corpus(python_doc_documents(), tokenizer, args.max_length)
+    domain = pack_corpus(licence_documents(), tokenizer, args.max_length, kind=kind)
+    replay = pack_corpus(python_doc_documents(), tokenizer, args.max_length, kind=kind)
     importance = normalise(general_importance_raw(model, units, sample_batches(domain, 32, 16, 0), embeddings=True),
                            "clamp")
     setups = {}
@@ -74,8 +74,8 @@ def main() -> None:
             if round_ >= 2:  # two warm-up rounds
                 times[name].append(time.perf_counter() - started)
     plain = statistics.median(times["plain"])
-    print(f"model {args.model}, batch {args.batch_size} x {args.max_length}, {args.rounds} rounds, CPU threads "
-          f"{torch.get_num_threads()}")
+    print(f"model {args.model} ({kind}), batch {args.batch_size} x {args.max_length}, {args.rounds} rounds, CPU "
+          f"threads {torch.get_num_threads()}")
     for name, values in times.items():
         median = statistics.median(values)
         config = configs[name]

@@ -93,7 +93,7 @@ def adapt(
                                        "--out")] = 1,
     *, config_values: dict,
 ) -> None:
-    """Adapt a masked LM to one domain corpus with DAS: into --out, or as a new version of --store.
+    """Adapt a masked or causal LM to one domain corpus with DAS: into --out, or as a new version of --store.
 
     Every training setting below is a field of DASConfig (das_formats/config.py). Under torchrun (several
     machines: docs/distributed.md) each rank runs this same command.

@@ -95,8 +95,8 @@ BaseOpt = Annotated[str | None, typer.Option(help="model folder or id (default: 
                                                   "'embedded')")]
 LrOpt = Annotated[float | None, typer.Option(help="AdamW peak learning rate (default: DASConfig's)")]
 BatchSizeOpt = Annotated[int | None, typer.Option(help="sequences per step (default: DASConfig's)")]
-MaxLengthOpt = Annotated[int | None, typer.Option(help="tokens per training block, also the held-out MLM "
-                                                        "loss's (default: DASConfig's)")]
+MaxLengthOpt = Annotated[int | None, typer.Option(help="tokens per training block, also the held-out loss's "
+                                                        "(default: DASConfig's)")]
 ImportanceSamplesOpt = Annotated[int | None, typer.Option(help="sequences per importance pass "
                                                                 "(default: DASConfig's)")]
 SettingsOpt = Annotated[str | None, typer.Option("--set", help="more DASConfig settings for every method, "
@@ -112,7 +112,7 @@ MaxTrainOpt = Annotated[int, typer.Option(help="end-task train examples per doma
 MaxTestOpt = Annotated[int, typer.Option(help="end-task test examples per domain at most (balanced)")]
 TaskMaxLengthOpt = Annotated[int, typer.Option(help="tokens per end-task text")]
 HeldoutFractionOpt = Annotated[float, typer.Option(help="share of each corpus kept out of training for the "
-                                                         "held-out MLM loss")]
+                                                         "held-out loss (MLM, or next-token on a causal base)")]
 HeldoutMaxOpt = Annotated[int, typer.Option(help="held-out documents per domain at most")
                            ]
 DeviceOpt = Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: $DAS_DEVICE, cpu)")]
@@ -159,7 +159,8 @@ def eval_command(
 
     Stage T = after T domains (stage 0 = the base model). Each stage scores every domain's end task:
 
-    a probe on frozen features (and fine-tuning with --finetune), and the MLM loss on a held-out corpus slice.
+    a probe on frozen features (and fine-tuning with --finetune), and the LM loss on a held-out corpus slice (MLM
+    loss; next-token loss on a causal base).
 
     Writes OUT/results.json, results.md and PNG plots (mean ± std over seeds, cost per training step).
 

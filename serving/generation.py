@@ -149,7 +149,8 @@ class GenerationScheduler:
         while not self._stopped:
             starting = self._admitted(wait=not self._groups)
             if self._stopped:
-                return
+                self._refuse(starting)
+                break
             with self.holder.turn() if self.holder is not None else nullcontext():
                 for request in starting:
                     self._start(request)
@@ -157,6 +158,22 @@ class GenerationScheduler:
                     self._advance(group)
                     if not group.sequences:
                         del self._groups[key]
+        self._refuse([s.request for group in self._groups.values() for s in group.sequences])
+
+    def _refuse(self, requests: list[GenerationRequest]) -> None:
+        """At stop: what was admitted or runs hears that it ends, and so does what still waits in the queue."""
+        while True:
+            try:
+                waiting = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if waiting is not None:
+                requests.append(waiting)
+        if self._held is not None:
+            requests.append(self._held)
+            self._held = None
+        for request in {id(r): r for r in requests}.values():
+            _tell(request, Failed("the server is stopping; send the request again"))
 
     def _admitted(self, wait: bool) -> list[GenerationRequest]:
         """The queued requests that fit the free slots, in order (waiting for one when nothing runs)."""
@@ -185,7 +202,11 @@ class GenerationScheduler:
             for _ in request.prompts:
                 self._ended("cancelled")
             return
-        decoder = request.model.decoder
+        decoder = getattr(request.model, "decoder", None)
+        if decoder is None:  # the API refuses a masked version first (409); nothing must stop this thread
+            self._fail(request, TypeError(f"{getattr(request.model, 'version', '?')} does not generate text"),
+                       len(request.prompts))
+            return
         group = self._groups.setdefault(id(decoder), _Group(decoder))
         sampling = request.sampling
         try:
@@ -243,9 +264,10 @@ class GenerationScheduler:
             return
         token = sequence.sampler.next(logits)
         sequence.generated.append(token)
-        text = decoder.tokenizer.text(sequence.generated)
+        ends = token in decoder.eos_ids  # counted as generated; never part of the text
+        text = decoder.tokenizer.text(sequence.generated[:-1] if ends else sequence.generated)
         stop_at = _first_stop(text, request.sampling.stop)
-        if token in decoder.eos_ids or stop_at is not None:
+        if ends or stop_at is not None:
             self._finish(decoder, sequence, "stop", text if stop_at is None else text[:stop_at])
         elif (len(sequence.generated) >= request.sampling.max_tokens
               or sequence.prompt_tokens + len(sequence.generated) >= decoder.context):

@@ -27,8 +27,11 @@ def chat_tokenizer(docs: list[str], chat_template: str | None = CHATML) -> PreTr
                                    unk_token="<|endoftext|>", chat_template=chat_template)
 
 
-def tiny_causal(family: str, tokenizer: PreTrainedTokenizerFast, folder: Path, seed: int = 0) -> Path:
-    """A random `family` ("llama" or "gpt2") model with `tokenizer`, saved in `folder`."""
+def tiny_causal(family: str, tokenizer: PreTrainedTokenizerFast, folder: Path, seed: int = 0,
+                never_ends: bool = False) -> Path:
+    """A random `family` ("llama" or "gpt2") model with `tokenizer`, saved in `folder`. `never_ends`: the
+    end-of-sequence token's embedding row (tied: its row of the head too) is zero, so its logit is always 0, under the
+    best of the 399 others: greedy text runs to max_tokens (a long stream, for the hot swap)."""
     torch.manual_seed(seed)
     if family == "llama":
         model = LlamaForCausalLM(LlamaConfig(
@@ -39,6 +42,9 @@ def tiny_causal(family: str, tokenizer: PreTrainedTokenizerFast, folder: Path, s
         model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=4,
                                            n_positions=CONTEXT, bos_token_id=1, eos_token_id=2,
                                            initializer_range=INIT))
+    if never_ends:
+        with torch.no_grad():
+            model.get_input_embeddings().weight[tokenizer.eos_token_id] = 0
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

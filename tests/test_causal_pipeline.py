@@ -1,16 +1,16 @@
 """The service's workflows on a causal base (issue #34): a store whose v0001 is a tiny random Llama or GPT-2 (built as
 tests/test_causal_engine.py builds them) takes `das task add` and `das adapt --store` (the forgetting gate scores the
-registered probe on the causal candidate), `das adapt --nproc 2` trains a Llama as one process does, `das eval`
-scores held-out next-token loss (and says so: `loss_kind`), and an upload through a live `das serve` whose
-DAS_BASE_MODEL is a causal folder publishes v0002."""
+registered probe on the causal candidate), `das adapt --nproc 2` trains a Llama as one process does, `das eval` and
+`das eval --served` score held-out next-token loss (and say so: `loss_kind`; older results still read as MLM loss),
+and an upload through a live `das serve` whose DAS_BASE_MODEL is a causal folder publishes v0002."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -225,12 +225,9 @@ def test_an_upload_to_a_service_on_a_causal_base_publishes_v0002(tmp_path, llama
         server.terminate()
         server.wait(30)
     assert lm_kind(tmp_path / "store" / "versions" / "v0002") == "causal"
-    shutil.rmtree(tmp_path / "work", ignore_errors=True)
 
 
 def _wait(url: str, job_id: str, timeout_s: float = 300.0) -> dict:
-    import time
-
     deadline = time.monotonic() + timeout_s
     job: dict = {}
     while time.monotonic() < deadline:
@@ -239,3 +236,14 @@ def _wait(url: str, job_id: str, timeout_s: float = 300.0) -> dict:
             return job
         time.sleep(0.5)
     raise AssertionError(f"job {job_id} did not finish in {timeout_s} s: {job}")
+
+
+def test_a_gpt2s_positions_bound_what_uploads_and_probes_read(gpt2_dir):  # noqa: F811
+    """GPT-2's config.json says `n_positions` where the others say `max_position_embeddings`: an upload's max_length
+    is checked against it, and probes truncate to it."""
+    from das_engine.endtask import served_max_tokens
+    from das_formats.config import model_max_length
+
+    config = json.loads((gpt2_dir / "config.json").read_text())
+    assert "max_position_embeddings" not in config and model_max_length(config) == 128
+    assert served_max_tokens(load_lm(gpt2_dir).model.config) == 128

@@ -24,6 +24,7 @@ ANSWERS = {
     client.ServedTaskModel: "ServedTaskModel", client.FitInfo: "FitOut", client.TaskInfo: "TaskOut",
     client.TaskAnswer: "TaskAnswer", client.Prediction: "TaskPredictOut", client.Predictions: "PredictOut",
     client.Candidate: "Candidate", client.FillMask: "FillMaskOut", client.Embeddings: "EmbeddingsOut",
+    client.Usage: "UsageOut",
 }
 JSON_TYPES = {str: {"string"}, int: {"integer"}, float: {"number", "integer"}, bool: {"boolean"}, list: {"array"},
               dict: {"object"}}

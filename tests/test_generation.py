@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from causal_models import chat_tokenizer, perturbed, reference_ids, tiny_causal
 
 from das_engine.endtask import pooled_features
+from serving.decoding import CausalDecoder
 from serving.errors import InputError, NoChatTemplate, WrongKind
 from serving.generation import Delta, Failed, Finished, GenerationScheduler, Sampling, _first_stop, _sendable
 from serving.holder import ModelHolder
@@ -170,6 +172,15 @@ def test_stop_strings_end_the_text_and_are_never_sent(models, scheduled):
     assert _sendable("the lic", ("licence",)) == "the "  # "lic" may begin the stop string: held back
     assert _sendable("the lic\ufffd", ()) == "the lic"  # half a character (a byte-level token) waits for the rest
     assert _first_stop("a b. c.", (".", " c")) == 3
+
+
+def test_the_end_of_sequence_token_ends_the_text_unsent(models, scheduled):
+    model = models["llama"]
+    first = int(model.decoder.prefill(model.decoder.tokenizer.prompt_ids(PROMPTS[0])).logits[0].argmax())
+    ending = CausalDecoder(model.model, model.decoder.tokenizer, model.device)
+    ending.eos_ids = frozenset({first})  # the same weights, with greedy's first token as the end of sequence
+    ended = scheduled.one(SimpleNamespace(decoder=ending), PROMPTS[0], GREEDY)
+    assert (ended.reason, ended.text, ended.completion_tokens) == ("stop", "", 1)
 
 
 def test_a_cancelled_request_frees_its_sequence(models):

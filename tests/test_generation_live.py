@@ -40,9 +40,10 @@ def _serve(root: Path, env: dict[str, str]):
 
 @pytest.fixture(scope="module")
 def llama(tokenizer, tmp_path_factory):
-    """A store whose v0001 is a tiny Llama and v0002 (a candidate) the same with other weights; its server's URL."""
+    """A store whose v0001 is a tiny Llama whose greedy text never ends before max_tokens and v0002 (a candidate) the
+    same with other weights; its server's URL and v0001's folder."""
     root = tmp_path_factory.mktemp("llama-serve")
-    base = tiny_causal("llama", tokenizer, root / "llama")
+    base = tiny_causal("llama", tokenizer, root / "llama", never_ends=True)
     store = ModelStore.open(root / "store")
     store.init_base(base, str(base))
     store.publish(PublishRequest(perturbed(base, root / "llama-v2"), "v0001", "legal", str(base)), activate=False)
@@ -175,8 +176,9 @@ def test_a_causal_version_answers_embeddings_and_refuses_fill_mask(llama):
 def test_a_masked_version_refuses_generation(tmp_path):
     server, url = _serve(tmp_path, {})  # the embedded BERT
     try:
-        with pytest.raises(openai.ConflictError, match="masked language model"):
+        with pytest.raises(openai.ConflictError) as err:
             sdk(url).completions.create(model="production", prompt="the licence", max_tokens=3)
+        assert "v0001 is a masked language model: it does not generate text" in err.value.body["detail"]
         with pytest.raises(Conflict, match="does not generate text"):
             with Client(url) as das:
                 das.chat([{"role": "user", "content": "hi"}])
@@ -242,8 +244,10 @@ def test_a_hot_swap_during_eight_streams_finishes_each_on_its_version(llama):
     runs on v0002, and nothing fails."""
     url, _ = llama
     client, tokens = sdk(url), MAX_NEW
-    expected = {v: client.completions.create(model=v, prompt=PROMPT, max_tokens=tokens, temperature=0).choices[0].text
-                for v in ("v0001", "v0002")}
+    expected = {}
+    for v in ("v0001", "v0002"):
+        choice = client.completions.create(model=v, prompt=PROMPT, max_tokens=tokens, temperature=0).choices[0]
+        expected[v] = (choice.text, choice.finish_reason)
     assert expected["v0001"] != expected["v0002"]
     streams = [_Stream(url, tokens) for _ in range(8)]
     try:
@@ -256,9 +260,9 @@ def test_a_hot_swap_during_eight_streams_finishes_each_on_its_version(llama):
         for stream in streams:
             stream.join()
         assert running > 0, "every stream ended before the swap: nothing was swapped mid-stream"
-        assert [(s.error, s.versions, s.text, s.finish) for s in streams] == \
-            [(None, {"v0001"}, expected["v0001"], "length")] * 8
-        assert (fresh.model, fresh.choices[0].text) == ("v0002", expected["v0002"])
+        ended = [(s.error, s.versions, (s.text, s.finish)) for s in streams]
+        assert ended == [(None, {"v0001"}, expected["v0001"])] * 8
+        assert (fresh.model, (fresh.choices[0].text, fresh.choices[0].finish_reason)) == ("v0002", expected["v0002"])
         assert "failed" not in _ended(url)
     finally:
         httpx.post(f"{url}/v1/models/v0001/activate")

@@ -27,6 +27,8 @@ def readyz(*, service: ServiceDep):
         return JSONResponse({"status": "loading", **({"problem": problem} if problem else {})}, status_code=503)
     if not service.batcher.alive():
         return JSONResponse({"status": "inference loop stopped", "version": current.version}, status_code=503)
+    if service.generation is not None and not service.generation.alive():
+        return JSONResponse({"status": "generation loop stopped", "version": current.version}, status_code=503)
     ready = {"status": "ready", "version": current.version, "mode": service.mode, "backend": current.backend}
     problem = service.watcher.error  # the active version cannot be served: an older one serves
     checking = service.holder.checking()

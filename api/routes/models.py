@@ -87,7 +87,7 @@ def current_model(*, service: ServiceDep) -> CurrentModel:
         raise HTTPException(503, service.store.pointer_problem() or "the store has no active version yet")
     serving = service.holder.current
     return CurrentModel(**dataclasses.asdict(active), serving=serving.version if serving else None,
-                        mask_token=serving.mask_token if serving else None,
+                        kind=serving.kind if serving else None, mask_token=serving.mask_token if serving else None,
                         aliases=AliasStore(service.store).by_version().get(active.id, []),
                         loaded=service.pinned.loaded())
 

@@ -2,6 +2,7 @@
 import { ApiError, get, listAll, setToken, token } from "./api.js";
 import { h, replace } from "./dom.js";
 import { renderEvaluation } from "./evaluation.js";
+import { renderGenerate } from "./generate.js";
 import { renderDiffForSelection, renderImportance } from "./importance.js";
 import { pollJobs, renderJobs } from "./jobs.js";
 import { renderTasks } from "./tasks.js";
@@ -40,9 +41,13 @@ async function loadTasks() {
   renderTasks(state);
 }
 
+async function loadGenerate() {
+  renderGenerate(await get("/v1/models/current"));
+}
+
 async function refresh() {
   message("loading…");
-  const sections = [["versions-body", loadVersions], ["jobs-body", loadJobs]];
+  const sections = [["versions-body", loadVersions], ["jobs-body", loadJobs], ["generate-body", loadGenerate]];
   await Promise.all(sections.map(([id, load]) => load().catch((err) => failed(id, err))));
   await Promise.all([
     loadTasks().catch((err) => failed("tasks-body", err)),

@@ -7,7 +7,8 @@ import { niceTicks } from "./scale.js";
 const METRICS_FILE = "train_metrics.json";
 const STYLES = [{ dash: null, colour: "#0969da" }, { dash: "7 4", colour: "#b45309" },
                 { dash: "2 3", colour: "#6639ba" }, { dash: "9 3 2 3", colour: "#1a7f37" }];
-const WORDS = { loss: "loss (total)", mlm: "MLM loss", contrastive: "contrastive loss" };
+const WORDS = { loss: "loss (total)", mlm: "MLM loss", next_token: "next-token loss",
+                contrastive: "contrastive loss" };
 const MAX_MARKED = 150; // more logged steps than this: the lines only, no point marks
 
 const cache = new Map(); // a version's history never changes

@@ -296,14 +296,13 @@ class Usage:
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
-@dataclass(frozen=True)
-class Completion:
+class Completion(NamedTuple):
     """Generated text (POST /v1/completions or /v1/chat/completions, the first choice): `finish_reason` "stop" (an
     end-of-sequence token or a stop string, which is left out) or "length" (max_tokens, the context, the server's
-    time limit). `raw` holds the server's whole answer (OpenAI's shape)."""
+    time limit). `raw` holds the server's whole answer (OpenAI's shape, read by the client: not one of its objects)."""
 
     version: str
     text: str
     finish_reason: str
     usage: Usage
-    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    raw: dict[str, Any]
