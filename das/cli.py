@@ -38,7 +38,7 @@ PIPED_HELP_WIDTH = 200  # columns of --help when stdout is no terminal (rich wou
 if typer.rich_utils.MAX_WIDTH is None and not sys.stdout.isatty():  # $TERMINAL_WIDTH, when set, wins
     typer.rich_utils.MAX_WIDTH = PIPED_HELP_WIDTH
 
-app = typer.Typer(help="Continual domain-adaptive pre-training (DAS) of masked language models.",
+app = typer.Typer(help="Continual domain-adaptive pre-training (DAS) of masked and causal language models.",
                   no_args_is_help=True, add_completion=False, cls=ServerSwitch)  # --url: das/remote_cli.py
 app.callback()(server_options)
 app.add_typer(task_app, name="task")

@@ -242,7 +242,7 @@ def waiting_for(job: Job, pending: list[Job]) -> str | None:
     if not ahead:
         if job.error and job.error.startswith("waiting:"):
             return job.error.removeprefix("waiting:").strip()
-        return "a worker to take it (none has yet: is a worker running?)"
+        return "a worker to take it (none has yet)"
     first = next((j for j in ahead if j.state == "running"), ahead[0])
     subject = {"adapt": first.domain, "fit": first.task, "predict": f"{first.lines} lines"}.get(first.kind)
     p = first.progress
