@@ -78,3 +78,9 @@ def das_serve(store: Path, work: Path, models: Path, log: Path | None = None,
             time.sleep(0.3)
     server.kill()
     raise AssertionError(f"das serve did not get ready at {url}")
+
+
+def training_step(job: dict) -> int:
+    """The training step a job's record reports (0 before training: the importance passes report batches)."""
+    progress = job.get("progress") or {}
+    return (progress.get("step") or 0) if progress.get("phase") == "train" else 0

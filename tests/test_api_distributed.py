@@ -10,7 +10,7 @@ from datetime import datetime
 
 import pytest
 from fastapi.testclient import TestClient
-from service_helpers import upload, wait_for_job, wait_serving
+from service_helpers import training_step, upload, wait_for_job, wait_serving
 
 from das.app import build_app
 
@@ -101,7 +101,7 @@ def test_sigterm_to_a_worker_leaves_its_job_resumable(distributed, small_corpus)
     worker = start_worker()
     with TestClient(build_app(settings)) as client:
         job_id = upload(client, small_corpus, steps="150")["job_id"]
-        while (client.get(f"/v1/jobs/{job_id}").json()["progress"].get("step") or 0) < 10:
+        while training_step(client.get(f"/v1/jobs/{job_id}").json()) < 10:
             time.sleep(0.05)
         worker.send_signal(signal.SIGTERM)  # warm shutdown
         assert worker.wait(60) == 0

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 from fastapi.testclient import TestClient
-from service_helpers import upload, wait_for_job
+from service_helpers import training_step, upload, wait_for_job
 
 from das.app import build_app
 from job_records import RedisJobs
@@ -117,7 +117,7 @@ def test_a_worker_busy_with_a_job_passes_the_healthcheck(deployment, running_wor
     with TestClient(build_app(settings)) as client:
         job_id = upload(client, small_corpus, steps="3000")["job_id"]
         deadline = time.time() + 120
-        while (client.get(f"/v1/jobs/{job_id}").json()["progress"].get("step") or 0) < 1:
+        while training_step(client.get(f"/v1/jobs/{job_id}").json()) < 1:
             assert time.time() < deadline, "the job did not start training within 120 s"
             time.sleep(0.1)
         assert make_celery(settings).control.ping(destination=[node], timeout=1) == []  # silent while it trains
