@@ -76,6 +76,7 @@ def test_the_api_lists_an_evaluation_and_gives_its_matrices_and_points(service_s
         detail = client.get(f"/v1/evaluations/{NAME}", headers=auth).json()
         n = len(results["domains"])
         assert detail["stages"] == ["base", *results["domains"]] and detail["probe_family"] == "probe/macro_f1"
+        assert detail["loss_kind"] == "mlm"  # a results file from before causal bases: its held-out loss is MLM
         views = {m["spec"]: m for m in detail["method_views"]}
         assert list(views) == list(results["methods"])
         for spec, view in views.items():
@@ -165,6 +166,7 @@ def test_the_page_draws_the_matrices_and_the_pareto_plots(tmp_path, driver):  # 
         das_loss = _css(driver, '.eval-matrix[data-method="das"][data-score="mlm_loss"] .eval-cell text')
         assert [c.text for c in das_loss[:domains]] == [f"{v:.2f}" for v in _mean_row(results, "das", 0)]
         assert len(_css(driver, "#evaluation svg.legend")) == 2  # one colour scale per score, labelled
+        assert "held-out MLM loss" in section.text  # the loss named by the results' loss_kind (a masked base)
         for plot in ("mlm", "probe"):
             points = _css(driver, f'.pareto[data-plot="{plot}"] .pareto-point')
             assert len(points) == trained, plot
@@ -179,3 +181,15 @@ def test_the_page_draws_the_matrices_and_the_pareto_plots(tmp_path, driver):  # 
 def _mean_row(results: dict, spec: str, stage: int) -> list[float]:
     seeds = [results["scores"][spec][str(s)]["mlm_loss"][stage] for s in results["seeds"]]
     return [statistics.fmean(row[i] for row in seeds) for i in range(len(results["domains"]))]
+
+
+def test_a_causal_evaluation_names_its_next_token_loss(service_settings):
+    from fastapi.testclient import TestClient
+
+    from das.app import build_app
+
+    causal = Path(__file__).resolve().parents[1] / "bench" / "results" / "eval34-smollm2-2seeds-results.json"
+    settings = service_settings.model_copy(update={"eval_results": [causal]})
+    with TestClient(build_app(settings)) as client:
+        [listed] = client.get("/v1/evaluations").json()
+        assert client.get(f"/v1/evaluations/{listed['name']}").json()["loss_kind"] == "next_token"

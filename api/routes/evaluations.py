@@ -68,6 +68,8 @@ class EvaluationOut(EvaluationItem):
     stages: list[str] = Field(description="Row labels of the matrices: 'base', then the domains in order.")
     families: list[str] = Field(description="The probe score families the matrices hold besides 'mlm_loss'.")
     probe_family: str = Field(description="The family the probe Pareto point reads (macro-F1 when scored).")
+    loss_kind: str = Field("mlm", description="The held-out loss 'mlm_loss' holds: 'mlm' (a masked base) or "
+                           "'next_token' (a causal base).")
     method_views: list[MethodView]
 
 
@@ -109,7 +111,8 @@ def _views(results: dict[str, Any]) -> tuple[EvaluationItem, EvaluationOut]:
         views.append(MethodView(spec=spec, kind=method["kind"], matrices=matrices, pareto=pareto))
     item = EvaluationItem(name="", file="", methods=list(results["methods"]), domains=domains, seeds=seeds)
     detail = EvaluationOut(**item.model_dump(), date=results["date"], base=results["base"], stages=stages,
-                           families=families, probe_family=probe, method_views=views)
+                           families=families, probe_family=probe, method_views=views,
+                           loss_kind=results.get("loss_kind", "mlm"))
     return item, detail
 
 

@@ -6,12 +6,19 @@ import { Scale } from "./scale.js";
 
 const CELL_W = 64;
 const CELL_H = 24;
+const LOSS_WORDS = { mlm: "MLM", next_token: "next-token" }; // evaluation.loss_kind: the base's kind of LM
+let lossWord = LOSS_WORDS.mlm;
 const SCORES = {
-  mlm_loss: { title: "held-out MLM loss (nats)", low: "lower loss (better)", high: "higher loss", digits: 2 },
+  get mlm_loss() {
+    return { title: `held-out ${lossWord} loss (nats)`, low: "lower loss (better)", high: "higher loss", digits: 2 };
+  },
 };
 const PLOTS = {
-  mlm: { title: "Held-out MLM loss", x: "new-domain gain: MLM loss drop when learned (nats, → learned more)",
-         y: "forgetting: MLM loss rise, earlier domains (nats)" },
+  get mlm() {
+    return { title: `Held-out ${lossWord} loss`,
+             x: `new-domain gain: ${lossWord} loss drop when learned (nats, → learned more)`,
+             y: `forgetting: ${lossWord} loss rise, earlier domains (nats)` };
+  },
   probe: { title: "Probe", x: "probe gain: plasticity (points, → learned more)",
            y: "forgetting: forgetting rate (points)" },
 };
@@ -143,6 +150,7 @@ function pareto(evaluation, kind) {
 
 async function renderOne(state, name) {
   const evaluation = await get(`/v1/evaluations/${encodeURIComponent(name)}`);
+  lossWord = LOSS_WORDS[evaluation.loss_kind] || LOSS_WORDS.mlm;
   replace("evaluation-detail",
     h("p", { class: "muted" }, `${evaluation.file}: base ${evaluation.base ?? "–"}, domains ` +
       `${evaluation.domains.join(" → ")}, ${evaluation.seeds.length} seed(s), ${evaluation.date ?? ""}. ` +
