@@ -207,7 +207,10 @@ def resolve_units(model: nn.Module) -> ModelUnits:
 
 
 def _features(module: nn.Module, conv1d: bool) -> tuple[int, int]:
-    """(in, out) features of a Linear ((out, in) weight) or a Conv1D ((in, out) weight)."""
+    """(in, out) features of a Linear ((out, in) weight) or a Conv1D ((in, out) weight). A Linear as torch's dynamic
+    int8 quantisation rewrote it (DAS_SERVE_INT8: its `weight` is a method) says them itself."""
+    if not conv1d and isinstance(getattr(module, "in_features", None), int):
+        return module.in_features, module.out_features
     rows, columns = module.weight.shape
     return (rows, columns) if conv1d else (columns, rows)
 
